@@ -1,0 +1,136 @@
+//! The agent as a whole: opens the outbox, starts the writer, the ways in and
+//! one scheduler per subscription, and stops them in the right order.
+//!
+//! Shutdown order matters for the promises: ingest stops first (new events get
+//! `shutting_down`), commits already queued finish, in-flight requests get a
+//! bounded time, and only then the writer thread drains and exits.
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::deliver::scheduler::Scheduler;
+use crate::deliver::webhook::{Endpoint, Source};
+use crate::ingest;
+use crate::outbox::{self, writer::Writer};
+use crate::shutdown::Shutdown;
+
+/// How long in-flight deliveries may finish after a stop request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Facts about a started agent, for callers (the demo, tests).
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The ingest socket.
+    pub socket: PathBuf,
+    /// The database.
+    pub db_path: PathBuf,
+}
+
+/// Holds the data directory's lock file: one agent per database.
+struct DirLock {
+    /// Held open for its `flock`; released when dropped.
+    _file: File,
+}
+
+fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the data directory", dir.display()))?;
+    let path = dir.join("agent.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(anyhow!(
+            "{}: another store-outbox already runs on this data directory; stop it first",
+            dir.display()
+        ));
+    }
+    Ok(DirLock { _file: file })
+}
+
+/// Runs the agent until `shutdown` fires. `started` is told once every
+/// listener is bound and the schedulers are running.
+pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Sender<Started>>) -> anyhow::Result<()> {
+    let lock = lock_data_dir(&config.agent.data_dir)?;
+    let db_path = config.db_path();
+    let mut conn = outbox::open_writer(&db_path)?;
+    let subs = outbox::register_subscriptions(&mut conn, &config.subscriptions)
+        .with_context(|| format!("{}: cannot record the subscriptions", db_path.display()))?;
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('started_at', ?1), ('version', ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        rusqlite::params![outbox::now_ms().to_string(), env!("CARGO_PKG_VERSION")],
+    )
+    .with_context(|| format!("{}: cannot write", db_path.display()))?;
+
+    let source = Source { store_id: config.agent.store_id.clone(), agent_id: config.agent.agent_id.clone() };
+    let mut endpoints = Vec::new();
+    for sub in &subs {
+        let endpoint = Endpoint::new(sub.config.clone(), source.clone())
+            .map_err(|e| anyhow!("subscription {:?}: {e}", sub.config.name))?;
+        endpoints.push(Arc::new(endpoint));
+    }
+
+    let (writer, writer_thread) = Writer::start(conn, &subs, config.storage.max_db_bytes);
+    let listener = ingest::socket::bind(&config.ingest.socket).await.map_err(|e| anyhow!(e))?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(ingest::socket::serve(
+        listener,
+        config.ingest.socket.clone(),
+        writer.clone(),
+        config.ingest.max_event_bytes,
+        shutdown.clone(),
+    ));
+    for (sub, endpoint) in subs.iter().zip(endpoints) {
+        let reader = outbox::open_reader(&db_path)?;
+        let scheduler = Scheduler::new(sub.clone(), endpoint, writer.clone(), reader, shutdown.clone(), SHUTDOWN_GRACE);
+        tasks.spawn(scheduler.run());
+    }
+
+    let backlog = outbox::open_reader(&db_path)
+        .ok()
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE state <> 1", [], |r| r.get::<_, i64>(0)).ok())
+        .unwrap_or(0);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        store_id = %config.agent.store_id,
+        agent_id = %config.agent.agent_id,
+        db = %db_path.display(),
+        socket = %config.ingest.socket.display(),
+        subscriptions = subs.len(),
+        backlog,
+        "store-outbox started"
+    );
+    if subs.is_empty() {
+        tracing::warn!("no [[subscription]] configured: events are stored and wait for one");
+    }
+    if let Some(tx) = started {
+        let _ = tx.send(Started { socket: config.ingest.socket.clone(), db_path: db_path.clone() });
+    }
+
+    let mut stop = shutdown.clone();
+    stop.wait().await;
+    tracing::info!("stopping: no new events taken, finishing commits and requests in flight");
+    while tasks.join_next().await.is_some() {}
+    drop(writer);
+    tokio::task::spawn_blocking(move || writer_thread.join())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| anyhow!("the outbox writer thread failed"))?;
+    drop(lock);
+    tracing::info!("stopped");
+    Ok(())
+}

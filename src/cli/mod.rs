@@ -1,0 +1,120 @@
+//! The command line: one module per subcommand, each thin over the library.
+//!
+//! Exit codes of every command: 0 success, 1 runtime failure, 2 usage or
+//! config error (with a message naming the file, key or argument at fault).
+
+mod check_config;
+mod demo;
+mod receive;
+mod run;
+mod send;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+/// A command's failure: the exit code and what to tell the person.
+#[derive(Debug)]
+pub struct CliError {
+    /// 1 runtime failure, 2 usage or config error.
+    pub code: u8,
+    /// The message, naming what is at fault.
+    pub message: String,
+}
+
+impl CliError {
+    /// A runtime failure (exit 1).
+    pub fn runtime(message: impl std::fmt::Display) -> Self {
+        CliError { code: 1, message: message.to_string() }
+    }
+    /// A usage or config error (exit 2).
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        CliError { code: 2, message: message.to_string() }
+    }
+}
+
+/// Result of a command.
+pub type CliResult = Result<(), CliError>;
+
+/// store-outbox: commits POS events to a local SQLite outbox and forwards
+/// them as signed webhooks, in order per entity, through any outage.
+#[derive(Parser, Debug)]
+#[command(name = "store-outbox", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (default: $STORE_OUTBOX_CONFIG, then /etc/store-outbox/config.toml,
+    /// then built-in defaults under ./store-outbox-data/).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent (the service).
+    Run,
+    /// Self-contained demonstration: agent, receiver, POS traffic, an outage.
+    Demo(demo::DemoArgs),
+    /// Send one event through the agent's socket and print the reply.
+    Send(send::SendArgs),
+    /// Show delivery state per subscription, database size, ingest counters.
+    Status(status::StatusArgs),
+    /// Validate the config file; exit 2 naming what is wrong.
+    CheckConfig,
+    /// A webhook receiver that verifies signatures and per-entity order.
+    Receive(receive::ReceiveArgs),
+}
+
+/// Runs the parsed command.
+pub fn main(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Run => run::run(cli.config.as_deref()),
+        Command::Demo(args) => demo::run(args),
+        Command::Send(args) => send::run(cli.config.as_deref(), args),
+        Command::Status(args) => status::run(cli.config.as_deref(), args),
+        Command::CheckConfig => check_config::run(cli.config.as_deref()),
+        Command::Receive(args) => receive::run(args),
+    }
+}
+
+/// Loads the config, mapping errors to exit code 2.
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, CliError> {
+    config::load(path).map_err(CliError::usage)
+}
+
+/// Logs to stderr; `STORE_OUTBOX_LOG` (or `RUST_LOG`) sets the filter.
+fn init_logging(default_level: &str) {
+    let filter = std::env::var("STORE_OUTBOX_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default_level.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A tokio runtime for commands that need one.
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(format!("cannot start the async runtime: {e}")))
+}
+
+/// "3h12m"-style durations for people.
+pub fn human_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}

@@ -1,0 +1,620 @@
+//! The TOML configuration: where it is found, its defaults, and its validation.
+//!
+//! Every error names the file, the line and the key at fault, so a technician
+//! can fix a config over the phone. Unknown keys are errors, not warnings: a
+//! typo in `give_up_after` must not silently mean "never".
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Where the config file is looked for when neither `--config` nor the
+/// environment names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/store-outbox/config.toml";
+/// Environment variable that names the config file.
+pub const CONFIG_ENV: &str = "STORE_OUTBOX_CONFIG";
+/// Data directory used when there is no config file at all.
+pub const DEFAULT_DATA_DIR: &str = "./store-outbox-data";
+/// Default loopback address of the HTTP ingest.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7390";
+/// Default loopback address of the admin HTTP server.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7391";
+
+/// A configuration error, already worded for a person.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, `None` for built-in defaults.
+    pub source: Option<PathBuf>,
+    /// Identity of this store and agent, sent in every webhook body.
+    pub agent: AgentConfig,
+    /// The ways in.
+    pub ingest: IngestConfig,
+    /// Limits of the outbox database.
+    pub storage: StorageConfig,
+    /// The admin HTTP server.
+    pub admin: AdminConfig,
+    /// Where events go.
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Store number as central systems know it.
+    pub store_id: String,
+    /// This agent (till, PC) within the store.
+    pub agent_id: String,
+    /// Directory holding `outbox.db`.
+    pub data_dir: PathBuf,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Unix socket path for NDJSON producers.
+    pub socket: PathBuf,
+    /// Loopback HTTP ingest address.
+    pub http_listen: SocketAddr,
+    /// Spool directory for file drops.
+    pub spool_dir: PathBuf,
+    /// Largest accepted event, in bytes of its JSON text.
+    pub max_event_bytes: u64,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Size cap of the database; new events are refused past it.
+    pub max_db_bytes: u64,
+    /// How long delivered events are kept (for `show` and resend).
+    pub retain_delivered: Duration,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address of the status page and admin API.
+    pub listen: SocketAddr,
+    /// File holding the bearer token required for mutations.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Full event bodies or IDs only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadMode {
+    /// `data` carries the producer's payload.
+    Full,
+    /// `data` is left out.
+    Thin,
+}
+
+/// Backoff and give-up policy of one subscription.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryConfig {
+    /// First retry delay.
+    pub initial: Duration,
+    /// Largest retry delay.
+    pub max: Duration,
+    /// Park a delivery after failing for this long; `None` means never.
+    pub give_up_after: Option<Duration>,
+}
+
+/// One `[[subscription]]`.
+#[derive(Debug, Clone)]
+pub struct SubscriptionConfig {
+    /// Unique name, the key of its delivery state in the database.
+    pub name: String,
+    /// Endpoint receiving the POSTs.
+    pub url: reqwest::Url,
+    /// Signing keys (already base64-decoded); the first is the newest.
+    pub secrets: Vec<Vec<u8>>,
+    /// Event types wanted; `None` means all.
+    pub events: Option<Vec<String>>,
+    /// Body with or without `data`.
+    pub payload: PayloadMode,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Most requests in flight at once (different entities).
+    pub max_in_flight: usize,
+    /// Backoff policy.
+    pub retry: RetryConfig,
+    /// Extra headers on every request.
+    pub headers: BTreeMap<String, String>,
+    /// Extra CA certificate (PEM) to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mTLS.
+    pub client_key: Option<PathBuf>,
+}
+
+impl SubscriptionConfig {
+    /// Whether events of this type go to this subscription.
+    pub fn wants(&self, event_type: &str) -> bool {
+        match &self.events {
+            None => true,
+            Some(types) => types.iter().any(|t| t == event_type),
+        }
+    }
+}
+
+// ---- the file format -------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    agent: FileAgent,
+    #[serde(default)]
+    ingest: FileIngest,
+    #[serde(default)]
+    storage: FileStorage,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
+    subscription: Vec<FileSubscription>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAgent {
+    store_id: Option<String>,
+    agent_id: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileIngest {
+    socket: Option<PathBuf>,
+    http_listen: Option<SocketAddr>,
+    spool_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_size")]
+    max_event_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    #[serde(default, deserialize_with = "de_size")]
+    max_db_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "de_duration")]
+    retain_delivered: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    listen: Option<SocketAddr>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSubscription {
+    name: serde_spanned::Spanned<String>,
+    url: serde_spanned::Spanned<String>,
+    secret: Option<serde_spanned::Spanned<OneOrMany>>,
+    secret_file: Option<serde_spanned::Spanned<PathBuf>>,
+    events: Option<serde_spanned::Spanned<OneOrMany>>,
+    payload: Option<PayloadSetting>,
+    #[serde(default, deserialize_with = "de_duration")]
+    timeout: Option<Duration>,
+    max_in_flight: Option<serde_spanned::Spanned<i64>>,
+    #[serde(default)]
+    retry: FileRetry,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileRetry {
+    #[serde(default, deserialize_with = "de_duration")]
+    initial: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    max: Option<Duration>,
+    #[serde(default, deserialize_with = "de_give_up")]
+    give_up_after: Option<GiveUp>,
+}
+
+#[derive(Clone, Copy)]
+struct GiveUp(Option<Duration>);
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum PayloadSetting {
+    Full,
+    Thin,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Parses `30s`, `5m`, `7d`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"30s\", \"5m\", \"7d\""))
+}
+
+/// Parses `512KiB`, `2GiB`, `1MB` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {text:?} ({e}); write it like \"512KiB\", \"2GiB\""))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match SizeValue::deserialize(d)? {
+        SizeValue::Bytes(n) => Ok(Some(n)),
+        SizeValue::Text(t) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn de_give_up<'de, D: Deserializer<'de>>(d: D) -> Result<Option<GiveUp>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim() == "never" {
+        return Ok(Some(GiveUp(None)));
+    }
+    parse_duration(&text)
+        .map(|d| Some(GiveUp(Some(d))))
+        .map_err(|e| serde::de::Error::custom(format!("{e}, or \"never\"")))
+}
+
+/// Finds the config file: `--config`, then the environment, then the packaged
+/// path. Returns `None` when none applies and the packaged file is absent.
+pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let packaged = Path::new(DEFAULT_CONFIG_PATH);
+    packaged.exists().then(|| packaged.to_path_buf())
+}
+
+/// Loads and validates the configuration found by [`locate`], or the built-in
+/// defaults when there is no file.
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    match locate(explicit) {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError(format!("{}: cannot read config file: {e}", path.display()))
+            })?;
+            parse(&text, Some(&path))
+        }
+        None => parse("", None),
+    }
+}
+
+/// Line (1-based) of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Parses and validates config text; `path` is used in messages and to
+/// resolve relative paths (against the file's directory).
+pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+    let shown = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<built-in defaults>".to_string());
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let location = e
+            .span()
+            .map(|s| format!(" line {}:", line_of(text, s.start)))
+            .unwrap_or_default();
+        ConfigError(format!("{shown}:{location} {}", e.message().trim()))
+    })?;
+    let at = |span: std::ops::Range<usize>, key: &str, msg: String| {
+        ConfigError(format!("{shown}: line {}: {key}: {msg}", line_of(text, span.start)))
+    };
+    let base_dir = path
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let resolve = |p: PathBuf| {
+        if p.is_absolute() || path.is_none() {
+            p
+        } else {
+            base_dir.join(p)
+        }
+    };
+
+    let data_dir = resolve(file.agent.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
+    let agent = AgentConfig {
+        store_id: file.agent.store_id.unwrap_or_else(|| "unset".to_string()),
+        agent_id: file.agent.agent_id.unwrap_or_else(default_agent_id),
+        data_dir: data_dir.clone(),
+    };
+    let ingest = IngestConfig {
+        socket: file.ingest.socket.map(&resolve).unwrap_or_else(|| data_dir.join("ingest.sock")),
+        http_listen: file
+            .ingest
+            .http_listen
+            .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.parse().expect("valid default address")),
+        spool_dir: file.ingest.spool_dir.map(&resolve).unwrap_or_else(|| data_dir.join("spool")),
+        max_event_bytes: file.ingest.max_event_bytes.unwrap_or(1024 * 1024),
+    };
+    if ingest.max_event_bytes < 256 {
+        return Err(ConfigError(format!(
+            "{shown}: ingest.max_event_bytes: must be at least 256 bytes"
+        )));
+    }
+    let storage = StorageConfig {
+        max_db_bytes: file.storage.max_db_bytes.unwrap_or(2 * 1024 * 1024 * 1024),
+        retain_delivered: file
+            .storage
+            .retain_delivered
+            .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+    };
+    let admin = AdminConfig {
+        listen: file
+            .admin
+            .listen
+            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default address")),
+        token_file: file.admin.token_file.map(&resolve),
+    };
+
+    let mut subscriptions: Vec<SubscriptionConfig> = Vec::new();
+    for (index, sub) in file.subscription.into_iter().enumerate() {
+        let key = |k: &str| format!("subscription[{index}].{k}");
+        let name = sub.name.get_ref().clone();
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !name_ok {
+            return Err(at(
+                sub.name.span(),
+                &key("name"),
+                format!("{name:?} must be 1-64 characters of [A-Za-z0-9._-]"),
+            ));
+        }
+        if subscriptions.iter().any(|s| s.name == name) {
+            return Err(at(sub.name.span(), &key("name"), format!("{name:?} is used twice")));
+        }
+        let url = reqwest::Url::parse(sub.url.get_ref())
+            .map_err(|e| at(sub.url.span(), &key("url"), format!("{:?}: {e}", sub.url.get_ref())))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(at(sub.url.span(), &key("url"), "must be an http:// or https:// URL".into()));
+        }
+        let (secret_texts, secret_span, secret_key) = match (&sub.secret, &sub.secret_file) {
+            (Some(_), Some(f)) => {
+                return Err(at(f.span(), &key("secret_file"), "give secret or secret_file, not both".into()))
+            }
+            (Some(s), None) => (s.get_ref().clone().into_vec(), s.span(), key("secret")),
+            (None, Some(f)) => {
+                let file_path = resolve(f.get_ref().clone());
+                let content = std::fs::read_to_string(&file_path).map_err(|e| {
+                    at(f.span(), &key("secret_file"), format!("cannot read {}: {e}", file_path.display()))
+                })?;
+                let lines = content
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from)
+                    .collect();
+                (lines, f.span(), key("secret_file"))
+            }
+            (None, None) => {
+                return Err(at(sub.name.span(), &key("secret"), "missing: give secret = \"whsec_...\" or secret_file".into()))
+            }
+        };
+        if secret_texts.is_empty() {
+            return Err(at(secret_span, &secret_key, "no secret given".into()));
+        }
+        let mut secrets = Vec::new();
+        for s in &secret_texts {
+            secrets.push(crate::signing::decode_secret(s).map_err(|e| at(secret_span.clone(), &secret_key, e))?);
+        }
+        let events = match sub.events {
+            None => None,
+            Some(list) => {
+                let span = list.span();
+                let types = list.into_inner().into_vec();
+                if types.is_empty() {
+                    return Err(at(span, &key("events"), "empty list: use [\"*\"] for all events".into()));
+                }
+                if types.iter().any(|t| t == "*") {
+                    None
+                } else {
+                    for t in &types {
+                        if !crate::event::valid_type(t) {
+                            return Err(at(span, &key("events"), format!("{t:?} is not a valid event type")));
+                        }
+                    }
+                    Some(types)
+                }
+            }
+        };
+        let max_in_flight = match sub.max_in_flight {
+            None => 16,
+            Some(v) => {
+                let n = *v.get_ref();
+                if !(1..=1024).contains(&n) {
+                    return Err(at(v.span(), &key("max_in_flight"), format!("{n} is not between 1 and 1024")));
+                }
+                n as usize
+            }
+        };
+        let retry = RetryConfig {
+            initial: sub.retry.initial.unwrap_or(Duration::from_secs(1)),
+            max: sub.retry.max.unwrap_or(Duration::from_secs(300)),
+            give_up_after: sub.retry.give_up_after.and_then(|g| g.0),
+        };
+        if retry.initial.is_zero() || retry.max < retry.initial {
+            return Err(at(sub.name.span(), &key("retry"), "need 0 < initial <= max".into()));
+        }
+        for (h, v) in &sub.headers {
+            let name_ok = reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_ok();
+            let value_ok = reqwest::header::HeaderValue::from_str(v).is_ok();
+            if !name_ok || !value_ok {
+                return Err(at(sub.name.span(), &key("headers"), format!("invalid header {h:?}")));
+            }
+        }
+        let timeout = sub.timeout.unwrap_or(Duration::from_secs(30));
+        if timeout.is_zero() {
+            return Err(at(sub.name.span(), &key("timeout"), "must be more than 0s".into()));
+        }
+        if sub.client_cert.is_some() != sub.client_key.is_some() {
+            return Err(at(sub.name.span(), &key("client_cert"), "client_cert and client_key go together".into()));
+        }
+        subscriptions.push(SubscriptionConfig {
+            name,
+            url,
+            secrets,
+            events,
+            payload: match sub.payload {
+                Some(PayloadSetting::Thin) => PayloadMode::Thin,
+                _ => PayloadMode::Full,
+            },
+            timeout,
+            max_in_flight,
+            retry,
+            headers: sub.headers,
+            ca_file: sub.ca_file.map(&resolve),
+            client_cert: sub.client_cert.map(&resolve),
+            client_key: sub.client_key.map(&resolve),
+        });
+    }
+
+    Ok(Config {
+        source: path.map(Path::to_path_buf),
+        agent,
+        ingest,
+        storage,
+        admin,
+        subscriptions,
+    })
+}
+
+fn default_agent_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "agent".to_string())
+}
+
+impl Config {
+    /// Path of the outbox database.
+    pub fn db_path(&self) -> PathBuf {
+        self.agent.data_dir.join("outbox.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("", None).expect("defaults");
+        assert_eq!(c.ingest.http_listen.to_string(), "127.0.0.1:7390");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:7391");
+        assert_eq!(c.db_path(), PathBuf::from("./store-outbox-data/outbox.db"));
+        assert!(c.subscriptions.is_empty());
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let text = format!(
+            r#"
+[agent]
+store_id = "0042"
+agent_id = "till-03"
+data_dir = "/var/lib/store-outbox"
+[ingest]
+socket = "/run/store-outbox/ingest.sock"
+max_event_bytes = "1MiB"
+[storage]
+max_db_bytes = "2GiB"
+retain_delivered = "7d"
+[[subscription]]
+name = "erp"
+url = "https://erp.example.com/hooks/pos"
+secret = "{SECRET}"
+events = ["SaleCreated", "StockMovementCreated"]
+payload = "thin"
+timeout = "30s"
+max_in_flight = 16
+retry = {{ initial = "1s", max = "5m", give_up_after = "never" }}
+headers = {{ "authorization" = "Bearer x" }}
+"#
+        );
+        let c = parse(&text, Some(Path::new("/etc/store-outbox/config.toml"))).expect("valid");
+        assert_eq!(c.ingest.max_event_bytes, 1024 * 1024);
+        assert_eq!(c.storage.max_db_bytes, 2 * 1024 * 1024 * 1024);
+        let s = &c.subscriptions[0];
+        assert_eq!(s.payload, PayloadMode::Thin);
+        assert!(s.wants("SaleCreated") && !s.wants("Other"));
+        assert_eq!(s.retry.give_up_after, None);
+        assert_eq!(s.retry.max, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[agent]\nstore_id = \"1\"\n\n[storage]\nmax_db_bytez = \"1GiB\"\n";
+        let e = parse(text, Some(Path::new("/x/c.toml"))).unwrap_err().0;
+        assert!(e.contains("/x/c.toml"), "{e}");
+        assert!(e.contains("line 5"), "{e}");
+        assert!(e.contains("max_db_bytez"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_line() {
+        let text = format!(
+            "[[subscription]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\ntimeout = \"soon\"\n"
+        );
+        let e = parse(&text, Some(Path::new("c.toml"))).unwrap_err().0;
+        assert!(e.contains("line 5") && e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn missing_secret_and_bad_url_are_errors() {
+        let e = parse("[[subscription]]\nname = \"a\"\nurl = \"http://x\"\n", None).unwrap_err().0;
+        assert!(e.contains("subscription[0].secret"), "{e}");
+        let text = format!("[[subscription]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret = \"{SECRET}\"\n");
+        let e = parse(&text, None).unwrap_err().0;
+        assert!(e.contains("subscription[0].url") && e.contains("line 3"), "{e}");
+    }
+}

@@ -1,0 +1,436 @@
+//! One scheduler per subscription: decides which event is sent next.
+//!
+//! Invariants kept here:
+//! - **Order per entity**: at most one request per entity is in flight, and
+//!   the next event of an entity is looked up (from the database) only after
+//!   the previous one's outcome is *committed*. So event n+1 is never sent
+//!   before n's 2xx is durable, and after a crash a receiver can at worst see
+//!   n again, never n after n+1.
+//! - **Parked blocks its entity only**: a parked head keeps its entity out of
+//!   the ready set; other entities go on.
+//! - **Offline probing**: while the endpoint is down, one request at a time,
+//!   at the backoff pace, with the oldest waiting event; the first 2xx brings
+//!   the subscription back online and every entity becomes due at once.
+//! - Timers use `Instant` (monotonic): wall-clock jumps do not move them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::backoff;
+use super::webhook::{Attempt, AttemptKind, Endpoint};
+use crate::config::RetryConfig;
+use crate::outbox::read::{self, Head};
+use crate::outbox::writer::{Outcome, Verdict, Writer};
+use crate::outbox::{now_ms, Subscription, PARKED};
+use crate::shutdown::Shutdown;
+
+/// Failures in a row, of any kind, after which the endpoint counts as down
+/// even if it keeps answering (a receiver that fails every request).
+const FAILURES_BEFORE_OFFLINE: u32 = 5;
+/// How often parked entities are looked at again (an operator may resend).
+const RESYNC_EVERY: Duration = Duration::from_secs(2);
+
+/// Where an entity stands in this subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntityState {
+    /// Its head may be sent once `due`.
+    Ready,
+    /// A request for its head is in flight.
+    InFlight,
+    /// Its head is parked: nothing of it is sent until resent.
+    Parked,
+}
+
+struct Entity {
+    state: EntityState,
+    /// When its head may be sent (backoff).
+    due: Instant,
+    /// `seq` of its head (or a lower bound), to find the oldest event.
+    head_seq: i64,
+}
+
+/// What a finished delivery task reports.
+struct Done {
+    entity_id: i64,
+    attempt: Attempt,
+    /// Attempts of this delivery, including this one.
+    attempts: i64,
+    /// Whether the outcome is committed; if not, the event is sent again.
+    recorded: bool,
+    verdict: Verdict,
+    was_probe: bool,
+}
+
+/// Everything a scheduler needs.
+pub struct Scheduler {
+    sub: Subscription,
+    endpoint: Arc<Endpoint>,
+    writer: Writer,
+    reader: Connection,
+    shutdown: Shutdown,
+    /// Bounded wait for in-flight requests at shutdown.
+    grace: Duration,
+    entities: HashMap<i64, Entity>,
+    /// (due, head seq, entity id) of every `Ready` entity.
+    ready: BTreeSet<(Instant, i64, i64)>,
+    in_flight: usize,
+    online: bool,
+    /// Failures in a row (any kind), reset by a 2xx.
+    failures_in_a_row: u32,
+    /// Failed probes in a row while offline, for the probe backoff.
+    probe_failures: u32,
+    next_probe_at: Instant,
+    probe_in_flight: bool,
+    offline_since: Option<Instant>,
+}
+
+impl Scheduler {
+    /// Prepares the scheduler of one subscription.
+    pub fn new(
+        sub: Subscription,
+        endpoint: Arc<Endpoint>,
+        writer: Writer,
+        reader: Connection,
+        shutdown: Shutdown,
+        grace: Duration,
+    ) -> Self {
+        Scheduler {
+            sub,
+            endpoint,
+            writer,
+            reader,
+            shutdown,
+            grace,
+            entities: HashMap::new(),
+            ready: BTreeSet::new(),
+            in_flight: 0,
+            online: true,
+            failures_in_a_row: 0,
+            probe_failures: 0,
+            next_probe_at: Instant::now(),
+            probe_in_flight: false,
+            offline_since: None,
+        }
+    }
+
+    fn retry(&self) -> RetryConfig {
+        self.sub.config.retry
+    }
+
+    fn set_ready(&mut self, entity_id: i64, due: Instant, head_seq: i64) {
+        let entity = self
+            .entities
+            .entry(entity_id)
+            .or_insert(Entity { state: EntityState::Ready, due, head_seq });
+        if entity.state == EntityState::Ready {
+            self.ready.remove(&(entity.due, entity.head_seq, entity_id));
+        }
+        entity.state = EntityState::Ready;
+        entity.due = due;
+        entity.head_seq = head_seq;
+        self.ready.insert((due, head_seq, entity_id));
+    }
+
+    fn take_ready(&mut self, key: (Instant, i64, i64)) {
+        self.ready.remove(&key);
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self) {
+        let sub_id = self.sub.id;
+        match read::open_entities(&self.reader, sub_id) {
+            Ok(open) => {
+                let now = Instant::now();
+                for (entity_id, first_seq) in open {
+                    self.set_ready(entity_id, now, first_seq);
+                }
+            }
+            Err(e) => tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the backlog"),
+        }
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut tick = tokio::time::interval(RESYNC_EVERY);
+        let mut persisted = (true, 0usize);
+        let mut shutdown = self.shutdown.clone();
+        self.writer.set_sub_state(sub_id, "online", 0).await;
+        loop {
+            self.dispatch(&mut tasks);
+            let wake = self.next_wake();
+            tokio::select! {
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    match done {
+                        Ok(done) => self.finish(done),
+                        Err(e) => tracing::error!(error = %e, "delivery task failed"),
+                    }
+                }
+                _ = self.sub.inbox.wait() => self.merge_inbox(),
+                _ = sleep_until_opt(wake) => {}
+                _ = tick.tick() => {
+                    self.resync_parked();
+                    let now_state = (self.online, self.in_flight);
+                    if now_state != persisted {
+                        persisted = now_state;
+                        self.writer.set_sub_state(sub_id, self.state_name(), self.in_flight as i64).await;
+                    }
+                }
+                _ = shutdown.wait() => break,
+            }
+        }
+        // Give requests in flight a bounded time; what does not finish is
+        // simply sent again after the restart (at least once).
+        let deadline = Instant::now() + self.grace;
+        while !tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(Some(Ok(done))) => self.finish(done),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(subscription = %self.sub.config.name, requests = tasks.len(), "stopping with requests in flight; they will be sent again");
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        self.writer.set_sub_state(sub_id, self.state_name(), 0).await;
+    }
+
+    fn state_name(&self) -> &'static str {
+        if self.online {
+            "online"
+        } else {
+            "offline"
+        }
+    }
+
+    /// When something becomes due, if nothing else wakes us first.
+    fn next_wake(&self) -> Option<Instant> {
+        if self.online {
+            if self.in_flight >= self.sub.config.max_in_flight {
+                return None;
+            }
+            self.ready.first().map(|(due, _, _)| *due)
+        } else if self.probe_in_flight || self.ready.is_empty() {
+            None
+        } else {
+            Some(self.next_probe_at)
+        }
+    }
+
+    fn merge_inbox(&mut self) {
+        let now = Instant::now();
+        for (entity_id, seq) in self.sub.inbox.take() {
+            if !self.entities.contains_key(&entity_id) {
+                self.set_ready(entity_id, now, seq);
+            }
+        }
+    }
+
+    /// Starts as many requests as the state allows.
+    fn dispatch(&mut self, tasks: &mut JoinSet<Done>) {
+        let now = Instant::now();
+        loop {
+            let pick = if self.online {
+                if self.in_flight >= self.sub.config.max_in_flight {
+                    return;
+                }
+                match self.ready.first() {
+                    Some(&key) if key.0 <= now => key,
+                    _ => return,
+                }
+            } else {
+                if self.probe_in_flight || now < self.next_probe_at {
+                    return;
+                }
+                // The oldest waiting event, whatever its entity's own backoff.
+                match self.ready.iter().min_by_key(|(_, seq, _)| *seq) {
+                    Some(&key) => key,
+                    None => return,
+                }
+            };
+            self.take_ready(pick);
+            let entity_id = pick.2;
+            let head = match read::head(&self.reader, self.sub.id, entity_id) {
+                Ok(Some(head)) => head,
+                Ok(None) => {
+                    self.entities.remove(&entity_id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the next event");
+                    self.set_ready(entity_id, now + Duration::from_secs(1), pick.1);
+                    return;
+                }
+            };
+            if head.state == PARKED {
+                if let Some(entity) = self.entities.get_mut(&entity_id) {
+                    entity.state = EntityState::Parked;
+                    entity.head_seq = head.event.seq;
+                }
+                continue;
+            }
+            if let Some(entity) = self.entities.get_mut(&entity_id) {
+                entity.state = EntityState::InFlight;
+                entity.head_seq = head.event.seq;
+            }
+            self.in_flight += 1;
+            let was_probe = !self.online;
+            self.probe_in_flight |= was_probe;
+            tasks.spawn(deliver(
+                self.endpoint.clone(),
+                self.writer.clone(),
+                self.sub.id,
+                self.retry(),
+                entity_id,
+                head,
+                was_probe,
+            ));
+            if was_probe {
+                return;
+            }
+        }
+    }
+
+    /// Applies a finished delivery to the scheduling state.
+    fn finish(&mut self, done: Done) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if done.was_probe {
+            self.probe_in_flight = false;
+        }
+        let now = Instant::now();
+        let head_seq = self.entities.get(&done.entity_id).map(|e| e.head_seq).unwrap_or(i64::MAX);
+        let name = self.sub.config.name.clone();
+        if !done.recorded {
+            // The outcome is not durable: send the same event again later.
+            self.set_ready(done.entity_id, now + Duration::from_secs(1), head_seq);
+            return;
+        }
+        if done.verdict == Verdict::Park {
+            tracing::warn!(subscription = %name, error = ?done.attempt.error, attempts = done.attempts,
+                "delivery parked after retry.give_up_after; its entity waits until it is resent");
+            if let Some(entity) = self.entities.get_mut(&done.entity_id) {
+                entity.state = EntityState::Parked;
+            }
+        }
+        match done.attempt.kind {
+            AttemptKind::Delivered => {
+                self.failures_in_a_row = 0;
+                if !self.online {
+                    let down_for = self.offline_since.map(|t| t.elapsed()).unwrap_or_default();
+                    tracing::info!(subscription = %name, offline_for = %humantime::format_duration(Duration::from_secs(down_for.as_secs())),
+                        waiting_entities = self.ready.len() + 1, "endpoint is up again, draining the backlog");
+                    self.online = true;
+                    self.probe_failures = 0;
+                    self.offline_since = None;
+                    let keys: Vec<_> = self.ready.iter().copied().collect();
+                    for (_, seq, id) in keys {
+                        self.set_ready(id, now, seq);
+                    }
+                }
+                // The next event of this entity is strictly later.
+                self.set_ready(done.entity_id, now, head_seq.saturating_add(1));
+            }
+            kind => {
+                self.failures_in_a_row += 1;
+                let endpoint_down = kind == AttemptKind::EndpointDown || self.failures_in_a_row >= FAILURES_BEFORE_OFFLINE;
+                if endpoint_down && (self.online || done.was_probe) {
+                    if self.online {
+                        tracing::warn!(subscription = %name, url = %self.sub.config.url, error = ?done.attempt.error,
+                            "endpoint is down; probing it at the backoff pace");
+                        self.online = false;
+                        self.offline_since = Some(now);
+                        self.probe_failures = 0;
+                    }
+                    self.probe_failures += 1;
+                    let wait = done
+                        .attempt
+                        .retry_after
+                        .unwrap_or_else(|| backoff::delay(&self.sub.config.retry, self.probe_failures));
+                    self.next_probe_at = self.next_probe_at.max(now + wait);
+                }
+                let own = done
+                    .attempt
+                    .retry_after
+                    .unwrap_or_else(|| backoff::delay(&self.sub.config.retry, done.attempts.max(1) as u32));
+                if done.verdict != Verdict::Park {
+                    self.set_ready(done.entity_id, now + own, head_seq);
+                }
+            }
+        }
+    }
+
+    /// Looks again at parked entities: an operator may have resent their head.
+    fn resync_parked(&mut self) {
+        let parked: Vec<i64> = self
+            .entities
+            .iter()
+            .filter(|(_, e)| e.state == EntityState::Parked)
+            .map(|(id, _)| *id)
+            .collect();
+        let now = Instant::now();
+        for entity_id in parked {
+            match read::head(&self.reader, self.sub.id, entity_id) {
+                Ok(Some(head)) if head.state != PARKED => self.set_ready(entity_id, now, head.event.seq),
+                Ok(None) => {
+                    self.entities.remove(&entity_id);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(when: Option<Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one event and records the outcome (waiting for its commit).
+async fn deliver(
+    endpoint: Arc<Endpoint>,
+    writer: Writer,
+    sub_id: i64,
+    retry: RetryConfig,
+    entity_id: i64,
+    head: Head,
+    was_probe: bool,
+) -> Done {
+    let at_ms = now_ms();
+    let started = std::time::Instant::now();
+    let attempt = endpoint.send(&head.event).await;
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let attempts = head.attempts + 1;
+    let verdict = if attempt.kind == AttemptKind::Delivered {
+        Verdict::Delivered
+    } else {
+        let failing_since = head.first_failed_at.unwrap_or(at_ms);
+        match retry.give_up_after {
+            Some(limit) if at_ms - failing_since >= limit.as_millis() as i64 => Verdict::Park,
+            _ => {
+                let wait = attempt.retry_after.unwrap_or_else(|| backoff::delay(&retry, attempts as u32));
+                Verdict::Retry { next_attempt_at_ms: at_ms + wait.as_millis() as i64 }
+            }
+        }
+    };
+    let outcome = Outcome {
+        sub_id,
+        event_seq: head.event.seq,
+        at_ms,
+        status: attempt.status,
+        error: attempt.error.clone(),
+        duration_ms,
+        verdict,
+    };
+    let recorded = match writer.record(outcome).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record a delivery attempt; it will be repeated");
+            false
+        }
+    };
+    Done { entity_id, attempt, attempts, recorded, verdict, was_probe }
+}

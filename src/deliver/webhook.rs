@@ -1,0 +1,225 @@
+//! One subscription's endpoint: its HTTP client (rustls), the webhook body of
+//! the contract, the Standard Webhooks headers, and what an answer means.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::backoff::parse_retry_after;
+use crate::config::{PayloadMode, SubscriptionConfig};
+use crate::outbox::read::StoredEvent;
+
+/// `source` in every body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    /// `agent.store_id`.
+    pub store_id: String,
+    /// `agent.agent_id`.
+    pub agent_id: String,
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptKind {
+    /// 2xx within the timeout.
+    Delivered,
+    /// The endpoint is unreachable or overloaded (connect error, timeout,
+    /// 429, 502-504): the whole subscription goes offline and is probed.
+    EndpointDown,
+    /// The endpoint answered but refused this event (other non-2xx).
+    Refused,
+}
+
+/// The result of sending one event.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// Classification.
+    pub kind: AttemptKind,
+    /// HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// Failure description, `None` on success.
+    pub error: Option<String>,
+    /// `Retry-After` of a 429/503.
+    pub retry_after: Option<Duration>,
+}
+
+/// A subscription's endpoint, ready to send.
+pub struct Endpoint {
+    client: reqwest::Client,
+    config: Arc<SubscriptionConfig>,
+    source: Source,
+}
+
+/// Builds the HTTP client: rustls, the subscription's CA and client
+/// certificate, its timeout, no redirects (a moved endpoint is a config error
+/// to fix, not something to follow with signed business data).
+pub fn build_client(config: &SubscriptionConfig) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .user_agent(concat!("store-outbox/", env!("CARGO_PKG_VERSION")))
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(config.max_in_flight);
+    if let Some(ca) = &config.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
+        let mut pem = std::fs::read(cert).map_err(|e| format!("client_cert {}: {e}", cert.display()))?;
+        pem.extend(std::fs::read(key).map_err(|e| format!("client_key {}: {e}", key.display()))?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| format!("client_cert/client_key: {e}"))?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// The JSON body of the contract.
+pub fn body(event: &StoredEvent, payload: PayloadMode, source: &Source) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        timestamp: &'a str,
+        entity: &'a str,
+        entity_seq: i64,
+        source: &'a Source,
+        correlation_id: Option<&'a str>,
+        is_test: bool,
+        attributes: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a RawValue>,
+    }
+    let empty: &RawValue = serde_json::from_str("{}").expect("static JSON");
+    let null: &RawValue = serde_json::from_str("null").expect("static JSON");
+    let attributes = event
+        .attributes
+        .as_deref()
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or(empty);
+    let data = match payload {
+        PayloadMode::Full => Some(serde_json::from_str(&event.payload).unwrap_or(null)),
+        PayloadMode::Thin => None,
+    };
+    serde_json::to_vec(&Body {
+        id: &event.event_id,
+        event_type: &event.event_type,
+        timestamp: &event.occurred_at,
+        entity: &event.entity,
+        entity_seq: event.entity_seq,
+        source,
+        correlation_id: event.correlation_id.as_deref(),
+        is_test: event.is_test,
+        attributes,
+        data,
+    })
+    .unwrap_or_default()
+}
+
+impl Endpoint {
+    /// Prepares the endpoint of one subscription.
+    pub fn new(config: Arc<SubscriptionConfig>, source: Source) -> Result<Self, String> {
+        let client = build_client(&config)?;
+        Ok(Endpoint { client, config, source })
+    }
+
+    /// Sends one event and classifies the answer.
+    pub async fn send(&self, event: &StoredEvent) -> Attempt {
+        let body = body(event, self.config.payload, &self.source);
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let signature = crate::signing::signature_header(&self.config.secrets, &event.event_id, timestamp, &body);
+        let mut request = self
+            .client
+            .post(self.config.url.clone())
+            .header("content-type", "application/json")
+            .header("webhook-id", &event.event_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature);
+        for (name, value) in &self.config.headers {
+            request = request.header(name, value);
+        }
+        match request.body(body).send().await {
+            Ok(response) => classify(response).await,
+            Err(e) => Attempt {
+                kind: AttemptKind::EndpointDown,
+                status: None,
+                error: Some(describe_transport_error(&e, self.config.timeout)),
+                retry_after: None,
+            },
+        }
+    }
+}
+
+async fn classify(response: reqwest::Response) -> Attempt {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // Read the body so the connection can be reused, and so a reply cut off
+    // mid-body counts as a failure (the timeout covers this read too).
+    let text = match response.bytes().await {
+        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned(),
+        Err(e) if status.is_success() => {
+            return Attempt {
+                kind: AttemptKind::EndpointDown,
+                status: Some(status.as_u16()),
+                error: Some(format!("answer {status} cut off: {e}")),
+                retry_after: None,
+            }
+        }
+        Err(_) => String::new(),
+    };
+    let code = status.as_u16();
+    if status.is_success() {
+        return Attempt { kind: AttemptKind::Delivered, status: Some(code), error: None, retry_after: None };
+    }
+    let kind = match code {
+        408 | 429 | 502 | 503 | 504 => AttemptKind::EndpointDown,
+        _ => AttemptKind::Refused,
+    };
+    let detail = match (status.is_redirection(), location) {
+        (true, Some(to)) => format!("HTTP {code}: redirect to {to} not followed; point the subscription url there"),
+        _ if text.trim().is_empty() => format!("HTTP {code}"),
+        _ => format!("HTTP {code}: {}", text.trim()),
+    };
+    let retry_after = if matches!(code, 429 | 503) { retry_after } else { None };
+    Attempt { kind, status: Some(code), error: Some(detail), retry_after }
+}
+
+/// A short, actionable description of a transport failure.
+fn describe_transport_error(e: &reqwest::Error, timeout: Duration) -> String {
+    use std::error::Error as _;
+    if e.is_timeout() {
+        return format!("no answer within the timeout ({})", humantime::format_duration(timeout));
+    }
+    let mut text = String::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = s.to_string();
+        source = s.source();
+    }
+    if e.is_connect() {
+        format!("cannot connect: {text}")
+    } else if text.is_empty() {
+        e.to_string()
+    } else {
+        format!("request failed: {text}")
+    }
+}

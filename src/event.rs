@@ -1,0 +1,330 @@
+//! The event a producer sends, its validation, and the reply it gets.
+//!
+//! Validation happens here, before anything reaches storage, so a rejected
+//! event is never half-stored. Every message names the field at fault.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Top-level fields an event may have; anything else is rejected.
+const KNOWN_FIELDS: [&str; 8] = [
+    "event_id",
+    "type",
+    "entity",
+    "occurred_at",
+    "correlation_id",
+    "is_test",
+    "attributes",
+    "payload",
+];
+
+/// Error codes of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON at all.
+    InvalidJson,
+    /// JSON, but not a valid event.
+    InvalidEvent,
+    /// Larger than `ingest.max_event_bytes`.
+    TooLarge,
+    /// The database reached its cap.
+    StorageFull,
+    /// The agent is stopping.
+    ShuttingDown,
+    /// Anything else (I/O errors); the event was not stored.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidEvent => "invalid_event",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Why one event was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IngestError {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable reason naming the field.
+    pub message: String,
+}
+
+impl IngestError {
+    /// Builds an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        IngestError { code, message: message.into() }
+    }
+    fn field(field: &str, problem: impl std::fmt::Display) -> Self {
+        IngestError::new(ErrorCode::InvalidEvent, format!("{field}: {problem}"))
+    }
+}
+
+/// The answer to one event, exactly as the contract writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Committed (now or earlier, for a duplicate).
+    Accepted {
+        /// The event's id (generated when the producer gave none).
+        event_id: String,
+        /// Its position within its entity.
+        entity_seq: i64,
+        /// Already in the outbox before this request.
+        duplicate: bool,
+    },
+    /// Not stored.
+    Rejected(IngestError),
+}
+
+impl Reply {
+    /// The reply's JSON text, fields in the contract's order.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Ok<'a> {
+            ok: bool,
+            event_id: &'a str,
+            entity_seq: i64,
+            duplicate: bool,
+        }
+        #[derive(Serialize)]
+        struct Err<'a> {
+            ok: bool,
+            error: &'a IngestError,
+        }
+        let text = match self {
+            Reply::Accepted { event_id, entity_seq, duplicate } => serde_json::to_string(&Ok {
+                ok: true,
+                event_id,
+                entity_seq: *entity_seq,
+                duplicate: *duplicate,
+            }),
+            Reply::Rejected(error) => serde_json::to_string(&Err { ok: false, error }),
+        };
+        text.unwrap_or_else(|_| r#"{"ok":false,"error":{"code":"internal","message":"reply encoding"}}"#.into())
+    }
+}
+
+impl From<IngestError> for Reply {
+    fn from(e: IngestError) -> Self {
+        Reply::Rejected(e)
+    }
+}
+
+/// A validated event, ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Producer's id, or a generated UUIDv7.
+    pub event_id: String,
+    /// Event type, e.g. `SaleCreated`.
+    pub event_type: String,
+    /// Ordering key.
+    pub entity: String,
+    /// RFC 3339 UTC time.
+    pub occurred_at: String,
+    /// Producer's correlation id.
+    pub correlation_id: Option<String>,
+    /// Test traffic flag, passed through.
+    pub is_test: bool,
+    /// String map as compact JSON text, `None` when empty.
+    pub attributes: Option<String>,
+    /// The payload's JSON text, verbatim.
+    pub payload: String,
+}
+
+/// Whether `t` is a valid event type (`^[A-Za-z][A-Za-z0-9._-]{0,127}$`).
+pub fn valid_type(t: &str) -> bool {
+    let mut chars = t.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && t.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// Whether `id` is a valid event id (1-128 chars of `[A-Za-z0-9._:-]`).
+pub fn valid_event_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
+}
+
+/// Checks an entity (1-256 bytes, no control characters).
+pub fn check_entity(entity: &str) -> Result<(), IngestError> {
+    if entity.is_empty() {
+        return Err(IngestError::field("entity", "must not be empty"));
+    }
+    if entity.len() > 256 {
+        return Err(IngestError::field("entity", format!("{} bytes, at most 256", entity.len())));
+    }
+    if entity.chars().any(char::is_control) {
+        return Err(IngestError::field("entity", "contains a control character"));
+    }
+    Ok(())
+}
+
+/// Now as RFC 3339 UTC.
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}
+
+/// Normalises an RFC 3339 time to UTC.
+pub fn normalise_time(text: &str) -> Result<String, String> {
+    let t = OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e})"))?;
+    t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).map_err(|e| e.to_string())
+}
+
+fn as_string(field: &str, raw: &RawValue) -> Result<String, IngestError> {
+    serde_json::from_str::<String>(raw.get()).map_err(|_| IngestError::field(field, "must be a string"))
+}
+
+/// Parses and validates one event's JSON text.
+pub fn parse_event(text: &[u8], max_bytes: u64) -> Result<NewEvent, IngestError> {
+    if text.len() as u64 > max_bytes {
+        return Err(IngestError::new(
+            ErrorCode::TooLarge,
+            format!("event is {} bytes, the limit is {max_bytes}", text.len()),
+        ));
+    }
+    let fields: HashMap<String, Box<RawValue>> = serde_json::from_slice(text).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            IngestError::new(ErrorCode::InvalidEvent, "event must be a JSON object")
+        } else {
+            IngestError::new(ErrorCode::InvalidJson, e.to_string())
+        }
+    })?;
+    let mut unknown: Vec<&str> = fields
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !KNOWN_FIELDS.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        return Err(IngestError::field(unknown[0], "unknown field"));
+    }
+    let get = |name: &str| fields.get(name).filter(|v| v.get() != "null");
+
+    let event_type = get("type")
+        .ok_or_else(|| IngestError::field("type", "missing"))
+        .and_then(|v| as_string("type", v))?;
+    if !valid_type(&event_type) {
+        return Err(IngestError::field("type", format!("{event_type:?} must match ^[A-Za-z][A-Za-z0-9._-]{{0,127}}$")));
+    }
+    let entity = get("entity")
+        .ok_or_else(|| IngestError::field("entity", "missing"))
+        .and_then(|v| as_string("entity", v))?;
+    check_entity(&entity)?;
+    let payload = fields
+        .get("payload")
+        .ok_or_else(|| IngestError::field("payload", "missing"))?
+        .get()
+        .to_string();
+    let event_id = match get("event_id") {
+        Some(v) => {
+            let id = as_string("event_id", v)?;
+            if !valid_event_id(&id) {
+                return Err(IngestError::field("event_id", format!("{id:?} must be 1-128 characters of [A-Za-z0-9._:-]")));
+            }
+            id
+        }
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let occurred_at = match get("occurred_at") {
+        Some(v) => normalise_time(&as_string("occurred_at", v)?).map_err(|e| IngestError::field("occurred_at", e))?,
+        None => now_rfc3339(),
+    };
+    let correlation_id = match get("correlation_id") {
+        Some(v) => {
+            let c = as_string("correlation_id", v)?;
+            if c.len() > 256 {
+                return Err(IngestError::field("correlation_id", "longer than 256 bytes"));
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    let is_test = match get("is_test") {
+        Some(v) => serde_json::from_str::<bool>(v.get()).map_err(|_| IngestError::field("is_test", "must be true or false"))?,
+        None => false,
+    };
+    let attributes = match get("attributes") {
+        Some(v) => {
+            let map: BTreeMap<String, String> = serde_json::from_str(v.get())
+                .map_err(|_| IngestError::field("attributes", "must be an object of string values"))?;
+            (!map.is_empty()).then(|| serde_json::to_string(&map).unwrap_or_default())
+        }
+        None => None,
+    };
+    Ok(NewEvent { event_id, event_type, entity, occurred_at, correlation_id, is_test, attributes, payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NewEvent, IngestError> {
+        parse_event(text.as_bytes(), 1 << 20)
+    }
+
+    #[test]
+    fn accepts_a_full_event_and_keeps_the_payload_verbatim() {
+        let e = parse(r#"{"event_id":"s-1","type":"SaleCreated","entity":"order:1","occurred_at":"2026-11-22T11:15:00+01:00","correlation_id":"c","is_test":true,"attributes":{"terminal":"03"},"payload":{"b": 1,  "a":[2]}}"#).expect("valid");
+        assert_eq!(e.occurred_at, "2026-11-22T10:15:00Z");
+        assert_eq!(e.payload, r#"{"b": 1,  "a":[2]}"#);
+        assert_eq!(e.attributes.as_deref(), Some(r#"{"terminal":"03"}"#));
+        assert!(e.is_test);
+    }
+
+    #[test]
+    fn generates_a_uuid_v7_when_no_id_is_given() {
+        let e = parse(r#"{"type":"T","entity":"e","payload":null}"#).expect("valid");
+        assert_eq!(uuid::Uuid::parse_str(&e.event_id).expect("uuid").get_version_num(), 7);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"entity":"e","payload":1}"#, "type: missing"),
+            (r#"{"type":"1x","entity":"e","payload":1}"#, "type:"),
+            (r#"{"type":"T","payload":1}"#, "entity: missing"),
+            (r#"{"type":"T","entity":"","payload":1}"#, "entity: must not be empty"),
+            (r#"{"type":"T","entity":"a\u0001","payload":1}"#, "entity: contains a control"),
+            (r#"{"type":"T","entity":"e"}"#, "payload: missing"),
+            (r#"{"type":"T","entity":"e","payload":1,"extra":2}"#, "extra: unknown field"),
+            (r#"{"type":"T","entity":"e","payload":1,"event_id":"a b"}"#, "event_id:"),
+            (r#"{"type":"T","entity":"e","payload":1,"occurred_at":"yesterday"}"#, "occurred_at:"),
+            (r#"{"type":"T","entity":"e","payload":1,"attributes":{"a":1}}"#, "attributes:"),
+            (r#"{"type":"T","entity":"e","payload":1,"is_test":"no"}"#, "is_test:"),
+            (r#"[1]"#, "must be a JSON object"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).expect_err(text);
+            assert_eq!(err.code, ErrorCode::InvalidEvent, "{text}");
+            assert!(err.message.starts_with(want), "{text}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn broken_json_and_size() {
+        assert_eq!(parse("{\"type\":").unwrap_err().code, ErrorCode::InvalidJson);
+        let big = format!(r#"{{"type":"T","entity":"e","payload":"{}"}}"#, "x".repeat(300));
+        assert_eq!(parse_event(big.as_bytes(), 256).unwrap_err().code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn reply_shapes_follow_the_contract() {
+        let ok = Reply::Accepted { event_id: "a".into(), entity_seq: 3, duplicate: false };
+        assert_eq!(ok.to_json(), r#"{"ok":true,"event_id":"a","entity_seq":3,"duplicate":false}"#);
+        let err: Reply = IngestError::new(ErrorCode::InvalidEvent, "entity: missing").into();
+        assert_eq!(err.to_json(), r#"{"ok":false,"error":{"code":"invalid_event","message":"entity: missing"}}"#);
+    }
+}

@@ -1,0 +1,31 @@
+//! store-outbox: a store-side transactional outbox.
+//!
+//! Point-of-sale software hands events to the agent (Unix socket); the agent
+//! commits each one to SQLite before saying "ok", then forwards it to central
+//! systems as signed webhooks, in order per entity, retrying through outages.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, defaults, validation with file/line/key errors.
+//! - [`event`]: the event a producer sends, its validation, the reply.
+//! - [`outbox`]: the SQLite database: schema and migrations, the single
+//!   group-committing writer, read queries. Nothing is acknowledged before commit.
+//! - [`ingest`]: the ways in (Unix socket); bytes to validated events.
+//! - [`deliver`]: per-subscription schedulers (per-entity order, backoff,
+//!   offline probing) and the webhook sender.
+//! - [`signing`]: Standard Webhooks signatures, shared by sender and receiver.
+//! - [`receiver`]: a checking webhook receiver (`receive`, `demo`).
+//! - [`agent`]: wires the parts together and stops them in order.
+//! - [`shutdown`]: the shutdown signal.
+//! - [`cli`]: one module per subcommand; thin, on top of the above.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod event;
+pub mod ingest;
+pub mod outbox;
+pub mod receiver;
+pub mod shutdown;
+pub mod signing;

@@ -1,0 +1,171 @@
+//! The transactional outbox: one SQLite file that holds every acknowledged
+//! event and, per subscription, its delivery state.
+//!
+//! - [`schema`]: tables and versioned migrations.
+//! - [`writer`]: the single writer thread, which group-commits ingest and
+//!   delivery outcomes; nothing is acknowledged before its commit.
+//! - [`read`]: read-only queries for the schedulers, `status` and the CLI.
+
+pub mod read;
+pub mod schema;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags};
+use tokio::sync::Notify;
+
+use crate::config::SubscriptionConfig;
+
+/// Delivery state: waiting to be sent (or retried).
+pub const PENDING: i64 = 0;
+/// Delivery state: got its 2xx.
+pub const DELIVERED: i64 = 1;
+/// Delivery state: gave up after `give_up_after`; blocks its entity until resent.
+pub const PARKED: i64 = 2;
+
+/// Wall-clock milliseconds since the Unix epoch, for stored timestamps only
+/// (scheduling uses monotonic time).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Why the database could not be opened, worded for the person who has to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct OpenError {
+    /// The database file.
+    pub path: String,
+    /// What went wrong and what to do.
+    pub reason: String,
+}
+
+fn open_error(path: &Path, reason: impl std::fmt::Display) -> OpenError {
+    OpenError { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+/// Opens (creating if needed) the database for writing: WAL, `synchronous=FULL`,
+/// migrations applied.
+pub fn open_writer(path: &Path) -> Result<Connection, OpenError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| open_error(dir, format!("cannot create the data directory: {e}")))?;
+    }
+    let mut conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+    let hint = "the file is not a readable store-outbox database; move it aside (keep it for support) and start again, or restore a backup";
+    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| open_error(path, e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| open_error(path, format!("{e}: {hint}")))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(open_error(path, format!("cannot switch to WAL mode (got {mode})")));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
+        .map_err(|e| open_error(path, e))?;
+    schema::migrate(&mut conn).map_err(|e| open_error(path, format!("{e}; {hint}")))?;
+    Ok(conn)
+}
+
+/// Opens the database read-only (status, CLI, schedulers' reads).
+pub fn open_reader(path: &Path) -> Result<Connection, OpenError> {
+    if !path.exists() {
+        return Err(open_error(path, "no database here yet (has the agent run with this config?)"));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| open_error(path, e))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| open_error(path, e))?;
+    if version != schema::CURRENT_VERSION {
+        return Err(open_error(
+            path,
+            format!("schema version {version}, this store-outbox reads {}: start the agent once to migrate", schema::CURRENT_VERSION),
+        ));
+    }
+    Ok(conn)
+}
+
+/// Entities with new deliveries for one subscription, filled by the writer
+/// after each commit and drained by that subscription's scheduler. Bounded by
+/// the number of entities, not events, however fast producers write.
+#[derive(Default)]
+pub struct Inbox {
+    /// entity id -> lowest new event `seq`.
+    dirty: Mutex<HashMap<i64, i64>>,
+    notify: Notify,
+}
+
+impl Inbox {
+    /// Marks entities (with the `seq` of a new event) and wakes the scheduler.
+    pub fn push(&self, entities: impl IntoIterator<Item = (i64, i64)>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        for (entity, seq) in entities {
+            let first = dirty.entry(entity).or_insert(seq);
+            *first = (*first).min(seq);
+        }
+        drop(dirty);
+        self.notify.notify_one();
+    }
+    /// Takes the marked entities.
+    pub fn take(&self) -> HashMap<i64, i64> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    /// Waits until [`Inbox::push`] was called since the last wait.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// A configured subscription as the database knows it.
+#[derive(Clone)]
+pub struct Subscription {
+    /// Row id in `subscriptions`.
+    pub id: i64,
+    /// Its configuration.
+    pub config: Arc<SubscriptionConfig>,
+    /// Where the writer announces new deliveries.
+    pub inbox: Arc<Inbox>,
+}
+
+/// Records the configured subscriptions: new ones get the retained events
+/// that match their filter (oldest first, by creating their delivery rows),
+/// ones no longer configured keep their rows but are marked so.
+pub fn register_subscriptions(conn: &mut Connection, subs: &[SubscriptionConfig]) -> rusqlite::Result<Vec<Subscription>> {
+    let tx = conn.transaction()?;
+    tx.execute("UPDATE subscriptions SET configured = 0, state = 'unconfigured', in_flight = 0", [])?;
+    let max_seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    let mut out = Vec::new();
+    for sub in subs {
+        tx.execute(
+            "INSERT INTO subscriptions(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+            params![sub.name, now_ms()],
+        )?;
+        let (id, covered): (i64, i64) = tx.query_row(
+            "SELECT id, covered_seq FROM subscriptions WHERE name = ?1",
+            [&sub.name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        // Events stored while this subscription was absent from the config.
+        let filter = sub.events.as_ref().map(|t| serde_json::to_string(t).unwrap_or_default());
+        tx.execute(
+            "INSERT OR IGNORE INTO deliveries(sub_id, event_seq, entity_id, entity_seq)
+             SELECT ?1, seq, entity_id, entity_seq FROM events
+             WHERE seq > ?2 AND (?3 IS NULL OR type IN (SELECT value FROM json_each(?3)))",
+            params![id, covered, filter],
+        )?;
+        tx.execute(
+            "UPDATE subscriptions SET configured = 1, covered_seq = ?2, url = ?3, state = 'online' WHERE id = ?1",
+            params![id, max_seq, sub.url.as_str()],
+        )?;
+        out.push(Subscription { id, config: Arc::new(sub.clone()), inbox: Arc::new(Inbox::default()) });
+    }
+    tx.commit()?;
+    Ok(out)
+}

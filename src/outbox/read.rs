@@ -1,0 +1,229 @@
+//! Read-only queries: what the schedulers send next, and what `status` shows.
+//!
+//! Everything here runs on its own read connection; WAL lets it read while the
+//! writer commits.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{now_ms, PARKED, PENDING};
+
+/// An event as stored, with what its webhook body needs.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Global ingest order.
+    pub seq: i64,
+    /// The producer's (or generated) id, also the `webhook-id`.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Ordering key.
+    pub entity: String,
+    /// Position within the entity.
+    pub entity_seq: i64,
+    /// RFC 3339 UTC.
+    pub occurred_at: String,
+    /// Producer's correlation id.
+    pub correlation_id: Option<String>,
+    /// Test traffic flag.
+    pub is_test: bool,
+    /// JSON object text, if any.
+    pub attributes: Option<String>,
+    /// The payload's JSON text.
+    pub payload: String,
+}
+
+/// The first undelivered event of one entity for one subscription.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Pending or parked.
+    pub state: i64,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Wall-clock ms of the first failed attempt.
+    pub first_failed_at: Option<i64>,
+    /// The event itself.
+    pub event: StoredEvent,
+}
+
+/// The next event of `entity_id` that `sub_id` has not yet received.
+pub fn head(conn: &Connection, sub_id: i64, entity_id: i64) -> rusqlite::Result<Option<Head>> {
+    conn.prepare_cached(
+        "SELECT d.state, d.attempts, d.first_failed_at,
+                e.seq, e.event_id, e.type, n.entity, e.entity_seq, e.occurred_at,
+                e.correlation_id, e.is_test, e.attributes, e.payload
+         FROM deliveries d
+         JOIN events e ON e.seq = d.event_seq
+         JOIN entities n ON n.id = d.entity_id
+         WHERE d.sub_id = ?1 AND d.entity_id = ?2 AND d.state <> 1
+         ORDER BY d.entity_seq LIMIT 1",
+    )?
+    .query_row(params![sub_id, entity_id], |r| {
+        Ok(Head {
+            state: r.get(0)?,
+            attempts: r.get(1)?,
+            first_failed_at: r.get(2)?,
+            event: StoredEvent {
+                seq: r.get(3)?,
+                event_id: r.get(4)?,
+                event_type: r.get(5)?,
+                entity: r.get(6)?,
+                entity_seq: r.get(7)?,
+                occurred_at: r.get(8)?,
+                correlation_id: r.get(9)?,
+                is_test: r.get(10)?,
+                attributes: r.get(11)?,
+                payload: r.get(12)?,
+            },
+        })
+    })
+    .optional()
+}
+
+/// Every entity with undelivered events for `sub_id`, with the `seq` of its
+/// first one (oldest first).
+pub fn open_entities(conn: &Connection, sub_id: i64) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT entity_id, MIN(event_seq) AS first FROM deliveries
+         WHERE sub_id = ?1 AND state <> 1 GROUP BY entity_id ORDER BY first",
+    )?;
+    let rows = stmt.query_map([sub_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Formats wall-clock ms as RFC 3339 UTC.
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Database size figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbStatus {
+    /// The database file.
+    pub path: String,
+    /// Bytes in use by the database (main file, live pages).
+    pub bytes: u64,
+    /// `storage.max_db_bytes`.
+    pub max_bytes: u64,
+}
+
+/// Ingest counters since the database was created.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestCounters {
+    /// Events stored.
+    pub accepted_total: i64,
+    /// Events acknowledged again as duplicates.
+    pub duplicate_total: i64,
+    /// Events refused.
+    pub rejected_total: i64,
+}
+
+/// One subscription in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionStatus {
+    /// Its name.
+    pub name: String,
+    /// online, offline, stopped (agent not running) or unconfigured.
+    pub state: String,
+    /// Deliveries waiting (not parked).
+    pub pending: i64,
+    /// Requests in flight at the last update.
+    pub in_flight: i64,
+    /// Deliveries parked after `give_up_after`.
+    pub parked: i64,
+    /// Age of the oldest pending event, seconds.
+    pub oldest_pending_age_s: Option<i64>,
+    /// Deliveries that got a 2xx.
+    pub delivered_total: i64,
+    /// Time of the last 2xx.
+    pub last_success_at: Option<String>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// Time of the last failure.
+    pub last_error_at: Option<String>,
+    /// Whether it is in the current config.
+    pub configured: bool,
+    /// Endpoint, as last configured.
+    pub url: Option<String>,
+}
+
+/// Per-subscription figures straight from the database.
+pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStatus>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, name, state, in_flight, delivered_total, last_success_at, last_error, last_error_at, configured, url
+         FROM subscriptions ORDER BY configured DESC, name",
+    )?;
+    let rows: Vec<(i64, SubscriptionStatus)> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                SubscriptionStatus {
+                    name: r.get(1)?,
+                    state: r.get(2)?,
+                    pending: 0,
+                    in_flight: r.get(3)?,
+                    parked: 0,
+                    oldest_pending_age_s: None,
+                    delivered_total: r.get(4)?,
+                    last_success_at: r.get::<_, Option<i64>>(5)?.map(ms_to_rfc3339),
+                    last_error: r.get(6)?,
+                    last_error_at: r.get::<_, Option<i64>>(7)?.map(ms_to_rfc3339),
+                    configured: r.get(8)?,
+                    url: r.get(9)?,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let now = now_ms();
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, mut s) in rows {
+        let count = |state: i64| {
+            conn.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE sub_id = ?1 AND state = ?2")?
+                .query_row(params![id, state], |r| r.get::<_, i64>(0))
+        };
+        s.pending = count(PENDING)?;
+        s.parked = count(PARKED)?;
+        let oldest: Option<i64> = conn
+            .prepare_cached(
+                "SELECT e.ingested_at FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.sub_id = ?1 AND d.state = ?2 ORDER BY d.event_seq LIMIT 1",
+            )?
+            .query_row(params![id, PENDING], |r| r.get(0))
+            .optional()?;
+        s.oldest_pending_age_s = oldest.map(|t| ((now - t) / 1000).max(0));
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// The ingest counters.
+pub fn ingest_counters(conn: &Connection) -> rusqlite::Result<IngestCounters> {
+    let get = |name: &str| {
+        conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(Option::unwrap_or_default)
+    };
+    Ok(IngestCounters {
+        accepted_total: get("accepted_total")?,
+        duplicate_total: get("duplicate_total")?,
+        rejected_total: get("rejected_total")?,
+    })
+}
+
+/// Bytes used by the database's live pages.
+pub fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|b| b.max(0) as u64)
+}
+
+/// A value from the `meta` table.
+pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+}

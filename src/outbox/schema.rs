@@ -1,0 +1,102 @@
+//! The database schema and its migrations, versioned with `PRAGMA user_version`.
+//!
+//! Migrations only ever append: a newer agent must open a database that still
+//! holds the backlog written by an older one.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the outbox.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE entities (
+        id INTEGER PRIMARY KEY,
+        entity TEXT NOT NULL UNIQUE,
+        last_seq INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        entity_id INTEGER NOT NULL,
+        entity_seq INTEGER NOT NULL,
+        occurred_at TEXT NOT NULL,
+        ingested_at INTEGER NOT NULL,
+        correlation_id TEXT,
+        is_test INTEGER NOT NULL DEFAULT 0,
+        attributes TEXT,
+        payload TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX events_by_entity ON events(entity_id, entity_seq);
+    CREATE TABLE subscriptions (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        configured INTEGER NOT NULL DEFAULT 1,
+        covered_seq INTEGER NOT NULL DEFAULT 0,
+        url TEXT,
+        state TEXT NOT NULL DEFAULT 'online',
+        in_flight INTEGER NOT NULL DEFAULT 0,
+        delivered_total INTEGER NOT NULL DEFAULT 0,
+        last_success_at INTEGER,
+        last_error TEXT,
+        last_error_at INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    -- state: 0 pending, 1 delivered, 2 parked
+    CREATE TABLE deliveries (
+        sub_id INTEGER NOT NULL,
+        event_seq INTEGER NOT NULL,
+        entity_id INTEGER NOT NULL,
+        entity_seq INTEGER NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        first_failed_at INTEGER,
+        next_attempt_at INTEGER,
+        delivered_at INTEGER,
+        last_status INTEGER,
+        last_error TEXT,
+        PRIMARY KEY (sub_id, event_seq)
+    ) WITHOUT ROWID;
+    -- the scheduler's "next event of this entity" lookup
+    CREATE INDEX deliveries_open ON deliveries(sub_id, entity_id, entity_seq) WHERE state <> 1;
+    -- status: counts and the oldest pending event, without walking delivered rows
+    CREATE INDEX deliveries_waiting ON deliveries(sub_id, state, event_seq) WHERE state <> 1;
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        sub_id INTEGER NOT NULL,
+        event_seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        status INTEGER,
+        error TEXT,
+        duration_ms INTEGER NOT NULL
+    );
+    CREATE INDEX attempts_by_event ON attempts(event_seq);
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO counters VALUES ('accepted_total', 0), ('duplicate_total', 0), ('rejected_total', 0);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema up to [`CURRENT_VERSION`], one transaction per step.
+/// Refuses a database written by a newer agent rather than guess at it.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > CURRENT_VERSION {
+        return Err(format!(
+            "schema version {version} was written by a newer store-outbox (this one knows up to {CURRENT_VERSION}); \
+             install that version again or newer, the database is left as it is"
+        ));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql).map_err(|e| format!("migration to version {}: {e}", index + 1))?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64).map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The single writer: one thread owns the write connection and turns every
+//! queued request (ingest, delivery outcome, state change) into as few
+//! transactions as possible (group commit).
+//!
+//! Invariant: a producer's reply and a delivery's "recorded" answer are sent
+//! only after the transaction holding them committed with `synchronous=FULL`.
+//! No transaction is ever open while waiting on the network: network work
+//! happens elsewhere and reaches this thread as finished outcomes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, ErrorCode as SqliteCode};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{now_ms, Inbox, Subscription, DELIVERED, PARKED, PENDING};
+use crate::event::{ErrorCode, IngestError, NewEvent, Reply};
+
+/// Most requests folded into one transaction.
+const MAX_BATCH: usize = 2048;
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Subscription row id.
+    pub sub_id: i64,
+    /// The event's `seq`.
+    pub event_seq: i64,
+    /// Wall-clock time of the attempt, ms.
+    pub at_ms: i64,
+    /// HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// Error text for a failure.
+    pub error: Option<String>,
+    /// Duration of the attempt, ms.
+    pub duration_ms: i64,
+    /// The resulting state.
+    pub verdict: Verdict,
+}
+
+/// The state a delivery moves to after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx: done.
+    Delivered,
+    /// Failed; retried at this wall-clock time (ms, informational).
+    Retry {
+        /// When the next attempt is planned.
+        next_attempt_at_ms: i64,
+    },
+    /// Failed past `give_up_after`: parked until resent.
+    Park,
+}
+
+/// A request to the writer thread.
+enum WriteOp {
+    Ingest { events: Vec<NewEvent>, reply: oneshot::Sender<Vec<Reply>> },
+    Outcome { outcome: Outcome, done: oneshot::Sender<Result<(), String>> },
+    SubState { sub_id: i64, state: &'static str, in_flight: i64 },
+    Rejected(u64),
+}
+
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<WriteOp>,
+}
+
+/// Subscription data the writer needs to fan events out.
+struct Fanout {
+    id: i64,
+    types: Option<HashSet<String>>,
+    inbox: Arc<Inbox>,
+}
+
+impl Writer {
+    /// Starts the writer thread on an open, migrated connection.
+    pub fn start(conn: Connection, subs: &[Subscription], max_db_bytes: u64) -> (Writer, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(8192);
+        let fanout = subs
+            .iter()
+            .map(|s| Fanout {
+                id: s.id,
+                types: s.config.events.as_ref().map(|t| t.iter().cloned().collect()),
+                inbox: s.inbox.clone(),
+            })
+            .collect();
+        let mut state = WriterState { conn, fanout, max_db_bytes };
+        let handle = std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || state.run(rx))
+            .expect("spawning the writer thread");
+        (Writer { tx }, handle)
+    }
+
+    /// Stores events in one transaction; one reply per event, in order.
+    pub async fn ingest(&self, events: Vec<NewEvent>) -> Vec<Reply> {
+        let n = events.len();
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(WriteOp::Ingest { events, reply }).await.is_err() {
+            return vec![IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping").into(); n];
+        }
+        rx.await
+            .unwrap_or_else(|_| vec![IngestError::new(ErrorCode::Internal, "the writer stopped").into(); n])
+    }
+
+    /// Records a delivery attempt; returns once it is committed.
+    pub async fn record(&self, outcome: Outcome) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(WriteOp::Outcome { outcome, done })
+            .await
+            .map_err(|_| "the writer stopped".to_string())?;
+        rx.await.map_err(|_| "the writer stopped".to_string())?
+    }
+
+    /// Records a subscription's online/offline state and requests in flight.
+    pub async fn set_sub_state(&self, sub_id: i64, state: &'static str, in_flight: i64) {
+        let _ = self.tx.send(WriteOp::SubState { sub_id, state, in_flight }).await;
+    }
+
+    /// Counts events rejected before reaching storage (validation errors).
+    pub fn count_rejected(&self, n: u64) {
+        let _ = self.tx.try_send(WriteOp::Rejected(n));
+    }
+}
+
+struct WriterState {
+    conn: Connection,
+    fanout: Vec<Fanout>,
+    max_db_bytes: u64,
+}
+
+/// What a committed batch must still announce.
+#[derive(Default)]
+struct Effects {
+    /// (fanout index, entity id, event seq) of new deliveries.
+    touched: Vec<(usize, i64, i64)>,
+    accepted: i64,
+    /// Highest event `seq` stored by the batch.
+    max_seq: i64,
+    duplicates: i64,
+    rejected: i64,
+}
+
+/// The answer owed to one request once its batch committed.
+enum Answer {
+    Replies(Vec<Reply>),
+    Recorded,
+    Nothing,
+}
+
+fn storage_error(e: &rusqlite::Error) -> IngestError {
+    match e.sqlite_error_code() {
+        Some(SqliteCode::DiskFull) => IngestError::new(ErrorCode::StorageFull, "the disk holding the outbox is full"),
+        _ => IngestError::new(ErrorCode::Internal, format!("storage error: {e}")),
+    }
+}
+
+impl WriterState {
+    fn run(&mut self, mut rx: mpsc::Receiver<WriteOp>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch);
+        }
+        // All senders are gone: the agent is stopping. Fold the WAL back so
+        // the file is compact for a copy or an upgrade.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+
+    fn process(&mut self, batch: Vec<WriteOp>) {
+        let full = batch.iter().any(|op| matches!(op, WriteOp::Ingest { .. })) && super::read::used_bytes(&self.conn).unwrap_or(0) >= self.max_db_bytes;
+        match self.apply_all(&batch, full) {
+            Ok((answers, effects)) => self.finish(batch, answers, effects),
+            Err(e) => {
+                // Something in the batch failed: retry each request on its own
+                // so one failure cannot take the others down with it.
+                tracing::warn!(error = %e, requests = batch.len(), "batch failed, retrying requests one by one");
+                for op in batch {
+                    let one = vec![op];
+                    match self.apply_all(&one, full) {
+                        Ok((answers, effects)) => self.finish(one, answers, effects),
+                        Err(e) => self.fail(one, &e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the whole batch in one transaction and commits it.
+    fn apply_all(&mut self, batch: &[WriteOp], full: bool) -> rusqlite::Result<(Vec<Answer>, Effects)> {
+        let mut effects = Effects::default();
+        let mut answers = Vec::with_capacity(batch.len());
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for op in batch {
+            let answer = match op {
+                WriteOp::Ingest { events, .. } => {
+                    let replies = if full {
+                        effects.rejected += events.len() as i64;
+                        let msg = format!("the outbox reached storage.max_db_bytes ({} bytes)", self.max_db_bytes);
+                        vec![IngestError::new(ErrorCode::StorageFull, msg).into(); events.len()]
+                    } else {
+                        events
+                            .iter()
+                            .map(|e| insert_event(&tx, &self.fanout, e, &mut effects))
+                            .collect::<rusqlite::Result<Vec<_>>>()?
+                    };
+                    Answer::Replies(replies)
+                }
+                WriteOp::Outcome { outcome, .. } => {
+                    apply_outcome(&tx, outcome)?;
+                    Answer::Recorded
+                }
+                WriteOp::SubState { sub_id, state, in_flight } => {
+                    tx.prepare_cached("UPDATE subscriptions SET state = ?2, in_flight = ?3 WHERE id = ?1")?
+                        .execute(params![sub_id, state, in_flight])?;
+                    Answer::Nothing
+                }
+                WriteOp::Rejected(n) => {
+                    effects.rejected += *n as i64;
+                    Answer::Nothing
+                }
+            };
+            answers.push(answer);
+        }
+        for (name, value) in [
+            ("accepted_total", effects.accepted),
+            ("duplicate_total", effects.duplicates),
+            ("rejected_total", effects.rejected),
+        ] {
+            if value != 0 {
+                tx.prepare_cached("UPDATE counters SET value = value + ?2 WHERE name = ?1")?
+                    .execute(params![name, value])?;
+            }
+        }
+        if effects.accepted > 0 {
+            let ids: Vec<i64> = self.fanout.iter().map(|f| f.id).collect();
+            let max_seq = effects.max_seq;
+            for id in ids {
+                tx.prepare_cached("UPDATE subscriptions SET covered_seq = MAX(covered_seq, ?2) WHERE id = ?1")?
+                    .execute(params![id, max_seq])?;
+            }
+        }
+        tx.commit()?;
+        Ok((answers, effects))
+    }
+
+    /// Sends the answers of a committed batch and wakes the schedulers.
+    fn finish(&self, batch: Vec<WriteOp>, answers: Vec<Answer>, effects: Effects) {
+        for (op, answer) in batch.into_iter().zip(answers) {
+            match (op, answer) {
+                (WriteOp::Ingest { reply, .. }, Answer::Replies(replies)) => {
+                    let _ = reply.send(replies);
+                }
+                (WriteOp::Outcome { done, .. }, Answer::Recorded) => {
+                    let _ = done.send(Ok(()));
+                }
+                _ => {}
+            }
+        }
+        let mut per_sub: Vec<Vec<(i64, i64)>> = vec![Vec::new(); self.fanout.len()];
+        for (index, entity, seq) in effects.touched {
+            per_sub[index].push((entity, seq));
+        }
+        for (fan, entities) in self.fanout.iter().zip(per_sub) {
+            if !entities.is_empty() {
+                fan.inbox.push(entities);
+            }
+        }
+    }
+
+    /// Answers a request that could not be committed.
+    fn fail(&self, batch: Vec<WriteOp>, e: &rusqlite::Error) {
+        let err = storage_error(e);
+        tracing::error!(error = %e, "could not commit to the outbox");
+        for op in batch {
+            match op {
+                WriteOp::Ingest { events, reply } => {
+                    let _ = reply.send(vec![err.clone().into(); events.len()]);
+                }
+                WriteOp::Outcome { done, .. } => {
+                    let _ = done.send(Err(err.message.clone()));
+                }
+                WriteOp::SubState { .. } | WriteOp::Rejected(_) => {}
+            }
+        }
+    }
+}
+
+/// Stores one event (or recognises it as a duplicate) inside the open transaction.
+fn insert_event(tx: &Connection, fanout: &[Fanout], e: &NewEvent, effects: &mut Effects) -> rusqlite::Result<Reply> {
+    let existing = tx
+        .prepare_cached("SELECT entity_seq FROM events WHERE event_id = ?1")?
+        .query_row([&e.event_id], |r| r.get::<_, i64>(0));
+    match existing {
+        Ok(entity_seq) => {
+            effects.duplicates += 1;
+            return Ok(Reply::Accepted { event_id: e.event_id.clone(), entity_seq, duplicate: true });
+        }
+        Err(rusqlite::Error::QueryReturnedNoRows) => {}
+        Err(other) => return Err(other),
+    }
+    let (entity_id, entity_seq): (i64, i64) = tx
+        .prepare_cached(
+            "INSERT INTO entities(entity, last_seq) VALUES (?1, 1)
+             ON CONFLICT(entity) DO UPDATE SET last_seq = last_seq + 1
+             RETURNING id, last_seq",
+        )?
+        .query_row([&e.entity], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    tx.prepare_cached(
+        "INSERT INTO events(event_id, type, entity_id, entity_seq, occurred_at, ingested_at,
+                            correlation_id, is_test, attributes, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        e.event_id,
+        e.event_type,
+        entity_id,
+        entity_seq,
+        e.occurred_at,
+        now_ms(),
+        e.correlation_id,
+        e.is_test,
+        e.attributes,
+        e.payload
+    ])?;
+    let seq = tx.last_insert_rowid();
+    effects.max_seq = effects.max_seq.max(seq);
+    for (index, fan) in fanout.iter().enumerate() {
+        if fan.types.as_ref().is_some_and(|t| !t.contains(&e.event_type)) {
+            continue;
+        }
+        tx.prepare_cached("INSERT INTO deliveries(sub_id, event_seq, entity_id, entity_seq) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![fan.id, seq, entity_id, entity_seq])?;
+        effects.touched.push((index, entity_id, seq));
+    }
+    effects.accepted += 1;
+    Ok(Reply::Accepted { event_id: e.event_id.clone(), entity_seq, duplicate: false })
+}
+
+/// Records one attempt and moves the delivery to its new state.
+fn apply_outcome(tx: &Connection, o: &Outcome) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO attempts(sub_id, event_seq, at, status, error, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+        .execute(params![o.sub_id, o.event_seq, o.at_ms, o.status, o.error, o.duration_ms])?;
+    match o.verdict {
+        Verdict::Delivered => {
+            tx.prepare_cached(
+                "UPDATE deliveries SET state = ?3, attempts = attempts + 1, delivered_at = ?4,
+                        last_status = ?5, last_error = NULL, next_attempt_at = NULL
+                 WHERE sub_id = ?1 AND event_seq = ?2",
+            )?
+            .execute(params![o.sub_id, o.event_seq, DELIVERED, o.at_ms, o.status])?;
+            tx.prepare_cached(
+                "UPDATE subscriptions SET delivered_total = delivered_total + 1, last_success_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![o.sub_id, o.at_ms])?;
+        }
+        Verdict::Retry { .. } | Verdict::Park => {
+            let (state, next) = match o.verdict {
+                Verdict::Retry { next_attempt_at_ms } => (PENDING, Some(next_attempt_at_ms)),
+                _ => (PARKED, None),
+            };
+            tx.prepare_cached(
+                "UPDATE deliveries SET state = ?3, attempts = attempts + 1,
+                        first_failed_at = COALESCE(first_failed_at, ?4), next_attempt_at = ?5,
+                        last_status = ?6, last_error = ?7
+                 WHERE sub_id = ?1 AND event_seq = ?2",
+            )?
+            .execute(params![o.sub_id, o.event_seq, state, o.at_ms, next, o.status, o.error])?;
+            tx.prepare_cached("UPDATE subscriptions SET last_error = ?2, last_error_at = ?3 WHERE id = ?1")?
+                .execute(params![o.sub_id, o.error, o.at_ms])?;
+        }
+    }
+    Ok(())
+}
