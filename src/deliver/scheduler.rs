@@ -87,6 +87,8 @@ pub struct Scheduler {
     next_probe_at: Instant,
     probe_in_flight: bool,
     offline_since: Option<Instant>,
+    /// (online, in flight) as last written for `status`.
+    persisted: (bool, usize),
 }
 
 impl Scheduler {
@@ -115,6 +117,7 @@ impl Scheduler {
             next_probe_at: Instant::now(),
             probe_in_flight: false,
             offline_since: None,
+            persisted: (false, usize::MAX),
         }
     }
 
@@ -154,9 +157,8 @@ impl Scheduler {
         }
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut tick = tokio::time::interval(RESYNC_EVERY);
-        let mut persisted = (true, 0usize);
         let mut shutdown = self.shutdown.clone();
-        self.writer.set_sub_state(sub_id, "online", 0).await;
+        self.persist_state();
         loop {
             self.dispatch(&mut tasks);
             let wake = self.next_wake();
@@ -171,10 +173,8 @@ impl Scheduler {
                 _ = sleep_until_opt(wake) => {}
                 _ = tick.tick() => {
                     self.resync_parked();
-                    let now_state = (self.online, self.in_flight);
-                    if now_state != persisted {
-                        persisted = now_state;
-                        self.writer.set_sub_state(sub_id, self.state_name(), self.in_flight as i64).await;
+                    if self.persisted != (self.online, self.in_flight) {
+                        self.persist_state();
                     }
                 }
                 _ = shutdown.wait() => break,
@@ -194,7 +194,15 @@ impl Scheduler {
                 }
             }
         }
-        self.writer.set_sub_state(sub_id, self.state_name(), 0).await;
+        self.in_flight = 0;
+        self.persist_state();
+    }
+
+    /// Writes online/offline and requests in flight for `status`.
+    fn persist_state(&mut self) {
+        if self.writer.set_sub_state(self.sub.id, self.state_name(), self.in_flight as i64) {
+            self.persisted = (self.online, self.in_flight);
+        }
     }
 
     fn state_name(&self) -> &'static str {
@@ -324,6 +332,7 @@ impl Scheduler {
                     self.online = true;
                     self.probe_failures = 0;
                     self.offline_since = None;
+                    self.persist_state();
                     let keys: Vec<_> = self.ready.iter().copied().collect();
                     for (_, seq, id) in keys {
                         self.set_ready(id, now, seq);
@@ -342,6 +351,7 @@ impl Scheduler {
                         self.online = false;
                         self.offline_since = Some(now);
                         self.probe_failures = 0;
+                        self.persist_state();
                     }
                     self.probe_failures += 1;
                     let wait = done

@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::event::{parse_event, ErrorCode, IngestError, Reply};
-use crate::outbox::writer::Writer;
+use crate::outbox::writer::{Ticket, Writer};
 use crate::shutdown::Shutdown;
 
 /// Replies a connection may owe at once before its reading pauses.
@@ -114,14 +113,17 @@ fn memchr(bytes: &[u8]) -> Option<usize> {
 
 async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut shutdown: Shutdown) {
     let (read_half, write_half) = stream.into_split();
-    let (reply_tx, mut reply_rx) = mpsc::channel::<JoinHandle<Reply>>(MAX_PIPELINED);
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Owed>(MAX_PIPELINED);
     // Replies go out in line order: each line's future is queued as it is read.
     let replier = tokio::spawn(async move {
         let mut out = BufWriter::new(write_half);
-        while let Some(pending) = reply_rx.recv().await {
-            let reply = pending
-                .await
-                .unwrap_or_else(|_| IngestError::new(ErrorCode::Internal, "ingest task failed").into());
+        while let Some(owed) = reply_rx.recv().await {
+            let reply = match owed {
+                Owed::Now(reply) => reply,
+                Owed::AfterCommit(ticket) => ticket.wait().await.pop().unwrap_or_else(|| {
+                    IngestError::new(ErrorCode::Internal, "no reply from storage").into()
+                }),
+            };
             let mut line = reply.to_json();
             line.push('\n');
             if out.write_all(line.as_bytes()).await.is_err() {
@@ -141,29 +143,23 @@ async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut sh
             line = read_line(&mut reader, &mut buf, max_event_bytes) => line,
             _ = shutdown.wait() => break,
         };
-        let reply: JoinHandle<Reply> = match line {
+        let reply = match line {
             Ok(Line::End) | Err(_) => break,
             Ok(Line::TooLong(n)) => {
                 writer.count_rejected(1);
-                ready(IngestError::new(ErrorCode::TooLarge, format!("line of {n} bytes, the limit is {max_event_bytes}")).into())
+                Owed::Now(IngestError::new(ErrorCode::TooLarge, format!("line of {n} bytes, the limit is {max_event_bytes}")).into())
             }
             Ok(Line::Text) => {
                 let text = buf.strip_suffix(b"\r").unwrap_or(&buf);
                 if shutdown.is_started() {
-                    ready(IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping").into())
+                    Owed::Now(IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping").into())
                 } else {
                     match parse_event(text, max_event_bytes) {
-                        Ok(event) => {
-                            let writer = writer.clone();
-                            tokio::spawn(async move {
-                                writer.ingest(vec![event]).await.pop().unwrap_or_else(|| {
-                                    IngestError::new(ErrorCode::Internal, "no reply from storage").into()
-                                })
-                            })
-                        }
+                        // Submitted here, in line order; only the wait is deferred.
+                        Ok(event) => Owed::AfterCommit(writer.submit(vec![event]).await),
                         Err(e) => {
                             writer.count_rejected(1);
-                            ready(e.into())
+                            Owed::Now(e.into())
                         }
                     }
                 }
@@ -177,8 +173,12 @@ async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut sh
     let _ = replier.await;
 }
 
-fn ready(reply: Reply) -> JoinHandle<Reply> {
-    tokio::spawn(async move { reply })
+/// A reply owed to the producer, in line order.
+enum Owed {
+    /// Known without storage (a rejected line).
+    Now(Reply),
+    /// Known once the event's transaction committed.
+    AfterCommit(Ticket),
 }
 
 #[cfg(test)]

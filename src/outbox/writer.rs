@@ -66,6 +66,26 @@ pub struct Writer {
     tx: mpsc::Sender<WriteOp>,
 }
 
+/// The promise of replies for submitted events.
+pub struct Ticket {
+    n: usize,
+    /// `None` when the writer was already gone.
+    rx: Option<oneshot::Receiver<Vec<Reply>>>,
+}
+
+impl Ticket {
+    /// Waits for the commit (or the failure) and returns one reply per event.
+    pub async fn wait(self) -> Vec<Reply> {
+        let n = self.n;
+        match self.rx {
+            None => vec![IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping").into(); n],
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| vec![IngestError::new(ErrorCode::Internal, "the writer stopped").into(); n]),
+        }
+    }
+}
+
 /// Subscription data the writer needs to fan events out.
 struct Fanout {
     id: i64,
@@ -95,13 +115,19 @@ impl Writer {
 
     /// Stores events in one transaction; one reply per event, in order.
     pub async fn ingest(&self, events: Vec<NewEvent>) -> Vec<Reply> {
+        self.submit(events).await.wait().await
+    }
+
+    /// Queues events for storage and returns at once with a ticket for the
+    /// replies. Requests are stored in the order they were submitted, so a
+    /// producer that pipelines submits in line order and awaits later.
+    pub async fn submit(&self, events: Vec<NewEvent>) -> Ticket {
         let n = events.len();
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(WriteOp::Ingest { events, reply }).await.is_err() {
-            return vec![IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping").into(); n];
+        match self.tx.send(WriteOp::Ingest { events, reply }).await {
+            Ok(()) => Ticket { n, rx: Some(rx) },
+            Err(_) => Ticket { n, rx: None },
         }
-        rx.await
-            .unwrap_or_else(|_| vec![IngestError::new(ErrorCode::Internal, "the writer stopped").into(); n])
     }
 
     /// Records a delivery attempt; returns once it is committed.
@@ -115,8 +141,9 @@ impl Writer {
     }
 
     /// Records a subscription's online/offline state and requests in flight.
-    pub async fn set_sub_state(&self, sub_id: i64, state: &'static str, in_flight: i64) {
-        let _ = self.tx.send(WriteOp::SubState { sub_id, state, in_flight }).await;
+    /// Best effort: when the queue is full the caller's next update wins.
+    pub fn set_sub_state(&self, sub_id: i64, state: &'static str, in_flight: i64) -> bool {
+        self.tx.try_send(WriteOp::SubState { sub_id, state, in_flight }).is_ok()
     }
 
     /// Counts events rejected before reaching storage (validation errors).

@@ -1,0 +1,428 @@
+//! Shared test harness: the real binary as a process, a real HTTP receiver on
+//! loopback with programmable answers, and socket producers.
+//!
+//! Every test takes its own temporary directory and free ports, and the
+//! processes it starts are killed when their handles drop.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+
+/// The secret every test subscription uses.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_store-outbox")
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+// ---- the agent ---------------------------------------------------------------
+
+/// A test's directory with a config file, and the agent process.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    starts: usize,
+}
+
+impl Agent {
+    /// Writes `config.toml` (data, socket and ports inside the temp dir are
+    /// added in front of `extra`, which holds more sections).
+    pub fn new(extra: &str) -> Agent {
+        let dir = tempfile::Builder::new().prefix("so-test-").tempdir().expect("tempdir");
+        let config = dir.path().join("config.toml");
+        let agent = Agent { dir, config, child: None, starts: 0 };
+        agent.write_config(extra);
+        agent
+    }
+
+    /// Rewrites the config with other subscriptions.
+    pub fn write_config(&self, extra: &str) {
+        let d = self.dir.path().display();
+        let text = format!(
+            "[agent]\nstore_id = \"0042\"\nagent_id = \"till-03\"\ndata_dir = \"{d}/data\"\n\
+             [ingest]\nsocket = \"{d}/ingest.sock\"\nhttp_listen = \"127.0.0.1:{}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{}\"\n{extra}\n",
+            free_port(),
+            free_port()
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("ingest.sock")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("data/outbox.db")
+    }
+
+    /// Starts the agent and waits until its socket answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("agent-{}.log", self.starts))).expect("log file");
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("STORE_OUTBOX_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.child = Some(child);
+        let socket = self.socket();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if UnixStream::connect(&socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("agent exited at start with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "agent did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("agent did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// All agent logs so far.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("agent-{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    /// Runs a CLI command against this agent's config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run cli")
+    }
+
+    /// `status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// A read-only connection to the agent's database.
+    pub fn open_db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open db")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A subscription section pointing at `url`; `extra` adds keys.
+pub fn subscription(name: &str, url: &str, extra: &str) -> String {
+    format!("[[subscription]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n")
+}
+
+// ---- producers ---------------------------------------------------------------
+
+/// Sends lines over one connection, pipelined, and returns one reply per line.
+pub fn send_lines(socket: &Path, lines: &[String]) -> Vec<serde_json::Value> {
+    let stream = UnixStream::connect(socket).expect("connect to the ingest socket");
+    let mut writer = stream.try_clone().expect("clone");
+    let n = lines.len();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut r = BufReader::new(stream);
+        for _ in 0..n {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            out.push(serde_json::from_str(&line).expect("reply is JSON"));
+        }
+        out
+    });
+    for l in lines {
+        writer.write_all(l.as_bytes()).expect("write");
+        writer.write_all(b"\n").expect("write");
+    }
+    let replies = reader.join().expect("reader");
+    assert_eq!(replies.len(), n, "one reply per line");
+    replies
+}
+
+/// An event line.
+pub fn event(id: &str, entity: &str, event_type: &str, payload: serde_json::Value) -> String {
+    serde_json::json!({"event_id": id, "type": event_type, "entity": entity,
+        "attributes": {"terminal": "03"}, "payload": payload})
+    .to_string()
+}
+
+// ---- the receiver --------------------------------------------------------------
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub at: Instant,
+    pub id: String,
+    pub entity: String,
+    pub entity_seq: i64,
+    pub event_type: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub json: serde_json::Value,
+    /// What the receiver answered.
+    pub answered: u16,
+}
+
+/// What to answer.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    pub fn ok() -> Answer {
+        Answer::status(200)
+    }
+    pub fn status(status: u16) -> Answer {
+        Answer { status, delay: Duration::ZERO, headers: vec![] }
+    }
+}
+
+type Rule = Box<dyn FnMut(&Request) -> Answer + Send>;
+
+struct Inner {
+    requests: Mutex<Vec<Request>>,
+    rule: Mutex<Rule>,
+}
+
+/// A real HTTP server on loopback, in its own thread and runtime.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let mut req = Request {
+        at: Instant::now(),
+        id: json["id"].as_str().unwrap_or_default().to_string(),
+        entity: json["entity"].as_str().unwrap_or_default().to_string(),
+        entity_seq: json["entity_seq"].as_i64().unwrap_or(-1),
+        event_type: json["type"].as_str().unwrap_or_default().to_string(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect(),
+        body: body.to_vec(),
+        json,
+        answered: 0,
+    };
+    let answer = (inner.rule.lock().unwrap())(&req);
+    req.answered = answer.status;
+    // Recorded on arrival: a request the client gives up on (timeout) still
+    // counts, with `answered` 0 unless its delayed answer went out.
+    let index = {
+        let mut all = inner.requests.lock().unwrap();
+        if !answer.delay.is_zero() {
+            req.answered = 0;
+        }
+        all.push(req);
+        all.len() - 1
+    };
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+        inner.requests.lock().unwrap()[index].answered = answer.status;
+    }
+    let mut response = (StatusCode::from_u16(answer.status).unwrap(), "").into_response();
+    for (k, v) in answer.headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            axum::http::HeaderValue::from_str(&v).unwrap(),
+        );
+    }
+    response
+}
+
+impl Receiver {
+    /// Starts on a free port, answering 200 to everything.
+    pub fn start() -> Receiver {
+        let inner = Arc::new(Inner { requests: Mutex::new(Vec::new()), rule: Mutex::new(Box::new(|_| Answer::ok())) });
+        let mut r = Receiver { addr: ([127, 0, 0, 1], 0).into(), inner, stop: None, thread: None };
+        r.listen(([127, 0, 0, 1], 0).into());
+        r
+    }
+
+    fn listen(&mut self, addr: SocketAddr) {
+        let listener = {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match std::net::TcpListener::bind(addr) {
+                    Ok(l) => break l,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("bind {addr}: {e}"),
+                }
+            }
+        };
+        listener.set_nonblocking(true).expect("nonblocking");
+        self.addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let inner = self.inner.clone();
+        self.thread = Some(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let app = axum::Router::new().fallback(handle).with_state(inner);
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        }));
+        self.stop = Some(tx);
+    }
+
+    /// The webhook URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/hooks", self.addr)
+    }
+
+    /// Sets how requests are answered.
+    pub fn answer_with(&self, rule: impl FnMut(&Request) -> Answer + Send + 'static) {
+        *self.inner.rule.lock().unwrap() = Box::new(rule);
+    }
+
+    /// Closes the port (connections refused) until [`Receiver::restart`].
+    pub fn shut(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub fn restart(&mut self) {
+        let addr = self.addr;
+        self.listen(addr);
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// Requests answered 2xx.
+    pub fn delivered(&self) -> Vec<Request> {
+        self.requests().into_iter().filter(|r| (200..300).contains(&r.answered)).collect()
+    }
+
+    /// Distinct event ids answered 2xx.
+    pub fn delivered_ids(&self) -> std::collections::HashSet<String> {
+        self.delivered().into_iter().map(|r| r.id).collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// Checks per-entity order over the 2xx-answered requests: `entity_seq`
+/// never goes down (a repeat of the last one is a duplicate, allowed).
+/// Returns the number of duplicates.
+pub fn assert_entity_order(requests: &[Request]) -> usize {
+    let mut last: HashMap<&str, (i64, &str)> = HashMap::new();
+    let mut duplicates = 0;
+    for r in requests {
+        if let Some((seq, id)) = last.get(r.entity.as_str()) {
+            assert!(
+                r.entity_seq >= *seq,
+                "order violated for {}: #{} ({}) after #{} ({id})",
+                r.entity,
+                r.entity_seq,
+                r.id,
+                seq
+            );
+            if r.entity_seq == *seq {
+                assert_eq!(&r.id, id, "same entity_seq, different ids");
+                duplicates += 1;
+            }
+        }
+        last.insert(&r.entity, (r.entity_seq, &r.id));
+    }
+    duplicates
+}
