@@ -74,7 +74,10 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
     )
     .with_context(|| format!("{}: cannot write", db_path.display()))?;
 
-    let source = Source { store_id: config.agent.store_id.clone(), agent_id: config.agent.agent_id.clone() };
+    let source = Source {
+        store_id: config.agent.store_id.clone(),
+        agent_id: config.agent.agent_id.clone(),
+    };
     let mut endpoints = Vec::new();
     for sub in &subs {
         let endpoint = Endpoint::new(sub.config.clone(), source.clone())
@@ -83,7 +86,9 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
     }
 
     let (writer, writer_thread) = Writer::start(conn, &subs, config.storage.max_db_bytes);
-    let listener = ingest::socket::bind(&config.ingest.socket).await.map_err(|e| anyhow!(e))?;
+    let listener = ingest::socket::bind(&config.ingest.socket)
+        .await
+        .map_err(|e| anyhow!(e))?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(ingest::socket::serve(
@@ -95,13 +100,25 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
     ));
     for (sub, endpoint) in subs.iter().zip(endpoints) {
         let reader = outbox::open_reader(&db_path)?;
-        let scheduler = Scheduler::new(sub.clone(), endpoint, writer.clone(), reader, shutdown.clone(), SHUTDOWN_GRACE);
+        let scheduler = Scheduler::new(
+            sub.clone(),
+            endpoint,
+            writer.clone(),
+            reader,
+            shutdown.clone(),
+            SHUTDOWN_GRACE,
+        );
         tasks.spawn(scheduler.run());
     }
 
     let backlog = outbox::open_reader(&db_path)
         .ok()
-        .and_then(|c| c.query_row("SELECT COUNT(*) FROM deliveries WHERE state <> 1", [], |r| r.get::<_, i64>(0)).ok())
+        .and_then(|c| {
+            c.query_row("SELECT COUNT(*) FROM deliveries WHERE state <> 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .ok()
+        })
         .unwrap_or(0);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -117,7 +134,10 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         tracing::warn!("no [[subscription]] configured: events are stored and wait for one");
     }
     if let Some(tx) = started {
-        let _ = tx.send(Started { socket: config.ingest.socket.clone(), db_path: db_path.clone() });
+        let _ = tx.send(Started {
+            socket: config.ingest.socket.clone(),
+            db_path: db_path.clone(),
+        });
     }
 
     let mut stop = shutdown.clone();

@@ -316,9 +316,8 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
 pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     match locate(explicit) {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError(format!("{}: cannot read config file: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
             parse(&text, Some(&path))
         }
         None => parse("", None),
@@ -365,12 +364,20 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         data_dir: data_dir.clone(),
     };
     let ingest = IngestConfig {
-        socket: file.ingest.socket.map(&resolve).unwrap_or_else(|| data_dir.join("ingest.sock")),
+        socket: file
+            .ingest
+            .socket
+            .map(&resolve)
+            .unwrap_or_else(|| data_dir.join("ingest.sock")),
         http_listen: file
             .ingest
             .http_listen
             .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.parse().expect("valid default address")),
-        spool_dir: file.ingest.spool_dir.map(&resolve).unwrap_or_else(|| data_dir.join("spool")),
+        spool_dir: file
+            .ingest
+            .spool_dir
+            .map(&resolve)
+            .unwrap_or_else(|| data_dir.join("spool")),
         max_event_bytes: file.ingest.max_event_bytes.unwrap_or(1024 * 1024),
     };
     if ingest.max_event_bytes < 256 {
@@ -413,17 +420,29 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         let url = reqwest::Url::parse(sub.url.get_ref())
             .map_err(|e| at(sub.url.span(), &key("url"), format!("{:?}: {e}", sub.url.get_ref())))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(at(sub.url.span(), &key("url"), "must be an http:// or https:// URL".into()));
+            return Err(at(
+                sub.url.span(),
+                &key("url"),
+                "must be an http:// or https:// URL".into(),
+            ));
         }
         let (secret_texts, secret_span, secret_key) = match (&sub.secret, &sub.secret_file) {
             (Some(_), Some(f)) => {
-                return Err(at(f.span(), &key("secret_file"), "give secret or secret_file, not both".into()))
+                return Err(at(
+                    f.span(),
+                    &key("secret_file"),
+                    "give secret or secret_file, not both".into(),
+                ))
             }
             (Some(s), None) => (s.get_ref().clone().into_vec(), s.span(), key("secret")),
             (None, Some(f)) => {
                 let file_path = resolve(f.get_ref().clone());
                 let content = std::fs::read_to_string(&file_path).map_err(|e| {
-                    at(f.span(), &key("secret_file"), format!("cannot read {}: {e}", file_path.display()))
+                    at(
+                        f.span(),
+                        &key("secret_file"),
+                        format!("cannot read {}: {e}", file_path.display()),
+                    )
                 })?;
                 let lines = content
                     .lines()
@@ -434,7 +453,11 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
                 (lines, f.span(), key("secret_file"))
             }
             (None, None) => {
-                return Err(at(sub.name.span(), &key("secret"), "missing: give secret = \"whsec_...\" or secret_file".into()))
+                return Err(at(
+                    sub.name.span(),
+                    &key("secret"),
+                    "missing: give secret = \"whsec_...\" or secret_file".into(),
+                ))
             }
         };
         if secret_texts.is_empty() {
@@ -450,7 +473,11 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
                 let span = list.span();
                 let types = list.into_inner().into_vec();
                 if types.is_empty() {
-                    return Err(at(span, &key("events"), "empty list: use [\"*\"] for all events".into()));
+                    return Err(at(
+                        span,
+                        &key("events"),
+                        "empty list: use [\"*\"] for all events".into(),
+                    ));
                 }
                 if types.iter().any(|t| t == "*") {
                     None
@@ -469,7 +496,11 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
             Some(v) => {
                 let n = *v.get_ref();
                 if !(1..=1024).contains(&n) {
-                    return Err(at(v.span(), &key("max_in_flight"), format!("{n} is not between 1 and 1024")));
+                    return Err(at(
+                        v.span(),
+                        &key("max_in_flight"),
+                        format!("{n} is not between 1 and 1024"),
+                    ));
                 }
                 n as usize
             }
@@ -494,7 +525,11 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
             return Err(at(sub.name.span(), &key("timeout"), "must be more than 0s".into()));
         }
         if sub.client_cert.is_some() != sub.client_key.is_some() {
-            return Err(at(sub.name.span(), &key("client_cert"), "client_cert and client_key go together".into()));
+            return Err(at(
+                sub.name.span(),
+                &key("client_cert"),
+                "client_cert and client_key go together".into(),
+            ));
         }
         subscriptions.push(SubscriptionConfig {
             name,
@@ -602,16 +637,17 @@ headers = {{ "authorization" = "Bearer x" }}
 
     #[test]
     fn bad_duration_names_line() {
-        let text = format!(
-            "[[subscription]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\ntimeout = \"soon\"\n"
-        );
+        let text =
+            format!("[[subscription]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\ntimeout = \"soon\"\n");
         let e = parse(&text, Some(Path::new("c.toml"))).unwrap_err().0;
         assert!(e.contains("line 5") && e.contains("soon"), "{e}");
     }
 
     #[test]
     fn missing_secret_and_bad_url_are_errors() {
-        let e = parse("[[subscription]]\nname = \"a\"\nurl = \"http://x\"\n", None).unwrap_err().0;
+        let e = parse("[[subscription]]\nname = \"a\"\nurl = \"http://x\"\n", None)
+            .unwrap_err()
+            .0;
         assert!(e.contains("subscription[0].secret"), "{e}");
         let text = format!("[[subscription]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret = \"{SECRET}\"\n");
         let e = parse(&text, None).unwrap_err().0;

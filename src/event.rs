@@ -66,7 +66,10 @@ pub struct IngestError {
 impl IngestError {
     /// Builds an error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        IngestError { code, message: message.into() }
+        IngestError {
+            code,
+            message: message.into(),
+        }
     }
     fn field(field: &str, problem: impl std::fmt::Display) -> Self {
         IngestError::new(ErrorCode::InvalidEvent, format!("{field}: {problem}"))
@@ -105,7 +108,11 @@ impl Reply {
             error: &'a IngestError,
         }
         let text = match self {
-            Reply::Accepted { event_id, entity_seq, duplicate } => serde_json::to_string(&Ok {
+            Reply::Accepted {
+                event_id,
+                entity_seq,
+                duplicate,
+            } => serde_json::to_string(&Ok {
                 ok: true,
                 event_id,
                 entity_seq: *entity_seq,
@@ -163,7 +170,10 @@ pub fn check_entity(entity: &str) -> Result<(), IngestError> {
         return Err(IngestError::field("entity", "must not be empty"));
     }
     if entity.len() > 256 {
-        return Err(IngestError::field("entity", format!("{} bytes, at most 256", entity.len())));
+        return Err(IngestError::field(
+            "entity",
+            format!("{} bytes, at most 256", entity.len()),
+        ));
     }
     if entity.chars().any(char::is_control) {
         return Err(IngestError::field("entity", "contains a control character"));
@@ -178,9 +188,10 @@ pub fn now_rfc3339() -> String {
 
 /// Normalises an RFC 3339 time to UTC.
 pub fn normalise_time(text: &str) -> Result<String, String> {
-    let t = OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e})"))?;
-    t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).map_err(|e| e.to_string())
+    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("{text:?} is not an RFC 3339 time ({e})"))?;
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .map_err(|e| e.to_string())
 }
 
 fn as_string(field: &str, raw: &RawValue) -> Result<String, IngestError> {
@@ -217,7 +228,10 @@ pub fn parse_event(text: &[u8], max_bytes: u64) -> Result<NewEvent, IngestError>
         .ok_or_else(|| IngestError::field("type", "missing"))
         .and_then(|v| as_string("type", v))?;
     if !valid_type(&event_type) {
-        return Err(IngestError::field("type", format!("{event_type:?} must match ^[A-Za-z][A-Za-z0-9._-]{{0,127}}$")));
+        return Err(IngestError::field(
+            "type",
+            format!("{event_type:?} must match ^[A-Za-z][A-Za-z0-9._-]{{0,127}}$"),
+        ));
     }
     let entity = get("entity")
         .ok_or_else(|| IngestError::field("entity", "missing"))
@@ -232,7 +246,10 @@ pub fn parse_event(text: &[u8], max_bytes: u64) -> Result<NewEvent, IngestError>
         Some(v) => {
             let id = as_string("event_id", v)?;
             if !valid_event_id(&id) {
-                return Err(IngestError::field("event_id", format!("{id:?} must be 1-128 characters of [A-Za-z0-9._:-]")));
+                return Err(IngestError::field(
+                    "event_id",
+                    format!("{id:?} must be 1-128 characters of [A-Za-z0-9._:-]"),
+                ));
             }
             id
         }
@@ -253,7 +270,9 @@ pub fn parse_event(text: &[u8], max_bytes: u64) -> Result<NewEvent, IngestError>
         None => None,
     };
     let is_test = match get("is_test") {
-        Some(v) => serde_json::from_str::<bool>(v.get()).map_err(|_| IngestError::field("is_test", "must be true or false"))?,
+        Some(v) => {
+            serde_json::from_str::<bool>(v.get()).map_err(|_| IngestError::field("is_test", "must be true or false"))?
+        }
         None => false,
     };
     let attributes = match get("attributes") {
@@ -264,7 +283,16 @@ pub fn parse_event(text: &[u8], max_bytes: u64) -> Result<NewEvent, IngestError>
         }
         None => None,
     };
-    Ok(NewEvent { event_id, event_type, entity, occurred_at, correlation_id, is_test, attributes, payload })
+    Ok(NewEvent {
+        event_id,
+        event_type,
+        entity,
+        occurred_at,
+        correlation_id,
+        is_test,
+        attributes,
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -297,14 +325,26 @@ mod tests {
             (r#"{"type":"1x","entity":"e","payload":1}"#, "type:"),
             (r#"{"type":"T","payload":1}"#, "entity: missing"),
             (r#"{"type":"T","entity":"","payload":1}"#, "entity: must not be empty"),
-            (r#"{"type":"T","entity":"a\u0001","payload":1}"#, "entity: contains a control"),
+            (
+                r#"{"type":"T","entity":"a\u0001","payload":1}"#,
+                "entity: contains a control",
+            ),
             (r#"{"type":"T","entity":"e"}"#, "payload: missing"),
-            (r#"{"type":"T","entity":"e","payload":1,"extra":2}"#, "extra: unknown field"),
+            (
+                r#"{"type":"T","entity":"e","payload":1,"extra":2}"#,
+                "extra: unknown field",
+            ),
             (r#"{"type":"T","entity":"e","payload":1,"event_id":"a b"}"#, "event_id:"),
-            (r#"{"type":"T","entity":"e","payload":1,"occurred_at":"yesterday"}"#, "occurred_at:"),
-            (r#"{"type":"T","entity":"e","payload":1,"attributes":{"a":1}}"#, "attributes:"),
+            (
+                r#"{"type":"T","entity":"e","payload":1,"occurred_at":"yesterday"}"#,
+                "occurred_at:",
+            ),
+            (
+                r#"{"type":"T","entity":"e","payload":1,"attributes":{"a":1}}"#,
+                "attributes:",
+            ),
             (r#"{"type":"T","entity":"e","payload":1,"is_test":"no"}"#, "is_test:"),
-            (r#"[1]"#, "must be a JSON object"),
+            (r#"[1]"#, "event must be a JSON object"),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text);
@@ -322,9 +362,19 @@ mod tests {
 
     #[test]
     fn reply_shapes_follow_the_contract() {
-        let ok = Reply::Accepted { event_id: "a".into(), entity_seq: 3, duplicate: false };
-        assert_eq!(ok.to_json(), r#"{"ok":true,"event_id":"a","entity_seq":3,"duplicate":false}"#);
+        let ok = Reply::Accepted {
+            event_id: "a".into(),
+            entity_seq: 3,
+            duplicate: false,
+        };
+        assert_eq!(
+            ok.to_json(),
+            r#"{"ok":true,"event_id":"a","entity_seq":3,"duplicate":false}"#
+        );
         let err: Reply = IngestError::new(ErrorCode::InvalidEvent, "entity: missing").into();
-        assert_eq!(err.to_json(), r#"{"ok":false,"error":{"code":"invalid_event","message":"entity: missing"}}"#);
+        assert_eq!(
+            err.to_json(),
+            r#"{"ok":false,"error":{"code":"invalid_event","message":"entity: missing"}}"#
+        );
     }
 }

@@ -88,7 +88,12 @@ pub struct Checker {
 impl Checker {
     /// A checker verifying against `secrets` (none: signatures not checked).
     pub fn new(secrets: Vec<Vec<u8>>) -> Self {
-        Checker { secrets, last_seq: HashMap::new(), seen: HashSet::new(), stats: Stats::default() }
+        Checker {
+            secrets,
+            last_seq: HashMap::new(),
+            seen: HashSet::new(),
+            stats: Stats::default(),
+        }
     }
 
     /// Checks one request; `Err((status, reason))` when it must be refused.
@@ -107,7 +112,11 @@ impl Checker {
                 .any(|k| crate::signing::verify(k, &msg_id, timestamp, body, header("webhook-signature")));
             if !(fresh && signed) {
                 self.stats.bad_signatures += 1;
-                let why = if signed { "webhook-timestamp too far from now" } else { "signature does not verify" };
+                let why = if signed {
+                    "webhook-timestamp too far from now"
+                } else {
+                    "signature does not verify"
+                };
                 return Err((StatusCode::UNAUTHORIZED, why.to_string()));
             }
             Some(true)
@@ -120,11 +129,17 @@ impl Checker {
             }
         };
         let text = |k: &str| parsed.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        let (Some(id), Some(event_type), Some(entity), Some(entity_seq)) =
-            (text("id"), text("type"), text("entity"), parsed.get("entity_seq").and_then(|v| v.as_i64()))
-        else {
+        let (Some(id), Some(event_type), Some(entity), Some(entity_seq)) = (
+            text("id"),
+            text("type"),
+            text("entity"),
+            parsed.get("entity_seq").and_then(|v| v.as_i64()),
+        ) else {
             self.stats.invalid += 1;
-            return Err((StatusCode::BAD_REQUEST, "body lacks id, type, entity or entity_seq".into()));
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "body lacks id, type, entity or entity_seq".into(),
+            ));
         };
         if !msg_id.is_empty() && msg_id != id {
             self.stats.invalid += 1;
@@ -142,7 +157,9 @@ impl Checker {
                 Some(l) if entity_seq == l + 1 => Order::InOrder,
                 Some(l) if entity_seq > l + 1 => {
                     self.stats.gaps += 1;
-                    Order::Gap { missing: entity_seq - l - 1 }
+                    Order::Gap {
+                        missing: entity_seq - l - 1,
+                    }
                 }
                 Some(l) => {
                     self.stats.out_of_order += 1;
@@ -153,7 +170,15 @@ impl Checker {
             *slot = (*slot).max(entity_seq);
             order
         };
-        Ok(Received { id, event_type, entity, entity_seq, signature_valid, order, body: parsed })
+        Ok(Received {
+            id,
+            event_type,
+            entity,
+            entity_seq,
+            signature_valid,
+            order,
+            body: parsed,
+        })
     }
 }
 
@@ -170,11 +195,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
     if method != Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, "POST webhooks here\n".into());
     }
-    let result = shared.checker.lock().unwrap_or_else(|p| p.into_inner()).check(&headers, &body);
+    let result = shared
+        .checker
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(&headers, &body);
     match result {
         Ok(received) => {
             let _ = shared.events.send(received);

@@ -21,8 +21,17 @@ fn acked_events_are_delivered_in_order_with_valid_signatures() {
             let lines: Vec<String> = (0..100)
                 .map(|i| {
                     let entity = format!("order:{p}-{}", i % 5);
-                    let kind = if i % 2 == 0 { "SaleCreated" } else { "CustomerOrderUpdated" };
-                    event(&format!("e-{p}-{i}"), &entity, kind, serde_json::json!({"n": i, "p": p}))
+                    let kind = if i % 2 == 0 {
+                        "SaleCreated"
+                    } else {
+                        "CustomerOrderUpdated"
+                    };
+                    event(
+                        &format!("e-{p}-{i}"),
+                        &entity,
+                        kind,
+                        serde_json::json!({"n": i, "p": p}),
+                    )
                 })
                 .collect();
             let socket = agent.socket();
@@ -37,11 +46,17 @@ fn acked_events_are_delivered_in_order_with_valid_signatures() {
             let ev: serde_json::Value = serde_json::from_str(line).expect("json");
             sent.insert(
                 ev["event_id"].as_str().expect("id").to_string(),
-                (ev["type"].as_str().expect("t").to_string(), ev["entity"].as_str().expect("e").to_string(), ev["payload"].clone()),
+                (
+                    ev["type"].as_str().expect("t").to_string(),
+                    ev["entity"].as_str().expect("e").to_string(),
+                    ev["payload"].clone(),
+                ),
             );
         }
     }
-    wait_until(Duration::from_secs(60), "all 400 delivered", || rx.delivered_ids().len() == 400);
+    wait_until(Duration::from_secs(60), "all 400 delivered", || {
+        rx.delivered_ids().len() == 400
+    });
     let delivered = rx.delivered();
     assert_entity_order(&delivered);
     let key = store_outbox::signing::decode_secret(SECRET).expect("secret");
@@ -51,13 +66,20 @@ fn acked_events_are_delivered_in_order_with_valid_signatures() {
         assert_eq!(&r.event_type, event_type);
         assert_eq!(&r.entity, entity);
         assert_eq!(&r.json["data"], payload);
-        assert_eq!(r.json["source"], serde_json::json!({"store_id": "0042", "agent_id": "till-03"}));
+        assert_eq!(
+            r.json["source"],
+            serde_json::json!({"store_id": "0042", "agent_id": "till-03"})
+        );
         assert_eq!(r.json["attributes"], serde_json::json!({"terminal": "03"}));
         assert_eq!(r.headers["webhook-id"], r.id);
         assert_eq!(r.headers["content-type"], "application/json");
         assert!(r.headers["user-agent"].starts_with("store-outbox/"));
         let ts: i64 = r.headers["webhook-timestamp"].parse().expect("timestamp");
-        assert!(store_outbox::signing::verify(&key, &r.id, ts, &r.body, &r.headers["webhook-signature"]), "signature of {}", r.id);
+        assert!(
+            store_outbox::signing::verify(&key, &r.id, ts, &r.body, &r.headers["webhook-signature"]),
+            "signature of {}",
+            r.id
+        );
         per_entity.entry(r.entity.clone()).or_default().push(r.entity_seq);
     }
     // Every entity got 1..=20 exactly, in order.
@@ -81,9 +103,22 @@ fn acked_events_are_delivered_in_order_with_valid_signatures() {
 fn outage_probes_at_backoff_pace_then_drains_in_order() {
     let rx = Receiver::start();
     rx.answer_with(|_| Answer::status(503));
-    let mut agent = Agent::new(&subscription("erp", &rx.url(), "max_in_flight = 8\nretry = { initial = \"200ms\", max = \"400ms\" }"));
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        "max_in_flight = 8\nretry = { initial = \"200ms\", max = \"400ms\" }",
+    ));
     agent.start();
-    let lines: Vec<String> = (0..300).map(|i| event(&format!("o-{i}"), &format!("till:{}", i % 30), "SaleCreated", serde_json::json!(i))).collect();
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            event(
+                &format!("o-{i}"),
+                &format!("till:{}", i % 30),
+                "SaleCreated",
+                serde_json::json!(i),
+            )
+        })
+        .collect();
     let replies = send_lines(&agent.socket(), &lines);
     assert!(replies.iter().all(|r| r["ok"] == true));
     let outage = Duration::from_secs(3);
@@ -92,16 +127,26 @@ fn outage_probes_at_backoff_pace_then_drains_in_order() {
     // One burst of at most max_in_flight before the failure is noticed, then
     // one probe per backoff period (>= 200ms): far fewer than 300 events.
     assert!(during >= 2, "probed at least twice, got {during}");
-    assert!(during <= 8 + 3000 / 200 + 2, "probing, not hammering: {during} requests in {outage:?}");
+    assert!(
+        during <= 8 + 3000 / 200 + 2,
+        "probing, not hammering: {during} requests in {outage:?}"
+    );
     let status = agent.status();
     assert_eq!(status["subscriptions"][0]["state"], "offline", "{status}");
     assert_eq!(status["subscriptions"][0]["pending"], 300);
-    assert!(status["subscriptions"][0]["last_error"].as_str().unwrap_or("").contains("503"));
+    assert!(status["subscriptions"][0]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("503"));
 
     rx.answer_with(|_| Answer::ok());
-    wait_until(Duration::from_secs(60), "backlog drained", || rx.delivered_ids().len() == 300);
+    wait_until(Duration::from_secs(60), "backlog drained", || {
+        rx.delivered_ids().len() == 300
+    });
     assert_entity_order(&rx.delivered());
-    wait_until(Duration::from_secs(10), "status online", || agent.status()["subscriptions"][0]["state"] == "online");
+    wait_until(Duration::from_secs(10), "status online", || {
+        agent.status()["subscriptions"][0]["state"] == "online"
+    });
 }
 
 #[test]
@@ -110,12 +155,23 @@ fn closed_port_then_back_drains_everything() {
     rx.shut();
     let mut agent = Agent::new(&subscription("erp", &rx.url(), FAST_RETRY));
     agent.start();
-    let lines: Vec<String> = (0..200).map(|i| event(&format!("c-{i}"), &format!("sku:{}", i % 10), "StockMovementCreated", serde_json::json!({"d": -1}))).collect();
+    let lines: Vec<String> = (0..200)
+        .map(|i| {
+            event(
+                &format!("c-{i}"),
+                &format!("sku:{}", i % 10),
+                "StockMovementCreated",
+                serde_json::json!({"d": -1}),
+            )
+        })
+        .collect();
     assert!(send_lines(&agent.socket(), &lines).iter().all(|r| r["ok"] == true));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(agent.status()["subscriptions"][0]["state"], "offline");
     rx.restart();
-    wait_until(Duration::from_secs(60), "backlog drained", || rx.delivered_ids().len() == 200);
+    wait_until(Duration::from_secs(60), "backlog drained", || {
+        rx.delivered_ids().len() == 200
+    });
     assert_entity_order(&rx.delivered());
 }
 
@@ -125,20 +181,32 @@ fn retry_after_on_429_is_honoured() {
     let mut first = true;
     rx.answer_with(move |_| {
         if std::mem::take(&mut first) {
-            Answer { status: 429, delay: Duration::ZERO, headers: vec![("retry-after".into(), "2".into())] }
+            Answer {
+                status: 429,
+                delay: Duration::ZERO,
+                headers: vec![("retry-after".into(), "2".into())],
+            }
         } else {
             Answer::ok()
         }
     });
     let mut agent = Agent::new(&subscription("erp", &rx.url(), FAST_RETRY));
     agent.start();
-    send_lines(&agent.socket(), &[event("r-1", "order:1", "SaleCreated", serde_json::json!({}))]);
-    wait_until(Duration::from_secs(30), "delivered after 429", || rx.delivered_ids().len() == 1);
+    send_lines(
+        &agent.socket(),
+        &[event("r-1", "order:1", "SaleCreated", serde_json::json!({}))],
+    );
+    wait_until(Duration::from_secs(30), "delivered after 429", || {
+        rx.delivered_ids().len() == 1
+    });
     let reqs = rx.requests();
     assert_eq!(reqs.len(), 2, "one 429 then one 200");
     assert_eq!(reqs[0].answered, 429);
     let gap = reqs[1].at - reqs[0].at;
-    assert!(gap >= Duration::from_millis(1900), "Retry-After: 2 honoured (retry.initial is 100ms), waited {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "Retry-After: 2 honoured (retry.initial is 100ms), waited {gap:?}"
+    );
 }
 
 #[test]
@@ -156,13 +224,34 @@ fn server_errors_are_retried_and_every_attempt_recorded() {
     let mut agent = Agent::new(&subscription("erp", &rx.url(), FAST_RETRY));
     agent.start();
     let lines: Vec<String> = (1..=3)
-        .map(|i| event(&format!("b-{i}"), "order:bad", "CustomerOrderUpdated", serde_json::json!(i)))
-        .chain((1..=3).map(|i| event(&format!("g-{i}"), "order:good", "CustomerOrderUpdated", serde_json::json!(i))))
+        .map(|i| {
+            event(
+                &format!("b-{i}"),
+                "order:bad",
+                "CustomerOrderUpdated",
+                serde_json::json!(i),
+            )
+        })
+        .chain((1..=3).map(|i| {
+            event(
+                &format!("g-{i}"),
+                "order:good",
+                "CustomerOrderUpdated",
+                serde_json::json!(i),
+            )
+        }))
         .collect();
     send_lines(&agent.socket(), &lines);
-    wait_until(Duration::from_secs(30), "all 6 delivered", || rx.delivered_ids().len() == 6);
+    wait_until(Duration::from_secs(30), "all 6 delivered", || {
+        rx.delivered_ids().len() == 6
+    });
     assert_entity_order(&rx.delivered());
-    let bad: Vec<i64> = rx.requests().iter().filter(|r| r.entity == "order:bad").map(|r| r.entity_seq).collect();
+    let bad: Vec<i64> = rx
+        .requests()
+        .iter()
+        .filter(|r| r.entity == "order:bad")
+        .map(|r| r.entity_seq)
+        .collect();
     assert_eq!(bad, vec![1, 1, 1, 1, 2, 3], "event 2 waited for event 1's success");
     let db = agent.open_db();
     let attempts: Vec<(Option<i64>, Option<String>)> = db
@@ -184,16 +273,29 @@ fn a_timeout_is_a_failure_and_is_retried() {
     let mut first = true;
     rx.answer_with(move |_| {
         if std::mem::take(&mut first) {
-            Answer { status: 200, delay: Duration::from_secs(3), headers: vec![] }
+            Answer {
+                status: 200,
+                delay: Duration::from_secs(3),
+                headers: vec![],
+            }
         } else {
             Answer::ok()
         }
     });
-    let mut agent = Agent::new(&subscription("erp", &rx.url(), &format!("timeout = \"500ms\"\n{FAST_RETRY}")));
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        &format!("timeout = \"500ms\"\n{FAST_RETRY}"),
+    ));
     agent.start();
     let started = Instant::now();
-    send_lines(&agent.socket(), &[event("t-1", "order:1", "SaleCreated", serde_json::json!({}))]);
-    wait_until(Duration::from_secs(30), "two requests answered", || rx.requests().len() == 2);
+    send_lines(
+        &agent.socket(),
+        &[event("t-1", "order:1", "SaleCreated", serde_json::json!({}))],
+    );
+    wait_until(Duration::from_secs(30), "two requests answered", || {
+        rx.requests().len() == 2
+    });
     let db = agent.open_db();
     let errors: Vec<Option<String>> = db
         .prepare("SELECT error FROM attempts ORDER BY id")
@@ -210,7 +312,13 @@ fn a_timeout_is_a_failure_and_is_retried() {
 #[test]
 fn a_parked_event_blocks_only_its_own_entity() {
     let rx = Receiver::start();
-    rx.answer_with(|r| if r.id == "bad-1" { Answer::status(400) } else { Answer::ok() });
+    rx.answer_with(|r| {
+        if r.id == "bad-1" {
+            Answer::status(400)
+        } else {
+            Answer::ok()
+        }
+    });
     let mut agent = Agent::new(&subscription(
         "erp",
         &rx.url(),
@@ -224,7 +332,9 @@ fn a_parked_event_blocks_only_its_own_entity() {
         event("good-2", "order:good", "SaleCreated", serde_json::json!(2)),
     ];
     send_lines(&agent.socket(), &lines);
-    wait_until(Duration::from_secs(30), "parked", || agent.status()["subscriptions"][0]["parked"] == 1);
+    wait_until(Duration::from_secs(30), "parked", || {
+        agent.status()["subscriptions"][0]["parked"] == 1
+    });
     std::thread::sleep(Duration::from_millis(500));
     let ids = rx.delivered_ids();
     assert!(ids.contains("good-1") && ids.contains("good-2"), "{ids:?}");
@@ -248,10 +358,15 @@ fn thin_payload_event_filter_and_extra_headers() {
         event("f-3", "order:1", "SaleCreated", serde_json::json!({})),
     ];
     send_lines(&agent.socket(), &lines);
-    wait_until(Duration::from_secs(30), "two delivered", || rx.delivered_ids().len() == 2);
+    wait_until(Duration::from_secs(30), "two delivered", || {
+        rx.delivered_ids().len() == 2
+    });
     std::thread::sleep(Duration::from_millis(300));
     let reqs = rx.delivered();
-    assert_eq!(reqs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["f-1", "f-3"]);
+    assert_eq!(
+        reqs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["f-1", "f-3"]
+    );
     assert_eq!(reqs[1].entity_seq, 3, "entity_seq counts every event of the entity");
     for r in &reqs {
         assert!(r.json.get("data").is_none(), "thin: no data");
@@ -263,7 +378,9 @@ fn thin_payload_event_filter_and_extra_headers() {
 fn a_subscription_added_later_gets_the_retained_events_oldest_first() {
     let mut agent = Agent::new("");
     agent.start();
-    let lines: Vec<String> = (1..=10).map(|i| event(&format!("l-{i}"), "till:1", "SaleCreated", serde_json::json!(i))).collect();
+    let lines: Vec<String> = (1..=10)
+        .map(|i| event(&format!("l-{i}"), "till:1", "SaleCreated", serde_json::json!(i)))
+        .collect();
     send_lines(&agent.socket(), &lines);
     let status = agent.status();
     assert_eq!(status["subscriptions"].as_array().map(Vec::len), Some(0));
@@ -272,7 +389,9 @@ fn a_subscription_added_later_gets_the_retained_events_oldest_first() {
     let rx = Receiver::start();
     agent.write_config(&subscription("late", &rx.url(), FAST_RETRY));
     agent.start();
-    wait_until(Duration::from_secs(30), "10 delivered", || rx.delivered_ids().len() == 10);
+    wait_until(Duration::from_secs(30), "10 delivered", || {
+        rx.delivered_ids().len() == 10
+    });
     let seqs: Vec<i64> = rx.delivered().iter().map(|r| r.entity_seq).collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
 }
@@ -284,7 +403,9 @@ fn a_removed_subscription_keeps_its_backlog_and_resumes() {
     let sub = subscription("erp", &rx.url(), FAST_RETRY);
     let mut agent = Agent::new(&sub);
     agent.start();
-    let lines: Vec<String> = (1..=5).map(|i| event(&format!("k-{i}"), "till:1", "SaleCreated", serde_json::json!(i))).collect();
+    let lines: Vec<String> = (1..=5)
+        .map(|i| event(&format!("k-{i}"), "till:1", "SaleCreated", serde_json::json!(i)))
+        .collect();
     send_lines(&agent.socket(), &lines);
     assert!(agent.stop().success());
     agent.write_config("");

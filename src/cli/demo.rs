@@ -63,7 +63,10 @@ pub fn run(args: DemoArgs) -> CliResult {
     result
 }
 
-async fn start_receiver(addr: SocketAddr, shared: Arc<Shared>) -> Result<(oneshot::Sender<()>, tokio::task::JoinHandle<()>), CliError> {
+async fn start_receiver(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<(oneshot::Sender<()>, tokio::task::JoinHandle<()>), CliError> {
     // Rebinding right after the outage may briefly fail: try for a while.
     let mut tries = 0;
     let listener = loop {
@@ -119,7 +122,10 @@ retry = {{ initial = "200ms", max = "1s" }}
     let config = crate::config::parse(&config_text, None).map_err(CliError::runtime)?;
 
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Received>();
-    let shared = Arc::new(Shared { checker: Mutex::new(Checker::new(vec![key.to_vec()])), events: events_tx });
+    let shared = Arc::new(Shared {
+        checker: Mutex::new(Checker::new(vec![key.to_vec()])),
+        events: events_tx,
+    });
     let (mut stop_receiver, mut receiver_task) = start_receiver(receiver_addr, shared.clone()).await?;
 
     let (trigger, shutdown) = shutdown::channel();
@@ -134,16 +140,26 @@ retry = {{ initial = "200ms", max = "1s" }}
     println!("  ingest socket    {}", started.socket.display());
     println!("  receiver         http://{receiver_addr}/hooks/pos (verifies signatures and order)");
     println!("  traffic          {total} events: sales, stock movements, customer-order updates");
-    println!("  outage           the receiver goes down for {}s in the middle\n", args.outage);
+    println!(
+        "  outage           the receiver goes down for {}s in the middle\n",
+        args.outage
+    );
 
-    let progress = Arc::new(Mutex::new(Progress { acked: 0, receiver_up: true }));
+    let progress = Arc::new(Mutex::new(Progress {
+        acked: 0,
+        receiver_up: true,
+    }));
     let acked: Arc<Mutex<HashMap<String, Acked>>> = Arc::new(Mutex::new(HashMap::new()));
     let delivered: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(HashMap::new()));
     let collector = {
         let delivered = delivered.clone();
         tokio::spawn(async move {
             while let Some(ev) = events_rx.recv().await {
-                *delivered.lock().unwrap_or_else(|p| p.into_inner()).entry(ev.id).or_insert(0) += 1;
+                *delivered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(ev.id)
+                    .or_insert(0) += 1;
             }
         })
     };
@@ -216,12 +232,23 @@ retry = {{ initial = "200ms", max = "1s" }}
     let entities: std::collections::HashSet<&str> = acked.values().map(|a| a.entity.as_str()).collect();
     let max_seq = acked.values().map(|a| a.entity_seq).max().unwrap_or(0);
     println!("\nsummary");
-    println!("  acknowledged         {} events over {} entities (longest entity: {max_seq} events)", acked.len(), entities.len());
-    println!("  delivered            {} distinct, {} requests ({} duplicates)", stats.unique, stats.received, stats.duplicates);
+    println!(
+        "  acknowledged         {} events over {} entities (longest entity: {max_seq} events)",
+        acked.len(),
+        entities.len()
+    );
+    println!(
+        "  delivered            {} distinct, {} requests ({} duplicates)",
+        stats.unique, stats.received, stats.duplicates
+    );
     println!("  missing              {}", missing.len());
     println!("  order violations     {}", stats.out_of_order);
     println!("  bad signatures       {}", stats.bad_signatures);
-    println!("  outage               {:.1}s; backlog drained {:.1}s after the last event was sent", outage_len.as_secs_f64(), drain.as_secs_f64());
+    println!(
+        "  outage               {:.1}s; backlog drained {:.1}s after the last event was sent",
+        outage_len.as_secs_f64(),
+        drain.as_secs_f64()
+    );
     let ok = missing.is_empty() && stats.out_of_order == 0 && stats.bad_signatures == 0 && stats.invalid == 0;
     match agent_result {
         Ok(Ok(())) => {}
@@ -282,14 +309,18 @@ async fn produce(
             }
             let replies = reader.await.map_err(|e| CliError::runtime(e.to_string()))?;
             for line in replies {
-                let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| CliError::runtime(format!("reply {line:?}: {e}")))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).map_err(|e| CliError::runtime(format!("reply {line:?}: {e}")))?;
                 if v["ok"] != true {
                     return Err(CliError::runtime(format!("the agent refused an event: {line}")));
                 }
                 let id = v["event_id"].as_str().unwrap_or_default().to_string();
                 let entity_seq = v["entity_seq"].as_i64().unwrap_or(0);
                 let entity = entity_of(&id);
-                acked.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Acked { entity, entity_seq });
+                acked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, Acked { entity, entity_seq });
                 progress.lock().unwrap_or_else(|p| p.into_inner()).acked += 1;
             }
             Ok::<(), CliError>(())
@@ -351,7 +382,11 @@ fn draw(progress: &Arc<Mutex<Progress>>, delivered: &Arc<Mutex<HashMap<String, i
     let filled = (done * WIDTH / total.max(1)).min(WIDTH);
     let bar: String = "#".repeat(filled) + &".".repeat(WIDTH - filled);
     let state = if up { "receiver up  " } else { "RECEIVER DOWN" };
-    let (start, end) = if std::io::stderr().is_terminal() { ("\r", "") } else { ("", "\n") };
+    let (start, end) = if std::io::stderr().is_terminal() {
+        ("\r", "")
+    } else {
+        ("", "\n")
+    };
     eprint!("{start}  [{bar}] acknowledged {acked:>5}/{total}  delivered {done:>5}  {state}{end}");
     let _ = std::io::stderr().flush();
 }

@@ -28,11 +28,17 @@ pub struct CliError {
 impl CliError {
     /// A runtime failure (exit 1).
     pub fn runtime(message: impl std::fmt::Display) -> Self {
-        CliError { code: 1, message: message.to_string() }
+        CliError {
+            code: 1,
+            message: message.to_string(),
+        }
     }
     /// A usage or config error (exit 2).
     pub fn usage(message: impl std::fmt::Display) -> Self {
-        CliError { code: 2, message: message.to_string() }
+        CliError {
+            code: 2,
+            message: message.to_string(),
+        }
     }
 }
 

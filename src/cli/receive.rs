@@ -36,7 +36,10 @@ pub fn run(args: ReceiveArgs) -> CliResult {
             .await
             .map_err(|e| CliError::runtime(format!("--listen {}: {e}", args.listen)))?;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared { checker: Mutex::new(Checker::new(secrets)), events: tx });
+        let shared = Arc::new(Shared {
+            checker: Mutex::new(Checker::new(secrets)),
+            events: tx,
+        });
         eprintln!("receiving webhooks on http://{}/ (Ctrl-C to stop)", args.listen);
         let json = args.json;
         let printer = tokio::spawn(async move {
@@ -55,7 +58,10 @@ pub fn run(args: ReceiveArgs) -> CliResult {
                         Some(false) => "BAD SIGNATURE",
                         None => "signature not checked",
                     };
-                    println!("{} {} #{} {}  [{order}, {sig}]", ev.id, ev.entity, ev.entity_seq, ev.event_type);
+                    println!(
+                        "{} {} #{} {}  [{order}, {sig}]",
+                        ev.id, ev.entity, ev.entity_seq, ev.event_type
+                    );
                 }
             }
         });

@@ -64,7 +64,10 @@ pub fn run(path: Option<&std::path::Path>, args: SendArgs) -> CliResult {
     }
     let socket = &config.ingest.socket;
     let mut stream = UnixStream::connect(socket).map_err(|e| {
-        CliError::runtime(format!("{}: cannot connect ({e}); is the agent running (store-outbox run)?", socket.display()))
+        CliError::runtime(format!(
+            "{}: cannot connect ({e}); is the agent running (store-outbox run)?",
+            socket.display()
+        ))
     })?;
     let mut line = event.to_string();
     line.push('\n');
@@ -77,7 +80,10 @@ pub fn run(path: Option<&std::path::Path>, args: SendArgs) -> CliResult {
         .map_err(|e| CliError::runtime(format!("{}: {e}", socket.display())))?;
     let reply = reply.trim();
     if reply.is_empty() {
-        return Err(CliError::runtime(format!("{}: the agent closed the connection without a reply", socket.display())));
+        return Err(CliError::runtime(format!(
+            "{}: the agent closed the connection without a reply",
+            socket.display()
+        )));
     }
     println!("{reply}");
     let ok = serde_json::from_str::<serde_json::Value>(reply)

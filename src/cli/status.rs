@@ -99,8 +99,16 @@ pub fn render(r: &StatusReport) -> String {
         _ if r.agent_running => "running".to_string(),
         _ => "NOT RUNNING".to_string(),
     };
-    out += &format!("store-outbox {}  store {}  agent {}  ({running})\n", r.version, r.store_id, r.agent_id);
-    out += &format!("database   {}  {} of {}\n", r.db.path, size(r.db.bytes), size(r.db.max_bytes));
+    out += &format!(
+        "store-outbox {}  store {}  agent {}  ({running})\n",
+        r.version, r.store_id, r.agent_id
+    );
+    out += &format!(
+        "database   {}  {} of {}\n",
+        r.db.path,
+        size(r.db.bytes),
+        size(r.db.max_bytes)
+    );
     out += &format!(
         "ingest     accepted {}  duplicates {}  rejected {}\n\n",
         r.ingest.accepted_total, r.ingest.duplicate_total, r.ingest.rejected_total

@@ -30,7 +30,11 @@ mod tests {
     use super::*;
 
     fn retry() -> RetryConfig {
-        RetryConfig { initial: Duration::from_secs(1), max: Duration::from_secs(300), give_up_after: None }
+        RetryConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            give_up_after: None,
+        }
     }
 
     #[test]
@@ -38,7 +42,10 @@ mod tests {
         for failures in 1..40 {
             let d = delay(&retry(), failures);
             let base = Duration::from_secs(1u64 << (failures - 1).min(20)).min(Duration::from_secs(300));
-            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(300), "{failures}: {d:?}");
+            assert!(
+                d >= Duration::from_secs(1) && d <= Duration::from_secs(300),
+                "{failures}: {d:?}"
+            );
             assert!(d >= base / 2 && d <= base, "{failures}: {d:?} vs {base:?}");
         }
     }

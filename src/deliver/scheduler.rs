@@ -126,10 +126,11 @@ impl Scheduler {
     }
 
     fn set_ready(&mut self, entity_id: i64, due: Instant, head_seq: i64) {
-        let entity = self
-            .entities
-            .entry(entity_id)
-            .or_insert(Entity { state: EntityState::Ready, due, head_seq });
+        let entity = self.entities.entry(entity_id).or_insert(Entity {
+            state: EntityState::Ready,
+            due,
+            head_seq,
+        });
         if entity.state == EntityState::Ready {
             self.ready.remove(&(entity.due, entity.head_seq, entity_id));
         }
@@ -200,7 +201,10 @@ impl Scheduler {
 
     /// Writes online/offline and requests in flight for `status`.
     fn persist_state(&mut self) {
-        if self.writer.set_sub_state(self.sub.id, self.state_name(), self.in_flight as i64) {
+        if self
+            .writer
+            .set_sub_state(self.sub.id, self.state_name(), self.in_flight as i64)
+        {
             self.persisted = (self.online, self.in_flight);
         }
     }
@@ -308,7 +312,11 @@ impl Scheduler {
             self.probe_in_flight = false;
         }
         let now = Instant::now();
-        let head_seq = self.entities.get(&done.entity_id).map(|e| e.head_seq).unwrap_or(i64::MAX);
+        let head_seq = self
+            .entities
+            .get(&done.entity_id)
+            .map(|e| e.head_seq)
+            .unwrap_or(i64::MAX);
         let name = self.sub.config.name.clone();
         if !done.recorded {
             // The outcome is not durable: send the same event again later.
@@ -343,7 +351,8 @@ impl Scheduler {
             }
             kind => {
                 self.failures_in_a_row += 1;
-                let endpoint_down = kind == AttemptKind::EndpointDown || self.failures_in_a_row >= FAILURES_BEFORE_OFFLINE;
+                let endpoint_down =
+                    kind == AttemptKind::EndpointDown || self.failures_in_a_row >= FAILURES_BEFORE_OFFLINE;
                 if endpoint_down && (self.online || done.was_probe) {
                     if self.online {
                         tracing::warn!(subscription = %name, url = %self.sub.config.url, error = ?done.attempt.error,
@@ -421,8 +430,12 @@ async fn deliver(
         match retry.give_up_after {
             Some(limit) if at_ms - failing_since >= limit.as_millis() as i64 => Verdict::Park,
             _ => {
-                let wait = attempt.retry_after.unwrap_or_else(|| backoff::delay(&retry, attempts as u32));
-                Verdict::Retry { next_attempt_at_ms: at_ms + wait.as_millis() as i64 }
+                let wait = attempt
+                    .retry_after
+                    .unwrap_or_else(|| backoff::delay(&retry, attempts as u32));
+                Verdict::Retry {
+                    next_attempt_at_ms: at_ms + wait.as_millis() as i64,
+                }
             }
         }
     };
@@ -442,5 +455,12 @@ async fn deliver(
             false
         }
     };
-    Done { entity_id, attempt, attempts, recorded, verdict, was_probe }
+    Done {
+        entity_id,
+        attempt,
+        attempts,
+        recorded,
+        verdict,
+        was_probe,
+    }
 }

@@ -66,7 +66,8 @@ pub fn build_client(config: &SubscriptionConfig) -> Result<reqwest::Client, Stri
         .pool_max_idle_per_host(config.max_in_flight);
     if let Some(ca) = &config.ca_file {
         let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
@@ -188,7 +189,12 @@ async fn classify(response: reqwest::Response) -> Attempt {
     };
     let code = status.as_u16();
     if status.is_success() {
-        return Attempt { kind: AttemptKind::Delivered, status: Some(code), error: None, retry_after: None };
+        return Attempt {
+            kind: AttemptKind::Delivered,
+            status: Some(code),
+            error: None,
+            retry_after: None,
+        };
     }
     let kind = match code {
         408 | 429 | 502 | 503 | 504 => AttemptKind::EndpointDown,
@@ -200,7 +206,12 @@ async fn classify(response: reqwest::Response) -> Attempt {
         _ => format!("HTTP {code}: {}", text.trim()),
     };
     let retry_after = if matches!(code, 429 | 503) { retry_after } else { None };
-    Attempt { kind, status: Some(code), error: Some(detail), retry_after }
+    Attempt {
+        kind,
+        status: Some(code),
+        error: Some(detail),
+        retry_after,
+    }
 }
 
 /// A short, actionable description of a transport failure.

@@ -43,7 +43,13 @@ pub async fn bind(path: &Path) -> Result<UnixListener, String> {
 }
 
 /// Serves connections until shutdown, then removes the socket file.
-pub async fn serve(listener: UnixListener, path: PathBuf, writer: Writer, max_event_bytes: u64, mut shutdown: Shutdown) {
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    writer: Writer,
+    max_event_bytes: u64,
+    mut shutdown: Shutdown,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -102,7 +108,11 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>, m
         let consumed = found.map_or(chunk.len(), |pos| pos + 1);
         reader.consume(consumed);
         if found.is_some() {
-            return Ok(if skipped > 0 { Line::TooLong(skipped) } else { Line::Text });
+            return Ok(if skipped > 0 {
+                Line::TooLong(skipped)
+            } else {
+                Line::Text
+            });
         }
     }
 }
@@ -120,9 +130,11 @@ async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut sh
         while let Some(owed) = reply_rx.recv().await {
             let reply = match owed {
                 Owed::Now(reply) => reply,
-                Owed::AfterCommit(ticket) => ticket.wait().await.pop().unwrap_or_else(|| {
-                    IngestError::new(ErrorCode::Internal, "no reply from storage").into()
-                }),
+                Owed::AfterCommit(ticket) => ticket
+                    .wait()
+                    .await
+                    .pop()
+                    .unwrap_or_else(|| IngestError::new(ErrorCode::Internal, "no reply from storage").into()),
             };
             let mut line = reply.to_json();
             line.push('\n');
@@ -147,7 +159,13 @@ async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut sh
             Ok(Line::End) | Err(_) => break,
             Ok(Line::TooLong(n)) => {
                 writer.count_rejected(1);
-                Owed::Now(IngestError::new(ErrorCode::TooLarge, format!("line of {n} bytes, the limit is {max_event_bytes}")).into())
+                Owed::Now(
+                    IngestError::new(
+                        ErrorCode::TooLarge,
+                        format!("line of {n} bytes, the limit is {max_event_bytes}"),
+                    )
+                    .into(),
+                )
             }
             Ok(Line::Text) => {
                 let text = buf.strip_suffix(b"\r").unwrap_or(&buf);
@@ -190,7 +208,10 @@ mod tests {
         let data = format!("{}\nshort\n{}", "x".repeat(5000), "y".repeat(20));
         let mut reader = BufReader::with_capacity(64, data.as_bytes());
         let mut buf = Vec::new();
-        assert!(matches!(read_line(&mut reader, &mut buf, 100).await, Ok(Line::TooLong(5000))));
+        assert!(matches!(
+            read_line(&mut reader, &mut buf, 100).await,
+            Ok(Line::TooLong(5000))
+        ));
         assert!(buf.capacity() <= 200, "buffered {}", buf.capacity());
         assert!(matches!(read_line(&mut reader, &mut buf, 100).await, Ok(Line::Text)));
         assert_eq!(buf, b"short");

@@ -47,19 +47,22 @@ pub struct OpenError {
 }
 
 fn open_error(path: &Path, reason: impl std::fmt::Display) -> OpenError {
-    OpenError { path: path.display().to_string(), reason: reason.to_string() }
+    OpenError {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Opens (creating if needed) the database for writing: WAL, `synchronous=FULL`,
 /// migrations applied.
 pub fn open_writer(path: &Path) -> Result<Connection, OpenError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| open_error(dir, format!("cannot create the data directory: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| open_error(dir, format!("cannot create the data directory: {e}")))?;
     }
     let mut conn = Connection::open(path).map_err(|e| open_error(path, e))?;
     let hint = "the file is not a readable store-outbox database; move it aside (keep it for support) and start again, or restore a backup";
-    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| open_error(path, e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| open_error(path, format!("{e}: {hint}")))?;
@@ -75,18 +78,25 @@ pub fn open_writer(path: &Path) -> Result<Connection, OpenError> {
 /// Opens the database read-only (status, CLI, schedulers' reads).
 pub fn open_reader(path: &Path) -> Result<Connection, OpenError> {
     if !path.exists() {
-        return Err(open_error(path, "no database here yet (has the agent run with this config?)"));
+        return Err(open_error(
+            path,
+            "no database here yet (has the agent run with this config?)",
+        ));
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| open_error(path, e))?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| open_error(path, e))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| open_error(path, e))?;
     if version != schema::CURRENT_VERSION {
         return Err(open_error(
             path,
-            format!("schema version {version}, this store-outbox reads {}: start the agent once to migrate", schema::CURRENT_VERSION),
+            format!(
+                "schema version {version}, this store-outbox reads {}: start the agent once to migrate",
+                schema::CURRENT_VERSION
+            ),
         ));
     }
     Ok(conn)
@@ -137,9 +147,15 @@ pub struct Subscription {
 /// Records the configured subscriptions: new ones get the retained events
 /// that match their filter (oldest first, by creating their delivery rows),
 /// ones no longer configured keep their rows but are marked so.
-pub fn register_subscriptions(conn: &mut Connection, subs: &[SubscriptionConfig]) -> rusqlite::Result<Vec<Subscription>> {
+pub fn register_subscriptions(
+    conn: &mut Connection,
+    subs: &[SubscriptionConfig],
+) -> rusqlite::Result<Vec<Subscription>> {
     let tx = conn.transaction()?;
-    tx.execute("UPDATE subscriptions SET configured = 0, state = 'unconfigured', in_flight = 0", [])?;
+    tx.execute(
+        "UPDATE subscriptions SET configured = 0, state = 'unconfigured', in_flight = 0",
+        [],
+    )?;
     let max_seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
     let mut out = Vec::new();
     for sub in subs {
@@ -153,7 +169,10 @@ pub fn register_subscriptions(conn: &mut Connection, subs: &[SubscriptionConfig]
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         // Events stored while this subscription was absent from the config.
-        let filter = sub.events.as_ref().map(|t| serde_json::to_string(t).unwrap_or_default());
+        let filter = sub
+            .events
+            .as_ref()
+            .map(|t| serde_json::to_string(t).unwrap_or_default());
         tx.execute(
             "INSERT OR IGNORE INTO deliveries(sub_id, event_seq, entity_id, entity_seq)
              SELECT ?1, seq, entity_id, entity_seq FROM events
@@ -164,7 +183,11 @@ pub fn register_subscriptions(conn: &mut Connection, subs: &[SubscriptionConfig]
             "UPDATE subscriptions SET configured = 1, covered_seq = ?2, url = ?3, state = 'online' WHERE id = ?1",
             params![id, max_seq, sub.url.as_str()],
         )?;
-        out.push(Subscription { id, config: Arc::new(sub.clone()), inbox: Arc::new(Inbox::default()) });
+        out.push(Subscription {
+            id,
+            config: Arc::new(sub.clone()),
+            inbox: Arc::new(Inbox::default()),
+        });
     }
     tx.commit()?;
     Ok(out)

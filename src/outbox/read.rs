@@ -202,9 +202,11 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
 /// The ingest counters.
 pub fn ingest_counters(conn: &Connection) -> rusqlite::Result<IngestCounters> {
     let get = |name: &str| {
-        conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
-            .optional()
-            .map(Option::unwrap_or_default)
+        conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+        .map(Option::unwrap_or_default)
     };
     Ok(IngestCounters {
         accepted_total: get("accepted_total")?,
@@ -225,5 +227,6 @@ pub fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// A value from the `meta` table.
 pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
 }

@@ -54,9 +54,19 @@ pub enum Verdict {
 
 /// A request to the writer thread.
 enum WriteOp {
-    Ingest { events: Vec<NewEvent>, reply: oneshot::Sender<Vec<Reply>> },
-    Outcome { outcome: Outcome, done: oneshot::Sender<Result<(), String>> },
-    SubState { sub_id: i64, state: &'static str, in_flight: i64 },
+    Ingest {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Vec<Reply>>,
+    },
+    Outcome {
+        outcome: Outcome,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    SubState {
+        sub_id: i64,
+        state: &'static str,
+        in_flight: i64,
+    },
     Rejected(u64),
 }
 
@@ -105,7 +115,11 @@ impl Writer {
                 inbox: s.inbox.clone(),
             })
             .collect();
-        let mut state = WriterState { conn, fanout, max_db_bytes };
+        let mut state = WriterState {
+            conn,
+            fanout,
+            max_db_bytes,
+        };
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || state.run(rx))
@@ -143,7 +157,13 @@ impl Writer {
     /// Records a subscription's online/offline state and requests in flight.
     /// Best effort: when the queue is full the caller's next update wins.
     pub fn set_sub_state(&self, sub_id: i64, state: &'static str, in_flight: i64) -> bool {
-        self.tx.try_send(WriteOp::SubState { sub_id, state, in_flight }).is_ok()
+        self.tx
+            .try_send(WriteOp::SubState {
+                sub_id,
+                state,
+                in_flight,
+            })
+            .is_ok()
     }
 
     /// Counts events rejected before reaching storage (validation errors).
@@ -202,7 +222,8 @@ impl WriterState {
     }
 
     fn process(&mut self, batch: Vec<WriteOp>) {
-        let full = batch.iter().any(|op| matches!(op, WriteOp::Ingest { .. })) && super::read::used_bytes(&self.conn).unwrap_or(0) >= self.max_db_bytes;
+        let full = batch.iter().any(|op| matches!(op, WriteOp::Ingest { .. }))
+            && super::read::used_bytes(&self.conn).unwrap_or(0) >= self.max_db_bytes;
         match self.apply_all(&batch, full) {
             Ok((answers, effects)) => self.finish(batch, answers, effects),
             Err(e) => {
@@ -224,7 +245,9 @@ impl WriterState {
     fn apply_all(&mut self, batch: &[WriteOp], full: bool) -> rusqlite::Result<(Vec<Answer>, Effects)> {
         let mut effects = Effects::default();
         let mut answers = Vec::with_capacity(batch.len());
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for op in batch {
             let answer = match op {
                 WriteOp::Ingest { events, .. } => {
@@ -244,7 +267,11 @@ impl WriterState {
                     apply_outcome(&tx, outcome)?;
                     Answer::Recorded
                 }
-                WriteOp::SubState { sub_id, state, in_flight } => {
+                WriteOp::SubState {
+                    sub_id,
+                    state,
+                    in_flight,
+                } => {
                     tx.prepare_cached("UPDATE subscriptions SET state = ?2, in_flight = ?3 WHERE id = ?1")?
                         .execute(params![sub_id, state, in_flight])?;
                     Answer::Nothing
@@ -328,7 +355,11 @@ fn insert_event(tx: &Connection, fanout: &[Fanout], e: &NewEvent, effects: &mut 
     match existing {
         Ok(entity_seq) => {
             effects.duplicates += 1;
-            return Ok(Reply::Accepted { event_id: e.event_id.clone(), entity_seq, duplicate: true });
+            return Ok(Reply::Accepted {
+                event_id: e.event_id.clone(),
+                entity_seq,
+                duplicate: true,
+            });
         }
         Err(rusqlite::Error::QueryReturnedNoRows) => {}
         Err(other) => return Err(other),
@@ -368,13 +399,26 @@ fn insert_event(tx: &Connection, fanout: &[Fanout], e: &NewEvent, effects: &mut 
         effects.touched.push((index, entity_id, seq));
     }
     effects.accepted += 1;
-    Ok(Reply::Accepted { event_id: e.event_id.clone(), entity_seq, duplicate: false })
+    Ok(Reply::Accepted {
+        event_id: e.event_id.clone(),
+        entity_seq,
+        duplicate: false,
+    })
 }
 
 /// Records one attempt and moves the delivery to its new state.
 fn apply_outcome(tx: &Connection, o: &Outcome) -> rusqlite::Result<()> {
-    tx.prepare_cached("INSERT INTO attempts(sub_id, event_seq, at, status, error, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-        .execute(params![o.sub_id, o.event_seq, o.at_ms, o.status, o.error, o.duration_ms])?;
+    tx.prepare_cached(
+        "INSERT INTO attempts(sub_id, event_seq, at, status, error, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        o.sub_id,
+        o.event_seq,
+        o.at_ms,
+        o.status,
+        o.error,
+        o.duration_ms
+    ])?;
     match o.verdict {
         Verdict::Delivered => {
             tx.prepare_cached(

@@ -53,15 +53,28 @@ pub struct Agent {
     pub config: PathBuf,
     pub child: Option<Child>,
     starts: usize,
+    /// Extra `[ingest]` keys.
+    ingest: String,
 }
 
 impl Agent {
     /// Writes `config.toml` (data, socket and ports inside the temp dir are
     /// added in front of `extra`, which holds more sections).
     pub fn new(extra: &str) -> Agent {
+        Agent::with_ingest("", extra)
+    }
+
+    /// Like [`Agent::new`], with more keys in `[ingest]`.
+    pub fn with_ingest(ingest: &str, extra: &str) -> Agent {
         let dir = tempfile::Builder::new().prefix("so-test-").tempdir().expect("tempdir");
         let config = dir.path().join("config.toml");
-        let agent = Agent { dir, config, child: None, starts: 0 };
+        let agent = Agent {
+            dir,
+            config,
+            child: None,
+            starts: 0,
+            ingest: ingest.to_string(),
+        };
         agent.write_config(extra);
         agent
     }
@@ -71,9 +84,10 @@ impl Agent {
         let d = self.dir.path().display();
         let text = format!(
             "[agent]\nstore_id = \"0042\"\nagent_id = \"till-03\"\ndata_dir = \"{d}/data\"\n\
-             [ingest]\nsocket = \"{d}/ingest.sock\"\nhttp_listen = \"127.0.0.1:{}\"\n\
+             [ingest]\nsocket = \"{d}/ingest.sock\"\nhttp_listen = \"127.0.0.1:{}\"\n{}\n\
              [admin]\nlisten = \"127.0.0.1:{}\"\n{extra}\n",
             free_port(),
+            self.ingest,
             free_port()
         );
         std::fs::write(&self.config, text).expect("write config");
@@ -163,7 +177,11 @@ impl Agent {
     /// `status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--json"]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
@@ -249,7 +267,11 @@ impl Answer {
         Answer::status(200)
     }
     pub fn status(status: u16) -> Answer {
-        Answer { status, delay: Duration::ZERO, headers: vec![] }
+        Answer {
+            status,
+            delay: Duration::ZERO,
+            headers: vec![],
+        }
     }
 }
 
@@ -313,8 +335,16 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
 impl Receiver {
     /// Starts on a free port, answering 200 to everything.
     pub fn start() -> Receiver {
-        let inner = Arc::new(Inner { requests: Mutex::new(Vec::new()), rule: Mutex::new(Box::new(|_| Answer::ok())) });
-        let mut r = Receiver { addr: ([127, 0, 0, 1], 0).into(), inner, stop: None, thread: None };
+        let inner = Arc::new(Inner {
+            requests: Mutex::new(Vec::new()),
+            rule: Mutex::new(Box::new(|_| Answer::ok())),
+        });
+        let mut r = Receiver {
+            addr: ([127, 0, 0, 1], 0).into(),
+            inner,
+            stop: None,
+            thread: None,
+        };
         r.listen(([127, 0, 0, 1], 0).into());
         r
     }
@@ -338,7 +368,11 @@ impl Receiver {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let inner = self.inner.clone();
         self.thread = Some(std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 let app = axum::Router::new().fallback(handle).with_state(inner);
@@ -386,7 +420,10 @@ impl Receiver {
 
     /// Requests answered 2xx.
     pub fn delivered(&self) -> Vec<Request> {
-        self.requests().into_iter().filter(|r| (200..300).contains(&r.answered)).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.answered))
+            .collect()
     }
 
     /// Distinct event ids answered 2xx.

@@ -1,0 +1,171 @@
+//! Our signatures, checked by code we did not write: the official Standard
+//! Webhooks library for Python (PyPI `standardwebhooks`, installed by .ci/run).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const NEW_SECRET: &str = "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24=";
+
+fn verify_with_python(rx: &Receiver, dir: &std::path::Path, secrets: &[&str]) -> String {
+    let capture: Vec<serde_json::Value> = rx
+        .delivered()
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "headers": r.headers,
+                "body": String::from_utf8(r.body.clone()).expect("utf-8 body"),
+            })
+        })
+        .collect();
+    let path = dir.join("capture.json");
+    std::fs::write(&path, serde_json::to_vec(&capture).expect("json")).expect("write capture");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/verify_standardwebhooks.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&path)
+        .args(secrets)
+        .output()
+        .expect("python3 must be installed (see .ci/run)");
+    assert!(
+        out.status.success(),
+        "the official verifier refused our signatures (is `pip install standardwebhooks` done?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_official_standard_webhooks_library_verifies_our_signatures() {
+    let rx = Receiver::start();
+    let mut agent = Agent::new(&subscription("erp", &rx.url(), ""));
+    agent.start();
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            event(
+                &format!("sw-{i}"),
+                "order:1",
+                "SaleCreated",
+                serde_json::json!({"unicode": "Grüße €", "i": i}),
+            )
+        })
+        .chain(std::iter::once(
+            r#"{"type":"PosLog","entity":"pos:1/2","payload":"<Transaction/>"}"#.to_string(),
+        ))
+        .collect();
+    send_lines(&agent.socket(), &lines);
+    wait_until(Duration::from_secs(30), "6 delivered", || rx.delivered_ids().len() == 6);
+    assert_eq!(verify_with_python(&rx, agent.dir.path(), &[SECRET]), "verified 6");
+}
+
+#[test]
+fn during_rotation_each_secret_verifies() {
+    let rx = Receiver::start();
+    let sub = format!(
+        "[[subscription]]\nname = \"erp\"\nurl = \"{}\"\nsecret = [\"{NEW_SECRET}\", \"{SECRET}\"]\n",
+        rx.url()
+    );
+    let mut agent = Agent::new(&sub);
+    agent.start();
+    send_lines(
+        &agent.socket(),
+        &[event("rot-1", "order:1", "SaleCreated", serde_json::json!({}))],
+    );
+    wait_until(Duration::from_secs(30), "delivered", || rx.delivered_ids().len() == 1);
+    let header = &rx.delivered()[0].headers["webhook-signature"];
+    assert_eq!(header.split(' ').count(), 2, "one signature per secret: {header}");
+    assert_eq!(
+        verify_with_python(&rx, agent.dir.path(), &[SECRET, NEW_SECRET]),
+        "verified 1"
+    );
+}
+
+#[test]
+fn the_receive_command_verifies_and_checks_order() {
+    let port = free_port();
+    let receiver = Command::new(binary())
+        .args([
+            "receive",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--secret",
+            SECRET,
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("receive");
+    wait_until(Duration::from_secs(20), "receiver listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut agent = Agent::new(&subscription("erp", &format!("http://127.0.0.1:{port}/hooks"), ""));
+    agent.start();
+    let lines: Vec<String> = (0..10)
+        .map(|i| {
+            event(
+                &format!("rc-{i}"),
+                &format!("till:{}", i % 2),
+                "SaleCreated",
+                serde_json::json!(i),
+            )
+        })
+        .collect();
+    send_lines(&agent.socket(), &lines);
+    wait_until(Duration::from_secs(30), "delivered", || {
+        agent.status()["subscriptions"][0]["delivered_total"] == 10
+    });
+    agent.stop();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
+    let out = receiver.wait_with_output().expect("wait");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events.len(), 10);
+    for e in &events {
+        assert_eq!(e["signature_valid"], true);
+        assert_eq!(e["order"], "in_order", "{e}");
+    }
+}
+
+#[test]
+fn the_receive_command_refuses_a_wrong_signature() {
+    let port = free_port();
+    let mut receiver = Command::new(binary())
+        .args([
+            "receive",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--secret",
+            NEW_SECRET,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("receive");
+    wait_until(Duration::from_secs(20), "receiver listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &format!("http://127.0.0.1:{port}/hooks"),
+        "retry = { initial = \"5s\", max = \"5s\" }",
+    ));
+    agent.start();
+    send_lines(
+        &agent.socket(),
+        &[event("w-1", "till:1", "SaleCreated", serde_json::json!(1))],
+    );
+    wait_until(Duration::from_secs(30), "refused", || {
+        agent.status()["subscriptions"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("401"))
+    });
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+}
