@@ -137,6 +137,15 @@ pub struct SubscriptionConfig {
 }
 
 impl SubscriptionConfig {
+    /// The URL without credentials or query string, safe to log and show.
+    pub fn url_for_logs(&self) -> String {
+        let mut url = self.url.clone();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_query(None);
+        url.to_string()
+    }
+
     /// Whether events of this type go to this subscription.
     pub fn wants(&self, event_type: &str) -> bool {
         match &self.events {

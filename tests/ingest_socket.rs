@@ -309,3 +309,36 @@ fn without_a_config_file_it_runs_on_defaults_under_the_current_directory() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn lines_arriving_during_shutdown_get_shutting_down_or_are_kept() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut agent = Agent::new("");
+    agent.start();
+    let stream = std::os::unix::net::UnixStream::connect(agent.socket()).expect("connect");
+    let mut writer = stream.try_clone().expect("clone");
+    let pid = agent.child.as_ref().expect("running").id();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(100));
+    let line = event("late-1", "till:1", "SaleCreated", serde_json::json!(1));
+    let _ = writer.write_all(format!("{line}\n").as_bytes());
+    let mut reply = String::new();
+    let _ = BufReader::new(stream).read_line(&mut reply);
+    let status = agent.child.take().expect("child").wait().expect("wait");
+    assert!(status.success());
+    agent.start();
+    let stored: i64 = agent
+        .open_db()
+        .query_row("SELECT COUNT(*) FROM events WHERE event_id = 'late-1'", [], |r| {
+            r.get(0)
+        })
+        .expect("count");
+    if reply.contains("\"ok\":true") {
+        assert_eq!(stored, 1, "acknowledged, so kept");
+    } else {
+        // Refused (or the connection closed without a reply): not stored.
+        assert!(reply.is_empty() || reply.contains("shutting_down"), "{reply}");
+        assert_eq!(stored, 0, "not acknowledged, not stored");
+    }
+}

@@ -355,7 +355,7 @@ impl Scheduler {
                     kind == AttemptKind::EndpointDown || self.failures_in_a_row >= FAILURES_BEFORE_OFFLINE;
                 if endpoint_down && (self.online || done.was_probe) {
                     if self.online {
-                        tracing::warn!(subscription = %name, url = %self.sub.config.url, error = ?done.attempt.error,
+                        tracing::warn!(subscription = %name, url = %self.sub.config.url_for_logs(), error = ?done.attempt.error,
                             "endpoint is down; probing it at the backoff pace");
                         self.online = false;
                         self.offline_since = Some(now);

@@ -19,6 +19,8 @@ use crate::shutdown::Shutdown;
 
 /// Replies a connection may owe at once before its reading pauses.
 const MAX_PIPELINED: usize = 1024;
+/// How long connections keep answering `shutting_down` after a stop request.
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Binds the socket: a stale file left by a crash is replaced, a live one
 /// (another agent answering) is an error. Mode 0660 so POS software in the
@@ -150,10 +152,25 @@ async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut sh
     });
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let mut buf = Vec::new();
+    // After a stop request, lines still arriving for a short while are
+    // answered `shutting_down` (so the producer knows to resend them later),
+    // then the connection closes.
+    let mut closing_at: Option<tokio::time::Instant> = None;
     loop {
-        let line = tokio::select! {
-            line = read_line(&mut reader, &mut buf, max_event_bytes) => line,
-            _ = shutdown.wait() => break,
+        let line = match closing_at {
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline, read_line(&mut reader, &mut buf, max_event_bytes)).await {
+                    Ok(line) => line,
+                    Err(_) => break,
+                }
+            }
+            None => tokio::select! {
+                line = read_line(&mut reader, &mut buf, max_event_bytes) => line,
+                _ = shutdown.wait() => {
+                    closing_at = Some(tokio::time::Instant::now() + SHUTDOWN_LINGER);
+                    continue;
+                }
+            },
         };
         let reply = match line {
             Ok(Line::End) | Err(_) => break,

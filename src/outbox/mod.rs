@@ -181,7 +181,7 @@ pub fn register_subscriptions(
         )?;
         tx.execute(
             "UPDATE subscriptions SET configured = 1, covered_seq = ?2, url = ?3, state = 'online' WHERE id = ?1",
-            params![id, max_seq, sub.url.as_str()],
+            params![id, max_seq, sub.url_for_logs()],
         )?;
         out.push(Subscription {
             id,
