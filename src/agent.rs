@@ -85,10 +85,23 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         endpoints.push(Arc::new(endpoint));
     }
 
-    let (writer, writer_thread) = Writer::start(conn, &subs, config.storage.max_db_bytes);
-    let listener = ingest::socket::bind(&config.ingest.socket)
-        .await
-        .map_err(|e| anyhow!(e))?;
+    let storage_full = Arc::new(tokio::sync::Notify::new());
+    let (writer, writer_thread) = Writer::start(conn, &subs, config.storage.max_db_bytes, storage_full.clone());
+    let listener = ingest::socket::bind(&config.ingest.socket).await.map_err(|e| anyhow!(e))?;
+    let http_listener = match config.ingest.http_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow!("ingest.http_listen {addr}: cannot listen: {e}"))?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "HTTP ingest listens beyond loopback (ingest.http_allow_remote): anyone who reaches it can add events");
+            }
+            Some(l)
+        }
+        None => None,
+    };
+    let spool_dirs = ingest::spool::SpoolDirs::new(&config.ingest.spool_dir);
+    spool_dirs.create().map_err(|e| anyhow!(e))?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(ingest::socket::serve(
@@ -98,6 +111,35 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         config.ingest.max_event_bytes,
         shutdown.clone(),
     ));
+    if let Some(l) = http_listener {
+        let state = Arc::new(ingest::http::HttpIngest {
+            writer: writer.clone(),
+            max_event_bytes: config.ingest.max_event_bytes,
+            max_request_bytes: config.ingest.max_request_bytes,
+            shutdown: shutdown.clone(),
+        });
+        tasks.spawn(ingest::http::serve(l, state));
+    }
+    tasks.spawn(
+        ingest::spool::Spool {
+            dirs: spool_dirs,
+            writer: writer.clone(),
+            max_event_bytes: config.ingest.max_event_bytes,
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+    tasks.spawn(
+        outbox::retention::Retention {
+            writer: writer.clone(),
+            db_path: db_path.clone(),
+            retain: config.storage.retain_delivered,
+            max_db_bytes: config.storage.max_db_bytes,
+            wake: storage_full,
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
     for (sub, endpoint) in subs.iter().zip(endpoints) {
         let reader = outbox::open_reader(&db_path)?;
         let scheduler = Scheduler::new(
@@ -126,6 +168,8 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         agent_id = %config.agent.agent_id,
         db = %db_path.display(),
         socket = %config.ingest.socket.display(),
+        http = %config.ingest.http_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        spool = %config.ingest.spool_dir.display(),
         subscriptions = subs.len(),
         backlog,
         "store-outbox started"

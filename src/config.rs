@@ -61,8 +61,10 @@ pub struct AgentConfig {
 pub struct IngestConfig {
     /// Unix socket path for NDJSON producers.
     pub socket: PathBuf,
-    /// Loopback HTTP ingest address.
-    pub http_listen: SocketAddr,
+    /// HTTP ingest address; `None` when set to "off".
+    pub http_listen: Option<SocketAddr>,
+    /// Largest HTTP request body (one event or an array).
+    pub max_request_bytes: u64,
     /// Spool directory for file drops.
     pub spool_dir: PathBuf,
     /// Largest accepted event, in bytes of its JSON text.
@@ -81,8 +83,8 @@ pub struct StorageConfig {
 /// `[admin]`
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    /// Address of the status page and admin API.
-    pub listen: SocketAddr,
+    /// Address of the status page and admin API; `None` when "off".
+    pub listen: Option<SocketAddr>,
     /// File holding the bearer token required for mutations.
     pub token_file: Option<PathBuf>,
 }
@@ -184,10 +186,13 @@ struct FileAgent {
 #[serde(deny_unknown_fields)]
 struct FileIngest {
     socket: Option<PathBuf>,
-    http_listen: Option<SocketAddr>,
+    http_listen: Option<serde_spanned::Spanned<String>>,
+    http_allow_remote: Option<bool>,
     spool_dir: Option<PathBuf>,
     #[serde(default, deserialize_with = "de_size")]
     max_event_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "de_size")]
+    max_request_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -202,7 +207,7 @@ struct FileStorage {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
-    listen: Option<SocketAddr>,
+    listen: Option<serde_spanned::Spanned<String>>,
     token_file: Option<PathBuf>,
 }
 
@@ -372,26 +377,33 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         agent_id: file.agent.agent_id.unwrap_or_else(default_agent_id),
         data_dir: data_dir.clone(),
     };
+    let listen_addr = |value: Option<serde_spanned::Spanned<String>>, key: &str, default: &str| match value {
+        None => Ok(Some(default.parse().expect("valid default address"))),
+        Some(v) if v.get_ref() == "off" => Ok(None),
+        Some(v) => v.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
+            at(v.span(), key, format!("{:?} is not an address like \"127.0.0.1:7390\" (or \"off\")", v.get_ref()))
+        }),
+    };
+    let http_listen = listen_addr(file.ingest.http_listen, "ingest.http_listen", DEFAULT_HTTP_LISTEN)?;
+    if let Some(addr) = http_listen {
+        if !addr.ip().is_loopback() && file.ingest.http_allow_remote != Some(true) {
+            return Err(ConfigError(format!(
+                "{shown}: ingest.http_listen: {addr} is not a loopback address; events would be accepted from the network \
+                 without authentication. Set ingest.http_allow_remote = true if that is intended"
+            )));
+        }
+    }
     let ingest = IngestConfig {
-        socket: file
-            .ingest
-            .socket
-            .map(&resolve)
-            .unwrap_or_else(|| data_dir.join("ingest.sock")),
-        http_listen: file
-            .ingest
-            .http_listen
-            .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.parse().expect("valid default address")),
-        spool_dir: file
-            .ingest
-            .spool_dir
-            .map(&resolve)
-            .unwrap_or_else(|| data_dir.join("spool")),
+        socket: file.ingest.socket.map(&resolve).unwrap_or_else(|| data_dir.join("ingest.sock")),
+        http_listen,
+        max_request_bytes: file.ingest.max_request_bytes.unwrap_or(16 * 1024 * 1024),
+        spool_dir: file.ingest.spool_dir.map(&resolve).unwrap_or_else(|| data_dir.join("spool")),
         max_event_bytes: file.ingest.max_event_bytes.unwrap_or(1024 * 1024),
     };
-    if ingest.max_event_bytes < 256 {
+    if ingest.max_request_bytes < ingest.max_event_bytes {
         return Err(ConfigError(format!(
-            "{shown}: ingest.max_event_bytes: must be at least 256 bytes"
+            "{shown}: ingest.max_request_bytes: must be at least ingest.max_event_bytes ({})",
+            ingest.max_event_bytes
         )));
     }
     let storage = StorageConfig {
@@ -402,13 +414,9 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
     };
     let admin = AdminConfig {
-        listen: file
-            .admin
-            .listen
-            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default address")),
+        listen: listen_addr(file.admin.listen, "admin.listen", DEFAULT_ADMIN_LISTEN)?,
         token_file: file.admin.token_file.map(&resolve),
     };
-
     let mut subscriptions: Vec<SubscriptionConfig> = Vec::new();
     for (index, sub) in file.subscription.into_iter().enumerate() {
         let key = |k: &str| format!("subscription[{index}].{k}");
@@ -593,8 +601,8 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         let c = parse("", None).expect("defaults");
-        assert_eq!(c.ingest.http_listen.to_string(), "127.0.0.1:7390");
-        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:7391");
+        assert_eq!(c.ingest.http_listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:7390"));
+        assert_eq!(c.admin.listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:7391"));
         assert_eq!(c.db_path(), PathBuf::from("./store-outbox-data/outbox.db"));
         assert!(c.subscriptions.is_empty());
     }
@@ -642,6 +650,18 @@ headers = {{ "authorization" = "Bearer x" }}
         assert!(e.contains("/x/c.toml"), "{e}");
         assert!(e.contains("line 5"), "{e}");
         assert!(e.contains("max_db_bytez"), "{e}");
+    }
+
+    #[test]
+    fn http_ingest_off_and_remote_needs_consent() {
+        let c = parse("[ingest]\nhttp_listen = \"off\"\n", None).expect("off");
+        assert!(c.ingest.http_listen.is_none());
+        let e = parse("[ingest]\nhttp_listen = \"0.0.0.0:7390\"\n", None).unwrap_err().0;
+        assert!(e.contains("http_allow_remote"), "{e}");
+        let c = parse("[ingest]\nhttp_listen = \"0.0.0.0:7390\"\nhttp_allow_remote = true\n", None).expect("allowed");
+        assert!(c.ingest.http_listen.is_some());
+        let e = parse("[admin]\nlisten = \"nowhere\"\n", Some(Path::new("c.toml"))).unwrap_err().0;
+        assert!(e.contains("line 2") && e.contains("admin.listen"), "{e}");
     }
 
     #[test]

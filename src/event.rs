@@ -198,8 +198,15 @@ fn as_string(field: &str, raw: &RawValue) -> Result<String, IngestError> {
     serde_json::from_str::<String>(raw.get()).map_err(|_| IngestError::field(field, "must be a string"))
 }
 
-/// Parses and validates one event's JSON text.
+/// Parses and validates one event's JSON text; an event without `event_id`
+/// gets a new UUIDv7.
 pub fn parse_event(text: &[u8], max_bytes: u64) -> Result<NewEvent, IngestError> {
+    parse_event_with(text, max_bytes, || uuid::Uuid::now_v7().to_string())
+}
+
+/// Like [`parse_event`], with the id to give an event that has none (the
+/// spool derives stable ids from the file, so a re-read file is recognised).
+pub fn parse_event_with(text: &[u8], max_bytes: u64, make_id: impl FnOnce() -> String) -> Result<NewEvent, IngestError> {
     if text.len() as u64 > max_bytes {
         return Err(IngestError::new(
             ErrorCode::TooLarge,
@@ -253,7 +260,7 @@ pub fn parse_event(text: &[u8], max_bytes: u64) -> Result<NewEvent, IngestError>
             }
             id
         }
-        None => uuid::Uuid::now_v7().to_string(),
+        None => make_id(),
     };
     let occurred_at = match get("occurred_at") {
         Some(v) => normalise_time(&as_string("occurred_at", v)?).map_err(|e| IngestError::field("occurred_at", e))?,

@@ -34,8 +34,21 @@ pub struct StatusReport {
     pub db: read::DbStatus,
     /// Ingest counters.
     pub ingest: read::IngestCounters,
+    /// The spool directory.
+    pub spool: SpoolStatus,
     /// Per subscription.
     pub subscriptions: Vec<read::SubscriptionStatus>,
+}
+
+/// Files in the spool directory.
+#[derive(Debug, Serialize)]
+pub struct SpoolStatus {
+    /// `ingest.spool_dir`.
+    pub dir: String,
+    /// Files waiting in `incoming/`.
+    pub incoming: usize,
+    /// Refused files in `failed/`.
+    pub failed: usize,
 }
 
 /// Builds the report from the database.
@@ -65,12 +78,20 @@ pub fn report(config: &crate::config::Config) -> Result<StatusReport, CliError> 
         agent_id: config.agent.agent_id.clone(),
         agent_running,
         uptime_s,
-        db: read::DbStatus {
-            path: db_path.display().to_string(),
-            bytes: read::used_bytes(&conn).map_err(db_err)?,
-            max_bytes: config.storage.max_db_bytes,
+        db: {
+            let bytes = read::used_bytes(&conn).map_err(db_err)?;
+            read::DbStatus {
+                path: db_path.display().to_string(),
+                bytes,
+                max_bytes: config.storage.max_db_bytes,
+                full: bytes >= config.storage.max_db_bytes,
+            }
         },
         ingest: read::ingest_counters(&conn).map_err(db_err)?,
+        spool: {
+            let (incoming, failed) = crate::ingest::spool::SpoolDirs::new(&config.ingest.spool_dir).counts();
+            SpoolStatus { dir: config.ingest.spool_dir.display().to_string(), incoming, failed }
+        },
         subscriptions,
     })
 }
@@ -104,15 +125,17 @@ pub fn render(r: &StatusReport) -> String {
         r.version, r.store_id, r.agent_id
     );
     out += &format!(
-        "database   {}  {} of {}\n",
+        "database   {}  {} of {}{}\n",
         r.db.path,
         size(r.db.bytes),
-        size(r.db.max_bytes)
+        size(r.db.max_bytes),
+        if r.db.full { "  FULL: new events are refused (storage_full)" } else { "" }
     );
     out += &format!(
-        "ingest     accepted {}  duplicates {}  rejected {}\n\n",
+        "ingest     accepted {}  duplicates {}  rejected {}\n",
         r.ingest.accepted_total, r.ingest.duplicate_total, r.ingest.rejected_total
     );
+    out += &format!("spool      {}  waiting {}  failed {}\n\n", r.spool.dir, r.spool.incoming, r.spool.failed);
     if r.subscriptions.is_empty() {
         out += "no subscriptions: events are stored and wait for one\n";
         return out;

@@ -5,8 +5,10 @@
 //! - [`writer`]: the single writer thread, which group-commits ingest and
 //!   delivery outcomes; nothing is acknowledged before its commit.
 //! - [`read`]: read-only queries for the schedulers, `status` and the CLI.
+//! - [`retention`]: pruning of delivered events, the storage cap.
 
 pub mod read;
+pub mod retention;
 pub mod schema;
 pub mod writer;
 

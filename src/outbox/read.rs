@@ -108,6 +108,8 @@ pub struct DbStatus {
     pub bytes: u64,
     /// `storage.max_db_bytes`.
     pub max_bytes: u64,
+    /// At the cap: new events are refused with `storage_full`.
+    pub full: bool,
 }
 
 /// Ingest counters since the database was created.

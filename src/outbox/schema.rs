@@ -62,6 +62,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_open ON deliveries(sub_id, entity_id, entity_seq) WHERE state <> 1;
     -- status: counts and the oldest pending event, without walking delivered rows
     CREATE INDEX deliveries_waiting ON deliveries(sub_id, state, event_seq) WHERE state <> 1;
+    -- pruning: all deliveries of one event
+    CREATE INDEX deliveries_by_event ON deliveries(event_seq);
     CREATE TABLE attempts (
         id INTEGER PRIMARY KEY,
         sub_id INTEGER NOT NULL,

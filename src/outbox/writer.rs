@@ -68,6 +68,11 @@ enum WriteOp {
         in_flight: i64,
     },
     Rejected(u64),
+    Prune {
+        older_than_ms: Option<i64>,
+        limit: usize,
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 /// Handle to the writer thread; cheap to clone.
@@ -105,7 +110,12 @@ struct Fanout {
 
 impl Writer {
     /// Starts the writer thread on an open, migrated connection.
-    pub fn start(conn: Connection, subs: &[Subscription], max_db_bytes: u64) -> (Writer, std::thread::JoinHandle<()>) {
+    pub fn start(
+        conn: Connection,
+        subs: &[Subscription],
+        max_db_bytes: u64,
+        storage_full: Arc<tokio::sync::Notify>,
+    ) -> (Writer, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(8192);
         let fanout = subs
             .iter()
@@ -115,11 +125,7 @@ impl Writer {
                 inbox: s.inbox.clone(),
             })
             .collect();
-        let mut state = WriterState {
-            conn,
-            fanout,
-            max_db_bytes,
-        };
+        let mut state = WriterState { conn, fanout, max_db_bytes, full: false, storage_full };
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || state.run(rx))
@@ -166,6 +172,16 @@ impl Writer {
             .is_ok()
     }
 
+    /// Deletes up to `limit` fully delivered events (oldest first), only those
+    /// ingested before `older_than_ms` if given; returns how many went.
+    pub async fn prune(&self, older_than_ms: Option<i64>, limit: usize) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(WriteOp::Prune { older_than_ms, limit, reply }).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
     /// Counts events rejected before reaching storage (validation errors).
     pub fn count_rejected(&self, n: u64) {
         let _ = self.tx.try_send(WriteOp::Rejected(n));
@@ -176,6 +192,10 @@ struct WriterState {
     conn: Connection,
     fanout: Vec<Fanout>,
     max_db_bytes: u64,
+    /// Whether ingest is currently refused for lack of space.
+    full: bool,
+    /// Woken when ingest is refused, so the pruner makes room.
+    storage_full: Arc<tokio::sync::Notify>,
 }
 
 /// What a committed batch must still announce.
@@ -194,6 +214,7 @@ struct Effects {
 enum Answer {
     Replies(Vec<Reply>),
     Recorded,
+    Pruned(usize),
     Nothing,
 }
 
@@ -222,8 +243,22 @@ impl WriterState {
     }
 
     fn process(&mut self, batch: Vec<WriteOp>) {
-        let full = batch.iter().any(|op| matches!(op, WriteOp::Ingest { .. }))
-            && super::read::used_bytes(&self.conn).unwrap_or(0) >= self.max_db_bytes;
+        let ingests = batch.iter().any(|op| matches!(op, WriteOp::Ingest { .. }));
+        let full = ingests && super::read::used_bytes(&self.conn).unwrap_or(0) >= self.max_db_bytes;
+        if ingests && full != self.full {
+            self.full = full;
+            if full {
+                tracing::warn!(
+                    max_db_bytes = self.max_db_bytes,
+                    "outbox is full (storage.max_db_bytes): new events are refused with storage_full until room is made"
+                );
+            } else {
+                tracing::info!("outbox has room again: taking new events");
+            }
+        }
+        if full {
+            self.storage_full.notify_one();
+        }
         match self.apply_all(&batch, full) {
             Ok((answers, effects)) => self.finish(batch, answers, effects),
             Err(e) => {
@@ -280,6 +315,7 @@ impl WriterState {
                     effects.rejected += *n as i64;
                     Answer::Nothing
                 }
+                WriteOp::Prune { older_than_ms, limit, .. } => Answer::Pruned(prune(&tx, *older_than_ms, *limit)?),
             };
             answers.push(answer);
         }
@@ -315,6 +351,9 @@ impl WriterState {
                 (WriteOp::Outcome { done, .. }, Answer::Recorded) => {
                     let _ = done.send(Ok(()));
                 }
+                (WriteOp::Prune { reply, .. }, Answer::Pruned(n)) => {
+                    let _ = reply.send(n);
+                }
                 _ => {}
             }
         }
@@ -340,6 +379,9 @@ impl WriterState {
                 }
                 WriteOp::Outcome { done, .. } => {
                     let _ = done.send(Err(err.message.clone()));
+                }
+                WriteOp::Prune { reply, .. } => {
+                    let _ = reply.send(0);
                 }
                 WriteOp::SubState { .. } | WriteOp::Rejected(_) => {}
             }
@@ -404,6 +446,30 @@ fn insert_event(tx: &Connection, fanout: &[Fanout], e: &NewEvent, effects: &mut 
         entity_seq,
         duplicate: false,
     })
+}
+
+/// Deletes fully delivered events, oldest first. An event with no delivery
+/// row at all is kept while no subscription is configured (it waits for one).
+/// Entities are kept, so `entity_seq` goes on counting.
+fn prune(tx: &Connection, older_than_ms: Option<i64>, limit: usize) -> rusqlite::Result<usize> {
+    let any_configured: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM subscriptions WHERE configured = 1)", [], |r| r.get(0))?;
+    let seqs: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT e.seq FROM events e
+             WHERE e.ingested_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state <> 1)
+               AND (?2 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq))
+             ORDER BY e.seq LIMIT ?3",
+        )?
+        .query_map(params![older_than_ms.unwrap_or(i64::MAX), any_configured, limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for seq in &seqs {
+        tx.prepare_cached("DELETE FROM attempts WHERE event_seq = ?1")?.execute([seq])?;
+        tx.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")?.execute([seq])?;
+        tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?.execute([seq])?;
+    }
+    Ok(seqs.len())
 }
 
 /// Records one attempt and moves the delivery to its new state.

@@ -1,0 +1,136 @@
+//! Loopback HTTP ingest: `POST /v1/events` with one event or a JSON array.
+//!
+//! Answered only after commit. An array's valid events are committed together
+//! in one transaction; an invalid event in an array gets its error in its place
+//! in `results` and does not stop the others (the same as a bad line on the
+//! socket). Status codes: 200 results, 400 body not JSON, 413 too large, 507
+//! storage full, 503 shutting down.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::value::RawValue;
+
+use crate::event::{parse_event, ErrorCode, IngestError, Reply};
+use crate::outbox::writer::Writer;
+use crate::shutdown::Shutdown;
+
+/// What the handler needs.
+pub struct HttpIngest {
+    /// Where events go.
+    pub writer: Writer,
+    /// Largest single event.
+    pub max_event_bytes: u64,
+    /// Largest request body.
+    pub max_request_bytes: u64,
+    /// To answer 503 while stopping.
+    pub shutdown: Shutdown,
+}
+
+/// The ingest router.
+pub fn router(state: Arc<HttpIngest>) -> Router {
+    Router::new().route("/v1/events", post(post_events)).with_state(state)
+}
+
+/// Serves until shutdown.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<HttpIngest>) {
+    let mut shutdown = state.shutdown.clone();
+    let app = router(state);
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await {
+        tracing::error!(error = %e, "HTTP ingest stopped");
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn error(status: StatusCode, err: IngestError) -> Response {
+    json(status, serde_json::json!({ "error": err }).to_string())
+}
+
+fn results(status: StatusCode, replies: &[Reply]) -> Response {
+    let items: Vec<String> = replies.iter().map(Reply::to_json).collect();
+    json(status, format!("{{\"results\":[{}]}}", items.join(",")))
+}
+
+async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, body: Body) -> Response {
+    if state.shutdown.is_started() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping"));
+    }
+    let too_large = |n: String| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::new(
+                ErrorCode::TooLarge,
+                format!("request body of {n} bytes, the limit is {} (ingest.max_request_bytes)", state.max_request_bytes),
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > state.max_request_bytes) {
+        return too_large(n.to_string());
+    }
+    // Reads at most the limit, whatever the body claims.
+    let bytes = match axum::body::to_bytes(body, state.max_request_bytes as usize).await {
+        Ok(b) => b,
+        Err(_) => return too_large("more than that".into()),
+    };
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let parsed: Vec<Result<crate::event::NewEvent, IngestError>> = if first == Some(b'[') {
+        let items: Vec<&RawValue> = match serde_json::from_slice(&bytes) {
+            Ok(items) => items,
+            Err(e) => {
+                state.writer.count_rejected(1);
+                return error(StatusCode::BAD_REQUEST, IngestError::new(ErrorCode::InvalidJson, e.to_string()));
+            }
+        };
+        items.iter().map(|raw| parse_event(raw.get().as_bytes(), state.max_event_bytes)).collect()
+    } else {
+        match parse_event(&bytes, state.max_event_bytes) {
+            Err(e) if e.code == ErrorCode::InvalidJson => {
+                state.writer.count_rejected(1);
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            Err(e) if e.code == ErrorCode::TooLarge => {
+                state.writer.count_rejected(1);
+                return error(StatusCode::PAYLOAD_TOO_LARGE, e);
+            }
+            other => vec![other],
+        }
+    };
+    let invalid = parsed.iter().filter(|p| p.is_err()).count();
+    if invalid > 0 {
+        state.writer.count_rejected(invalid as u64);
+    }
+    let valid: Vec<_> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    let mut stored = if valid.is_empty() { Vec::new() } else { state.writer.ingest(valid).await }.into_iter();
+    let replies: Vec<Reply> = parsed
+        .into_iter()
+        .map(|p| match p {
+            Ok(_) => stored
+                .next()
+                .unwrap_or_else(|| IngestError::new(ErrorCode::Internal, "no reply from storage").into()),
+            Err(e) => e.into(),
+        })
+        .collect();
+    let has = |code: ErrorCode| replies.iter().any(|r| matches!(r, Reply::Rejected(e) if e.code == code));
+    let status = if has(ErrorCode::StorageFull) {
+        StatusCode::INSUFFICIENT_STORAGE
+    } else if has(ErrorCode::ShuttingDown) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if has(ErrorCode::Internal) {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    results(status, &replies)
+}

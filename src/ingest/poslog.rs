@@ -1,0 +1,220 @@
+//! ARTS POSLog XML to events: one `PosLog` event per `<Transaction>`.
+//!
+//! Entity `pos:<RetailStoreID>/<WorkstationID>`, event id
+//! `poslog:<RetailStoreID>:<WorkstationID>:<SequenceNumber>`, payload the
+//! transaction's XML as a string. Namespaces and prefixes are accepted (names
+//! are matched on their local part). Parsed with quick-xml; errors name the
+//! element and its line.
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use crate::event::{normalise_time, now_rfc3339, valid_event_id, NewEvent};
+
+/// The event type of POSLog transactions.
+pub const EVENT_TYPE: &str = "PosLog";
+
+/// Why a POSLog document was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PosLogError {
+    /// The element at fault, e.g. `Transaction[2]/SequenceNumber`.
+    pub element: String,
+    /// 1-based line of that element.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for PosLogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}: {}", self.line, self.element, self.message)
+    }
+}
+
+/// One `<Transaction>` with what the event needs.
+#[derive(Debug, Default, Clone)]
+struct Transaction {
+    index: usize,
+    line: usize,
+    store: Option<String>,
+    workstation: Option<String>,
+    sequence: Option<String>,
+    end_time: Option<String>,
+    xml: String,
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// Parses a POSLog document into events.
+pub fn parse(xml: &str) -> Result<Vec<NewEvent>, PosLogError> {
+    let mut reader = Reader::from_str(xml);
+    reader.config_mut().trim_text(true);
+    let mut stack: Vec<String> = Vec::new();
+    let mut transactions: Vec<Transaction> = Vec::new();
+    let mut current: Option<(Transaction, usize)> = None;
+    let mut root_seen = false;
+    loop {
+        // Where the next event starts (trimmed whitespace skipped).
+        let before = {
+            let at = reader.buffer_position() as usize;
+            at + (xml[at..].len() - xml[at..].trim_start().len())
+        };
+        let event = reader.read_event().map_err(|e| PosLogError {
+            element: stack.last().cloned().unwrap_or_else(|| "document".into()),
+            line: line_at(xml, reader.error_position() as usize),
+            message: format!("not well-formed XML: {e}"),
+        })?;
+        match event {
+            Event::Start(e) => {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if stack.is_empty() {
+                    if root_seen || !name.eq_ignore_ascii_case("POSLog") {
+                        return Err(PosLogError {
+                            element: name,
+                            line: line_at(xml, before),
+                            message: "the root element must be POSLog".into(),
+                        });
+                    }
+                    root_seen = true;
+                } else if stack.len() == 1 && name == "Transaction" {
+                    let tx = Transaction { index: transactions.len() + 1, line: line_at(xml, before), ..Default::default() };
+                    current = Some((tx, before));
+                }
+                stack.push(name);
+            }
+            Event::Empty(e) => {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if stack.is_empty() {
+                    return Err(PosLogError { element: name, line: line_at(xml, before), message: "empty document".into() });
+                }
+                if stack.len() == 1 && name == "Transaction" {
+                    transactions.push(Transaction {
+                        index: transactions.len() + 1,
+                        line: line_at(xml, before),
+                        xml: xml[before..reader.buffer_position() as usize].trim().to_string(),
+                        ..Default::default()
+                    });
+                }
+            }
+            Event::Text(t) => {
+                if let Some((tx, _)) = current.as_mut() {
+                    if stack.len() == 3 {
+                        let text = t
+                            .unescape()
+                            .map_err(|e| PosLogError {
+                                element: format!("Transaction[{}]/{}", tx.index, stack[2]),
+                                line: line_at(xml, before),
+                                message: format!("bad text: {e}"),
+                            })?
+                            .trim()
+                            .to_string();
+                        let slot = match stack[2].as_str() {
+                            "RetailStoreID" => Some(&mut tx.store),
+                            "WorkstationID" => Some(&mut tx.workstation),
+                            "SequenceNumber" => Some(&mut tx.sequence),
+                            "EndDateTime" => Some(&mut tx.end_time),
+                            _ => None,
+                        };
+                        if let Some(slot) = slot {
+                            *slot = Some(text);
+                        }
+                    }
+                }
+            }
+            Event::End(_) => {
+                stack.pop();
+                if stack.len() == 1 {
+                    if let Some((mut tx, start)) = current.take() {
+                        tx.xml = xml[start..reader.buffer_position() as usize].trim().to_string();
+                        transactions.push(tx);
+                    }
+                }
+            }
+            Event::Eof => {
+                if let Some(open) = stack.last() {
+                    return Err(PosLogError {
+                        element: open.clone(),
+                        line: line_at(xml, xml.len()),
+                        message: "the document ends before this element is closed".into(),
+                    });
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+    if !root_seen {
+        return Err(PosLogError { element: "document".into(), line: 1, message: "no POSLog element".into() });
+    }
+    if transactions.is_empty() {
+        return Err(PosLogError { element: "POSLog".into(), line: 1, message: "no Transaction element".into() });
+    }
+    transactions.into_iter().map(to_event).collect()
+}
+
+fn to_event(tx: Transaction) -> Result<NewEvent, PosLogError> {
+    let field = |value: &Option<String>, name: &str| -> Result<String, PosLogError> {
+        let err = |message: String| PosLogError { element: format!("Transaction[{}]/{name}", tx.index), line: tx.line, message };
+        match value.as_deref() {
+            None | Some("") => Err(err("missing: every Transaction needs it to build the event id".into())),
+            Some(v) if !valid_event_id(v) => Err(err(format!("{v:?} may only hold [A-Za-z0-9._-]"))),
+            Some(v) if v.contains(':') => Err(err(format!("{v:?} may only hold [A-Za-z0-9._-]"))),
+            Some(v) => Ok(v.to_string()),
+        }
+    };
+    let store = field(&tx.store, "RetailStoreID")?;
+    let workstation = field(&tx.workstation, "WorkstationID")?;
+    let sequence = field(&tx.sequence, "SequenceNumber")?;
+    // ARTS times often lack an offset (store local time); only a full RFC 3339
+    // time is trusted, otherwise the time of ingest is used.
+    let occurred_at = tx.end_time.as_deref().and_then(|t| normalise_time(t).ok()).unwrap_or_else(now_rfc3339);
+    Ok(NewEvent {
+        event_id: format!("poslog:{store}:{workstation}:{sequence}"),
+        event_type: EVENT_TYPE.to_string(),
+        entity: format!("pos:{store}/{workstation}"),
+        occurred_at,
+        correlation_id: None,
+        is_test: false,
+        attributes: None,
+        payload: serde_json::to_string(&tx.xml).unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_prefixed_documents() {
+        let plain = r#"<?xml version="1.0"?>
+<POSLog><Transaction><RetailStoreID>0042</RetailStoreID><WorkstationID>3</WorkstationID>
+<SequenceNumber>17</SequenceNumber><EndDateTime>2026-11-22T10:15:00Z</EndDateTime></Transaction>
+<Transaction><RetailStoreID>0042</RetailStoreID><WorkstationID>3</WorkstationID><SequenceNumber>18</SequenceNumber></Transaction></POSLog>"#;
+        let events = parse(plain).expect("valid");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].event_id, "poslog:0042:3:17");
+        assert_eq!(events[0].entity, "pos:0042/3");
+        assert_eq!(events[0].occurred_at, "2026-11-22T10:15:00Z");
+        let payload: String = serde_json::from_str(&events[0].payload).expect("a JSON string");
+        assert!(payload.starts_with("<Transaction>") && payload.ends_with("</Transaction>"), "{payload}");
+
+        let prefixed = r#"<ns:POSLog xmlns:ns="http://www.nrf-arts.org/IXRetail/namespace/"><ns:Transaction>
+<ns:RetailStoreID>7</ns:RetailStoreID><ns:WorkstationID TypeCode="POS">1</ns:WorkstationID><ns:SequenceNumber>5</ns:SequenceNumber>
+</ns:Transaction></ns:POSLog>"#;
+        assert_eq!(parse(prefixed).expect("valid")[0].event_id, "poslog:7:1:5");
+    }
+
+    #[test]
+    fn errors_name_element_and_line() {
+        let doc = "<POSLog>\n<Transaction><RetailStoreID>1</RetailStoreID><WorkstationID>2</WorkstationID><SequenceNumber>1</SequenceNumber></Transaction>\n<Transaction>\n<RetailStoreID>1</RetailStoreID><WorkstationID>2</WorkstationID></Transaction></POSLog>";
+        let e = parse(doc).unwrap_err();
+        assert_eq!(e.element, "Transaction[2]/SequenceNumber");
+        assert_eq!(e.line, 3);
+        let e = parse("<POSLog><Transaction>").unwrap_err();
+        assert!(e.message.contains("ends before this element is closed") && e.element == "Transaction", "{e}");
+        assert!(parse("<Other/>").is_err());
+        assert!(parse("<POSLog></POSLog>").unwrap_err().message.contains("no Transaction"));
+    }
+}
