@@ -87,7 +87,9 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
 
     let storage_full = Arc::new(tokio::sync::Notify::new());
     let (writer, writer_thread) = Writer::start(conn, &subs, config.storage.max_db_bytes, storage_full.clone());
-    let listener = ingest::socket::bind(&config.ingest.socket).await.map_err(|e| anyhow!(e))?;
+    let listener = ingest::socket::bind(&config.ingest.socket)
+        .await
+        .map_err(|e| anyhow!(e))?;
     let http_listener = match config.ingest.http_listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)

@@ -381,7 +381,14 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         None => Ok(Some(default.parse().expect("valid default address"))),
         Some(v) if v.get_ref() == "off" => Ok(None),
         Some(v) => v.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
-            at(v.span(), key, format!("{:?} is not an address like \"127.0.0.1:7390\" (or \"off\")", v.get_ref()))
+            at(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:7390\" (or \"off\")",
+                    v.get_ref()
+                ),
+            )
         }),
     };
     let http_listen = listen_addr(file.ingest.http_listen, "ingest.http_listen", DEFAULT_HTTP_LISTEN)?;
@@ -394,10 +401,18 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         }
     }
     let ingest = IngestConfig {
-        socket: file.ingest.socket.map(&resolve).unwrap_or_else(|| data_dir.join("ingest.sock")),
+        socket: file
+            .ingest
+            .socket
+            .map(&resolve)
+            .unwrap_or_else(|| data_dir.join("ingest.sock")),
         http_listen,
         max_request_bytes: file.ingest.max_request_bytes.unwrap_or(16 * 1024 * 1024),
-        spool_dir: file.ingest.spool_dir.map(&resolve).unwrap_or_else(|| data_dir.join("spool")),
+        spool_dir: file
+            .ingest
+            .spool_dir
+            .map(&resolve)
+            .unwrap_or_else(|| data_dir.join("spool")),
         max_event_bytes: file.ingest.max_event_bytes.unwrap_or(1024 * 1024),
     };
     if ingest.max_request_bytes < ingest.max_event_bytes {
@@ -601,7 +616,10 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         let c = parse("", None).expect("defaults");
-        assert_eq!(c.ingest.http_listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:7390"));
+        assert_eq!(
+            c.ingest.http_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:7390")
+        );
         assert_eq!(c.admin.listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:7391"));
         assert_eq!(c.db_path(), PathBuf::from("./store-outbox-data/outbox.db"));
         assert!(c.subscriptions.is_empty());
@@ -658,9 +676,15 @@ headers = {{ "authorization" = "Bearer x" }}
         assert!(c.ingest.http_listen.is_none());
         let e = parse("[ingest]\nhttp_listen = \"0.0.0.0:7390\"\n", None).unwrap_err().0;
         assert!(e.contains("http_allow_remote"), "{e}");
-        let c = parse("[ingest]\nhttp_listen = \"0.0.0.0:7390\"\nhttp_allow_remote = true\n", None).expect("allowed");
+        let c = parse(
+            "[ingest]\nhttp_listen = \"0.0.0.0:7390\"\nhttp_allow_remote = true\n",
+            None,
+        )
+        .expect("allowed");
         assert!(c.ingest.http_listen.is_some());
-        let e = parse("[admin]\nlisten = \"nowhere\"\n", Some(Path::new("c.toml"))).unwrap_err().0;
+        let e = parse("[admin]\nlisten = \"nowhere\"\n", Some(Path::new("c.toml")))
+            .unwrap_err()
+            .0;
         assert!(e.contains("line 2") && e.contains("admin.listen"), "{e}");
     }
 

@@ -206,7 +206,11 @@ pub fn parse_event(text: &[u8], max_bytes: u64) -> Result<NewEvent, IngestError>
 
 /// Like [`parse_event`], with the id to give an event that has none (the
 /// spool derives stable ids from the file, so a re-read file is recognised).
-pub fn parse_event_with(text: &[u8], max_bytes: u64, make_id: impl FnOnce() -> String) -> Result<NewEvent, IngestError> {
+pub fn parse_event_with(
+    text: &[u8],
+    max_bytes: u64,
+    make_id: impl FnOnce() -> String,
+) -> Result<NewEvent, IngestError> {
     if text.len() as u64 > max_bytes {
         return Err(IngestError::new(
             ErrorCode::TooLarge,

@@ -192,7 +192,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     std::fs::write(
         &config,
         format!(
-            "[agent]\ndata_dir = \"{}\"\n[ingest]\nsocket = \"{}\"\n",
+            "[agent]\ndata_dir = \"{}\"\n[ingest]\nsocket = \"{}\"\nhttp_listen = \"off\"\n[admin]\nlisten = \"off\"\n",
             other.path().join("d").display(),
             agent.socket().display()
         ),

@@ -90,7 +90,11 @@ pub fn report(config: &crate::config::Config) -> Result<StatusReport, CliError> 
         ingest: read::ingest_counters(&conn).map_err(db_err)?,
         spool: {
             let (incoming, failed) = crate::ingest::spool::SpoolDirs::new(&config.ingest.spool_dir).counts();
-            SpoolStatus { dir: config.ingest.spool_dir.display().to_string(), incoming, failed }
+            SpoolStatus {
+                dir: config.ingest.spool_dir.display().to_string(),
+                incoming,
+                failed,
+            }
         },
         subscriptions,
     })
@@ -129,13 +133,20 @@ pub fn render(r: &StatusReport) -> String {
         r.db.path,
         size(r.db.bytes),
         size(r.db.max_bytes),
-        if r.db.full { "  FULL: new events are refused (storage_full)" } else { "" }
+        if r.db.full {
+            "  FULL: new events are refused (storage_full)"
+        } else {
+            ""
+        }
     );
     out += &format!(
         "ingest     accepted {}  duplicates {}  rejected {}\n",
         r.ingest.accepted_total, r.ingest.duplicate_total, r.ingest.rejected_total
     );
-    out += &format!("spool      {}  waiting {}  failed {}\n\n", r.spool.dir, r.spool.incoming, r.spool.failed);
+    out += &format!(
+        "spool      {}  waiting {}  failed {}\n\n",
+        r.spool.dir, r.spool.incoming, r.spool.failed
+    );
     if r.subscriptions.is_empty() {
         out += "no subscriptions: events are stored and wait for one\n";
         return out;

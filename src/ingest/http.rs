@@ -41,7 +41,10 @@ pub fn router(state: Arc<HttpIngest>) -> Router {
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<HttpIngest>) {
     let mut shutdown = state.shutdown.clone();
     let app = router(state);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+    {
         tracing::error!(error = %e, "HTTP ingest stopped");
     }
 }
@@ -61,14 +64,20 @@ fn results(status: StatusCode, replies: &[Reply]) -> Response {
 
 async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, body: Body) -> Response {
     if state.shutdown.is_started() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping"));
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping"),
+        );
     }
     let too_large = |n: String| {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::new(
                 ErrorCode::TooLarge,
-                format!("request body of {n} bytes, the limit is {} (ingest.max_request_bytes)", state.max_request_bytes),
+                format!(
+                    "request body of {n} bytes, the limit is {} (ingest.max_request_bytes)",
+                    state.max_request_bytes
+                ),
             ),
         )
     };
@@ -90,10 +99,16 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
             Ok(items) => items,
             Err(e) => {
                 state.writer.count_rejected(1);
-                return error(StatusCode::BAD_REQUEST, IngestError::new(ErrorCode::InvalidJson, e.to_string()));
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    IngestError::new(ErrorCode::InvalidJson, e.to_string()),
+                );
             }
         };
-        items.iter().map(|raw| parse_event(raw.get().as_bytes(), state.max_event_bytes)).collect()
+        items
+            .iter()
+            .map(|raw| parse_event(raw.get().as_bytes(), state.max_event_bytes))
+            .collect()
     } else {
         match parse_event(&bytes, state.max_event_bytes) {
             Err(e) if e.code == ErrorCode::InvalidJson => {
@@ -112,7 +127,12 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
         state.writer.count_rejected(invalid as u64);
     }
     let valid: Vec<_> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
-    let mut stored = if valid.is_empty() { Vec::new() } else { state.writer.ingest(valid).await }.into_iter();
+    let mut stored = if valid.is_empty() {
+        Vec::new()
+    } else {
+        state.writer.ingest(valid).await
+    }
+    .into_iter();
     let replies: Vec<Reply> = parsed
         .into_iter()
         .map(|p| match p {
@@ -122,7 +142,11 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
             Err(e) => e.into(),
         })
         .collect();
-    let has = |code: ErrorCode| replies.iter().any(|r| matches!(r, Reply::Rejected(e) if e.code == code));
+    let has = |code: ErrorCode| {
+        replies
+            .iter()
+            .any(|r| matches!(r, Reply::Rejected(e) if e.code == code))
+    };
     let status = if has(ErrorCode::StorageFull) {
         StatusCode::INSUFFICIENT_STORAGE
     } else if has(ErrorCode::ShuttingDown) {

@@ -44,7 +44,11 @@ struct Transaction {
 }
 
 fn line_at(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Parses a POSLog document into events.
@@ -79,7 +83,11 @@ pub fn parse(xml: &str) -> Result<Vec<NewEvent>, PosLogError> {
                     }
                     root_seen = true;
                 } else if stack.len() == 1 && name == "Transaction" {
-                    let tx = Transaction { index: transactions.len() + 1, line: line_at(xml, before), ..Default::default() };
+                    let tx = Transaction {
+                        index: transactions.len() + 1,
+                        line: line_at(xml, before),
+                        ..Default::default()
+                    };
                     current = Some((tx, before));
                 }
                 stack.push(name);
@@ -87,7 +95,11 @@ pub fn parse(xml: &str) -> Result<Vec<NewEvent>, PosLogError> {
             Event::Empty(e) => {
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
                 if stack.is_empty() {
-                    return Err(PosLogError { element: name, line: line_at(xml, before), message: "empty document".into() });
+                    return Err(PosLogError {
+                        element: name,
+                        line: line_at(xml, before),
+                        message: "empty document".into(),
+                    });
                 }
                 if stack.len() == 1 && name == "Transaction" {
                     transactions.push(Transaction {
@@ -146,17 +158,29 @@ pub fn parse(xml: &str) -> Result<Vec<NewEvent>, PosLogError> {
         }
     }
     if !root_seen {
-        return Err(PosLogError { element: "document".into(), line: 1, message: "no POSLog element".into() });
+        return Err(PosLogError {
+            element: "document".into(),
+            line: 1,
+            message: "no POSLog element".into(),
+        });
     }
     if transactions.is_empty() {
-        return Err(PosLogError { element: "POSLog".into(), line: 1, message: "no Transaction element".into() });
+        return Err(PosLogError {
+            element: "POSLog".into(),
+            line: 1,
+            message: "no Transaction element".into(),
+        });
     }
     transactions.into_iter().map(to_event).collect()
 }
 
 fn to_event(tx: Transaction) -> Result<NewEvent, PosLogError> {
     let field = |value: &Option<String>, name: &str| -> Result<String, PosLogError> {
-        let err = |message: String| PosLogError { element: format!("Transaction[{}]/{name}", tx.index), line: tx.line, message };
+        let err = |message: String| PosLogError {
+            element: format!("Transaction[{}]/{name}", tx.index),
+            line: tx.line,
+            message,
+        };
         match value.as_deref() {
             None | Some("") => Err(err("missing: every Transaction needs it to build the event id".into())),
             Some(v) if !valid_event_id(v) => Err(err(format!("{v:?} may only hold [A-Za-z0-9._-]"))),
@@ -169,7 +193,11 @@ fn to_event(tx: Transaction) -> Result<NewEvent, PosLogError> {
     let sequence = field(&tx.sequence, "SequenceNumber")?;
     // ARTS times often lack an offset (store local time); only a full RFC 3339
     // time is trusted, otherwise the time of ingest is used.
-    let occurred_at = tx.end_time.as_deref().and_then(|t| normalise_time(t).ok()).unwrap_or_else(now_rfc3339);
+    let occurred_at = tx
+        .end_time
+        .as_deref()
+        .and_then(|t| normalise_time(t).ok())
+        .unwrap_or_else(now_rfc3339);
     Ok(NewEvent {
         event_id: format!("poslog:{store}:{workstation}:{sequence}"),
         event_type: EVENT_TYPE.to_string(),
@@ -198,7 +226,10 @@ mod tests {
         assert_eq!(events[0].entity, "pos:0042/3");
         assert_eq!(events[0].occurred_at, "2026-11-22T10:15:00Z");
         let payload: String = serde_json::from_str(&events[0].payload).expect("a JSON string");
-        assert!(payload.starts_with("<Transaction>") && payload.ends_with("</Transaction>"), "{payload}");
+        assert!(
+            payload.starts_with("<Transaction>") && payload.ends_with("</Transaction>"),
+            "{payload}"
+        );
 
         let prefixed = r#"<ns:POSLog xmlns:ns="http://www.nrf-arts.org/IXRetail/namespace/"><ns:Transaction>
 <ns:RetailStoreID>7</ns:RetailStoreID><ns:WorkstationID TypeCode="POS">1</ns:WorkstationID><ns:SequenceNumber>5</ns:SequenceNumber>
@@ -213,8 +244,14 @@ mod tests {
         assert_eq!(e.element, "Transaction[2]/SequenceNumber");
         assert_eq!(e.line, 3);
         let e = parse("<POSLog><Transaction>").unwrap_err();
-        assert!(e.message.contains("ends before this element is closed") && e.element == "Transaction", "{e}");
+        assert!(
+            e.message.contains("ends before this element is closed") && e.element == "Transaction",
+            "{e}"
+        );
         assert!(parse("<Other/>").is_err());
-        assert!(parse("<POSLog></POSLog>").unwrap_err().message.contains("no Transaction"));
+        assert!(parse("<POSLog></POSLog>")
+            .unwrap_err()
+            .message
+            .contains("no Transaction"));
     }
 }

@@ -47,7 +47,15 @@ pub struct FileError {
 
 impl FileError {
     fn whole(file: &str, code: ErrorCode, message: impl Into<String>) -> Self {
-        FileError { file: file.into(), line: None, index: None, field: None, element: None, code, message: message.into() }
+        FileError {
+            file: file.into(),
+            line: None,
+            index: None,
+            field: None,
+            element: None,
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -63,13 +71,17 @@ pub struct SpoolDirs {
 impl SpoolDirs {
     /// The directories under `spool_dir`.
     pub fn new(spool_dir: &Path) -> Self {
-        SpoolDirs { incoming: spool_dir.join("incoming"), failed: spool_dir.join("failed") }
+        SpoolDirs {
+            incoming: spool_dir.join("incoming"),
+            failed: spool_dir.join("failed"),
+        }
     }
 
     /// Creates them.
     pub fn create(&self) -> Result<(), String> {
         for d in [&self.incoming, &self.failed] {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: cannot create the spool directory: {e}", d.display()))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("{}: cannot create the spool directory: {e}", d.display()))?;
         }
         Ok(())
     }
@@ -78,10 +90,17 @@ impl SpoolDirs {
     pub fn counts(&self) -> (usize, usize) {
         let count = |dir: &Path, keep: &dyn Fn(&str) -> bool| {
             std::fs::read_dir(dir)
-                .map(|rd| rd.filter_map(Result::ok).filter(|e| keep(&e.file_name().to_string_lossy())).count())
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .filter(|e| keep(&e.file_name().to_string_lossy()))
+                        .count()
+                })
                 .unwrap_or(0)
         };
-        (count(&self.incoming, &|n| eligible(n)), count(&self.failed, &|n| !n.ends_with(".error.json")))
+        (
+            count(&self.incoming, &|n| eligible(n)),
+            count(&self.failed, &|n| !n.ends_with(".error.json")),
+        )
     }
 }
 
@@ -91,7 +110,7 @@ pub fn eligible(name: &str) -> bool {
 }
 
 /// Parses a spool file into events (all or an error).
-pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<NewEvent>, FileError> {
+pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<NewEvent>, Box<FileError>> {
     // A stable identity for events without `event_id`: name + content.
     let digest = {
         let mut h = Sha256::new();
@@ -102,8 +121,13 @@ pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<
         d[..10].iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     let id_for = |n: usize| format!("spool:{digest}:{n}");
-    let field_of = |msg: &str| msg.split_once(':').map(|(f, _)| f.to_string()).filter(|f| !f.contains(' '));
-    let text = std::str::from_utf8(bytes).map_err(|e| FileError::whole(name, ErrorCode::InvalidJson, format!("not UTF-8: {e}")))?;
+    let field_of = |msg: &str| {
+        msg.split_once(':')
+            .map(|(f, _)| f.to_string())
+            .filter(|f| !f.contains(' '))
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| FileError::whole(name, ErrorCode::InvalidJson, format!("not UTF-8: {e}")))?;
     let events = if name.ends_with(".ndjson") {
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -121,21 +145,26 @@ pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<
     } else if name.ends_with(".json") {
         let first = text.trim_start().chars().next();
         if first == Some('[') {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|e| FileError::whole(name, ErrorCode::InvalidJson, e.to_string()))?;
+            let items: Vec<&RawValue> = serde_json::from_str(text)
+                .map_err(|e| FileError::whole(name, ErrorCode::InvalidJson, e.to_string()))?;
             let mut out = Vec::new();
             for (i, raw) in items.iter().enumerate() {
-                let ev = parse_event_with(raw.get().as_bytes(), max_event_bytes, || id_for(i)).map_err(|e| FileError {
-                    index: Some(i),
-                    field: field_of(&e.message),
-                    ..FileError::whole(name, e.code, e.message)
-                })?;
+                let ev =
+                    parse_event_with(raw.get().as_bytes(), max_event_bytes, || id_for(i)).map_err(|e| FileError {
+                        index: Some(i),
+                        field: field_of(&e.message),
+                        ..FileError::whole(name, e.code, e.message)
+                    })?;
                 out.push(ev);
             }
             out
         } else {
-            vec![parse_event_with(bytes, max_event_bytes, || id_for(0))
-                .map_err(|e| FileError { field: field_of(&e.message), ..FileError::whole(name, e.code, e.message) })?]
+            vec![
+                parse_event_with(bytes, max_event_bytes, || id_for(0)).map_err(|e| FileError {
+                    field: field_of(&e.message),
+                    ..FileError::whole(name, e.code, e.message)
+                })?,
+            ]
         }
     } else if name.ends_with(".xml") {
         crate::ingest::poslog::parse(text).map_err(|e| FileError {
@@ -144,10 +173,15 @@ pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<
             ..FileError::whole(name, ErrorCode::InvalidEvent, e.message)
         })?
     } else {
-        return Err(FileError::whole(name, ErrorCode::InvalidEvent, "unknown file type: name it *.json, *.ndjson or *.xml"));
+        return Err(FileError::whole(
+            name,
+            ErrorCode::InvalidEvent,
+            "unknown file type: name it *.json, *.ndjson or *.xml",
+        )
+        .into());
     };
     if events.is_empty() {
-        return Err(FileError::whole(name, ErrorCode::InvalidEvent, "the file holds no event"));
+        return Err(FileError::whole(name, ErrorCode::InvalidEvent, "the file holds no event").into());
     }
     Ok(events)
 }
@@ -183,7 +217,10 @@ impl Spool {
             let watched = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
                 let _ = tx.try_send(());
             })
-            .and_then(|mut w| w.watch(&self.dirs.incoming, notify::RecursiveMode::NonRecursive).map(|()| w));
+            .and_then(|mut w| {
+                w.watch(&self.dirs.incoming, notify::RecursiveMode::NonRecursive)
+                    .map(|()| w)
+            });
             match watched {
                 Ok(w) => Some(w),
                 Err(e) => {
@@ -251,7 +288,7 @@ impl Spool {
             Ok(events) => events,
             Err(err) => {
                 self.writer.count_rejected(1);
-                return self.fail(name, err);
+                return self.fail(name, *err);
             }
         };
         let n = events.len();
@@ -282,7 +319,10 @@ impl Spool {
         if target.exists() {
             target = self.dirs.failed.join(format!("{name}.{}", crate::outbox::now_ms()));
         }
-        let target_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let target_name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let report = serde_json::json!({
             "file": err.file, "line": err.line, "index": err.index, "field": err.field, "element": err.element,
             "code": err.code, "message": err.message, "failed_at": crate::event::now_rfc3339(),
@@ -328,7 +368,13 @@ mod tests {
     #[test]
     fn eligibility_and_types() {
         assert!(!eligible(".x.json") && !eligible("x.json.tmp") && eligible("x.json"));
-        assert!(parse_file("x.csv", b"a", 1024).unwrap_err().message.contains("unknown file type"));
-        assert!(parse_file("x.ndjson", b"\n\n", 1024).unwrap_err().message.contains("no event"));
+        assert!(parse_file("x.csv", b"a", 1024)
+            .unwrap_err()
+            .message
+            .contains("unknown file type"));
+        assert!(parse_file("x.ndjson", b"\n\n", 1024)
+            .unwrap_err()
+            .message
+            .contains("no event"));
     }
 }

@@ -74,7 +74,10 @@ impl Retention {
         let cutoff = now_ms() - self.retain.as_millis() as i64;
         let expired = self.drain(Some(cutoff), || true).await;
         if expired > 0 {
-            tracing::info!(events = expired, "pruned delivered events past storage.retain_delivered");
+            tracing::info!(
+                events = expired,
+                "pruned delivered events past storage.retain_delivered"
+            );
         }
         let high = (self.max_db_bytes as f64 * HIGH_WATER) as u64;
         // A fresh read connection per look: a connection must not be held
@@ -89,7 +92,10 @@ impl Retention {
         if over() {
             let early = self.drain(None, over).await;
             if early > 0 {
-                tracing::warn!(events = early, "outbox near storage.max_db_bytes: pruned delivered events before retain_delivered");
+                tracing::warn!(
+                    events = early,
+                    "outbox near storage.max_db_bytes: pruned delivered events before retain_delivered"
+                );
             }
         }
     }

@@ -125,7 +125,13 @@ impl Writer {
                 inbox: s.inbox.clone(),
             })
             .collect();
-        let mut state = WriterState { conn, fanout, max_db_bytes, full: false, storage_full };
+        let mut state = WriterState {
+            conn,
+            fanout,
+            max_db_bytes,
+            full: false,
+            storage_full,
+        };
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || state.run(rx))
@@ -176,7 +182,16 @@ impl Writer {
     /// ingested before `older_than_ms` if given; returns how many went.
     pub async fn prune(&self, older_than_ms: Option<i64>, limit: usize) -> usize {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(WriteOp::Prune { older_than_ms, limit, reply }).await.is_err() {
+        if self
+            .tx
+            .send(WriteOp::Prune {
+                older_than_ms,
+                limit,
+                reply,
+            })
+            .await
+            .is_err()
+        {
             return 0;
         }
         rx.await.unwrap_or(0)
@@ -315,7 +330,9 @@ impl WriterState {
                     effects.rejected += *n as i64;
                     Answer::Nothing
                 }
-                WriteOp::Prune { older_than_ms, limit, .. } => Answer::Pruned(prune(&tx, *older_than_ms, *limit)?),
+                WriteOp::Prune {
+                    older_than_ms, limit, ..
+                } => Answer::Pruned(prune(&tx, *older_than_ms, *limit)?),
             };
             answers.push(answer);
         }
@@ -452,8 +469,11 @@ fn insert_event(tx: &Connection, fanout: &[Fanout], e: &NewEvent, effects: &mut 
 /// row at all is kept while no subscription is configured (it waits for one).
 /// Entities are kept, so `entity_seq` goes on counting.
 fn prune(tx: &Connection, older_than_ms: Option<i64>, limit: usize) -> rusqlite::Result<usize> {
-    let any_configured: bool =
-        tx.query_row("SELECT EXISTS (SELECT 1 FROM subscriptions WHERE configured = 1)", [], |r| r.get(0))?;
+    let any_configured: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE configured = 1)",
+        [],
+        |r| r.get(0),
+    )?;
     let seqs: Vec<i64> = tx
         .prepare_cached(
             "SELECT e.seq FROM events e
@@ -462,11 +482,16 @@ fn prune(tx: &Connection, older_than_ms: Option<i64>, limit: usize) -> rusqlite:
                AND (?2 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq))
              ORDER BY e.seq LIMIT ?3",
         )?
-        .query_map(params![older_than_ms.unwrap_or(i64::MAX), any_configured, limit as i64], |r| r.get(0))?
+        .query_map(
+            params![older_than_ms.unwrap_or(i64::MAX), any_configured, limit as i64],
+            |r| r.get(0),
+        )?
         .collect::<rusqlite::Result<_>>()?;
     for seq in &seqs {
-        tx.prepare_cached("DELETE FROM attempts WHERE event_seq = ?1")?.execute([seq])?;
-        tx.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")?.execute([seq])?;
+        tx.prepare_cached("DELETE FROM attempts WHERE event_seq = ?1")?
+            .execute([seq])?;
+        tx.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")?
+            .execute([seq])?;
         tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?.execute([seq])?;
     }
     Ok(seqs.len())

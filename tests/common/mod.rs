@@ -55,6 +55,8 @@ pub struct Agent {
     starts: usize,
     /// Extra `[ingest]` keys.
     ingest: String,
+    /// Port of the HTTP ingest in the current config.
+    pub http_port: std::cell::Cell<u16>,
 }
 
 impl Agent {
@@ -74,6 +76,7 @@ impl Agent {
             child: None,
             starts: 0,
             ingest: ingest.to_string(),
+            http_port: std::cell::Cell::new(0),
         };
         agent.write_config(extra);
         agent
@@ -82,11 +85,12 @@ impl Agent {
     /// Rewrites the config with other subscriptions.
     pub fn write_config(&self, extra: &str) {
         let d = self.dir.path().display();
+        self.http_port.set(free_port());
         let text = format!(
             "[agent]\nstore_id = \"0042\"\nagent_id = \"till-03\"\ndata_dir = \"{d}/data\"\n\
-             [ingest]\nsocket = \"{d}/ingest.sock\"\nhttp_listen = \"127.0.0.1:{}\"\n{}\n\
+             [ingest]\nsocket = \"{d}/ingest.sock\"\nhttp_listen = \"127.0.0.1:{}\"\nspool_dir = \"{d}/spool\"\n{}\n\
              [admin]\nlisten = \"127.0.0.1:{}\"\n{extra}\n",
-            free_port(),
+            self.http_port.get(),
             self.ingest,
             free_port()
         );
@@ -95,6 +99,32 @@ impl Agent {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("ingest.sock")
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Drops a file into the spool the way producers must: write under a
+    /// temporary name, then rename into `incoming/`.
+    pub fn drop_file(&self, name: &str, content: &[u8]) {
+        let incoming = self.spool().join("incoming");
+        std::fs::create_dir_all(&incoming).expect("incoming");
+        let tmp = incoming.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).expect("write spool file");
+        std::fs::rename(&tmp, incoming.join(name)).expect("rename into incoming");
+    }
+
+    /// Events stored.
+    pub fn stored_events(&self) -> i64 {
+        self.open_db()
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    /// `POST /v1/events` on the HTTP ingest: (status, JSON body).
+    pub fn http_post(&self, body: &[u8]) -> (u16, serde_json::Value) {
+        http_request(self.http_port.get(), "POST", "/v1/events", body)
     }
 
     pub fn db(&self) -> PathBuf {
@@ -203,6 +233,28 @@ pub fn subscription(name: &str, url: &str, extra: &str) -> String {
 }
 
 // ---- producers ---------------------------------------------------------------
+
+/// A minimal HTTP/1.1 request over loopback (`Connection: close`).
+pub fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to HTTP");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("write head");
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
 
 /// Sends lines over one connection, pipelined, and returns one reply per line.
 pub fn send_lines(socket: &Path, lines: &[String]) -> Vec<serde_json::Value> {
