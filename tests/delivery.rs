@@ -293,17 +293,18 @@ fn a_timeout_is_a_failure_and_is_retried() {
         &agent.socket(),
         &[event("t-1", "order:1", "SaleCreated", serde_json::json!({}))],
     );
-    wait_until(Duration::from_secs(30), "two requests answered", || {
-        rx.requests().len() == 2
-    });
-    let db = agent.open_db();
-    let errors: Vec<Option<String>> = db
-        .prepare("SELECT error FROM attempts ORDER BY id")
-        .expect("query")
-        .query_map([], |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("attempts");
+    let attempts = || -> Vec<Option<String>> {
+        let db = agent.open_db();
+        let mut stmt = db.prepare("SELECT error FROM attempts ORDER BY id").expect("query");
+        let rows = stmt.query_map([], |r| r.get(0)).expect("rows");
+        rows.collect::<Result<_, _>>().expect("attempts")
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "a failed then a successful attempt recorded",
+        || attempts().len() == 2,
+    );
+    let errors = attempts();
     assert!(errors[0].as_deref().unwrap_or("").contains("timeout"), "{errors:?}");
     assert_eq!(errors.last().cloned().flatten(), None, "the retry succeeded");
     assert!(started.elapsed() >= Duration::from_millis(500));
