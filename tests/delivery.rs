@@ -345,6 +345,28 @@ fn a_parked_event_blocks_only_its_own_entity() {
     assert_eq!(sub["parked"], 1);
     assert_eq!(sub["pending"], 1);
     assert!(agent.log().contains("parked"), "the log says so");
+    // The technician's view: the parked event, and its attempts.
+    let out = agent.cli(&["events", "--state", "parked", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parked: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(parked.as_array().map(Vec::len), Some(1));
+    assert_eq!(parked[0]["event_id"], "bad-1");
+    assert_eq!(parked[0]["subscription"], "erp");
+    assert!(parked[0]["last_error"].as_str().unwrap_or("").contains("400"));
+    let out = agent.cli(&["events", "--entity", "order:good", "--state", "delivered"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("good-1") && table.contains("good-2") && !table.contains("bad-"),
+        "{table}"
+    );
+    let out = agent.cli(&["show", "bad-1", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown["deliveries"][0]["state"], "parked");
+    let attempts = shown["deliveries"][0]["attempts"].as_array().expect("attempts");
+    assert!(attempts.len() >= 2 && attempts.iter().all(|a| a["status"] == 400));
+    assert_eq!(shown["payload"], 1);
+    let missing = agent.cli(&["show", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
 }
 
 #[test]

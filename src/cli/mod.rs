@@ -5,9 +5,11 @@
 
 mod check_config;
 mod demo;
+mod events;
 mod receive;
 mod run;
 mod send;
+mod show;
 mod status;
 
 use std::path::PathBuf;
@@ -70,6 +72,10 @@ pub enum Command {
     Send(send::SendArgs),
     /// Show delivery state per subscription, database size, ingest counters.
     Status(status::StatusArgs),
+    /// List deliveries (filters: state, subscription, entity, since).
+    Events(events::EventsArgs),
+    /// One event with every delivery attempt.
+    Show(show::ShowArgs),
     /// Validate the config file; exit 2 naming what is wrong.
     CheckConfig,
     /// A webhook receiver that verifies signatures and per-entity order.
@@ -83,6 +89,8 @@ pub fn main(cli: Cli) -> CliResult {
         Command::Demo(args) => demo::run(args),
         Command::Send(args) => send::run(cli.config.as_deref(), args),
         Command::Status(args) => status::run(cli.config.as_deref(), args),
+        Command::Events(args) => events::run(cli.config.as_deref(), args),
+        Command::Show(args) => show::run(cli.config.as_deref(), args),
         Command::CheckConfig => check_config::run(cli.config.as_deref()),
         Command::Receive(args) => receive::run(args),
     }

@@ -232,3 +232,200 @@ pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()
 }
+
+/// Filters of `events`.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Only this state (0 pending, 1 delivered, 2 parked).
+    pub state: Option<i64>,
+    /// Only this subscription.
+    pub subscription: Option<String>,
+    /// Only this entity.
+    pub entity: Option<String>,
+    /// Only events ingested at or after this time (ms).
+    pub since_ms: Option<i64>,
+    /// At most this many rows.
+    pub limit: i64,
+}
+
+/// One delivery, as `events` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    /// The event's id.
+    pub event_id: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Its entity.
+    pub entity: String,
+    /// Its position in the entity.
+    pub entity_seq: i64,
+    /// The subscription.
+    pub subscription: String,
+    /// pending, delivered or parked.
+    pub state: &'static str,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// When the event was stored.
+    pub ingested_at: String,
+    /// When it got its 2xx.
+    pub delivered_at: Option<String>,
+    /// Last failure.
+    pub last_error: Option<String>,
+}
+
+/// The name of a delivery state.
+pub fn state_name(state: i64) -> &'static str {
+    match state {
+        0 => "pending",
+        1 => "delivered",
+        _ => "parked",
+    }
+}
+
+/// Deliveries matching `f`, oldest event first.
+pub fn list_deliveries(conn: &Connection, f: &DeliveryFilter) -> rusqlite::Result<Vec<DeliveryRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT e.event_id, e.type, n.entity, e.entity_seq, s.name, d.state, d.attempts, e.ingested_at,
+                d.delivered_at, d.last_error
+         FROM deliveries d
+         JOIN events e ON e.seq = d.event_seq
+         JOIN entities n ON n.id = d.entity_id
+         JOIN subscriptions s ON s.id = d.sub_id
+         WHERE (?1 IS NULL OR d.state = ?1) AND (?2 IS NULL OR s.name = ?2)
+           AND (?3 IS NULL OR n.entity = ?3) AND (?4 IS NULL OR e.ingested_at >= ?4)
+         ORDER BY d.event_seq, s.name LIMIT ?5",
+    )?;
+    let rows = stmt.query_map(params![f.state, f.subscription, f.entity, f.since_ms, f.limit], |r| {
+        Ok(DeliveryRow {
+            event_id: r.get(0)?,
+            event_type: r.get(1)?,
+            entity: r.get(2)?,
+            entity_seq: r.get(3)?,
+            subscription: r.get(4)?,
+            state: state_name(r.get(5)?),
+            attempts: r.get(6)?,
+            ingested_at: ms_to_rfc3339(r.get(7)?),
+            delivered_at: r.get::<_, Option<i64>>(8)?.map(ms_to_rfc3339),
+            last_error: r.get(9)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    /// When.
+    pub at: String,
+    /// HTTP status, if an answer came.
+    pub status: Option<i64>,
+    /// Failure, if any.
+    pub error: Option<String>,
+    /// How long it took, ms.
+    pub duration_ms: i64,
+}
+
+/// One subscription's view of an event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventDelivery {
+    /// The subscription.
+    pub subscription: String,
+    /// pending, delivered or parked.
+    pub state: &'static str,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<AttemptRow>,
+}
+
+/// An event with its deliveries, for `show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventDetail {
+    /// The event's id.
+    pub event_id: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Its entity.
+    pub entity: String,
+    /// Its position in the entity.
+    pub entity_seq: i64,
+    /// When it happened.
+    pub occurred_at: String,
+    /// When it was stored.
+    pub ingested_at: String,
+    /// Correlation id.
+    pub correlation_id: Option<String>,
+    /// Test flag.
+    pub is_test: bool,
+    /// Attributes.
+    pub attributes: serde_json::Value,
+    /// The payload.
+    pub payload: serde_json::Value,
+    /// Per subscription.
+    pub deliveries: Vec<EventDelivery>,
+}
+
+/// An event and every attempt to deliver it.
+pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Option<EventDetail>> {
+    let head = conn
+        .query_row(
+            "SELECT e.seq, e.type, n.entity, e.entity_seq, e.occurred_at, e.ingested_at, e.correlation_id,
+                    e.is_test, e.attributes, e.payload
+             FROM events e JOIN entities n ON n.id = e.entity_id WHERE e.event_id = ?1",
+            [event_id],
+            |r| {
+                let attributes: Option<String> = r.get(8)?;
+                let payload: String = r.get(9)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    EventDetail {
+                        event_id: event_id.to_string(),
+                        event_type: r.get(1)?,
+                        entity: r.get(2)?,
+                        entity_seq: r.get(3)?,
+                        occurred_at: r.get(4)?,
+                        ingested_at: ms_to_rfc3339(r.get(5)?),
+                        correlation_id: r.get(6)?,
+                        is_test: r.get(7)?,
+                        attributes: attributes
+                            .and_then(|a| serde_json::from_str(&a).ok())
+                            .unwrap_or_else(|| serde_json::json!({})),
+                        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                        deliveries: Vec::new(),
+                    },
+                ))
+            },
+        )
+        .optional()?;
+    let Some((seq, mut detail)) = head else {
+        return Ok(None);
+    };
+    let mut subs = conn.prepare(
+        "SELECT d.sub_id, s.name, d.state FROM deliveries d JOIN subscriptions s ON s.id = d.sub_id
+         WHERE d.event_seq = ?1 ORDER BY s.name",
+    )?;
+    let rows: Vec<(i64, String, i64)> = subs
+        .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut attempts = conn.prepare(
+        "SELECT at, status, error, duration_ms FROM attempts WHERE event_seq = ?1 AND sub_id = ?2 ORDER BY id",
+    )?;
+    for (sub_id, name, state) in rows {
+        let list = attempts
+            .query_map(params![seq, sub_id], |r| {
+                Ok(AttemptRow {
+                    at: ms_to_rfc3339(r.get(0)?),
+                    status: r.get(1)?,
+                    error: r.get(2)?,
+                    duration_ms: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        detail.deliveries.push(EventDelivery {
+            subscription: name,
+            state: state_name(state),
+            attempts: list,
+        });
+    }
+    Ok(Some(detail))
+}
