@@ -444,3 +444,51 @@ fn a_removed_subscription_keeps_its_backlog_and_resumes() {
     agent.start();
     wait_until(Duration::from_secs(30), "5 delivered", || rx.delivered_ids().len() == 5);
 }
+
+#[test]
+fn resend_queues_parked_and_delivered_events_again_with_the_same_webhook_id() {
+    let rx = Receiver::start();
+    rx.answer_with(|r| {
+        if r.id == "p-1" {
+            Answer::status(422)
+        } else {
+            Answer::ok()
+        }
+    });
+    let retry = "retry = { initial = \"100ms\", max = \"200ms\", give_up_after = \"500ms\" }";
+    let mut agent = Agent::new(&subscription("erp", &rx.url(), retry));
+    agent.start();
+    let lines = vec![
+        event("p-1", "order:p", "SaleCreated", serde_json::json!(1)),
+        event("p-2", "order:p", "SaleCreated", serde_json::json!(2)),
+        event("q-1", "order:q", "SaleCreated", serde_json::json!(1)),
+    ];
+    send_lines(&agent.socket(), &lines);
+    wait_until(Duration::from_secs(30), "p-1 parked, q-1 delivered", || {
+        agent.status()["subscriptions"][0]["parked"] == 1 && rx.delivered_ids().contains("q-1")
+    });
+    // The receiver is fixed; the technician resends what is parked.
+    rx.answer_with(|_| Answer::ok());
+    let out = agent.cli(&["resend", "--parked"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued 1 delivery again"));
+    wait_until(Duration::from_secs(30), "p-1 and p-2 delivered", || {
+        let ids = rx.delivered_ids();
+        ids.contains("p-1") && ids.contains("p-2")
+    });
+    assert_entity_order(&rx.delivered());
+    // A delivered event, resent by id, arrives again with its webhook-id.
+    let before = rx.delivered().iter().filter(|r| r.id == "q-1").count();
+    let out = agent.cli(&["resend", "q-1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(30), "q-1 again", || {
+        rx.delivered().iter().filter(|r| r.id == "q-1").count() == before + 1
+    });
+    let again = rx.delivered().into_iter().rfind(|r| r.id == "q-1").expect("q-1");
+    assert_eq!(again.headers["webhook-id"], "q-1");
+    assert_eq!(again.entity_seq, 1, "keeps its place");
+    let unknown = agent.cli(&["resend", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let usage = agent.cli(&["resend"]);
+    assert_eq!(usage.status.code(), Some(2));
+}

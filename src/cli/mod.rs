@@ -7,6 +7,7 @@ mod check_config;
 mod demo;
 mod events;
 mod receive;
+mod resend;
 mod run;
 mod send;
 mod show;
@@ -76,6 +77,8 @@ pub enum Command {
     Events(events::EventsArgs),
     /// One event with every delivery attempt.
     Show(show::ShowArgs),
+    /// Queue deliveries again: event ids, or --parked.
+    Resend(resend::ResendArgs),
     /// Validate the config file; exit 2 naming what is wrong.
     CheckConfig,
     /// A webhook receiver that verifies signatures and per-entity order.
@@ -91,6 +94,7 @@ pub fn main(cli: Cli) -> CliResult {
         Command::Status(args) => status::run(cli.config.as_deref(), args),
         Command::Events(args) => events::run(cli.config.as_deref(), args),
         Command::Show(args) => show::run(cli.config.as_deref(), args),
+        Command::Resend(args) => resend::run(cli.config.as_deref(), args),
         Command::CheckConfig => check_config::run(cli.config.as_deref()),
         Command::Receive(args) => receive::run(args),
     }

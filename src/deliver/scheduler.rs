@@ -89,6 +89,8 @@ pub struct Scheduler {
     offline_since: Option<Instant>,
     /// (online, in flight) as last written for `status`.
     persisted: (bool, usize),
+    /// `resend_generation` last seen in `meta`.
+    resend_generation: Option<String>,
 }
 
 impl Scheduler {
@@ -118,6 +120,7 @@ impl Scheduler {
             probe_in_flight: false,
             offline_since: None,
             persisted: (false, usize::MAX),
+            resend_generation: None,
         }
     }
 
@@ -156,6 +159,7 @@ impl Scheduler {
             }
             Err(e) => tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the backlog"),
         }
+        self.resend_generation = read::meta(&self.reader, "resend_generation").ok().flatten();
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut tick = tokio::time::interval(RESYNC_EVERY);
         let mut shutdown = self.shutdown.clone();
@@ -174,6 +178,7 @@ impl Scheduler {
                 _ = sleep_until_opt(wake) => {}
                 _ = tick.tick() => {
                     self.resync_parked();
+                    self.resync_resent();
                     if self.persisted != (self.online, self.in_flight) {
                         self.persist_state();
                     }
@@ -377,6 +382,30 @@ impl Scheduler {
                     self.set_ready(done.entity_id, now + own, head_seq);
                 }
             }
+        }
+    }
+
+    /// After a `resend` (it bumps `resend_generation`), picks up every entity
+    /// with open deliveries that this scheduler does not hold yet.
+    fn resync_resent(&mut self) {
+        let generation = read::meta(&self.reader, "resend_generation").ok().flatten();
+        if generation == self.resend_generation {
+            return;
+        }
+        self.resend_generation = generation;
+        let now = Instant::now();
+        match read::open_entities(&self.reader, self.sub.id) {
+            Ok(open) => {
+                for (entity_id, first_seq) in open {
+                    match self.entities.get(&entity_id).map(|e| e.state) {
+                        None => self.set_ready(entity_id, now, first_seq),
+                        // Its head may now be an earlier, resent event.
+                        Some(EntityState::Ready) => self.set_ready(entity_id, now, first_seq),
+                        Some(_) => {}
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot re-read the backlog after a resend"),
         }
     }
 
