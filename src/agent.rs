@@ -14,10 +14,12 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use tokio::sync::oneshot;
 
+use crate::admin;
 use crate::config::Config;
 use crate::deliver::scheduler::Scheduler;
 use crate::deliver::webhook::{Endpoint, Source};
 use crate::ingest;
+use crate::metrics::Metrics;
 use crate::outbox::{self, writer::Writer};
 use crate::shutdown::Shutdown;
 
@@ -102,6 +104,19 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         }
         None => None,
     };
+    let token_digest = match &config.admin.token_file {
+        Some(path) => Some(admin::load_token(path).map_err(|e| anyhow!(e))?),
+        None => None,
+    };
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow!("admin.listen {addr}: cannot listen: {e}"))?,
+        ),
+        None => None,
+    };
+    let metrics = Metrics::default();
     let spool_dirs = ingest::spool::SpoolDirs::new(&config.ingest.spool_dir);
     spool_dirs.create().map_err(|e| anyhow!(e))?;
 
@@ -151,8 +166,18 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
             reader,
             shutdown.clone(),
             SHUTDOWN_GRACE,
+            metrics.clone(),
         );
         tasks.spawn(scheduler.run());
+    }
+    if let Some(l) = admin_listener {
+        let admin = Arc::new(admin::Admin {
+            config: Arc::new(config.clone()),
+            metrics: metrics.clone(),
+            writer: writer.clone(),
+            token_digest,
+        });
+        tasks.spawn(admin::serve(l, admin, shutdown.clone()));
     }
 
     let backlog = outbox::open_reader(&db_path)
@@ -172,6 +197,7 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         socket = %config.ingest.socket.display(),
         http = %config.ingest.http_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         spool = %config.ingest.spool_dir.display(),
+        admin = %config.admin.listen.map(|a| format!("http://{a}/")).unwrap_or_else(|| "off".into()),
         subscriptions = subs.len(),
         backlog,
         "store-outbox started"

@@ -13,19 +13,25 @@
 //! - [`ingest`]: the ways in (Unix socket); bytes to validated events.
 //! - [`deliver`]: per-subscription schedulers (per-entity order, backoff,
 //!   offline probing) and the webhook sender.
+//! - [`metrics`]: Prometheus metrics, from the database and from delivery.
 //! - [`signing`]: Standard Webhooks signatures, shared by sender and receiver.
 //! - [`receiver`]: a checking webhook receiver (`receive`, `demo`).
+//! - [`status`]: the status report (CLI, admin API, page).
+//! - [`admin`]: admin HTTP: status page, JSON API, `/metrics`, `/healthz`.
 //! - [`agent`]: wires the parts together and stops them in order.
 //! - [`shutdown`]: the shutdown signal.
 //! - [`cli`]: one module per subcommand; thin, on top of the above.
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod event;
 pub mod ingest;
+pub mod metrics;
 pub mod outbox;
 pub mod receiver;
 pub mod shutdown;
 pub mod signing;
+pub mod status;

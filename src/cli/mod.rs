@@ -6,6 +6,7 @@
 mod check_config;
 mod demo;
 mod events;
+pub use events::parse_since;
 mod receive;
 mod resend;
 mod run;

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::backoff;
 use super::webhook::{Attempt, AttemptKind, Endpoint};
 use crate::config::RetryConfig;
+use crate::metrics::Metrics;
 use crate::outbox::read::{self, Head};
 use crate::outbox::writer::{Outcome, Verdict, Writer};
 use crate::outbox::{now_ms, Subscription, PARKED};
@@ -73,6 +74,8 @@ pub struct Scheduler {
     writer: Writer,
     reader: Connection,
     shutdown: Shutdown,
+    /// In-memory delivery metrics.
+    metrics: Metrics,
     /// Bounded wait for in-flight requests at shutdown.
     grace: Duration,
     entities: HashMap<i64, Entity>,
@@ -102,6 +105,7 @@ impl Scheduler {
         reader: Connection,
         shutdown: Shutdown,
         grace: Duration,
+        metrics: Metrics,
     ) -> Self {
         Scheduler {
             sub,
@@ -109,6 +113,7 @@ impl Scheduler {
             writer,
             reader,
             shutdown,
+            metrics,
             grace,
             entities: HashMap::new(),
             ready: BTreeSet::new(),
@@ -295,15 +300,15 @@ impl Scheduler {
             self.in_flight += 1;
             let was_probe = !self.online;
             self.probe_in_flight |= was_probe;
-            tasks.spawn(deliver(
-                self.endpoint.clone(),
-                self.writer.clone(),
-                self.sub.id,
-                self.retry(),
-                entity_id,
-                head,
-                was_probe,
-            ));
+            let courier = Courier {
+                endpoint: self.endpoint.clone(),
+                writer: self.writer.clone(),
+                sub_id: self.sub.id,
+                name: self.sub.config.name.clone(),
+                retry: self.retry(),
+                metrics: self.metrics.clone(),
+            };
+            tasks.spawn(courier.deliver(entity_id, head, was_probe));
             if was_probe {
                 return;
             }
@@ -437,59 +442,81 @@ async fn sleep_until_opt(when: Option<Instant>) {
     }
 }
 
-/// Sends one event and records the outcome (waiting for its commit).
-async fn deliver(
+/// What one delivery task carries.
+struct Courier {
     endpoint: Arc<Endpoint>,
     writer: Writer,
     sub_id: i64,
+    name: String,
     retry: RetryConfig,
-    entity_id: i64,
-    head: Head,
-    was_probe: bool,
-) -> Done {
-    let at_ms = now_ms();
-    let started = std::time::Instant::now();
-    let attempt = endpoint.send(&head.event).await;
-    let duration_ms = started.elapsed().as_millis() as i64;
-    let attempts = head.attempts + 1;
-    let verdict = if attempt.kind == AttemptKind::Delivered {
-        Verdict::Delivered
-    } else {
-        let failing_since = head.first_failed_at.unwrap_or(at_ms);
-        match retry.give_up_after {
-            Some(limit) if at_ms - failing_since >= limit.as_millis() as i64 => Verdict::Park,
-            _ => {
-                let wait = attempt
-                    .retry_after
-                    .unwrap_or_else(|| backoff::delay(&retry, attempts as u32));
-                Verdict::Retry {
-                    next_attempt_at_ms: at_ms + wait.as_millis() as i64,
+    metrics: Metrics,
+}
+
+impl Courier {
+    /// Sends one event and records the outcome (waiting for its commit).
+    async fn deliver(self, entity_id: i64, head: Head, was_probe: bool) -> Done {
+        let Courier {
+            endpoint,
+            writer,
+            sub_id,
+            name,
+            retry,
+            metrics,
+        } = self;
+        let at_ms = now_ms();
+        let started = std::time::Instant::now();
+        let attempt = endpoint.send(&head.event).await;
+        let elapsed = started.elapsed();
+        let duration_ms = elapsed.as_millis() as i64;
+        let result = match attempt.kind {
+            AttemptKind::Delivered => "delivered",
+            AttemptKind::Refused => "refused",
+            AttemptKind::EndpointDown => "unreachable",
+        };
+        metrics.attempt(&name, result, elapsed.as_secs_f64());
+        if attempt.kind == AttemptKind::Delivered {
+            metrics.delivered_after(&name, ((now_ms() - head.event.ingested_at).max(0) as f64) / 1000.0);
+        }
+        let attempts = head.attempts + 1;
+        let verdict = if attempt.kind == AttemptKind::Delivered {
+            Verdict::Delivered
+        } else {
+            let failing_since = head.first_failed_at.unwrap_or(at_ms);
+            match retry.give_up_after {
+                Some(limit) if at_ms - failing_since >= limit.as_millis() as i64 => Verdict::Park,
+                _ => {
+                    let wait = attempt
+                        .retry_after
+                        .unwrap_or_else(|| backoff::delay(&retry, attempts as u32));
+                    Verdict::Retry {
+                        next_attempt_at_ms: at_ms + wait.as_millis() as i64,
+                    }
                 }
             }
+        };
+        let outcome = Outcome {
+            sub_id,
+            event_seq: head.event.seq,
+            at_ms,
+            status: attempt.status,
+            error: attempt.error.clone(),
+            duration_ms,
+            verdict,
+        };
+        let recorded = match writer.record(outcome).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a delivery attempt; it will be repeated");
+                false
+            }
+        };
+        Done {
+            entity_id,
+            attempt,
+            attempts,
+            recorded,
+            verdict,
+            was_probe,
         }
-    };
-    let outcome = Outcome {
-        sub_id,
-        event_seq: head.event.seq,
-        at_ms,
-        status: attempt.status,
-        error: attempt.error.clone(),
-        duration_ms,
-        verdict,
-    };
-    let recorded = match writer.record(outcome).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot record a delivery attempt; it will be repeated");
-            false
-        }
-    };
-    Done {
-        entity_id,
-        attempt,
-        attempts,
-        recorded,
-        verdict,
-        was_probe,
     }
 }

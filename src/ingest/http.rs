@@ -70,6 +70,7 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
         );
     }
     let too_large = |n: String| {
+        state.writer.count_rejected(ErrorCode::TooLarge);
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::new(
@@ -98,7 +99,7 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
         let items: Vec<&RawValue> = match serde_json::from_slice(&bytes) {
             Ok(items) => items,
             Err(e) => {
-                state.writer.count_rejected(1);
+                state.writer.count_rejected(ErrorCode::InvalidJson);
                 return error(
                     StatusCode::BAD_REQUEST,
                     IngestError::new(ErrorCode::InvalidJson, e.to_string()),
@@ -112,19 +113,18 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
     } else {
         match parse_event(&bytes, state.max_event_bytes) {
             Err(e) if e.code == ErrorCode::InvalidJson => {
-                state.writer.count_rejected(1);
+                state.writer.count_rejected(e.code);
                 return error(StatusCode::BAD_REQUEST, e);
             }
             Err(e) if e.code == ErrorCode::TooLarge => {
-                state.writer.count_rejected(1);
+                state.writer.count_rejected(e.code);
                 return error(StatusCode::PAYLOAD_TOO_LARGE, e);
             }
             other => vec![other],
         }
     };
-    let invalid = parsed.iter().filter(|p| p.is_err()).count();
-    if invalid > 0 {
-        state.writer.count_rejected(invalid as u64);
+    for e in parsed.iter().filter_map(|p| p.as_ref().err()) {
+        state.writer.count_rejected(e.code);
     }
     let valid: Vec<_> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
     let mut stored = if valid.is_empty() {

@@ -175,7 +175,7 @@ async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut sh
         let reply = match line {
             Ok(Line::End) | Err(_) => break,
             Ok(Line::TooLong(n)) => {
-                writer.count_rejected(1);
+                writer.count_rejected(ErrorCode::TooLarge);
                 Owed::Now(
                     IngestError::new(
                         ErrorCode::TooLarge,
@@ -187,13 +187,14 @@ async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut sh
             Ok(Line::Text) => {
                 let text = buf.strip_suffix(b"\r").unwrap_or(&buf);
                 if shutdown.is_started() {
+                    writer.count_rejected(ErrorCode::ShuttingDown);
                     Owed::Now(IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping").into())
                 } else {
                     match parse_event(text, max_event_bytes) {
                         // Submitted here, in line order; only the wait is deferred.
                         Ok(event) => Owed::AfterCommit(writer.submit(vec![event]).await),
                         Err(e) => {
-                            writer.count_rejected(1);
+                            writer.count_rejected(e.code);
                             Owed::Now(e.into())
                         }
                     }

@@ -287,7 +287,7 @@ impl Spool {
         let events = match parse_file(name, &bytes, self.max_event_bytes) {
             Ok(events) => events,
             Err(err) => {
-                self.writer.count_rejected(1);
+                self.writer.count_rejected(err.code);
                 return self.fail(name, *err);
             }
         };

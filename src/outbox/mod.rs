@@ -6,8 +6,10 @@
 //!   delivery outcomes; nothing is acknowledged before its commit.
 //! - [`read`]: read-only queries for the schedulers, `status` and the CLI.
 //! - [`retention`]: pruning of delivered events, the storage cap.
+//! - [`resend`]: queueing deliveries again (operator action).
 
 pub mod read;
+pub mod resend;
 pub mod retention;
 pub mod schema;
 pub mod writer;
@@ -153,7 +155,7 @@ pub fn register_subscriptions(
     conn: &mut Connection,
     subs: &[SubscriptionConfig],
 ) -> rusqlite::Result<Vec<Subscription>> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
         "UPDATE subscriptions SET configured = 0, state = 'unconfigured', in_flight = 0",
         [],

@@ -23,6 +23,8 @@ pub struct StoredEvent {
     pub entity_seq: i64,
     /// RFC 3339 UTC.
     pub occurred_at: String,
+    /// When it was stored, wall-clock ms.
+    pub ingested_at: i64,
     /// Producer's correlation id.
     pub correlation_id: Option<String>,
     /// Test traffic flag.
@@ -51,7 +53,7 @@ pub fn head(conn: &Connection, sub_id: i64, entity_id: i64) -> rusqlite::Result<
     conn.prepare_cached(
         "SELECT d.state, d.attempts, d.first_failed_at,
                 e.seq, e.event_id, e.type, n.entity, e.entity_seq, e.occurred_at,
-                e.correlation_id, e.is_test, e.attributes, e.payload
+                e.correlation_id, e.is_test, e.attributes, e.payload, e.ingested_at
          FROM deliveries d
          JOIN events e ON e.seq = d.event_seq
          JOIN entities n ON n.id = d.entity_id
@@ -74,6 +76,7 @@ pub fn head(conn: &Connection, sub_id: i64, entity_id: i64) -> rusqlite::Result<
                 is_test: r.get(10)?,
                 attributes: r.get(11)?,
                 payload: r.get(12)?,
+                ingested_at: r.get(13)?,
             },
         })
     })
@@ -428,4 +431,13 @@ pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Optio
         });
     }
     Ok(Some(detail))
+}
+
+/// Rejections by error code (`rejected_total:<code>` counters).
+pub fn rejected_by_code(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT substr(name, 16), value FROM counters WHERE name LIKE 'rejected_total:%' ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }

@@ -95,7 +95,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
         ));
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())?;
         tx.execute_batch(sql)
             .map_err(|e| format!("migration to version {}: {e}", index + 1))?;
         tx.pragma_update(None, "user_version", (index + 1) as i64)

@@ -67,7 +67,10 @@ enum WriteOp {
         state: &'static str,
         in_flight: i64,
     },
-    Rejected(u64),
+    Rejected(ErrorCode),
+    Ping {
+        reply: oneshot::Sender<bool>,
+    },
     Prune {
         older_than_ms: Option<i64>,
         limit: usize,
@@ -197,9 +200,19 @@ impl Writer {
         rx.await.unwrap_or(0)
     }
 
-    /// Counts events rejected before reaching storage (validation errors).
-    pub fn count_rejected(&self, n: u64) {
-        let _ = self.tx.try_send(WriteOp::Rejected(n));
+    /// Commits a tiny write; true if the database took it (for `/healthz`).
+    pub async fn ping(&self) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(WriteOp::Ping { reply }).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Counts an event rejected before reaching storage, by error code.
+    /// Best effort: never blocks a producer's reply.
+    pub fn count_rejected(&self, code: ErrorCode) {
+        let _ = self.tx.try_send(WriteOp::Rejected(code));
     }
 }
 
@@ -223,6 +236,15 @@ struct Effects {
     max_seq: i64,
     duplicates: i64,
     rejected: i64,
+    /// Rejections by error code.
+    rejected_by_code: std::collections::BTreeMap<&'static str, i64>,
+}
+
+impl Effects {
+    fn reject(&mut self, code: ErrorCode, n: i64) {
+        self.rejected += n;
+        *self.rejected_by_code.entry(code.as_str()).or_insert(0) += n;
+    }
 }
 
 /// The answer owed to one request once its batch committed.
@@ -302,7 +324,7 @@ impl WriterState {
             let answer = match op {
                 WriteOp::Ingest { events, .. } => {
                     let replies = if full {
-                        effects.rejected += events.len() as i64;
+                        effects.reject(ErrorCode::StorageFull, events.len() as i64);
                         let msg = format!("the outbox reached storage.max_db_bytes ({} bytes)", self.max_db_bytes);
                         vec![IngestError::new(ErrorCode::StorageFull, msg).into(); events.len()]
                     } else {
@@ -326,13 +348,21 @@ impl WriterState {
                         .execute(params![sub_id, state, in_flight])?;
                     Answer::Nothing
                 }
-                WriteOp::Rejected(n) => {
-                    effects.rejected += *n as i64;
+                WriteOp::Rejected(code) => {
+                    effects.reject(*code, 1);
                     Answer::Nothing
                 }
                 WriteOp::Prune {
                     older_than_ms, limit, ..
                 } => Answer::Pruned(prune(&tx, *older_than_ms, *limit)?),
+                WriteOp::Ping { .. } => {
+                    tx.prepare_cached(
+                        "INSERT INTO meta(key, value) VALUES ('alive_at', ?1)
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute([now_ms().to_string()])?;
+                    Answer::Recorded
+                }
             };
             answers.push(answer);
         }
@@ -345,6 +375,13 @@ impl WriterState {
                 tx.prepare_cached("UPDATE counters SET value = value + ?2 WHERE name = ?1")?
                     .execute(params![name, value])?;
             }
+        }
+        for (code, n) in &effects.rejected_by_code {
+            tx.prepare_cached(
+                "INSERT INTO counters(name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            )?
+            .execute(params![format!("rejected_total:{code}"), n])?;
         }
         if effects.accepted > 0 {
             let ids: Vec<i64> = self.fanout.iter().map(|f| f.id).collect();
@@ -370,6 +407,9 @@ impl WriterState {
                 }
                 (WriteOp::Prune { reply, .. }, Answer::Pruned(n)) => {
                     let _ = reply.send(n);
+                }
+                (WriteOp::Ping { reply }, Answer::Recorded) => {
+                    let _ = reply.send(true);
                 }
                 _ => {}
             }
@@ -399,6 +439,9 @@ impl WriterState {
                 }
                 WriteOp::Prune { reply, .. } => {
                     let _ = reply.send(0);
+                }
+                WriteOp::Ping { reply } => {
+                    let _ = reply.send(false);
                 }
                 WriteOp::SubState { .. } | WriteOp::Rejected(_) => {}
             }

@@ -55,6 +55,8 @@ pub struct Agent {
     starts: usize,
     /// Extra `[ingest]` keys.
     ingest: String,
+    /// Extra `[admin]` keys.
+    admin: String,
     /// Port of the HTTP ingest in the current config.
     pub http_port: std::cell::Cell<u16>,
 }
@@ -68,6 +70,12 @@ impl Agent {
 
     /// Like [`Agent::new`], with more keys in `[ingest]`.
     pub fn with_ingest(ingest: &str, extra: &str) -> Agent {
+        Agent::configured(ingest, "", extra)
+    }
+
+    /// Like [`Agent::new`], with more keys in `[ingest]` and `[admin]` (an
+    /// `[admin]` text with `listen` replaces the default free port).
+    pub fn configured(ingest: &str, admin: &str, extra: &str) -> Agent {
         let dir = tempfile::Builder::new().prefix("so-test-").tempdir().expect("tempdir");
         let config = dir.path().join("config.toml");
         let agent = Agent {
@@ -76,6 +84,7 @@ impl Agent {
             child: None,
             starts: 0,
             ingest: ingest.to_string(),
+            admin: admin.to_string(),
             http_port: std::cell::Cell::new(0),
         };
         agent.write_config(extra);
@@ -89,10 +98,15 @@ impl Agent {
         let text = format!(
             "[agent]\nstore_id = \"0042\"\nagent_id = \"till-03\"\ndata_dir = \"{d}/data\"\n\
              [ingest]\nsocket = \"{d}/ingest.sock\"\nhttp_listen = \"127.0.0.1:{}\"\nspool_dir = \"{d}/spool\"\n{}\n\
-             [admin]\nlisten = \"127.0.0.1:{}\"\n{extra}\n",
+             [admin]\n{}{}\n{extra}\n",
             self.http_port.get(),
             self.ingest,
-            free_port()
+            if self.admin.contains("listen") {
+                String::new()
+            } else {
+                format!("listen = \"127.0.0.1:{}\"\n", free_port())
+            },
+            self.admin,
         );
         std::fs::write(&self.config, text).expect("write config");
     }

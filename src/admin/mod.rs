@@ -1,0 +1,321 @@
+//! Admin HTTP on `admin.listen` (loopback by default): the status page for
+//! people, the JSON API, `/metrics` and `/healthz`.
+//!
+//! Reads need no token; mutations (resend) need the token of
+//! `admin.token_file`: `Authorization: Bearer <token>` on the API, a password
+//! field on the page. Without a token file, mutations are off.
+
+mod page;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::outbox::writer::Writer;
+use crate::outbox::{self, read, resend};
+
+/// What the handlers share.
+pub struct Admin {
+    /// The agent's configuration.
+    pub config: Arc<Config>,
+    /// In-memory delivery metrics.
+    pub metrics: Metrics,
+    /// For `/healthz`'s write check.
+    pub writer: Writer,
+    /// SHA-256 of the mutation token; `None`: mutations are off.
+    pub token_digest: Option<[u8; 32]>,
+}
+
+/// Reads `admin.token_file` (trimmed); an empty file is an error.
+pub fn load_token(path: &std::path::Path) -> Result<[u8; 32], String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("admin.token_file {}: the file is empty", path.display()));
+    }
+    Ok(Sha256::digest(token.as_bytes()).into())
+}
+
+impl Admin {
+    fn db_path(&self) -> PathBuf {
+        self.config.db_path()
+    }
+
+    /// Compares digests, so the comparison time says nothing about the token.
+    fn token_ok(&self, given: Option<&str>) -> Result<(), (StatusCode, String)> {
+        let Some(want) = self.token_digest else {
+            return Err((StatusCode::FORBIDDEN, "mutations are off: set admin.token_file".into()));
+        };
+        let got: [u8; 32] = Sha256::digest(given.unwrap_or("").trim().as_bytes()).into();
+        if got == want {
+            Ok(())
+        } else {
+            Err((StatusCode::UNAUTHORIZED, "wrong or missing token".into()))
+        }
+    }
+}
+
+/// The admin router.
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/", get(page_handler))
+        .route("/ui/resend", post(page_resend))
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/v1/events/{id}", get(event))
+        .route("/v1/events/{id}/resend", post(api_resend))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(admin)
+}
+
+/// Serves until shutdown.
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, mut shutdown: crate::shutdown::Shutdown) {
+    if let Err(e) = axum::serve(listener, router(admin))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+    {
+        tracing::error!(error = %e, "admin HTTP stopped");
+    }
+}
+
+type ApiError = (StatusCode, String);
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Runs a blocking database read off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+}
+
+async fn status(State(admin): State<Arc<Admin>>) -> Result<Json<crate::status::StatusReport>, ApiError> {
+    let config = admin.config.clone();
+    blocking(move || crate::status::report(&config)).await.map(Json)
+}
+
+/// Query of `GET /v1/events`, as the CLI's flags.
+#[derive(Deserialize, Default)]
+struct EventsQuery {
+    state: Option<String>,
+    subscription: Option<String>,
+    entity: Option<String>,
+    since: Option<String>,
+    limit: Option<i64>,
+}
+
+fn state_code(state: &str) -> Option<i64> {
+    match state {
+        "pending" => Some(outbox::PENDING),
+        "delivered" => Some(outbox::DELIVERED),
+        "parked" => Some(outbox::PARKED),
+        _ => None,
+    }
+}
+
+async fn events(State(admin): State<Arc<Admin>>, Query(q): Query<EventsQuery>) -> Result<Response, ApiError> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(state_code(s).ok_or((
+            StatusCode::BAD_REQUEST,
+            format!("state={s}: pending, parked or delivered"),
+        ))?),
+    };
+    let since_ms = match q.since.as_deref() {
+        None => None,
+        Some(t) => Some(crate::cli::parse_since(t).map_err(|e| (StatusCode::BAD_REQUEST, e.message))?),
+    };
+    let filter = read::DeliveryFilter {
+        state,
+        subscription: q.subscription,
+        entity: q.entity,
+        since_ms,
+        limit: q.limit.unwrap_or(100).clamp(0, 10_000),
+    };
+    let path = admin.db_path();
+    let rows = blocking(move || {
+        let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
+        read::list_deliveries(&conn, &filter).map_err(|e| e.to_string())
+    })
+    .await?;
+    Ok(Json(rows).into_response())
+}
+
+async fn event(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let path = admin.db_path();
+    let detail = blocking(move || {
+        let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
+        read::event_detail(&conn, &id).map_err(|e| e.to_string())
+    })
+    .await?;
+    match detail {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Ok((
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "no such event in the outbox"})),
+        )
+            .into_response()),
+    }
+}
+
+async fn run_resend(admin: &Admin, request: resend::ResendRequest) -> Result<resend::ResendOutcome, ApiError> {
+    let path = admin.db_path();
+    blocking(move || {
+        let mut conn = outbox::open_writer(&path).map_err(|e| e.to_string())?;
+        resend::resend(&mut conn, &request).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+async fn api_resend(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    admin.token_ok(bearer)?;
+    let outcome = run_resend(
+        &admin,
+        resend::ResendRequest {
+            event_ids: vec![id],
+            ..Default::default()
+        },
+    )
+    .await?;
+    if outcome.queued == 0 {
+        return Ok((StatusCode::NOT_FOUND, Json(outcome)).into_response());
+    }
+    Ok(Json(outcome).into_response())
+}
+
+/// The page's resend form: one button per parked event, or all of them.
+#[derive(Deserialize)]
+struct ResendForm {
+    token: String,
+    event_id: Option<String>,
+    parked: Option<String>,
+}
+
+async fn page_resend(State(admin): State<Arc<Admin>>, Form(form): Form<ResendForm>) -> Response {
+    let message = match admin.token_ok(Some(&form.token)) {
+        Err((_, why)) => why,
+        Ok(()) => {
+            let request = resend::ResendRequest {
+                event_ids: form.event_id.into_iter().collect(),
+                parked: form.parked.is_some(),
+                ..Default::default()
+            };
+            match run_resend(&admin, request).await {
+                Ok(o) => format!("queued {} deliveries again", o.queued),
+                Err((_, e)) => format!("resend failed: {e}"),
+            }
+        }
+    };
+    let encoded: String = message
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    Redirect::to(&format!("/?msg={encoded}")).into_response()
+}
+
+/// Query of the page.
+#[derive(Deserialize, Default)]
+struct PageQuery {
+    msg: Option<String>,
+    pause: Option<String>,
+}
+
+async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery>) -> Result<Html<String>, ApiError> {
+    let config = admin.config.clone();
+    let path = admin.db_path();
+    let (report, parked) = blocking(move || {
+        let report = crate::status::report(&config)?;
+        let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
+        let filter = read::DeliveryFilter {
+            state: Some(outbox::PARKED),
+            limit: 50,
+            ..Default::default()
+        };
+        let parked = read::list_deliveries(&conn, &filter).map_err(|e| e.to_string())?;
+        Ok((report, parked))
+    })
+    .await?;
+    let view = page::View {
+        report: &report,
+        parked: &parked,
+        message: q.msg.as_deref(),
+        refresh: q.pause.is_none(),
+        mutations: admin.token_digest.is_some(),
+    };
+    Ok(Html(page::render(&view)))
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let path = admin.db_path();
+    let metrics = admin.metrics.clone();
+    let max = admin.config.storage.max_db_bytes;
+    let text = blocking(move || {
+        let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
+        metrics.render(&conn, max).map_err(|e| e.to_string())
+    })
+    .await?;
+    if openmetrics {
+        Ok((
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response())
+    } else {
+        let classic = crate::metrics::openmetrics_to_prometheus_text(&text);
+        Ok((
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            classic,
+        )
+            .into_response())
+    }
+}
+
+async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
+    let writable = tokio::time::timeout(std::time::Duration::from_secs(5), admin.writer.ping())
+        .await
+        .unwrap_or(false);
+    let ingest_up = tokio::net::UnixStream::connect(&admin.config.ingest.socket)
+        .await
+        .is_ok();
+    let body = serde_json::json!({"database_writable": writable, "ingest_up": ingest_up});
+    let code = if writable && ingest_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}

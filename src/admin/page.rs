@@ -1,0 +1,203 @@
+//! The status page for people: plain server-rendered HTML and CSS, readable
+//! on a small store PC screen, refreshing itself.
+
+use std::fmt::Write;
+
+use crate::outbox::read::DeliveryRow;
+use crate::status::StatusReport;
+
+/// What the page shows.
+pub struct View<'a> {
+    /// The status report.
+    pub report: &'a StatusReport,
+    /// Parked deliveries (at most 50).
+    pub parked: &'a [DeliveryRow],
+    /// Result of the last action.
+    pub message: Option<&'a str>,
+    /// Whether the page reloads itself.
+    pub refresh: bool,
+    /// Whether resend is possible (a token file is configured).
+    pub mutations: bool,
+}
+
+/// Escapes text for HTML.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "
+body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330;font-size:15px}
+header{background:#1d2330;color:#fff;padding:10px 16px;display:flex;flex-wrap:wrap;gap:16px;align-items:baseline}
+header h1{font-size:18px;margin:0}
+main{padding:12px 16px;max-width:1100px}
+section{background:#fff;border-radius:6px;padding:10px 14px;margin-bottom:12px;box-shadow:0 1px 2px #0002}
+h2{font-size:16px;margin:4px 0 8px}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e3e5ea;vertical-align:top}
+th{font-size:13px;color:#5a6275}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.state{display:inline-block;padding:2px 8px;border-radius:10px;font-weight:600;font-size:13px;color:#fff}
+.online{background:#1f8a4c}.offline{background:#c4302b}.stopped,.unconfigured{background:#7a8194}
+.warn{color:#c4302b;font-weight:600}
+.msg{background:#fff7d6;border:1px solid #e6c200;padding:8px 12px;border-radius:6px;margin-bottom:12px}
+.bar{height:10px;background:#e3e5ea;border-radius:5px;overflow:hidden;max-width:300px}
+.bar span{display:block;height:100%;background:#3b6fd4}
+.full .bar span{background:#c4302b}
+button{padding:4px 10px}
+small{color:#5a6275}
+";
+
+/// Renders the page.
+pub fn render(v: &View<'_>) -> String {
+    let r = v.report;
+    let mut h = String::new();
+    let _ = write!(h, "<!doctype html><html lang=en><head><meta charset=utf-8>");
+    let _ = write!(
+        h,
+        "<meta name=viewport content=\"width=device-width, initial-scale=1\">"
+    );
+    if v.refresh {
+        let _ = write!(h, "<meta http-equiv=refresh content=10>");
+    }
+    let _ = write!(
+        h,
+        "<title>store-outbox {}</title><style>{STYLE}</style></head><body>",
+        esc(&r.store_id)
+    );
+    let running = match r.uptime_s {
+        Some(up) => format!("running, up {}", crate::cli::human_duration(up)),
+        None if r.agent_running => "running".into(),
+        None => "NOT RUNNING".into(),
+    };
+    let _ = write!(
+        h,
+        "<header><h1>store-outbox</h1><span>store <b>{}</b></span><span>agent <b>{}</b></span><span>{}</span><span>v{}</span></header><main>",
+        esc(&r.store_id),
+        esc(&r.agent_id),
+        esc(&running),
+        esc(&r.version)
+    );
+    if let Some(m) = v.message {
+        let _ = write!(h, "<div class=msg>{}</div>", esc(m));
+    }
+
+    let _ = write!(h, "<section><h2>Subscriptions</h2><table><tr><th>Name</th><th>State</th><th>Pending</th><th>In flight</th><th>Parked</th><th>Oldest pending</th><th>Delivered</th><th>Last success</th><th>Last error</th></tr>");
+    if r.subscriptions.is_empty() {
+        let _ = write!(
+            h,
+            "<tr><td colspan=9>No subscriptions configured: events are stored and wait for one.</td></tr>"
+        );
+    }
+    for s in &r.subscriptions {
+        let parked_class = if s.parked > 0 { " warn" } else { "" };
+        let _ = write!(
+            h,
+            "<tr><td><b>{}</b><br><small>{}</small></td><td><span class=\"state {}\">{}</span></td><td class=num>{}</td><td class=num>{}</td><td class=\"num{parked_class}\">{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&s.name),
+            esc(s.url.as_deref().unwrap_or("")),
+            esc(&s.state),
+            esc(&s.state),
+            s.pending,
+            s.in_flight,
+            s.parked,
+            s.oldest_pending_age_s.map(crate::cli::human_duration).unwrap_or_else(|| "-".into()),
+            s.delivered_total,
+            esc(s.last_success_at.as_deref().unwrap_or("-")),
+            esc(s.last_error.as_deref().unwrap_or("-")),
+        );
+    }
+    let _ = write!(h, "</table></section>");
+
+    let _ = write!(h, "<section><h2>Parked events</h2>");
+    if v.parked.is_empty() {
+        let _ = write!(h, "<p>None. Parked events are deliveries an endpoint refused for longer than <code>retry.give_up_after</code>; later events of the same entity wait behind them.</p>");
+    } else if !v.mutations {
+        let _ = write!(
+            h,
+            "<p class=warn>Resend is off: set <code>admin.token_file</code> in the config.</p>"
+        );
+    } else if v.refresh {
+        let _ = write!(h, "<p><a href=\"/?pause=1\">Stop auto-refresh to resend</a></p>");
+    }
+    if !v.parked.is_empty() {
+        let form = v.mutations && !v.refresh;
+        if form {
+            let _ = write!(h, "<form method=post action=/ui/resend><p><label>Token <input type=password name=token required autocomplete=off></label> <button name=parked value=1>Resend all parked</button></p>");
+        }
+        let _ = write!(h, "<table><tr><th>Event</th><th>Type</th><th>Entity</th><th>Subscription</th><th>Attempts</th><th>Last error</th><th></th></tr>");
+        for p in v.parked {
+            let button = if form {
+                format!("<button name=event_id value=\"{}\">Resend</button>", esc(&p.event_id))
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{} #{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{button}</td></tr>",
+                esc(&p.event_id),
+                esc(&p.event_type),
+                esc(&p.entity),
+                p.entity_seq,
+                esc(&p.subscription),
+                p.attempts,
+                esc(p.last_error.as_deref().unwrap_or("-"))
+            );
+        }
+        let _ = write!(h, "</table>");
+        if form {
+            let _ = write!(h, "</form>");
+        }
+    }
+    let _ = write!(h, "</section>");
+
+    let pct = if r.db.max_bytes > 0 {
+        (r.db.bytes as f64 / r.db.max_bytes as f64 * 100.0).min(100.0)
+    } else {
+        0.0
+    };
+    let full = if r.db.full { " class=full" } else { "" };
+    let _ = write!(
+        h,
+        "<section{full}><h2>Storage and ingest</h2><p>Database {} of {} ({pct:.0}%){}</p><div class=bar><span style=\"width:{pct:.1}%\"></span></div>",
+        bytesize::ByteSize(r.db.bytes).to_string_as(true),
+        bytesize::ByteSize(r.db.max_bytes).to_string_as(true),
+        if r.db.full { " <span class=warn>FULL: new events are refused</span>" } else { "" }
+    );
+    let _ = write!(
+        h,
+        "<p>Accepted {} · duplicates {} · rejected {} · spool waiting {} · spool failed <span class=\"{}\">{}</span></p></section>",
+        r.ingest.accepted_total,
+        r.ingest.duplicate_total,
+        r.ingest.rejected_total,
+        r.spool.incoming,
+        if r.spool.failed > 0 { "warn" } else { "" },
+        r.spool.failed
+    );
+    let _ = write!(
+        h,
+        "<p><small>{} · JSON: <a href=/v1/status>/v1/status</a> · <a href=/metrics>/metrics</a> · <a href=/healthz>/healthz</a></small></p></main></body></html>",
+        if v.refresh { "Refreshes every 10 s" } else { "Auto-refresh paused: <a href=/>resume</a>" }
+    );
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::esc;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+}

@@ -1,0 +1,92 @@
+//! The status report: per subscription delivery state, database size, ingest
+//! counters and spool files, read from the database. Shared by `status`, the
+//! admin API (`/v1/status`) and the status page.
+
+use std::os::unix::net::UnixStream;
+
+use serde::Serialize;
+
+use crate::outbox::{self, read};
+
+/// The `status --json` document.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// Agent version.
+    pub version: String,
+    /// `agent.store_id`.
+    pub store_id: String,
+    /// `agent.agent_id`.
+    pub agent_id: String,
+    /// Whether an agent answers on the ingest socket.
+    pub agent_running: bool,
+    /// Seconds since the running agent started.
+    pub uptime_s: Option<i64>,
+    /// Database figures.
+    pub db: read::DbStatus,
+    /// Ingest counters.
+    pub ingest: read::IngestCounters,
+    /// The spool directory.
+    pub spool: SpoolStatus,
+    /// Per subscription.
+    pub subscriptions: Vec<read::SubscriptionStatus>,
+}
+
+/// Files in the spool directory.
+#[derive(Debug, Serialize)]
+pub struct SpoolStatus {
+    /// `ingest.spool_dir`.
+    pub dir: String,
+    /// Files waiting in `incoming/`.
+    pub incoming: usize,
+    /// Refused files in `failed/`.
+    pub failed: usize,
+}
+
+/// Builds the report from the database.
+pub fn report(config: &crate::config::Config) -> Result<StatusReport, String> {
+    let db_path = config.db_path();
+    let conn = outbox::open_reader(&db_path).map_err(|e| e.to_string())?;
+    let db_err = |e: rusqlite::Error| format!("{}: {e}", db_path.display());
+    let agent_running = UnixStream::connect(&config.ingest.socket).is_ok();
+    let uptime_s = if agent_running {
+        read::meta(&conn, "started_at")
+            .map_err(db_err)?
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|t| ((outbox::now_ms() - t) / 1000).max(0))
+    } else {
+        None
+    };
+    let mut subscriptions = read::subscriptions(&conn).map_err(db_err)?;
+    if !agent_running {
+        for s in subscriptions.iter_mut().filter(|s| s.configured) {
+            s.state = "stopped".into();
+            s.in_flight = 0;
+        }
+    }
+    Ok(StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        store_id: config.agent.store_id.clone(),
+        agent_id: config.agent.agent_id.clone(),
+        agent_running,
+        uptime_s,
+        db: {
+            let bytes = read::used_bytes(&conn).map_err(db_err)?;
+            read::DbStatus {
+                path: db_path.display().to_string(),
+                bytes,
+                max_bytes: config.storage.max_db_bytes,
+                full: bytes >= config.storage.max_db_bytes,
+            }
+        },
+        ingest: read::ingest_counters(&conn).map_err(db_err)?,
+        spool: {
+            let (incoming, failed) = crate::ingest::spool::SpoolDirs::new(&config.ingest.spool_dir).counts();
+            SpoolStatus {
+                dir: config.ingest.spool_dir.display().to_string(),
+                incoming,
+                failed,
+            }
+        },
+        subscriptions,
+    })
+}
