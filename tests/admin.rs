@@ -210,7 +210,7 @@ fn the_status_page_shows_subscriptions_and_parked_events() {
         port,
         "/ui/resend",
         "content-type: application/x-www-form-urlencoded\r\n",
-        "token=wrong&event_id=bad-1",
+        "token=wrong&delivery=erp%3Abad-1",
     );
     assert_eq!(code, 303, "{resp}");
     assert!(resp.contains("wrong"), "{resp}");

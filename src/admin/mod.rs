@@ -180,9 +180,17 @@ async fn run_resend(admin: &Admin, request: resend::ResendRequest) -> Result<res
     .await
 }
 
+/// Query of `POST /v1/events/{id}/resend`.
+#[derive(Deserialize, Default)]
+struct ResendQuery {
+    /// Only this subscription's delivery.
+    subscription: Option<String>,
+}
+
 async fn api_resend(
     State(admin): State<Arc<Admin>>,
     Path(id): Path<String>,
+    Query(q): Query<ResendQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let bearer = headers
@@ -190,25 +198,24 @@ async fn api_resend(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     admin.token_ok(bearer)?;
-    let outcome = run_resend(
-        &admin,
-        resend::ResendRequest {
-            event_ids: vec![id],
-            ..Default::default()
-        },
-    )
-    .await?;
+    let request = resend::ResendRequest {
+        event_ids: vec![id],
+        subscription: q.subscription,
+        ..Default::default()
+    };
+    let outcome = run_resend(&admin, request).await?;
     if outcome.queued == 0 {
         return Ok((StatusCode::NOT_FOUND, Json(outcome)).into_response());
     }
     Ok(Json(outcome).into_response())
 }
 
-/// The page's resend form: one button per parked event, or all of them.
+/// The page's resend form: one button per parked delivery
+/// (`<subscription>:<event id>`), or all of them.
 #[derive(Deserialize)]
 struct ResendForm {
     token: String,
-    event_id: Option<String>,
+    delivery: Option<String>,
     parked: Option<String>,
 }
 
@@ -216,9 +223,14 @@ async fn page_resend(State(admin): State<Arc<Admin>>, Form(form): Form<ResendFor
     let message = match admin.token_ok(Some(&form.token)) {
         Err((_, why)) => why,
         Ok(()) => {
+            let (subscription, event_id) = match form.delivery.as_deref().and_then(|d| d.split_once(':')) {
+                Some((sub, id)) => (Some(sub.to_string()), Some(id.to_string())),
+                None => (None, None),
+            };
             let request = resend::ResendRequest {
-                event_ids: form.event_id.into_iter().collect(),
+                event_ids: event_id.into_iter().collect(),
                 parked: form.parked.is_some(),
+                subscription,
                 ..Default::default()
             };
             match run_resend(&admin, request).await {

@@ -138,7 +138,12 @@ pub fn render(v: &View<'_>) -> String {
         let _ = write!(h, "<table><tr><th>Event</th><th>Type</th><th>Entity</th><th>Subscription</th><th>Attempts</th><th>Last error</th><th></th></tr>");
         for p in v.parked {
             let button = if form {
-                format!("<button name=event_id value=\"{}\">Resend</button>", esc(&p.event_id))
+                // "<subscription>:<event id>": names cannot hold ':', so the split is unambiguous.
+                format!(
+                    "<button name=delivery value=\"{}:{}\">Resend</button>",
+                    esc(&p.subscription),
+                    esc(&p.event_id)
+                )
             } else {
                 String::new()
             };
