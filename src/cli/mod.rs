@@ -5,6 +5,7 @@
 
 mod check_config;
 mod demo;
+mod doctor;
 mod events;
 pub use events::parse_since;
 mod receive;
@@ -82,6 +83,8 @@ pub enum Command {
     Resend(resend::ResendArgs),
     /// Validate the config file; exit 2 naming what is wrong.
     CheckConfig,
+    /// Check every subscription: DNS, TCP, TLS, an HTTP answer, clock skew.
+    Doctor(doctor::DoctorArgs),
     /// A webhook receiver that verifies signatures and per-entity order.
     Receive(receive::ReceiveArgs),
 }
@@ -98,6 +101,7 @@ pub fn main(cli: Cli) -> CliResult {
         Command::Resend(args) => resend::run(cli.config.as_deref(), args),
         Command::CheckConfig => check_config::run(cli.config.as_deref()),
         Command::Receive(args) => receive::run(args),
+        Command::Doctor(args) => doctor::run(cli.config.as_deref(), args),
     }
 }
 

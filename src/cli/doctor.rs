@@ -1,0 +1,365 @@
+//! `doctor`: can this store reach every subscription? DNS, TCP connect, TLS
+//! handshake (with the configured CA and client certificate), an HTTP answer
+//! and clock skew from the `Date` header; each step with a pass/fail line and
+//! a hint. Exit 1 if any step fails.
+//!
+//! The TLS and HTTP steps use the very client delivery uses
+//! (`deliver::webhook::build_client`), so a pass here means delivery can
+//! connect too. Nothing is POSTed: the check is a GET.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{init_logging, load_config, runtime, CliError, CliResult};
+use crate::config::SubscriptionConfig;
+
+/// Arguments of `doctor`.
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this subscription.
+    #[arg(long, value_name = "S")]
+    pub subscription: Option<String>,
+}
+
+/// Clock skew beyond which receivers refuse our signatures (Standard Webhooks
+/// libraries allow 5 minutes).
+const SKEW_FAIL: Duration = Duration::from_secs(300);
+/// Skew worth a warning.
+const SKEW_WARN: Duration = Duration::from_secs(30);
+
+/// The result of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Works, but worth a look.
+    Warn,
+    /// Broken: delivery will fail.
+    Fail,
+    /// Not run (an earlier step failed, or not applicable).
+    Skip,
+}
+
+/// One step's line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// dns, tcp, tls, http, clock.
+    pub step: &'static str,
+    /// Outcome.
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+fn step(step: &'static str, verdict: Verdict, detail: impl Into<String>, hint: Option<&str>) -> Step {
+    Step {
+        step,
+        verdict,
+        detail: detail.into(),
+        hint: hint.map(str::to_string),
+    }
+}
+
+/// One subscription's checks.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Subscription name.
+    pub subscription: String,
+    /// Its URL (no credentials).
+    pub url: String,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+async fn check(sub: SubscriptionConfig) -> Report {
+    let sub = &sub;
+    let mut steps = Vec::new();
+    let url = &sub.url;
+    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let budget = sub.timeout.min(Duration::from_secs(10));
+    let skip_rest = |steps: &mut Vec<Step>, from: usize| {
+        for name in ["dns", "tcp", "tls", "http", "clock"].into_iter().skip(from) {
+            steps.push(step(name, Verdict::Skip, "not run", None));
+        }
+    };
+
+    // DNS
+    let started = Instant::now();
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout(budget, tokio::net::lookup_host((host.as_str(), port))).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                steps.push(step(
+                    "dns",
+                    Verdict::Fail,
+                    format!("{host}: {e}"),
+                    Some("check the host name in the URL and the store's DNS server (/etc/resolv.conf)"),
+                ));
+                skip_rest(&mut steps, 1);
+                return Report {
+                    subscription: sub.name.clone(),
+                    url: sub.url_for_logs(),
+                    steps,
+                };
+            }
+            Err(_) => {
+                steps.push(step(
+                    "dns",
+                    Verdict::Fail,
+                    format!("{host}: no answer within {budget:?}"),
+                    Some("the store's DNS server does not answer"),
+                ));
+                skip_rest(&mut steps, 1);
+                return Report {
+                    subscription: sub.name.clone(),
+                    url: sub.url_for_logs(),
+                    steps,
+                };
+            }
+        };
+    let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    steps.push(step(
+        "dns",
+        Verdict::Ok,
+        format!("{host} -> {} ({} ms)", shown.join(", "), started.elapsed().as_millis()),
+        None,
+    ));
+
+    // TCP
+    let started = Instant::now();
+    let mut connected = None;
+    let mut last_error = String::new();
+    for addr in &addrs {
+        match tokio::time::timeout(budget, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => {
+                connected = Some(*addr);
+                break;
+            }
+            Ok(Err(e)) => last_error = format!("{addr}: {e}"),
+            Err(_) => last_error = format!("{addr}: no answer within {budget:?}"),
+        }
+    }
+    match connected {
+        Some(addr) => steps.push(step(
+            "tcp",
+            Verdict::Ok,
+            format!("connected to {addr} ({} ms)", started.elapsed().as_millis()),
+            None,
+        )),
+        None => {
+            steps.push(step(
+                "tcp",
+                Verdict::Fail,
+                last_error,
+                Some("the endpoint is down, or a firewall or proxy blocks this port from the store"),
+            ));
+            skip_rest(&mut steps, 2);
+            return Report {
+                subscription: sub.name.clone(),
+                url: sub.url_for_logs(),
+                steps,
+            };
+        }
+    }
+
+    // TLS + HTTP, with delivery's own client.
+    let tls = url.scheme() == "https";
+    let client = match crate::deliver::webhook::build_client(sub) {
+        Ok(c) => c,
+        Err(e) => {
+            steps.push(step(
+                "tls",
+                Verdict::Fail,
+                e,
+                Some("fix ca_file / client_cert / client_key in the config"),
+            ));
+            skip_rest(&mut steps, 3);
+            return Report {
+                subscription: sub.name.clone(),
+                url: sub.url_for_logs(),
+                steps,
+            };
+        }
+    };
+    let started = Instant::now();
+    let mut request = client.get(url.clone());
+    for (k, v) in &sub.headers {
+        request = request.header(k, v);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let ms = started.elapsed().as_millis();
+            if tls {
+                steps.push(step("tls", Verdict::Ok, "handshake ok, certificate trusted", None));
+            } else {
+                steps.push(step(
+                    "tls",
+                    Verdict::Skip,
+                    "plain http: not encrypted",
+                    Some("use https:// outside the store's own network"),
+                ));
+            }
+            let status = response.status();
+            let (verdict, hint) = if status.is_server_error() {
+                (
+                    Verdict::Warn,
+                    Some("the endpoint answers but reports an error of its own"),
+                )
+            } else {
+                (Verdict::Ok, None)
+            };
+            steps.push(step(
+                "http",
+                verdict,
+                format!("GET answered {status} ({ms} ms); webhooks are POSTed"),
+                hint,
+            ));
+            let date = response
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok());
+            match date {
+                None => steps.push(step("clock", Verdict::Skip, "no Date header in the answer", None)),
+                Some(theirs) => {
+                    let ours = SystemTime::now();
+                    let (skew, sign) = match ours.duration_since(theirs) {
+                        Ok(d) => (d, "ahead of"),
+                        Err(e) => (e.duration(), "behind"),
+                    };
+                    let detail = format!("this clock is {}s {sign} the endpoint's", skew.as_secs());
+                    let hint =
+                        Some("fix the store PC's time (NTP): receivers refuse signatures more than 5 minutes off");
+                    let s = if skew > SKEW_FAIL {
+                        step("clock", Verdict::Fail, detail, hint)
+                    } else if skew > SKEW_WARN {
+                        step("clock", Verdict::Warn, detail, hint)
+                    } else {
+                        step("clock", Verdict::Ok, detail, None)
+                    };
+                    steps.push(s);
+                }
+            }
+        }
+        Err(e) => {
+            let chain = error_chain(&e);
+            let lower = chain.to_lowercase();
+            let tls_failed = tls
+                && ["certificate", "tls", "handshake", "unknownissuer", "alert"]
+                    .iter()
+                    .any(|k| lower.contains(k));
+            if tls_failed {
+                steps.push(step(
+                    "tls",
+                    Verdict::Fail,
+                    chain,
+                    Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
+                ));
+                skip_rest(&mut steps, 3);
+            } else {
+                if tls {
+                    steps.push(step("tls", Verdict::Skip, "not reached", None));
+                } else {
+                    steps.push(step("tls", Verdict::Skip, "plain http", None));
+                }
+                let hint = if e.is_timeout() {
+                    "the endpoint accepts connections but does not answer within the timeout"
+                } else {
+                    "the endpoint closed the connection without an HTTP answer"
+                };
+                steps.push(step("http", Verdict::Fail, chain, Some(hint)));
+                skip_rest(&mut steps, 4);
+            }
+        }
+    }
+    Report {
+        subscription: sub.name.clone(),
+        url: sub.url_for_logs(),
+        steps,
+    }
+}
+
+/// Runs the checks and prints them.
+pub fn run(path: Option<&std::path::Path>, args: DoctorArgs) -> CliResult {
+    let config = load_config(path)?;
+    init_logging("error");
+    let subs: Vec<SubscriptionConfig> = config
+        .subscriptions
+        .iter()
+        .filter(|s| args.subscription.as_deref().is_none_or(|n| n == s.name))
+        .cloned()
+        .collect();
+    if subs.is_empty() {
+        return match args.subscription {
+            Some(name) => Err(CliError::usage(format!("--subscription {name:?}: not in the config"))),
+            None => {
+                println!("no subscriptions configured: nothing to check");
+                Ok(())
+            }
+        };
+    }
+    let rt = runtime()?;
+    let reports: Vec<Report> = rt.block_on(async { futures_join(subs.into_iter().map(check).collect()).await });
+    let failed = reports
+        .iter()
+        .flat_map(|r| &r.steps)
+        .any(|s| s.verdict == Verdict::Fail);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
+    } else {
+        for r in &reports {
+            println!("{}  {}", r.subscription, r.url);
+            for s in &r.steps {
+                let mark = match s.verdict {
+                    Verdict::Ok => "ok  ",
+                    Verdict::Warn => "WARN",
+                    Verdict::Fail => "FAIL",
+                    Verdict::Skip => "skip",
+                };
+                println!("  {mark}  {:<6} {}", s.step, s.detail);
+                if let Some(h) = &s.hint {
+                    if s.verdict != Verdict::Ok {
+                        println!("              hint: {h}");
+                    }
+                }
+            }
+            println!();
+        }
+    }
+    if failed {
+        Err(CliError::runtime("some checks failed (see above)"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs the checks side by side.
+async fn futures_join<F: std::future::Future<Output = Report> + Send + 'static>(futures: Vec<F>) -> Vec<Report> {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        if let Ok(r) = h.await {
+            out.push(r);
+        }
+    }
+    out
+}

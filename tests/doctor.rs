@@ -1,0 +1,175 @@
+//! `doctor` against real endpoints: a loopback receiver, a closed port, and a
+//! TLS server (openssl s_server) whose CA is unknown, then configured.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it.
+fn make_certs(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=store-outbox test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+struct TlsServer(Child);
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tls_server(dir: &Path, port: u16) -> TlsServer {
+    let child = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            "server.pem",
+            "-key",
+            "server.key",
+            "-www",
+            "-quiet",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    wait_until(Duration::from_secs(20), "s_server listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    TlsServer(child)
+}
+
+fn doctor(agent: &Agent) -> (i32, String) {
+    let out = agent.cli(&["doctor"]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_live_receiver_passes_every_step() {
+    let rx = Receiver::start();
+    let agent = Agent::new(&subscription("erp", &rx.url(), ""));
+    let (code, out) = doctor(&agent);
+    assert_eq!(code, 0, "{out}");
+    for line in ["ok    dns", "ok    tcp", "skip  tls", "ok    http", "ok    clock"] {
+        assert!(out.contains(line), "{line} in\n{out}");
+    }
+    let json = agent.cli(&["doctor", "--json"]);
+    let reports: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(reports[0]["subscription"], "erp");
+    assert_eq!(reports[0]["steps"][1]["verdict"], "ok");
+}
+
+#[test]
+fn a_closed_port_fails_at_tcp_with_a_hint() {
+    let url = format!("http://127.0.0.1:{}/hooks", free_port());
+    let agent = Agent::new(&subscription("erp", &url, ""));
+    let (code, out) = doctor(&agent);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  tcp") && out.contains("hint: the endpoint is down"),
+        "{out}"
+    );
+    assert!(out.contains("skip  http"), "{out}");
+}
+
+#[test]
+fn an_unknown_ca_fails_at_tls_and_passes_with_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certs(dir.path());
+    let port = free_port();
+    let _server = tls_server(dir.path(), port);
+    let url = format!("https://127.0.0.1:{port}/");
+    let agent = Agent::new(&subscription("erp", &url, ""));
+    let (code, out) = doctor(&agent);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ok    tcp") && out.contains("FAIL  tls"), "{out}");
+    assert!(out.contains("set ca_file"), "{out}");
+
+    let ca = dir.path().join("ca.pem");
+    agent.write_config(&subscription("erp", &url, &format!("ca_file = \"{}\"", ca.display())));
+    let (code, out) = doctor(&agent);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok    tls") && out.contains("ok    http"), "{out}");
+}
