@@ -157,6 +157,7 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         }
         .run(),
     );
+    let mut heartbeats = Vec::new();
     for (sub, endpoint) in subs.iter().zip(endpoints) {
         let reader = outbox::open_reader(&db_path)?;
         let scheduler = Scheduler::new(
@@ -168,8 +169,18 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
             SHUTDOWN_GRACE,
             metrics.clone(),
         );
+        heartbeats.push((sub.config.name.clone(), scheduler.heartbeat()));
         tasks.spawn(scheduler.run());
     }
+    tasks.spawn(
+        crate::notify::Supervisor {
+            writer: writer.clone(),
+            heartbeats,
+            db_path: db_path.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
     if let Some(l) = admin_listener {
         let admin = Arc::new(admin::Admin {
             config: Arc::new(config.clone()),
@@ -212,8 +223,10 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         });
     }
 
+    crate::notify::ready(&crate::notify::status_line(&db_path));
     let mut stop = shutdown.clone();
     stop.wait().await;
+    crate::notify::stopping();
     tracing::info!("stopping: no new events taken, finishing commits and requests in flight");
     while tasks.join_next().await.is_some() {}
     drop(writer);

@@ -14,6 +14,7 @@
 //! - [`deliver`]: per-subscription schedulers (per-entity order, backoff,
 //!   offline probing) and the webhook sender.
 //! - [`metrics`]: Prometheus metrics, from the database and from delivery.
+//! - [`notify`]: systemd readiness, status and watchdog (sd_notify).
 //! - [`signing`]: Standard Webhooks signatures, shared by sender and receiver.
 //! - [`receiver`]: a checking webhook receiver (`receive`, `demo`).
 //! - [`status`]: the status report (CLI, admin API, page).
@@ -30,6 +31,7 @@ pub mod deliver;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod receiver;
 pub mod shutdown;

@@ -94,6 +94,8 @@ pub struct Scheduler {
     persisted: (bool, usize),
     /// `resend_generation` last seen in `meta`.
     resend_generation: Option<String>,
+    /// Stamped at every turn of the loop's tick, for the watchdog.
+    heartbeat: crate::notify::Heartbeat,
 }
 
 impl Scheduler {
@@ -126,7 +128,17 @@ impl Scheduler {
             offline_since: None,
             persisted: (false, usize::MAX),
             resend_generation: None,
+            heartbeat: {
+                let beat = crate::notify::Heartbeat::default();
+                beat.beat();
+                beat
+            },
         }
+    }
+
+    /// The heartbeat the watchdog reads.
+    pub fn heartbeat(&self) -> crate::notify::Heartbeat {
+        self.heartbeat.clone()
     }
 
     fn retry(&self) -> RetryConfig {
@@ -182,6 +194,7 @@ impl Scheduler {
                 _ = self.sub.inbox.wait() => self.merge_inbox(),
                 _ = sleep_until_opt(wake) => {}
                 _ = tick.tick() => {
+                    self.heartbeat.beat();
                     self.resync_parked();
                     self.resync_resent();
                     if self.persisted != (self.online, self.in_flight) {

@@ -147,6 +147,11 @@ impl Agent {
 
     /// Starts the agent and waits until its socket answers.
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Like [`Agent::start`], with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("agent-{}.log", self.starts))).expect("log file");
@@ -154,6 +159,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("STORE_OUTBOX_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,141 @@
+//! systemd integration (`Type=notify`): `READY=1` once the database is open
+//! and every listener is bound, `STATUS=` lines with the backlog,
+//! `WATCHDOG=1` only while the writer commits and every scheduler loops, and
+//! `STOPPING=1` on shutdown. Without `NOTIFY_SOCKET` (not under systemd)
+//! every call is a no-op.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+use crate::outbox::writer::Writer;
+use crate::shutdown::Shutdown;
+
+/// How often `STATUS=` is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// A scheduler whose loop has not turned for this long is stuck.
+const SCHEDULER_STALE_MS: i64 = 30_000;
+
+/// A loop's "I am alive" stamp (monotonic-ish wall clock ms of its last turn).
+#[derive(Clone, Default)]
+pub struct Heartbeat(Arc<AtomicI64>);
+
+impl Heartbeat {
+    /// Marks the loop as alive now.
+    pub fn beat(&self) {
+        self.0.store(crate::outbox::now_ms(), Ordering::Relaxed);
+    }
+    fn age_ms(&self) -> i64 {
+        crate::outbox::now_ms() - self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn send(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Tells systemd the agent is ready.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// Tells systemd the agent is stopping.
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// Status lines and the watchdog, until shutdown.
+pub struct Supervisor {
+    /// Pinged: a committed write proves the writer and the disk work.
+    pub writer: Writer,
+    /// One per scheduler.
+    pub heartbeats: Vec<(String, Heartbeat)>,
+    /// For the backlog figure.
+    pub db_path: PathBuf,
+    /// Stop signal.
+    pub shutdown: Shutdown,
+}
+
+impl Supervisor {
+    /// Runs until shutdown.
+    pub async fn run(self) {
+        let watchdog = watchdog_interval().map(|d| d / 2);
+        let mut pet = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut status = tokio::time::interval(STATUS_EVERY);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = pet.tick(), if watchdog.is_some() => {
+                    if self.alive().await {
+                        send(&[NotifyState::Watchdog]);
+                    }
+                }
+                _ = status.tick() => {
+                    let path = self.db_path.clone();
+                    let line = tokio::task::spawn_blocking(move || status_line(&path)).await.unwrap_or_default();
+                    send(&[NotifyState::Status(&line)]);
+                }
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// The writer commits and every scheduler turned recently.
+    async fn alive(&self) -> bool {
+        if !tokio::time::timeout(Duration::from_secs(5), self.writer.ping())
+            .await
+            .unwrap_or(false)
+        {
+            tracing::error!("watchdog: the outbox writer did not commit in time; not petting the watchdog");
+            return false;
+        }
+        for (name, beat) in &self.heartbeats {
+            if beat.age_ms() > SCHEDULER_STALE_MS {
+                tracing::error!(subscription = %name, "watchdog: the scheduler is stuck; not petting the watchdog");
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The watchdog timeout systemd asks for, as libsystemd's
+/// `sd_watchdog_enabled` reads it: `WATCHDOG_USEC`, and `WATCHDOG_PID` only
+/// when set (then it must be us).
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|u| *u > 0)?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => Some(Duration::from_micros(usec)),
+    }
+}
+
+/// "backlog 12 (erp offline)" for `systemctl status`.
+pub fn status_line(db_path: &std::path::Path) -> String {
+    let Ok(conn) = crate::outbox::open_reader(db_path) else {
+        return "running".into();
+    };
+    let Ok(subs) = crate::outbox::read::subscriptions(&conn) else {
+        return "running".into();
+    };
+    let backlog: i64 = subs.iter().map(|s| s.pending + s.parked).sum();
+    let offline: Vec<&str> = subs
+        .iter()
+        .filter(|s| s.state == "offline")
+        .map(|s| s.name.as_str())
+        .collect();
+    let parked: i64 = subs.iter().map(|s| s.parked).sum();
+    let mut line = format!("backlog {backlog}");
+    if parked > 0 {
+        line += &format!(", {parked} parked");
+    }
+    if !offline.is_empty() {
+        line += &format!(", offline: {}", offline.join(", "));
+    }
+    line
+}
