@@ -258,27 +258,33 @@ pub fn subscription(name: &str, url: &str, extra: &str) -> String {
 /// Reads exactly `content-length` bytes, so servers that keep the connection
 /// open despite `connection: close` do not hang it.
 pub fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    try_http_request(port, method, path, body).unwrap_or_else(|e| panic!("{method} {path} on port {port}: {e}"))
+}
+
+/// Like [`http_request`], with connection errors returned (the agent may be
+/// killed mid-request in crash tests).
+pub fn try_http_request(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, serde_json::Value)> {
     use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to HTTP");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).expect("write head");
-    let _ = stream.write_all(body);
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).expect("status line");
+    reader.read_line(&mut status_line)?;
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status code");
+        .ok_or_else(|| std::io::Error::other(format!("no status line: {status_line:?}")))?;
     let mut length: Option<usize> = None;
     loop {
         let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
         if let Some((k, v)) = line.split_once(':') {
@@ -291,13 +297,13 @@ pub fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, s
     match length {
         Some(n) => {
             body.resize(n, 0);
-            let _ = reader.read_exact(&mut body);
+            reader.read_exact(&mut body)?;
         }
         None => {
-            let _ = reader.read_to_end(&mut body);
+            reader.read_to_end(&mut body)?;
         }
     }
-    (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
 }
 
 /// Sends lines over one connection, pipelined, and returns one reply per line.
