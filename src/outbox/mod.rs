@@ -31,6 +31,11 @@ pub const DELIVERED: i64 = 1;
 /// Delivery state: gave up after `give_up_after`; blocks its entity until resent.
 pub const PARKED: i64 = 2;
 
+/// How long a connection waits for another one's write lock (the agent's
+/// writer and an operator's `resend` share the file). Generous: a slow disk
+/// under load can hold a commit's fsync for seconds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Wall-clock milliseconds since the Unix epoch, for stored timestamps only
 /// (scheduling uses monotonic time).
 pub fn now_ms() -> i64 {
@@ -65,7 +70,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, OpenError> {
     }
     let mut conn = Connection::open(path).map_err(|e| open_error(path, e))?;
     let hint = "the file is not a readable store-outbox database; move it aside (keep it for support) and start again, or restore a backup";
-    conn.busy_timeout(Duration::from_secs(10))
+    conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| open_error(path, e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -89,7 +94,7 @@ pub fn open_reader(path: &Path) -> Result<Connection, OpenError> {
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| open_error(path, e))?;
-    conn.busy_timeout(Duration::from_secs(10))
+    conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| open_error(path, e))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
