@@ -342,3 +342,34 @@ fn lines_arriving_during_shutdown_get_shutting_down_or_are_kept() {
         assert_eq!(stored, 0, "not acknowledged, not stored");
     }
 }
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').expect("comm").1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn an_idle_agent_stays_idle() {
+    // A busy loop (e.g. the spool watcher reacting to its own directory
+    // reads) burns a store PC's CPU for nothing. Idle means well under 25% of
+    // one core, on any machine.
+    let mut agent = Agent::new("");
+    agent.start();
+    agent.drop_file(
+        "one.json",
+        event("idle-1", "till:1", "SaleCreated", serde_json::json!(1)).as_bytes(),
+    );
+    wait_until(Duration::from_secs(30), "spool file taken", || {
+        agent.stored_events() == 1
+    });
+    let pid = agent.child.as_ref().expect("running").id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(4));
+    let used = cpu_ticks(pid) - before;
+    // 100 ticks a second on Linux: 4 s of one core is 400 ticks.
+    assert!(used < 100, "idle agent used {used} ticks of CPU in 4 s");
+}

@@ -214,8 +214,20 @@ impl Spool {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let watcher = {
             use notify::Watcher;
-            let watched = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-                let _ = tx.try_send(());
+            let watched = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                // Only a new name in the directory matters. Reacting to every
+                // event would loop: our own scan opens the directory, which
+                // inotify reports as an access event.
+                let wanted = match res {
+                    Ok(event) => matches!(
+                        event.kind,
+                        notify::EventKind::Create(_) | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                    ),
+                    Err(_) => true, // overflow or error: scan to be safe
+                };
+                if wanted {
+                    let _ = tx.try_send(());
+                }
             })
             .and_then(|mut w| {
                 w.watch(&self.dirs.incoming, notify::RecursiveMode::NonRecursive)
