@@ -20,15 +20,23 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-/// One `v1,<sig>` entry.
-pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+/// The HMAC over `{msg_id}.{timestamp}.{body}`, ready to finalise or verify.
+fn mac(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(msg_id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    mac
+}
+
+/// One `v1,<sig>` entry.
+pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    format!(
+        "v1,{}",
+        STANDARD.encode(mac(key, msg_id, timestamp, body).finalize().into_bytes())
+    )
 }
 
 /// The `webhook-signature` header value: one signature per key, space separated.
@@ -41,12 +49,7 @@ pub fn signature_header(keys: &[Vec<u8>], msg_id: &str, timestamp: i64, body: &[
 
 /// Whether any `v1,` signature in `header` matches `key` (constant-time compare).
 pub fn verify(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
+    let mac = mac(key, msg_id, timestamp, body);
     header.split_whitespace().any(|entry| {
         entry
             .strip_prefix("v1,")

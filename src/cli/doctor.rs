@@ -90,7 +90,16 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 async fn check(sub: SubscriptionConfig) -> Report {
-    let sub = &sub;
+    let steps = run_steps(&sub).await;
+    Report {
+        subscription: sub.name.clone(),
+        url: sub.url_for_logs(),
+        steps,
+    }
+}
+
+/// The steps in order; after a failure the rest are skipped.
+async fn run_steps(sub: &SubscriptionConfig) -> Vec<Step> {
     let mut steps = Vec::new();
     let url = &sub.url;
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
@@ -115,11 +124,7 @@ async fn check(sub: SubscriptionConfig) -> Report {
                     Some("check the host name in the URL and the store's DNS server (/etc/resolv.conf)"),
                 ));
                 skip_rest(&mut steps, 1);
-                return Report {
-                    subscription: sub.name.clone(),
-                    url: sub.url_for_logs(),
-                    steps,
-                };
+                return steps;
             }
             Err(_) => {
                 steps.push(step(
@@ -129,11 +134,7 @@ async fn check(sub: SubscriptionConfig) -> Report {
                     Some("the store's DNS server does not answer"),
                 ));
                 skip_rest(&mut steps, 1);
-                return Report {
-                    subscription: sub.name.clone(),
-                    url: sub.url_for_logs(),
-                    steps,
-                };
+                return steps;
             }
         };
     let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
@@ -173,11 +174,7 @@ async fn check(sub: SubscriptionConfig) -> Report {
                 Some("the endpoint is down, or a firewall or proxy blocks this port from the store"),
             ));
             skip_rest(&mut steps, 2);
-            return Report {
-                subscription: sub.name.clone(),
-                url: sub.url_for_logs(),
-                steps,
-            };
+            return steps;
         }
     }
 
@@ -193,11 +190,7 @@ async fn check(sub: SubscriptionConfig) -> Report {
                 Some("fix ca_file / client_cert / client_key in the config"),
             ));
             skip_rest(&mut steps, 3);
-            return Report {
-                subscription: sub.name.clone(),
-                url: sub.url_for_logs(),
-                steps,
-            };
+            return steps;
         }
     };
     let started = Instant::now();
@@ -291,11 +284,7 @@ async fn check(sub: SubscriptionConfig) -> Report {
             }
         }
     }
-    Report {
-        subscription: sub.name.clone(),
-        url: sub.url_for_logs(),
-        steps,
-    }
+    steps
 }
 
 /// Runs the checks and prints them.
