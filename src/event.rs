@@ -189,7 +189,10 @@ pub fn now_rfc3339() -> String {
 /// Normalises an RFC 3339 time to UTC.
 pub fn normalise_time(text: &str) -> Result<String, String> {
     let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("{text:?} is not an RFC 3339 time ({e})"))?;
-    t.to_offset(time::UtcOffset::UTC)
+    // Checked: a time near the end of year 9999 with a negative offset has no
+    // UTC representation (found by fuzzing; `to_offset` would panic).
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .ok_or_else(|| format!("{text:?} is out of range in UTC"))?
         .format(&Rfc3339)
         .map_err(|e| e.to_string())
 }
@@ -362,6 +365,17 @@ mod tests {
             assert_eq!(err.code, ErrorCode::InvalidEvent, "{text}");
             assert!(err.message.starts_with(want), "{text}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn a_time_beyond_year_9999_in_utc_is_an_error_not_a_panic() {
+        let e =
+            parse(r#"{"type":"T","entity":"e","payload":1,"occurred_at":"9999-12-31T23:59:59-01:00"}"#).unwrap_err();
+        assert!(
+            e.message.starts_with("occurred_at:") && e.message.contains("out of range"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

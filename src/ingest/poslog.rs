@@ -53,6 +53,10 @@ fn line_at(text: &str, offset: usize) -> usize {
 
 /// Parses a POSLog document into events.
 pub fn parse(xml: &str) -> Result<Vec<NewEvent>, PosLogError> {
+    // quick-xml skips a byte-order mark without counting it in its
+    // positions, which would shift every slice below by 3 bytes (found by
+    // fuzzing): drop it first.
+    let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
     let mut reader = Reader::from_str(xml);
     reader.config_mut().trim_text(true);
     let mut stack: Vec<String> = Vec::new();
@@ -198,10 +202,24 @@ fn to_event(tx: Transaction) -> Result<NewEvent, PosLogError> {
         .as_deref()
         .and_then(|t| normalise_time(t).ok())
         .unwrap_or_else(now_rfc3339);
+    // Each part is valid on its own; together they must still fit the
+    // contract's limits (128 for ids, 256 for entities).
+    let event_id = format!("poslog:{store}:{workstation}:{sequence}");
+    let entity = format!("pos:{store}/{workstation}");
+    if !valid_event_id(&event_id) || crate::event::check_entity(&entity).is_err() {
+        return Err(PosLogError {
+            element: format!("Transaction[{}]", tx.index),
+            line: tx.line,
+            message: format!(
+                "RetailStoreID, WorkstationID and SequenceNumber are too long together: the event id would be {} characters (at most 128)",
+                event_id.len()
+            ),
+        });
+    }
     Ok(NewEvent {
-        event_id: format!("poslog:{store}:{workstation}:{sequence}"),
+        event_id,
         event_type: EVENT_TYPE.to_string(),
-        entity: format!("pos:{store}/{workstation}"),
+        entity,
         occurred_at,
         correlation_id: None,
         is_test: false,

@@ -70,8 +70,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, OpenError> {
     }
     let mut conn = Connection::open(path).map_err(|e| open_error(path, e))?;
     let hint = "the file is not a readable store-outbox database; move it aside (keep it for support) and start again, or restore a backup";
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| open_error(path, format!("{e}: {hint}")))?;
@@ -94,8 +93,7 @@ pub fn open_reader(path: &Path) -> Result<Connection, OpenError> {
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| open_error(path, e))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| open_error(path, e))?;
