@@ -55,8 +55,8 @@ fn line_at(text: &str, offset: usize) -> usize {
 pub fn parse(xml: &str) -> Result<Vec<NewEvent>, PosLogError> {
     // quick-xml skips a byte-order mark without counting it in its
     // positions, which would shift every slice below by 3 bytes (found by
-    // fuzzing): drop it first.
-    let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
+    // fuzzing): drop them (a file can hold several) first.
+    let xml = xml.trim_start_matches('\u{feff}');
     let mut reader = Reader::from_str(xml);
     reader.config_mut().trim_text(true);
     let mut stack: Vec<String> = Vec::new();
