@@ -593,11 +593,22 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 fn default_agent_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "agent".to_string())
+    // gethostname(2), not /proc/sys/kernel/hostname: the hardened unit hides
+    // most of /proc from the service.
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).trim().to_string()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "agent".to_string()
+    } else {
+        name
+    }
 }
 
 impl Config {
