@@ -1,0 +1,233 @@
+//! Processes and machine facts: child processes that die with the harness,
+//! memory of a process from /proc, load average, machine description.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// PIDs of the children still running, killed on Ctrl-C.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Spawns `cmd` so that it is killed when the harness dies, whatever the way.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, so every
+/// child is forked by one long-lived thread, never by a runtime worker that
+/// may be retired.
+pub fn spawn(cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("bench-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    // SAFETY: prctl and getppid are async-signal-safe; nothing
+                    // is allocated between fork and exec.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                                return Err(io::Error::last_os_error());
+                            }
+                            if libc::getppid() == 1 {
+                                return Err(io::Error::other("the harness is gone"));
+                            }
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawner thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, tx))
+        .map_err(|_| io::Error::other("spawner thread gone"))?;
+    let child = rx.recv().map_err(|_| io::Error::other("spawner thread gone"))??;
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(child.id());
+    Ok(child)
+}
+
+/// Forgets a child that was waited for.
+pub fn forget(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != pid);
+}
+
+/// Kills every child still running (Ctrl-C, fatal error).
+pub fn kill_all_children() {
+    for pid in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        // SAFETY: plain kill(2) on a PID this process spawned.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// Sends SIGTERM, waits up to `grace`, then SIGKILL. Returns how long the
+/// child took to exit and whether it exited by itself with status 0.
+pub fn stop_child(child: &mut Child, grace: Duration) -> (Duration, bool) {
+    let started = Instant::now();
+    if let Ok(Some(status)) = child.try_wait() {
+        forget(child.id());
+        return (Duration::ZERO, status.success());
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    while started.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            forget(child.id());
+            return (started.elapsed(), status.success());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    forget(child.id());
+    (started.elapsed(), false)
+}
+
+/// Memory of a process, KiB.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Mem {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+/// VmRSS and VmHWM of `pid`.
+pub fn mem(pid: u32) -> Option<Mem> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some(Mem {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+    })
+}
+
+/// CPU time (user + system) a process used so far, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second.
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Share of the last 10 s in which some runnable task waited for a CPU
+/// (Linux pressure stall information), percent; NaN where unavailable.
+pub fn cpu_pressure() -> f64 {
+    std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("some"))
+                .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("avg10=")))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = text.split_whitespace().map(|v| v.parse().unwrap_or(f64::NAN));
+    [
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+    ]
+}
+
+/// What the results were measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub mem_total_kib: u64,
+    pub arch: &'static str,
+    /// Block device holding the work directory, its filesystem and whether
+    /// the kernel calls it rotational (virtual disks often claim so).
+    pub disk: String,
+}
+
+pub fn machine(work_dir: &Path) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem_total_kib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Machine {
+        nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpu_model,
+        kernel,
+        mem_total_kib,
+        arch: std::env::consts::ARCH,
+        disk: disk_of(work_dir),
+    }
+}
+
+/// "vda (ext4, rotational=1)" for the mount holding `dir`.
+fn disk_of(dir: &Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let best = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?, f.next()?, f.next()?))
+        })
+        .filter(|(_, point, _)| dir.starts_with(point))
+        .max_by_key(|(_, point, _)| point.len());
+    match best {
+        Some((dev, point, fs)) => {
+            let name = dev.rsplit('/').next().unwrap_or(dev);
+            let rot = std::fs::read_to_string(format!("/sys/block/{name}/queue/rotational"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "?".into());
+            format!("{dev} on {point} ({fs}, rotational={rot})")
+        }
+        None => "unknown".into(),
+    }
+}
