@@ -179,6 +179,9 @@ impl Run {
     }
 }
 
+/// The temporary work directory, removed on Ctrl-C too (exit skips drops).
+static TEMP_WORK_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 fn main() {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -190,6 +193,9 @@ fn main() {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("\ninterrupted: stopping every process started");
                 sys::kill_all_children();
+                if let Some(dir) = TEMP_WORK_DIR.get() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
                 std::process::exit(130);
             }
         });
@@ -226,6 +232,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             if args.keep {
                 (tmp.keep(), None)
             } else {
+                let _ = TEMP_WORK_DIR.set(tmp.path().to_path_buf());
                 (tmp.path().to_path_buf(), Some(tmp))
             }
         }
