@@ -115,13 +115,24 @@ fn init_logging(default_level: &str) {
     let filter = std::env::var("STORE_OUTBOX_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default_level.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `Targets` reads the same "info" / "info,store_outbox=debug" directives
+    // as EnvFilter (not its span and field filters) without pulling in regex.
+    let targets: tracing_subscriber::filter::Targets = match filter.parse() {
+        Ok(targets) => targets,
+        Err(err) => {
+            // Logging is not up yet: say it on stderr, then go on at info.
+            eprintln!("store-outbox: ignoring log filter {filter:?} ({err}); logging at info");
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        }
+    };
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = tracing_subscriber::registry().with(layer).with(targets).try_init();
 }
 
 /// A tokio runtime for commands that need one.
