@@ -27,6 +27,7 @@ ALL_TARGETS=(
     json_file:8192:event.dict
     poslog_xml:16384:poslog.dict
     config_toml:4096:config.dict
+    socket_framing:8192:socket.dict
 )
 
 cd "$(dirname "$0")"
@@ -92,7 +93,7 @@ for entry in "${selected[@]}"; do
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
     corpus_after=$(find "$corpus" -type f | wc -l)
     if [[ $status -eq 0 ]]; then
-        summary+=("$(printf '%-12s ok     %10s runs  %8s exec/s  corpus %s -> %s  (%ss)' \
+        summary+=("$(printf '%-14s ok     %10s runs  %8s exec/s  corpus %s -> %s  (%ss)' \
             "$target" "${runs:-?}" "${rate:-?}" "$seeds" "$corpus_after" "$took")")
     else
         failed=1
@@ -105,7 +106,7 @@ for entry in "${selected[@]}"; do
             | cut -c1-400 || true)
         if [[ -n $reason ]]; then head -n 30 <<<"$reason"; else tail -n 30 "$log"; fi
         echo "!! crashing input: ${artifact:-none written (see log above)}"
-        summary+=("$(printf '%-12s CRASH  %10s runs  artifact: %s  (%ss)' "$target" "${runs:-?}" "${artifact:-?}" "$took")")
+        summary+=("$(printf '%-14s CRASH  %10s runs  artifact: %s  (%ss)' "$target" "${runs:-?}" "${artifact:-?}" "$took")")
     fi
 done
 

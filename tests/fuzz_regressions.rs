@@ -6,6 +6,10 @@ use std::path::Path;
 
 use store_outbox::event::{check_entity, valid_event_id, NewEvent};
 
+/// The `socket_framing` target's checks, the very file the target uses.
+#[path = "../fuzz/src/socket_framing.rs"]
+mod socket_framing;
+
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/regressions")
@@ -82,4 +86,37 @@ fn config_toml_regressions() {
         let _ = store_outbox::config::parse(&String::from_utf8_lossy(&bytes), Some(Path::new("/nonexistent/c.toml")));
         let _ = name;
     }
+}
+
+/// The socket stream's regressions, and its seed corpus too (edge cases of
+/// framing: blank lines, CRLF, an over-long line, no final newline, a BOM), so
+/// the framing checks run in `cargo test` even while no crash is recorded.
+#[test]
+fn socket_framing_regressions() {
+    let seeds = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/socket_framing"))
+        .expect("fuzz/corpus/socket_framing")
+        .filter_map(Result::ok)
+        .map(|e| {
+            (
+                format!("corpus/{}", e.file_name().to_string_lossy()),
+                std::fs::read(e.path()).expect("read input"),
+            )
+        });
+    let mut all: Vec<(String, Vec<u8>)> = inputs("socket_framing").into_iter().chain(seeds).collect();
+    all.sort();
+    assert!(all.len() >= 5, "the socket framing inputs are there");
+    let failed: Vec<&str> = all
+        .iter()
+        .filter(|(name, bytes)| {
+            std::panic::catch_unwind(|| {
+                socket_framing::check_stream(bytes, &mut |_line, e| assert_contract(std::slice::from_ref(e), name))
+            })
+            .is_err()
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "socket framing checks failed for {failed:?} (messages above)"
+    );
 }

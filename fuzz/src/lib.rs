@@ -80,3 +80,6 @@ pub fn check_events(events: &[NewEvent]) {
         check_event(e);
     }
 }
+
+/// The socket's framing harness (also replayed by the main crate's tests).
+pub mod socket_framing;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWrit
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::event::{parse_event, ErrorCode, IngestError, Reply};
+use crate::event::{parse_event, ErrorCode, IngestError, NewEvent, Reply};
 use crate::outbox::writer::{Ticket, Writer};
 use crate::shutdown::Shutdown;
 
@@ -74,18 +74,27 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// One line as read from the stream.
-enum Line {
-    /// A complete line (without its newline).
+/// One line as read from the stream by [`read_line`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line, now in the buffer without its `\n` (a `\r` before
+    /// it is kept; the caller strips it). At the end of the stream, the
+    /// non-empty unterminated rest counts as a line too.
     Text,
-    /// A line longer than the limit; its bytes were skipped.
+    /// A line of this many bytes (not counting its `\n`), more than the
+    /// limit; its bytes were skipped and the buffer is empty.
     TooLong(u64),
-    /// End of stream.
+    /// End of stream, with nothing left of a line.
     End,
 }
 
-/// Reads one line into `buf`, never holding more than `max` bytes of it.
-async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>, max: u64) -> io::Result<Line> {
+/// Reads one line into `buf` (cleared first), never holding more than `max`
+/// bytes of it: the socket's framing, public so that it can be tested and
+/// fuzzed without a socket (`fuzz/fuzz_targets/socket_framing.rs`).
+///
+/// Not cancellation safe: dropped mid-line, the bytes already consumed from
+/// `reader` are lost.
+pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>, max: u64) -> io::Result<Line> {
     buf.clear();
     let mut skipped: u64 = 0;
     loop {
@@ -121,6 +130,12 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>, m
 
 fn memchr(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
+}
+
+/// Parses a line [`read_line`] returned as [`Line::Text`]: a `\r` before the
+/// newline is dropped (CRLF producers), the rest is one event.
+pub fn parse_line(line: &[u8], max_event_bytes: u64) -> Result<NewEvent, IngestError> {
+    parse_event(line.strip_suffix(b"\r").unwrap_or(line), max_event_bytes)
 }
 
 async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut shutdown: Shutdown) {
@@ -185,12 +200,11 @@ async fn handle(stream: UnixStream, writer: Writer, max_event_bytes: u64, mut sh
                 )
             }
             Ok(Line::Text) => {
-                let text = buf.strip_suffix(b"\r").unwrap_or(&buf);
                 if shutdown.is_started() {
                     writer.count_rejected(ErrorCode::ShuttingDown);
                     Owed::Now(IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping").into())
                 } else {
-                    match parse_event(text, max_event_bytes) {
+                    match parse_line(&buf, max_event_bytes) {
                         // Submitted here, in line order; only the wait is deferred.
                         Ok(event) => Owed::AfterCommit(writer.submit(vec![event]).await),
                         Err(e) => {
