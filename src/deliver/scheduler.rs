@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -35,6 +36,9 @@ use crate::shutdown::Shutdown;
 const FAILURES_BEFORE_OFFLINE: u32 = 5;
 /// How often parked entities are looked at again (an operator may resend).
 const RESYNC_EVERY: Duration = Duration::from_secs(2);
+/// Delivery tasks (answered and waiting for their commit, or still in
+/// flight) allowed per request slot: bounds memory when commits stall.
+const TASKS_PER_SLOT: usize = 32;
 
 /// Where an entity stands in this subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,8 @@ struct Done {
     attempts: i64,
     /// Whether the outcome is committed; if not, the event is sent again.
     recorded: bool,
+    /// The task still holds its request slot (a failure, or no answer).
+    slot_held: bool,
     verdict: Verdict,
     was_probe: bool,
 }
@@ -81,7 +87,16 @@ pub struct Scheduler {
     entities: HashMap<i64, Entity>,
     /// (due, head seq, entity id) of every `Ready` entity.
     ready: BTreeSet<(Instant, i64, i64)>,
+    /// Delivery tasks that have not reported yet (request sent, or answered
+    /// and waiting for the outcome's commit); shown in `status`.
     in_flight: usize,
+    /// Requests not answered yet: what `max_in_flight` caps. A request gives
+    /// its slot back as soon as the answer is in, before its outcome is
+    /// committed; its entity stays `InFlight` until then, so the next event
+    /// of that entity still waits for the commit (order is unchanged).
+    requests: usize,
+    answered_tx: mpsc::UnboundedSender<()>,
+    answered_rx: mpsc::UnboundedReceiver<()>,
     online: bool,
     /// Failures in a row (any kind), reset by a 2xx.
     failures_in_a_row: u32,
@@ -109,6 +124,7 @@ impl Scheduler {
         grace: Duration,
         metrics: Metrics,
     ) -> Self {
+        let (answered_tx, answered_rx) = mpsc::unbounded_channel();
         Scheduler {
             sub,
             endpoint,
@@ -120,6 +136,9 @@ impl Scheduler {
             entities: HashMap::new(),
             ready: BTreeSet::new(),
             in_flight: 0,
+            requests: 0,
+            answered_tx,
+            answered_rx,
             online: true,
             failures_in_a_row: 0,
             probe_failures: 0,
@@ -139,6 +158,12 @@ impl Scheduler {
     /// The heartbeat the watchdog reads.
     pub fn heartbeat(&self) -> crate::notify::Heartbeat {
         self.heartbeat.clone()
+    }
+
+    /// Whether another request may start (online).
+    fn has_slot(&self) -> bool {
+        let max = self.sub.config.max_in_flight;
+        self.requests < max && self.in_flight < max * TASKS_PER_SLOT
     }
 
     fn retry(&self) -> RetryConfig {
@@ -190,6 +215,9 @@ impl Scheduler {
                         Ok(done) => self.finish(done),
                         Err(e) => tracing::error!(error = %e, "delivery task failed"),
                     }
+                }
+                Some(()) = self.answered_rx.recv() => {
+                    self.requests = self.requests.saturating_sub(1);
                 }
                 _ = self.sub.inbox.wait() => self.merge_inbox(),
                 _ = sleep_until_opt(wake) => {}
@@ -243,7 +271,7 @@ impl Scheduler {
     /// When something becomes due, if nothing else wakes us first.
     fn next_wake(&self) -> Option<Instant> {
         if self.online {
-            if self.in_flight >= self.sub.config.max_in_flight {
+            if !self.has_slot() {
                 return None;
             }
             self.ready.first().map(|(due, _, _)| *due)
@@ -268,7 +296,7 @@ impl Scheduler {
         let now = Instant::now();
         loop {
             let pick = if self.online {
-                if self.in_flight >= self.sub.config.max_in_flight {
+                if !self.has_slot() {
                     return;
                 }
                 match self.ready.first() {
@@ -311,6 +339,7 @@ impl Scheduler {
                 entity.head_seq = head.event.seq;
             }
             self.in_flight += 1;
+            self.requests += 1;
             let was_probe = !self.online;
             self.probe_in_flight |= was_probe;
             let courier = Courier {
@@ -320,6 +349,7 @@ impl Scheduler {
                 name: self.sub.config.name.clone(),
                 retry: self.retry(),
                 metrics: self.metrics.clone(),
+                slot: Slot(Some(self.answered_tx.clone())),
             };
             tasks.spawn(courier.deliver(entity_id, head, was_probe));
             if was_probe {
@@ -331,6 +361,9 @@ impl Scheduler {
     /// Applies a finished delivery to the scheduling state.
     fn finish(&mut self, done: Done) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if done.slot_held {
+            self.requests = self.requests.saturating_sub(1);
+        }
         if done.was_probe {
             self.probe_in_flight = false;
         }
@@ -455,6 +488,23 @@ async fn sleep_until_opt(when: Option<Instant>) {
     }
 }
 
+/// One request slot of the scheduler, held by a delivery task.
+struct Slot(Option<mpsc::UnboundedSender<()>>);
+
+impl Slot {
+    /// Gives the slot back now (the scheduler counts it on its channel).
+    fn give_back(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Still held: the scheduler takes it back in `finish`.
+    fn held(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// What one delivery task carries.
 struct Courier {
     endpoint: Arc<Endpoint>,
@@ -463,6 +513,7 @@ struct Courier {
     name: String,
     retry: RetryConfig,
     metrics: Metrics,
+    slot: Slot,
 }
 
 impl Courier {
@@ -475,10 +526,18 @@ impl Courier {
             name,
             retry,
             metrics,
+            mut slot,
         } = self;
         let at_ms = now_ms();
         let started = std::time::Instant::now();
         let attempt = endpoint.send(&head.event).await;
+        // A 2xx: give the request slot back now, so that another entity is
+        // sent while this outcome is committed. A failure keeps its slot
+        // until `finish` has seen it, so an endpoint going down gets no more
+        // requests than before.
+        if attempt.kind == AttemptKind::Delivered {
+            slot.give_back();
+        }
         let elapsed = started.elapsed();
         let duration_ms = elapsed.as_millis() as i64;
         let result = match attempt.kind {
@@ -530,6 +589,7 @@ impl Courier {
             recorded,
             verdict,
             was_probe,
+            slot_held: slot.held(),
         }
     }
 }

@@ -238,6 +238,9 @@ struct Effects {
     rejected: i64,
     /// Rejections by error code.
     rejected_by_code: std::collections::BTreeMap<&'static str, i64>,
+    /// Per subscription id: deliveries recorded and the latest success
+    /// (one `UPDATE subscriptions` per commit instead of one per outcome).
+    delivered_by_sub: std::collections::BTreeMap<i64, (i64, i64)>,
 }
 
 impl Effects {
@@ -336,7 +339,7 @@ impl WriterState {
                     Answer::Replies(replies)
                 }
                 WriteOp::Outcome { outcome, .. } => {
-                    apply_outcome(&tx, outcome)?;
+                    apply_outcome(&tx, outcome, &mut effects)?;
                     Answer::Recorded
                 }
                 WriteOp::SubState {
@@ -382,6 +385,13 @@ impl WriterState {
                  ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             )?
             .execute(params![format!("rejected_total:{code}"), n])?;
+        }
+        for (sub_id, (delivered, last_at)) in &effects.delivered_by_sub {
+            tx.prepare_cached(
+                "UPDATE subscriptions SET delivered_total = delivered_total + ?2,
+                        last_success_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![sub_id, delivered, last_at])?;
         }
         if effects.accepted > 0 {
             let ids: Vec<i64> = self.fanout.iter().map(|f| f.id).collect();
@@ -541,7 +551,7 @@ fn prune(tx: &Connection, older_than_ms: Option<i64>, limit: usize) -> rusqlite:
 }
 
 /// Records one attempt and moves the delivery to its new state.
-fn apply_outcome(tx: &Connection, o: &Outcome) -> rusqlite::Result<()> {
+fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO attempts(sub_id, event_seq, at, status, error, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
@@ -561,10 +571,9 @@ fn apply_outcome(tx: &Connection, o: &Outcome) -> rusqlite::Result<()> {
                  WHERE sub_id = ?1 AND event_seq = ?2",
             )?
             .execute(params![o.sub_id, o.event_seq, DELIVERED, o.at_ms, o.status])?;
-            tx.prepare_cached(
-                "UPDATE subscriptions SET delivered_total = delivered_total + 1, last_success_at = ?2 WHERE id = ?1",
-            )?
-            .execute(params![o.sub_id, o.at_ms])?;
+            let (delivered, last_at) = effects.delivered_by_sub.entry(o.sub_id).or_insert((0, 0));
+            *delivered += 1;
+            *last_at = (*last_at).max(o.at_ms);
         }
         Verdict::Retry { .. } | Verdict::Park => {
             let (state, next) = match o.verdict {
