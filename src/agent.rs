@@ -49,7 +49,16 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
+        .map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                    ": the data directory must be writable by the agent's user (check owner and mode, a read-only mount, `lsattr`/`chattr -i`)"
+                }
+                std::io::ErrorKind::StorageFull => ": the disk is full; free space on that filesystem",
+                _ => "",
+            };
+            anyhow!("{}: cannot open the lock file: {e}{hint}", path.display())
+        })?;
     // SAFETY: flock on a file descriptor we own; no memory is shared.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -61,20 +70,60 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
     Ok(DirLock { _file: file })
 }
 
-/// Runs the agent until `shutdown` fires. `started` is told once every
-/// listener is bound and the schedulers are running.
-pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Sender<Started>>) -> anyhow::Result<()> {
-    let lock = lock_data_dir(&config.agent.data_dir)?;
-    let db_path = config.db_path();
-    let mut conn = outbox::open_writer(&db_path)?;
+/// How often a start blocked by a full disk tries again.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(10);
+
+/// Opens the outbox for writing and records the configured subscriptions.
+fn open_storage(config: &Config, db_path: &Path) -> anyhow::Result<(rusqlite::Connection, Vec<outbox::Subscription>)> {
+    let mut conn = outbox::open_writer(db_path)?;
+    let write_failed = |what: &str, e: rusqlite::Error| {
+        anyhow!(
+            "{}: {what}: {e}: {}",
+            db_path.display(),
+            outbox::write_failure_hint(db_path, &e)
+        )
+    };
     let subs = outbox::register_subscriptions(&mut conn, &config.subscriptions)
-        .with_context(|| format!("{}: cannot record the subscriptions", db_path.display()))?;
+        .map_err(|e| write_failed("cannot record the subscriptions", e))?;
     conn.execute(
         "INSERT INTO meta(key, value) VALUES ('started_at', ?1), ('version', ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         rusqlite::params![outbox::now_ms().to_string(), env!("CARGO_PKG_VERSION")],
     )
-    .with_context(|| format!("{}: cannot write", db_path.display()))?;
+    .map_err(|e| write_failed("cannot write", e))?;
+    Ok((conn, subs))
+}
+
+/// Runs the agent until `shutdown` fires. `started` is told once every
+/// listener is bound and the schedulers are running.
+pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Sender<Started>>) -> anyhow::Result<()> {
+    let lock = lock_data_dir(&config.agent.data_dir)?;
+    let db_path = config.db_path();
+    // A disk that filled while the agent was stopped: wait for space rather
+    // than exit, so systemd's start limit does not leave the service down
+    // once space is back. Anything else wrong with the file is an error.
+    let mut waited = false;
+    let (conn, subs) = loop {
+        match open_storage(&config, &db_path) {
+            Ok(opened) => break opened,
+            Err(e) if outbox::disk_full(&db_path) => {
+                if !waited {
+                    tracing::error!(error = %e, "the disk holding the outbox is full: waiting for free space before starting");
+                    waited = true;
+                }
+                crate::notify::waiting("waiting for free disk space for the outbox", DISK_FULL_RETRY * 3);
+                let mut stop = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(DISK_FULL_RETRY) => {}
+                    _ = stop.wait() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if waited {
+        tracing::info!("disk space is back: starting");
+    }
 
     let source = Source {
         store_id: config.agent.store_id.clone(),

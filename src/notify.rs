@@ -44,6 +44,18 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells systemd the agent is alive but still waiting before it can be ready
+/// (a full disk at start): a status line, and more start time than
+/// `TimeoutStartSec=` so it is not killed and restarted into its start limit.
+pub fn waiting(status: &str, for_at_least: std::time::Duration) {
+    let usec = u32::try_from(for_at_least.as_micros()).unwrap_or(u32::MAX);
+    send(&[
+        NotifyState::Status(status),
+        NotifyState::ExtendTimeoutUsec(usec),
+        NotifyState::Watchdog,
+    ]);
+}
+
 /// Tells systemd the agent is stopping.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

@@ -71,11 +71,13 @@ pub fn report(config: &crate::config::Config) -> Result<StatusReport, String> {
         uptime_s,
         db: {
             let bytes = read::used_bytes(&conn).map_err(db_err)?;
+            let disk_full = crate::outbox::disk_full(&db_path);
             read::DbStatus {
                 path: db_path.display().to_string(),
                 bytes,
                 max_bytes: config.storage.max_db_bytes,
-                full: bytes >= config.storage.max_db_bytes,
+                full: disk_full || bytes >= config.storage.max_db_bytes,
+                disk_full,
             }
         },
         ingest: read::ingest_counters(&conn).map_err(db_err)?,

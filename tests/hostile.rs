@@ -1,12 +1,25 @@
-//! Hostile endpoints: one healthy, one answering 503 the whole time, one
-//! misbehaving at random (500, 429 without Retry-After, 301, answers slower
-//! than the timeout). The healthy one is not held up, order holds everywhere,
-//! the down one keeps everything and is only probed.
+//! Hostile endpoints. First scenario: one healthy, one answering 503 the
+//! whole time, one misbehaving at random (500, 429 without Retry-After, 301,
+//! answers slower than the timeout). The healthy one is not held up, order
+//! holds everywhere, the down one keeps everything and is only probed.
+//!
+//! Second scenario, transport faults: a connection reset in the middle of the
+//! response body, a reset while the request is being read, a slow-loris reply
+//! (headers a byte at a time, slower than the timeout), and a TLS handshake
+//! failure (a certificate the agent does not trust; `openssl` makes the
+//! certificates, Python's `ssl` serves them). Those subscriptions keep
+//! everything pending and nothing is marked delivered; the healthy one is not
+//! held up; once the faults stop, everything arrives in order.
 
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,5 +117,530 @@ fn hostile_endpoints_do_not_hold_up_others_or_break_order() {
     println!(
         "hostile: healthy done in {healthy_done:?}, hostile in {elapsed:?} after {} faults; down endpoint: {requests} requests for 200 waiting events",
         faults.load(Ordering::Relaxed)
+    );
+}
+
+// ---- transport faults --------------------------------------------------------
+
+/// What the raw server does with a request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Fault {
+    /// A correct `200`, keep-alive.
+    None = 0,
+    /// Reads the request, sends the status line, headers and part of the
+    /// body, then resets the connection (SO_LINGER 0).
+    ResetMidBody = 1,
+    /// Reads the first bytes of the request, then resets the connection.
+    ResetMidRequest = 2,
+    /// Reads the request, then sends the headers a byte every 40 ms (about
+    /// 1.5 s in all, far past the 300 ms timeout).
+    SlowLoris = 3,
+}
+
+/// A raw HTTP/1.1 server on loopback whose fault can be switched off; it
+/// records requests answered correctly, and counts the faulty ones.
+struct RawServer {
+    port: u16,
+    fault: Arc<AtomicU8>,
+    faults: Arc<AtomicU64>,
+    requests: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn reset(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized option.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    // Dropping the stream now sends an RST instead of a FIN.
+}
+
+/// Reads one request (head and `content-length` body); `None` at EOF.
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(HashMap<String, String>, Vec<u8>)> {
+    let mut headers = HashMap::new();
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let n: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; n];
+    reader.read_exact(&mut body).ok()?;
+    Some((headers, body))
+}
+
+fn to_request(headers: HashMap<String, String>, body: Vec<u8>, answered: u16) -> Request {
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    Request {
+        at: Instant::now(),
+        id: json["id"].as_str().unwrap_or_default().to_string(),
+        entity: json["entity"].as_str().unwrap_or_default().to_string(),
+        entity_seq: json["entity_seq"].as_i64().unwrap_or(-1),
+        event_type: json["type"].as_str().unwrap_or_default().to_string(),
+        headers,
+        body,
+        json,
+        answered,
+    }
+}
+
+impl RawServer {
+    fn start(fault: Fault) -> RawServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let server = RawServer {
+            port: listener.local_addr().expect("addr").port(),
+            fault: Arc::new(AtomicU8::new(fault as u8)),
+            faults: Arc::default(),
+            requests: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (fault, faults, requests, stop) = (
+            server.fault.clone(),
+            server.faults.clone(),
+            server.requests.clone(),
+            server.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let stream = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let (fault, faults, requests) = (fault.clone(), faults.clone(), requests.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    serve(stream, &fault, &faults, &requests);
+                });
+            }
+        });
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks", self.port)
+    }
+
+    fn set(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+    }
+
+    fn delivered(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One connection: requests in turn, each treated as the current fault says.
+fn serve(stream: TcpStream, fault: &AtomicU8, faults: &AtomicU64, requests: &Mutex<Vec<Request>>) {
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let now = fault.load(Ordering::SeqCst);
+        if now == Fault::ResetMidRequest as u8 {
+            let mut first = [0u8; 16];
+            let _ = reader.read(&mut first);
+            faults.fetch_add(1, Ordering::Relaxed);
+            reset(&writer);
+            return;
+        }
+        let Some((headers, body)) = read_request(&mut reader) else {
+            return;
+        };
+        // Looked at again: the fault may have been switched off meanwhile.
+        match fault.load(Ordering::SeqCst) {
+            f if f == Fault::ResetMidBody as u8 => {
+                faults.fetch_add(1, Ordering::Relaxed);
+                let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"received\":");
+                let _ = writer.flush();
+                std::thread::sleep(Duration::from_millis(50));
+                reset(&writer);
+                return;
+            }
+            f if f == Fault::SlowLoris as u8 => {
+                faults.fetch_add(1, Ordering::Relaxed);
+                for b in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n" {
+                    if writer.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+                return;
+            }
+            _ => {
+                if writer
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .is_err()
+                {
+                    return;
+                }
+                requests.lock().unwrap().push(to_request(headers, body, 200));
+            }
+        }
+    }
+}
+
+/// A TLS webhook endpoint: Python's `http.server` behind `ssl`, one JSON body
+/// a line on stdout, recorded once the 200 went out.
+struct TlsEndpoint {
+    child: Child,
+}
+
+const TLS_SERVER_PY: &str = r#"
+import http.server, ssl, sys, threading
+port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+lock = threading.Lock()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+        self.wfile.flush()
+        with lock:
+            sys.stdout.write(body.decode() + "\n")
+            sys.stdout.flush()
+    def log_message(self, *args):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+http.server.ThreadingHTTPServer.allow_reuse_address = True
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("listening", flush=True)
+srv.serve_forever()
+"#;
+
+impl TlsEndpoint {
+    /// Serves `cert`/`key` (in `dir`) on `port`, appending to `requests`.
+    fn start(dir: &Path, port: u16, cert: &str, key: &str, requests: Arc<Mutex<Vec<Request>>>) -> TlsEndpoint {
+        let mut child = Command::new("python3")
+            .args(["-c", TLS_SERVER_PY, &port.to_string(), cert, key])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 must be installed");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        stdout.read_line(&mut first).expect("python server output");
+        assert_eq!(first.trim(), "listening", "the Python TLS server did not start");
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                requests
+                    .lock()
+                    .unwrap()
+                    .push(to_request(HashMap::new(), line.into_bytes(), 200));
+            }
+        });
+        TlsEndpoint { child }
+    }
+}
+
+impl Drop for TlsEndpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ca.pem`, `good.pem`/`good.key` for 127.0.0.1 signed by it, and a
+/// self-signed `rogue.pem`/`rogue.key` for 127.0.0.1 the agent does not trust.
+fn make_certs(dir: &Path) {
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(key);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=store-outbox hostile CA",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend(key);
+    csr.extend(["-keyout", "good.key", "-out", "good.csr", "-subj", "/CN=127.0.0.1"]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "good.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "good.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let mut rogue = vec!["req", "-x509"];
+    rogue.extend(key);
+    rogue.extend([
+        "-keyout",
+        "rogue.key",
+        "-out",
+        "rogue.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+    ]);
+    openssl(dir, &rogue);
+}
+
+fn sub_status(agent: &Agent, name: &str) -> serde_json::Value {
+    agent.status()["subscriptions"]
+        .as_array()
+        .expect("subs")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("subscription {name}"))
+        .clone()
+}
+
+/// Rows of `deliveries` of subscription `name` in `state` (1 delivered).
+fn deliveries_in_state(agent: &Agent, name: &str, state: i64) -> i64 {
+    agent
+        .open_db()
+        .query_row(
+            "SELECT COUNT(*) FROM deliveries d JOIN subscriptions s ON s.id = d.sub_id
+             WHERE s.name = ?1 AND d.state = ?2",
+            rusqlite::params![name, state],
+            |r| r.get(0),
+        )
+        .expect("deliveries")
+}
+
+/// Every entity's `entity_seq` 1..=n once, in order (duplicates of the last
+/// one tolerated); returns the duplicates.
+fn assert_complete_in_order(what: &str, requests: &[Request], events: usize, entities: usize) -> usize {
+    let duplicates = assert_entity_order(requests);
+    let mut per_entity: HashMap<&str, Vec<i64>> = HashMap::new();
+    for r in requests {
+        let seqs = per_entity.entry(r.entity.as_str()).or_default();
+        if seqs.last() != Some(&r.entity_seq) {
+            seqs.push(r.entity_seq);
+        }
+    }
+    assert_eq!(per_entity.len(), entities, "{what}: every entity");
+    for (entity, seqs) in per_entity {
+        let expected: Vec<i64> = (1..=(events / entities) as i64).collect();
+        assert_eq!(seqs, expected, "{what}: {entity} complete, in order");
+    }
+    duplicates
+}
+
+#[test]
+fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals() {
+    const EVENTS: usize = 200;
+    const ENTITIES: usize = 20;
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certs(certs.path());
+    let healthy = Receiver::start();
+    let mid_body = RawServer::start(Fault::ResetMidBody);
+    let mid_request = RawServer::start(Fault::ResetMidRequest);
+    let slow = RawServer::start(Fault::SlowLoris);
+    let tls_port = free_port();
+    let tls_requests: Arc<Mutex<Vec<Request>>> = Arc::default();
+    let rogue = TlsEndpoint::start(certs.path(), tls_port, "rogue.pem", "rogue.key", tls_requests.clone());
+
+    let retry = "timeout = \"300ms\"\nmax_in_flight = 8\nretry = { initial = \"50ms\", max = \"250ms\" }";
+    let tls_extra = format!("{retry}\nca_file = \"{}\"", certs.path().join("ca.pem").display());
+    let subs = [
+        subscription("healthy", &healthy.url(), retry),
+        subscription("reset-mid-body", &mid_body.url(), retry),
+        subscription("reset-mid-request", &mid_request.url(), retry),
+        subscription("slow-loris", &slow.url(), retry),
+        subscription("tls", &format!("https://127.0.0.1:{tls_port}/hooks"), &tls_extra),
+    ]
+    .concat();
+    let mut agent = Agent::new(&subs);
+    agent.start();
+    let started = Instant::now();
+    let lines: Vec<String> = (0..EVENTS)
+        .map(|i| {
+            event(
+                &format!("t-{i}"),
+                &format!("order:{}", i % ENTITIES),
+                "CustomerOrderUpdated",
+                serde_json::json!(i),
+            )
+        })
+        .collect();
+    assert!(send_lines(&agent.socket(), &lines).iter().all(|r| r["ok"] == true));
+
+    // The healthy subscription is not held up by the faulty ones.
+    wait_until(Duration::from_secs(60), "healthy got everything", || {
+        healthy.delivered_ids().len() == EVENTS
+    });
+    let healthy_done = started.elapsed();
+    assert_complete_in_order("healthy", &healthy.delivered(), EVENTS, ENTITIES);
+
+    // Faults for a while longer: every slow-loris reply must time out, and
+    // each faulty endpoint must have been tried more than once (retried).
+    std::thread::sleep(Duration::from_secs(3));
+    let faulty = ["reset-mid-body", "reset-mid-request", "slow-loris", "tls"];
+    let mut errors = Vec::new();
+    for name in faulty {
+        let s = sub_status(&agent, name);
+        assert_eq!(s["pending"], EVENTS, "{name} keeps everything: {s}");
+        assert_eq!(s["delivered_total"], 0, "{name}: nothing delivered: {s}");
+        assert_eq!(
+            deliveries_in_state(&agent, name, 1),
+            0,
+            "{name}: no delivery marked delivered"
+        );
+        assert_eq!(s["state"], "offline", "{name}: {s}");
+        errors.push(format!("{name}: {}", s["last_error"]));
+    }
+    let attempts: HashMap<&str, i64> = faulty
+        .iter()
+        .map(|name| {
+            let n: i64 = agent
+                .open_db()
+                .query_row(
+                    "SELECT COUNT(*) FROM attempts a JOIN subscriptions s ON s.id = a.sub_id WHERE s.name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .expect("attempts");
+            (*name, n)
+        })
+        .collect();
+    for (name, n) in &attempts {
+        assert!(*n >= 2, "{name} retried: {n} attempts");
+    }
+    let slow_errors: Vec<String> = agent
+        .open_db()
+        .prepare(
+            "SELECT DISTINCT a.error FROM attempts a JOIN subscriptions s ON s.id = a.sub_id
+             WHERE s.name = 'slow-loris'",
+        )
+        .expect("prepare")
+        .query_map([], |r| r.get::<_, Option<String>>(0))
+        .expect("query")
+        .map(|e| e.expect("row").unwrap_or_default())
+        .collect();
+    assert!(
+        slow_errors.iter().all(|e| e.contains("timeout")),
+        "a slow-loris reply is a timeout: {slow_errors:?}"
+    );
+    assert!(mid_body.delivered().is_empty() && mid_request.delivered().is_empty() && slow.delivered().is_empty());
+    assert!(
+        tls_requests.lock().unwrap().is_empty(),
+        "no request got through the failed handshake"
+    );
+    let fault_counts = format!(
+        "faults served: {} reset mid-body, {} reset mid-request, {} slow-loris",
+        mid_body.faults.load(Ordering::Relaxed),
+        mid_request.faults.load(Ordering::Relaxed),
+        slow.faults.load(Ordering::Relaxed)
+    );
+
+    // The faults stop: the raw servers answer properly, the TLS endpoint
+    // presents a certificate from the configured CA.
+    mid_body.set(Fault::None);
+    mid_request.set(Fault::None);
+    slow.set(Fault::None);
+    drop(rogue);
+    let _good = TlsEndpoint::start(certs.path(), tls_port, "good.pem", "good.key", tls_requests.clone());
+    let healed = Instant::now();
+    wait_until(Duration::from_secs(120), "every faulty subscription drained", || {
+        [&mid_body, &mid_request, &slow]
+            .iter()
+            .all(|s| s.requests.lock().unwrap().len() >= EVENTS)
+            && tls_requests.lock().unwrap().len() >= EVENTS
+    });
+    let drained = healed.elapsed();
+    let mut duplicates = 0;
+    for (name, requests) in [
+        ("reset-mid-body", mid_body.delivered()),
+        ("reset-mid-request", mid_request.delivered()),
+        ("slow-loris", slow.delivered()),
+        ("tls", tls_requests.lock().unwrap().clone()),
+    ] {
+        duplicates += assert_complete_in_order(name, &requests, EVENTS, ENTITIES);
+        wait_until(Duration::from_secs(30), "status shows it drained", || {
+            let s = sub_status(&agent, name);
+            s["pending"] == 0 && s["delivered_total"] == EVENTS
+        });
+    }
+    println!(
+        "hostile transport: healthy done in {healthy_done:?} while 4 endpoints failed; {fault_counts}; \
+         attempts while failing {attempts:?}; last errors: {}; after the fix all 4 drained in {drained:?}: \
+         {} events each, {duplicates} duplicates, 0 order violations",
+        errors.join(" | "),
+        EVENTS
     );
 }

@@ -177,7 +177,13 @@ pub fn render(v: &View<'_>) -> String {
         "<section{full}><h2>Storage and ingest</h2><p>Database {} of {} ({pct:.0}%){}</p><div class=bar><span style=\"width:{pct:.1}%\"></span></div>",
         bytesize::ByteSize(r.db.bytes).to_string_as(true),
         bytesize::ByteSize(r.db.max_bytes).to_string_as(true),
-        if r.db.full { " <span class=warn>FULL: new events are refused</span>" } else { "" }
+        if r.db.disk_full {
+            " <span class=warn>FULL: the disk is full, new events are refused</span>"
+        } else if r.db.full {
+            " <span class=warn>FULL: new events are refused</span>"
+        } else {
+            ""
+        }
     );
     let _ = write!(
         h,

@@ -47,7 +47,9 @@ pub fn render(r: &StatusReport) -> String {
         r.db.path,
         size(r.db.bytes),
         size(r.db.max_bytes),
-        if r.db.full {
+        if r.db.disk_full {
+            "  FULL: the disk is full, new events are refused (storage_full)"
+        } else if r.db.full {
             "  FULL: new events are refused (storage_full)"
         } else {
             ""

@@ -34,6 +34,8 @@ use crate::shutdown::Shutdown;
 /// Failures in a row, of any kind, after which the endpoint counts as down
 /// even if it keeps answering (a receiver that fails every request).
 const FAILURES_BEFORE_OFFLINE: u32 = 5;
+/// The longest pause after outcomes that could not be committed.
+const STORAGE_PAUSE_MAX: Duration = Duration::from_secs(30);
 /// How often parked entities are looked at again (an operator may resend).
 const RESYNC_EVERY: Duration = Duration::from_secs(2);
 /// Delivery tasks (answered and waiting for their commit, or still in
@@ -105,6 +107,11 @@ pub struct Scheduler {
     next_probe_at: Instant,
     probe_in_flight: bool,
     offline_since: Option<Instant>,
+    /// Outcomes in a row that could not be committed (a full disk, a broken
+    /// database): no request starts before `storage_pause_until`, so the
+    /// endpoint is not flooded with repeats of events we cannot mark.
+    unrecorded_in_a_row: u32,
+    storage_pause_until: Option<Instant>,
     /// (online, in flight) as last written for `status`.
     persisted: (bool, usize),
     /// `resend_generation` last seen in `meta`.
@@ -145,6 +152,8 @@ impl Scheduler {
             next_probe_at: Instant::now(),
             probe_in_flight: false,
             offline_since: None,
+            unrecorded_in_a_row: 0,
+            storage_pause_until: None,
             persisted: (false, usize::MAX),
             resend_generation: None,
             heartbeat: {
@@ -270,6 +279,9 @@ impl Scheduler {
 
     /// When something becomes due, if nothing else wakes us first.
     fn next_wake(&self) -> Option<Instant> {
+        if let Some(until) = self.storage_pause_until.filter(|until| *until > Instant::now()) {
+            return Some(until);
+        }
         if self.online {
             if !self.has_slot() {
                 return None;
@@ -294,6 +306,9 @@ impl Scheduler {
     /// Starts as many requests as the state allows.
     fn dispatch(&mut self, tasks: &mut JoinSet<Done>) {
         let now = Instant::now();
+        if self.storage_pause_until.is_some_and(|until| now < until) {
+            return;
+        }
         loop {
             let pick = if self.online {
                 if !self.has_slot() {
@@ -375,9 +390,24 @@ impl Scheduler {
             .unwrap_or(i64::MAX);
         let name = self.sub.config.name.clone();
         if !done.recorded {
-            // The outcome is not durable: send the same event again later.
-            self.set_ready(done.entity_id, now + Duration::from_secs(1), head_seq);
+            // The outcome is not durable: send the same event again later,
+            // and pause the whole subscription, since every outcome fails the
+            // same way until the writer can commit again (1 s, doubling, at
+            // most 30 s).
+            self.unrecorded_in_a_row = self.unrecorded_in_a_row.saturating_add(1);
+            let pause =
+                Duration::from_secs(1 << self.unrecorded_in_a_row.min(6).saturating_sub(1)).min(STORAGE_PAUSE_MAX);
+            if self.unrecorded_in_a_row == 1 {
+                tracing::warn!(subscription = %name, "cannot record delivery outcomes; pausing this subscription until the outbox takes writes again");
+            }
+            self.storage_pause_until = Some(now + pause);
+            self.set_ready(done.entity_id, now + pause, head_seq);
             return;
+        }
+        if self.unrecorded_in_a_row > 0 {
+            tracing::info!(subscription = %name, "delivery outcomes are recorded again; resuming");
+            self.unrecorded_in_a_row = 0;
+            self.storage_pause_until = None;
         }
         if done.verdict == Verdict::Park {
             tracing::warn!(subscription = %name, error = ?done.attempt.error, attempts = done.attempts,
@@ -578,7 +608,7 @@ impl Courier {
         let recorded = match writer.record(outcome).await {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!(error = %e, "cannot record a delivery attempt; it will be repeated");
+                tracing::warn!(error = %e, "cannot record a delivery attempt; it will be repeated");
                 false
             }
         };

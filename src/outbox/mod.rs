@@ -55,6 +55,43 @@ pub struct OpenError {
     pub reason: String,
 }
 
+/// Below this much free space on the database's filesystem the outbox counts
+/// as full: SQLite cannot count on growing the WAL by another batch.
+pub const DISK_FULL_BELOW: u64 = 1024 * 1024;
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+pub fn disk_free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c_path` is NUL-terminated and `stat` is a plain C struct that
+    // statvfs fills in; nothing else holds either.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    // The field types are 32-bit on armhf, 64-bit elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    (rc == 0).then(|| blocks.saturating_mul(size))
+}
+
+/// Whether the filesystem holding `path` is (nearly) out of space.
+pub fn disk_full(path: &Path) -> bool {
+    disk_free_bytes(path).is_some_and(|free| free < DISK_FULL_BELOW)
+}
+
+/// What to tell the operator when writing the database at `path` failed,
+/// so a full disk or a read-only file is never mistaken for a broken one.
+pub fn write_failure_hint(path: &Path, e: &rusqlite::Error) -> &'static str {
+    let readonly = matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly))
+        || matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CANTOPEN);
+    if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull)) || disk_full(path) {
+        "the disk holding it is full: free space on that filesystem (the database is kept as it is, with its backlog)"
+    } else if readonly {
+        "the agent cannot write it: the file, its directory and the filesystem must be writable by the agent's user (check owner and mode, a read-only mount, `lsattr`/`chattr -i`)"
+    } else {
+        "the file is not a readable store-outbox database; move it aside (keep it for support) and start again, or restore a backup"
+    }
+}
+
 fn open_error(path: &Path, reason: impl std::fmt::Display) -> OpenError {
     OpenError {
         path: path.display().to_string(),
@@ -68,18 +105,25 @@ pub fn open_writer(path: &Path) -> Result<Connection, OpenError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| open_error(dir, format!("cannot create the data directory: {e}")))?;
     }
-    let mut conn = Connection::open(path).map_err(|e| open_error(path, e))?;
-    let hint = "the file is not a readable store-outbox database; move it aside (keep it for support) and start again, or restore a backup";
+    let failed = |e: rusqlite::Error| open_error(path, format!("{e}: {}", write_failure_hint(path, &e)));
+    let mut conn = Connection::open(path).map_err(failed)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(|e| open_error(path, format!("{e}: {hint}")))?;
+        .map_err(failed)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(open_error(path, format!("cannot switch to WAL mode (got {mode})")));
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
         .map_err(|e| open_error(path, e))?;
-    schema::migrate(&mut conn).map_err(|e| open_error(path, format!("{e}; {hint}")))?;
+    schema::migrate(&mut conn).map_err(|e| {
+        let hint = if disk_full(path) {
+            "the disk holding it is full: free space on that filesystem (the database is kept as it is)"
+        } else {
+            "the file is not a readable store-outbox database; move it aside (keep it for support) and start again, or restore a backup"
+        };
+        open_error(path, format!("{e}; {hint}"))
+    })?;
     Ok(conn)
 }
 
@@ -91,12 +135,24 @@ pub fn open_reader(path: &Path) -> Result<Connection, OpenError> {
             "no database here yet (has the agent run with this config?)",
         ));
     }
+    // Reading a WAL database may need to create its `-shm` file: on a full
+    // disk, say so rather than leave a bare "disk I/O error".
+    let failed = |e: rusqlite::Error| {
+        if disk_full(path) {
+            open_error(
+                path,
+                format!("{e}: the disk holding it is full; free space on that filesystem"),
+            )
+        } else {
+            open_error(path, e)
+        }
+    };
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|e| open_error(path, e))?;
+        .map_err(failed)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| open_error(path, e))?;
+        .map_err(failed)?;
     if version != schema::CURRENT_VERSION {
         return Err(open_error(
             path,

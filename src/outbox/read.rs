@@ -124,8 +124,10 @@ pub struct DbStatus {
     pub bytes: u64,
     /// `storage.max_db_bytes`.
     pub max_bytes: u64,
-    /// At the cap: new events are refused with `storage_full`.
+    /// At the cap, or the disk is full: new events are refused with `storage_full`.
     pub full: bool,
+    /// The filesystem holding the database has less than 1 MiB free.
+    pub disk_full: bool,
 }
 
 /// Ingest counters since the database was created.

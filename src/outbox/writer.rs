@@ -133,6 +133,7 @@ impl Writer {
             fanout,
             max_db_bytes,
             full: false,
+            disk_full: false,
             storage_full,
         };
         let handle = std::thread::Builder::new()
@@ -222,6 +223,8 @@ struct WriterState {
     max_db_bytes: u64,
     /// Whether ingest is currently refused for lack of space.
     full: bool,
+    /// Whether the last commit failed because the disk is full (logged once).
+    disk_full: bool,
     /// Woken when ingest is refused, so the pruner makes room.
     storage_full: Arc<tokio::sync::Notify>,
 }
@@ -300,7 +303,23 @@ impl WriterState {
             self.storage_full.notify_one();
         }
         match self.apply_all(&batch, full) {
-            Ok((answers, effects)) => self.finish(batch, answers, effects),
+            Ok((answers, effects)) => {
+                self.set_disk_full(false);
+                self.finish(batch, answers, effects)
+            }
+            Err(e) if e.sqlite_error_code() == Some(SqliteCode::DiskFull) => {
+                // Every request would fail the same way: answer them all now.
+                self.set_disk_full(true);
+                self.fail(batch, &e);
+                // The WAL only grows between checkpoints: fold what it holds
+                // into the main file (PASSIVE: never waits for readers), so
+                // the next commit can write it again from its beginning, which
+                // often makes room by itself. Then let the pruner make more.
+                if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                    tracing::debug!(error = %e, "checkpoint on a full disk failed");
+                }
+                self.storage_full.notify_one();
+            }
             Err(e) => {
                 // Something in the batch failed: retry each request on its own
                 // so one failure cannot take the others down with it.
@@ -312,6 +331,18 @@ impl WriterState {
                         Err(e) => self.fail(one, &e),
                     }
                 }
+            }
+        }
+    }
+
+    /// Logs a change of the disk-full state once, not once per batch.
+    fn set_disk_full(&mut self, disk_full: bool) {
+        if disk_full != self.disk_full {
+            self.disk_full = disk_full;
+            if disk_full {
+                tracing::error!("the disk holding the outbox is full: new events are refused with storage_full and delivery outcomes cannot be recorded until space is freed");
+            } else {
+                tracing::info!("the outbox takes writes again after a full disk");
             }
         }
     }
@@ -438,7 +469,9 @@ impl WriterState {
     /// Answers a request that could not be committed.
     fn fail(&self, batch: Vec<WriteOp>, e: &rusqlite::Error) {
         let err = storage_error(e);
-        tracing::error!(error = %e, "could not commit to the outbox");
+        if !self.disk_full {
+            tracing::error!(error = %e, "could not commit to the outbox");
+        }
         for op in batch {
             match op {
                 WriteOp::Ingest { events, reply } => {
