@@ -123,23 +123,36 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
             other => vec![other],
         }
     };
-    for e in parsed.iter().filter_map(|p| p.as_ref().err()) {
-        state.writer.count_rejected(e.code);
-    }
-    let valid: Vec<_> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    // Move the valid events out (no copy) and keep, per position, the error
+    // of each invalid one; the body is not needed any more.
+    let mut valid = Vec::with_capacity(parsed.len());
+    let rejected: Vec<Option<IngestError>> = parsed
+        .into_iter()
+        .map(|p| match p {
+            Ok(event) => {
+                valid.push(event);
+                None
+            }
+            Err(e) => {
+                state.writer.count_rejected(e.code);
+                Some(e)
+            }
+        })
+        .collect();
+    drop(bytes);
     let mut stored = if valid.is_empty() {
         Vec::new()
     } else {
         state.writer.ingest(valid).await
     }
     .into_iter();
-    let replies: Vec<Reply> = parsed
+    let replies: Vec<Reply> = rejected
         .into_iter()
-        .map(|p| match p {
-            Ok(_) => stored
+        .map(|r| match r {
+            None => stored
                 .next()
                 .unwrap_or_else(|| IngestError::new(ErrorCode::Internal, "no reply from storage").into()),
-            Err(e) => e.into(),
+            Some(e) => e.into(),
         })
         .collect();
     let has = |code: ErrorCode| {
