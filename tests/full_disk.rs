@@ -99,6 +99,28 @@ fn admin_port(agent: &Agent) -> u16 {
         .expect("port number")
 }
 
+/// sd_notify datagrams received until one matches `until`, or the timeout.
+fn notify_messages(
+    sock: &std::os::unix::net::UnixDatagram,
+    timeout: Duration,
+    until: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = until(&msg);
+            out.push(msg);
+            if done {
+                break;
+            }
+        }
+    }
+    out
+}
+
 fn big_event(id: &str, i: usize) -> String {
     event(
         id,
@@ -348,12 +370,19 @@ fn the_agent_waits_for_space_on_a_full_disk_then_starts() {
         df(&fx.data)
     );
 
-    // The agent as systemd would start it; its log goes to a file we read.
+    // The agent as systemd would start it, with a NOTIFY_SOCKET we listen on;
+    // its log goes to a file we read.
     let log_path = fx.agent.dir.path().join("full-start.log");
     let log = std::fs::File::create(&log_path).expect("log file");
+    let notify_path = fx.agent.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let child = std::process::Command::new(binary())
         .args(["run", "--config"])
         .arg(&fx.agent.config)
+        .env("NOTIFY_SOCKET", &notify_path)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -374,6 +403,19 @@ fn the_agent_waits_for_space_on_a_full_disk_then_starts() {
     }
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(log_text.contains("disk"), "the log names the full disk:\n{log_text}");
+    // systemd hears why, and gets more start time instead of killing the
+    // start at TimeoutStartSec (then restarting into its start limit).
+    let waiting = notify_messages(&notify, Duration::from_secs(15), |m| m.contains("EXTEND_TIMEOUT_USEC="));
+    assert!(
+        waiting
+            .iter()
+            .any(|m| m.contains("EXTEND_TIMEOUT_USEC=") && m.contains("STATUS=waiting for free disk space")),
+        "sd_notify while waiting: {waiting:?}"
+    );
+    assert!(
+        !waiting.iter().any(|m| m.contains("READY=1")),
+        "READY=1 before the outbox opened: {waiting:?}"
+    );
     assert!(
         !log_text.contains("move it aside"),
         "a full disk is not a broken database:\n{log_text}"
@@ -404,6 +446,11 @@ fn the_agent_waits_for_space_on_a_full_disk_then_starts() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let ready = notify_messages(&notify, Duration::from_secs(15), |m| m.contains("READY=1"));
+    assert!(
+        ready.iter().any(|m| m.contains("READY=1")),
+        "READY=1 once started: {ready:?}"
+    );
     let reply = &send_lines(&fx.agent.socket(), &[big_event("fs-after", 1)])[0];
     assert_eq!(reply["ok"], true, "{reply}");
     fx.rx.restart();
