@@ -39,6 +39,7 @@ fn outcome(sub_id: i64, seq: i64, at: i64, status: Option<u16>, error: Option<&s
         error: error.map(str::to_string),
         duration_ms: 12,
         verdict,
+        resends: 0,
     }
 }
 

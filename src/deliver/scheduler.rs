@@ -604,6 +604,7 @@ impl Courier {
             error: attempt.error.clone(),
             duration_ms,
             verdict,
+            resends: head.resends,
         };
         let recorded = match writer.record(outcome).await {
             Ok(()) => true,

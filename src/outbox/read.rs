@@ -44,6 +44,8 @@ pub struct Head {
     pub attempts: i64,
     /// Wall-clock ms of the first failed attempt.
     pub first_failed_at: Option<i64>,
+    /// Times it was resent; its outcome is recorded against this.
+    pub resends: i64,
     /// The event itself.
     pub event: StoredEvent,
 }
@@ -53,7 +55,7 @@ pub fn head(conn: &Connection, sub_id: i64, entity_id: i64) -> rusqlite::Result<
     conn.prepare_cached(
         "SELECT d.state, d.attempts, d.first_failed_at,
                 e.seq, e.event_id, e.type, n.entity, e.entity_seq, e.occurred_at,
-                e.correlation_id, e.is_test, e.attributes, e.payload, e.ingested_at
+                e.correlation_id, e.is_test, e.attributes, e.payload, e.ingested_at, d.resends
          FROM deliveries d
          JOIN events e ON e.seq = d.event_seq
          JOIN entities n ON n.id = d.entity_id
@@ -65,6 +67,7 @@ pub fn head(conn: &Connection, sub_id: i64, entity_id: i64) -> rusqlite::Result<
             state: r.get(0)?,
             attempts: r.get(1)?,
             first_failed_at: r.get(2)?,
+            resends: r.get(14)?,
             event: StoredEvent {
                 seq: r.get(3)?,
                 event_id: r.get(4)?,

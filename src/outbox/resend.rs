@@ -59,7 +59,10 @@ pub fn resend(conn: &mut Connection, req: &ResendRequest) -> Result<ResendOutcom
         }
     }
     // Back to pending with the give-up clock reset; attempts stay for `show`.
-    let reset = "UPDATE deliveries SET state = 0, first_failed_at = NULL, next_attempt_at = NULL";
+    // `resends + 1` voids the outcome of a request in flight right now (see
+    // `writer::apply_outcome`): the event is sent again after this.
+    let reset =
+        "UPDATE deliveries SET state = 0, first_failed_at = NULL, next_attempt_at = NULL, resends = resends + 1";
     let sub_filter = "(?2 IS NULL OR sub_id = (SELECT id FROM subscriptions WHERE name = ?2))";
     let mut out = ResendOutcome::default();
     if req.parked {

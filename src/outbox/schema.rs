@@ -77,6 +77,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
     INSERT INTO counters VALUES ('accepted_total', 0), ('duplicate_total', 0), ('rejected_total', 0);
     "#,
+    // 2: resends counted per delivery. An attempt's outcome applies only if
+    // the delivery was not resent while its request was in flight, so a
+    // resend always leads to a new attempt.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN resends INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -105,4 +111,32 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
         tx.commit().map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by a version-1 agent keeps its backlog through the
+    /// upgrade (what `dpkg -i` of a newer package does at the next start).
+    #[test]
+    fn a_version_1_database_is_migrated_with_its_backlog() -> Result<(), String> {
+        let mut conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
+        conn.execute_batch(MIGRATIONS[0]).map_err(|e| e.to_string())?;
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO deliveries(sub_id, event_seq, entity_id, entity_seq, state) VALUES (1, 7, 3, 1, 0);",
+        )
+        .map_err(|e| e.to_string())?;
+        migrate(&mut conn)?;
+        let (version, resends, state): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), resends, state FROM deliveries WHERE event_seq = 7",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(|e| e.to_string())?;
+        assert_eq!((version, resends, state), (CURRENT_VERSION, 0, 0));
+        Ok(())
+    }
 }

@@ -36,6 +36,9 @@ pub struct Outcome {
     pub duration_ms: i64,
     /// The resulting state.
     pub verdict: Verdict,
+    /// The delivery's `resends` when the request was sent: if it was resent
+    /// since, the attempt is recorded but does not change its state.
+    pub resends: i64,
 }
 
 /// The state a delivery moves to after an attempt.
@@ -598,12 +601,17 @@ fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects) -> rusqlit
     ])?;
     match o.verdict {
         Verdict::Delivered => {
-            tx.prepare_cached(
-                "UPDATE deliveries SET state = ?3, attempts = attempts + 1, delivered_at = ?4,
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE deliveries SET state = ?3, attempts = attempts + 1, delivered_at = ?4,
                         last_status = ?5, last_error = NULL, next_attempt_at = NULL
-                 WHERE sub_id = ?1 AND event_seq = ?2",
-            )?
-            .execute(params![o.sub_id, o.event_seq, DELIVERED, o.at_ms, o.status])?;
+                 WHERE sub_id = ?1 AND event_seq = ?2 AND resends = ?6",
+                )?
+                .execute(params![o.sub_id, o.event_seq, DELIVERED, o.at_ms, o.status, o.resends])?;
+            if changed == 0 {
+                // Resent while this request was in flight: it goes again.
+                return Ok(());
+            }
             let (delivered, last_at) = effects.delivered_by_sub.entry(o.sub_id).or_insert((0, 0));
             *delivered += 1;
             *last_at = (*last_at).max(o.at_ms);
@@ -613,13 +621,26 @@ fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects) -> rusqlit
                 Verdict::Retry { next_attempt_at_ms } => (PENDING, Some(next_attempt_at_ms)),
                 _ => (PARKED, None),
             };
-            tx.prepare_cached(
-                "UPDATE deliveries SET state = ?3, attempts = attempts + 1,
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE deliveries SET state = ?3, attempts = attempts + 1,
                         first_failed_at = COALESCE(first_failed_at, ?4), next_attempt_at = ?5,
                         last_status = ?6, last_error = ?7
-                 WHERE sub_id = ?1 AND event_seq = ?2",
-            )?
-            .execute(params![o.sub_id, o.event_seq, state, o.at_ms, next, o.status, o.error])?;
+                 WHERE sub_id = ?1 AND event_seq = ?2 AND resends = ?8",
+                )?
+                .execute(params![
+                    o.sub_id,
+                    o.event_seq,
+                    state,
+                    o.at_ms,
+                    next,
+                    o.status,
+                    o.error,
+                    o.resends
+                ])?;
+            if changed == 0 {
+                return Ok(());
+            }
             tx.prepare_cached("UPDATE subscriptions SET last_error = ?2, last_error_at = ?3 WHERE id = ?1")?
                 .execute(params![o.sub_id, o.error, o.at_ms])?;
         }

@@ -1,0 +1,155 @@
+//! A resend that races a request in flight (found while writing the model
+//! test): an operator resends an event while a request for it is on the wire,
+//! and that request's outcome is committed after the resend. The outcome must
+//! not undo the resend: the attempt is recorded, the delivery stays pending,
+//! and the scheduler sends the event again.
+//!
+//! Driven through the library on a real database, with the writer thread and
+//! `outbox::resend` exactly as the agent and `store-outbox resend` use them;
+//! the interleaving is forced, which a test through the process cannot do.
+
+mod common;
+
+use std::sync::Arc;
+
+use store_outbox::event::{NewEvent, Reply};
+use store_outbox::outbox::read;
+use store_outbox::outbox::resend::{resend, ResendRequest};
+use store_outbox::outbox::writer::{Outcome, Verdict, Writer};
+
+fn event(id: &str) -> NewEvent {
+    NewEvent {
+        event_id: id.into(),
+        event_type: "SaleCreated".into(),
+        entity: "till:01".into(),
+        occurred_at: "2026-11-23T10:00:00Z".into(),
+        correlation_id: None,
+        is_test: false,
+        attributes: None,
+        payload: r#"{"total":1}"#.into(),
+    }
+}
+
+fn state_of(db: &std::path::Path, seq: i64) -> (i64, i64, i64) {
+    let conn = rusqlite::Connection::open(db).expect("open");
+    conn.query_row(
+        "SELECT state, resends, (SELECT COUNT(*) FROM attempts WHERE event_seq = ?1) FROM deliveries WHERE event_seq = ?1",
+        [seq],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .expect("delivery row")
+}
+
+#[test]
+fn an_outcome_committed_after_a_resend_does_not_undo_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndata_dir = \"{d}/data\"\n[ingest]\nsocket = \"{d}/s.sock\"\n\
+             [[subscription]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"{}\"\n\
+             retry = {{ give_up_after = \"0s\" }}\n",
+            common::SECRET
+        ),
+    )
+    .expect("config");
+    let cfg = store_outbox::config::load(Some(&config)).expect("config valid");
+    let db = cfg.db_path();
+    let mut conn = store_outbox::outbox::open_writer(&db).expect("db");
+    let subs = store_outbox::outbox::register_subscriptions(&mut conn, &cfg.subscriptions).expect("subs");
+    let sub_id = subs[0].id;
+    let (writer, thread) = Writer::start(
+        conn,
+        &subs,
+        cfg.storage.max_db_bytes,
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let reader = store_outbox::outbox::open_reader(&db).expect("reader");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let record = |seq: i64, resends: i64, status: u16, verdict: Verdict| {
+        rt.block_on(writer.record(Outcome {
+            sub_id,
+            event_seq: seq,
+            at_ms: store_outbox::outbox::now_ms(),
+            status: Some(status),
+            error: (status >= 300).then(|| format!("HTTP {status}")),
+            duration_ms: 5,
+            verdict,
+            resends,
+        }))
+        .expect("record");
+    };
+
+    let replies = rt.block_on(writer.ingest(vec![event("race-1"), event("race-2")]));
+    assert!(
+        replies.iter().all(|r| matches!(r, Reply::Accepted { .. })),
+        "{replies:?}"
+    );
+    let entity: i64 = rusqlite::Connection::open(&db)
+        .expect("open")
+        .query_row("SELECT id FROM entities WHERE entity = 'till:01'", [], |r| r.get(0))
+        .expect("entity");
+    let resend_now = |id: &str| {
+        let mut conn = rusqlite::Connection::open(&db).expect("open");
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .expect("busy timeout");
+        let out = resend(
+            &mut conn,
+            &ResendRequest {
+                event_ids: vec![id.into()],
+                parked: false,
+                subscription: None,
+                since_ms: None,
+            },
+        )
+        .expect("resend");
+        assert_eq!(out.queued, 1);
+    };
+
+    // 1. A 2xx on the wire, the resend lands before its outcome's commit.
+    let head = read::head(&reader, sub_id, entity)
+        .expect("head")
+        .expect("an open event");
+    assert_eq!(head.event.event_id, "race-1");
+    resend_now("race-1");
+    record(head.event.seq, head.resends, 200, Verdict::Delivered);
+    let (state, resends, attempts) = state_of(&db, head.event.seq);
+    assert_eq!(
+        (state, resends, attempts),
+        (0, 1, 1),
+        "still pending after a stale 2xx, attempt kept"
+    );
+    let again = read::head(&reader, sub_id, entity).expect("head").expect("open");
+    assert_eq!(
+        again.event.event_id, "race-1",
+        "the resent event goes again, before race-2"
+    );
+    record(again.event.seq, again.resends, 200, Verdict::Delivered);
+    assert_eq!(state_of(&db, again.event.seq).0, 1, "the new attempt's 2xx counts");
+
+    // 2. A failure on the wire that would park (give_up_after = 0); the
+    //    operator resends meanwhile: the stale failure must not park it.
+    let head = read::head(&reader, sub_id, entity).expect("head").expect("open");
+    assert_eq!(head.event.event_id, "race-2");
+    resend_now("race-2");
+    record(head.event.seq, head.resends, 500, Verdict::Park);
+    let (state, resends, attempts) = state_of(&db, head.event.seq);
+    assert_eq!(
+        (state, resends, attempts),
+        (0, 1, 1),
+        "the resend holds: pending, the attempt kept"
+    );
+    // Without a race, the same failure parks it.
+    let again = read::head(&reader, sub_id, entity).expect("head").expect("open");
+    record(again.event.seq, again.resends, 500, Verdict::Park);
+    assert_eq!(state_of(&db, again.event.seq).0, 2, "parked by a current failure");
+    println!("resend race: a stale 2xx and a stale park after a resend were recorded as attempts and changed nothing");
+
+    drop(writer);
+    thread.join().expect("writer thread");
+}
