@@ -9,19 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA and a server certificate for 127.0.0.1 signed by it.
 fn make_certs(dir: &Path) {
     openssl(

@@ -99,28 +99,6 @@ fn admin_port(agent: &Agent) -> u16 {
         .expect("port number")
 }
 
-/// sd_notify datagrams received until one matches `until`, or the timeout.
-fn notify_messages(
-    sock: &std::os::unix::net::UnixDatagram,
-    timeout: Duration,
-    until: impl Fn(&str) -> bool,
-) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        if let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let done = until(&msg);
-            out.push(msg);
-            if done {
-                break;
-            }
-        }
-    }
-    out
-}
-
 fn big_event(id: &str, i: usize) -> String {
     event(
         id,

@@ -381,19 +381,6 @@ impl Drop for TlsEndpoint {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `ca.pem`, `good.pem`/`good.key` for 127.0.0.1 signed by it, and a
 /// self-signed `rogue.pem`/`rogue.key` for 127.0.0.1 the agent does not trust.
 fn make_certs(dir: &Path) {

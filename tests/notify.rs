@@ -3,27 +3,9 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-/// Messages received until `until` matches one, or the timeout.
-fn collect(sock: &UnixDatagram, timeout: Duration, until: impl Fn(&str) -> bool) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        if let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let done = until(&msg);
-            out.push(msg);
-            if done {
-                break;
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn ready_status_watchdog_and_stopping_reach_systemd() {
@@ -36,13 +18,13 @@ fn ready_status_watchdog_and_stopping_reach_systemd() {
     let path_text = path.display().to_string();
     agent.start_with_env(&[("NOTIFY_SOCKET", path_text.as_str()), ("WATCHDOG_USEC", "1000000")]);
 
-    let first = collect(&sock, Duration::from_secs(20), |m| m.contains("READY=1"));
+    let first = notify_messages(&sock, Duration::from_secs(20), |m| m.contains("READY=1"));
     let ready = first.iter().find(|m| m.contains("READY=1")).expect("READY=1 sent");
     assert!(ready.contains("STATUS=backlog 0"), "{ready}");
     // READY comes after the listeners: the socket answers now.
     assert!(std::os::unix::net::UnixStream::connect(agent.socket()).is_ok());
 
-    let pets = collect(&sock, Duration::from_secs(10), |_| false)
+    let pets = notify_messages(&sock, Duration::from_secs(10), |_| false)
         .into_iter()
         .filter(|m| m.contains("WATCHDOG=1"))
         .count();
@@ -54,7 +36,7 @@ fn ready_status_watchdog_and_stopping_reach_systemd() {
     let pid = agent.child.as_ref().expect("running").id();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let last = collect(&sock, Duration::from_secs(20), |m| m.contains("STOPPING=1"));
+    let last = notify_messages(&sock, Duration::from_secs(20), |m| m.contains("STOPPING=1"));
     assert!(last.iter().any(|m| m.contains("STOPPING=1")), "{last:?}");
     let status = agent.child.take().expect("child").wait().expect("wait");
     assert!(status.success());

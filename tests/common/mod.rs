@@ -655,3 +655,41 @@ impl Drop for TmpfsMount {
         }
     }
 }
+
+/// Runs `openssl` in `dir` (certificates for the TLS tests); fails the test
+/// with openssl's own message.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// sd_notify datagrams received on `sock` until one matches `until`, or the
+/// timeout (the socket needs a short read timeout).
+pub fn notify_messages(
+    sock: &std::os::unix::net::UnixDatagram,
+    timeout: Duration,
+    until: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = until(&msg);
+            out.push(msg);
+            if done {
+                break;
+            }
+        }
+    }
+    out
+}
