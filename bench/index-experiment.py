@@ -1,3 +1,7 @@
+"""Raw SQLite experiment behind docs/BENCHMARKS.md's "next step for the drain":
+how much a partial index keyed by entity costs the drain's outcome commits,
+against a plain index on the same columns that a state change does not touch.
+Run: python3 bench/index-experiment.py (writes /tmp/idx/t.db; about a minute)."""
 import sqlite3, time, os, sys
 N=200_000; E=10_000; BATCH=30
 def setup(path, partial):
@@ -34,4 +38,5 @@ def run(path, partial):
     wal=os.path.getsize(path+"-wal")
     print(f"{'partial deliveries_open' if partial else 'plain by-entity index'}: {N/dt:,.0f} outcomes/s, {dt/N*1e6:.1f} us each; WAL {wal/1e6:.0f} MB = {wal/4120/ (N/BATCH):.1f} pages per commit of {BATCH}")
 for partial in (True, False, True, False):
+    os.makedirs("/tmp/idx", exist_ok=True)
     run("/tmp/idx/t.db", partial)
