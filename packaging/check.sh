@@ -130,7 +130,10 @@ BIN=$CARGO_TARGET_DIR/release/store-outbox
 deb_size=$(stat -c %s "$DEB"); deb_isize=$(dpkg-deb -f "$DEB" Installed-Size)
 pass "$(basename "$DEB"): $deb_size bytes, Installed-Size $deb_isize KiB, binary $(stat -c %s "$BIN") bytes (stripped)"
 [[ $(dpkg-deb -f "$DEB" Architecture) == amd64 ]] || die "Architecture is not amd64"
-dpkg-deb --ctrl-tarfile "$DEB" | tar -tf - | grep -qx './conffiles' || die "no conffiles in the .deb"
+# No `grep -q` at the end of a pipe here: it exits at the first match, and
+# with pipefail the writer's SIGPIPE fails the check at random.
+control_files=$(dpkg-deb --ctrl-tarfile "$DEB" | tar -tf -)
+grep -qx './conffiles' <<<"$control_files" || die "no conffiles in the .deb"
 [[ $(dpkg-deb -I "$DEB" conffiles) == /etc/store-outbox/config.toml ]] || die "conffiles is not exactly /etc/store-outbox/config.toml"
 pass "conffiles: /etc/store-outbox/config.toml"
 expected_files=(
@@ -376,7 +379,7 @@ install_checks() {
   expect_stat "$root" /etc/store-outbox/config.toml 640 root:store-outbox
   expect_stat "$root" /usr/bin/store-outbox 755 root:root
   expect_stat "$root" /lib/systemd/system/store-outbox.service 644 root:root
-  chroot "$root" dpkg-query -W -f='${Conffiles}\n' store-outbox | grep -q '^ /etc/store-outbox/config.toml [0-9a-f]\{32\}$' \
+  chroot "$root" dpkg-query -W -f='${Conffiles}\n' store-outbox | grep '^ /etc/store-outbox/config.toml [0-9a-f]\{32\}$' >/dev/null \
     || die "/etc/store-outbox/config.toml is not a registered conffile"
   pass "conffile registered: /etc/store-outbox/config.toml"
   # Enabled (deb-systemd-helper works without a running systemd), not started.

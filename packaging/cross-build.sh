@@ -105,7 +105,7 @@ fi
 [[ -f /etc/debian_version ]] || die "this script expects Debian bookworm (no /etc/debian_version)"
 
 # ---- step: install ----------------------------------------------------------
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep '^install ok installed$' >/dev/null; }
 
 step_install() {
   log "install: checking packages for: ${BUILD_TRIPLES[*]}"
@@ -115,7 +115,7 @@ step_install() {
     # shellcheck disable=SC2207
     pkgs+=($(crosspkg_of "$tr"))
     a=$(debarch_of "$tr")
-    if ! dpkg --print-foreign-architectures | grep -qx "$a"; then
+    if ! dpkg --print-foreign-architectures | grep -x "$a" >/dev/null; then
       info "dpkg --add-architecture $a"
       dpkg --add-architecture "$a"
       need_update=1
