@@ -93,6 +93,10 @@ fn a_database_from_a_newer_version() {
         err.contains("schema version 99") && err.contains("newer store-outbox"),
         "{err}"
     );
+    assert!(
+        !err.contains("move it aside"),
+        "a newer database is not a damaged one: {err}"
+    );
     let db = rusqlite::Connection::open(agent.db()).expect("open");
     let v: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
     assert_eq!(v, 99, "left as it was");

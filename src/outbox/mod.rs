@@ -116,6 +116,9 @@ pub fn open_writer(path: &Path) -> Result<Connection, OpenError> {
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")
         .map_err(|e| open_error(path, e))?;
+    // A newer agent's database: its own message says what to do; the hint
+    // below (for a damaged file) would contradict it.
+    schema::refuse_newer(&conn).map_err(|e| open_error(path, e))?;
     schema::migrate(&mut conn).map_err(|e| {
         let hint = if disk_full(path) {
             "the disk holding it is full: free space on that filesystem (the database is kept as it is)"

@@ -88,9 +88,8 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Brings the schema up to [`CURRENT_VERSION`], one transaction per step.
 /// Refuses a database written by a newer agent rather than guess at it.
-pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+pub fn refuse_newer(conn: &Connection) -> Result<i64, String> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
@@ -100,6 +99,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
              install that version again or newer, the database is left as it is"
         ));
     }
+    Ok(version)
+}
+
+/// Brings the schema up to [`CURRENT_VERSION`], one transaction per step.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version = refuse_newer(conn)?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
