@@ -610,7 +610,7 @@ fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects) -> rusqlit
                 .execute(params![o.sub_id, o.event_seq, DELIVERED, o.at_ms, o.status, o.resends])?;
             if changed == 0 {
                 // Resent while this request was in flight: it goes again.
-                return Ok(());
+                return count_voided_attempt(tx, o);
             }
             let (delivered, last_at) = effects.delivered_by_sub.entry(o.sub_id).or_insert((0, 0));
             *delivered += 1;
@@ -639,11 +639,23 @@ fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects) -> rusqlit
                     o.resends
                 ])?;
             if changed == 0 {
-                return Ok(());
+                return count_voided_attempt(tx, o);
             }
             tx.prepare_cached("UPDATE subscriptions SET last_error = ?2, last_error_at = ?3 WHERE id = ?1")?
                 .execute(params![o.sub_id, o.error, o.at_ms])?;
         }
     }
+    Ok(())
+}
+
+/// An attempt whose delivery was resent while it was in flight: it counts as
+/// an attempt (as in `attempts`), but leaves the delivery's state to the
+/// resend, so the event is sent again.
+fn count_voided_attempt(tx: &Connection, o: &Outcome) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE deliveries SET attempts = attempts + 1, last_status = ?3, last_error = ?4
+         WHERE sub_id = ?1 AND event_seq = ?2",
+    )?
+    .execute(params![o.sub_id, o.event_seq, o.status, o.error])?;
     Ok(())
 }
