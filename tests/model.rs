@@ -421,13 +421,13 @@ struct Track {
     /// Heads the entity had just before a resend: a request for one of them
     /// may already have been on the wire. Cleared by the next request.
     grace: BTreeSet<i64>,
-    /// After a request allowed by `grace`: one more request of the same event
-    /// is allowed. If that earlier request left before the resend committed,
-    /// its outcome does not count (the resend always leads to a new attempt),
-    /// so the agent sends the event again; if it left after, it counted and
-    /// nothing more comes. The receiver cannot tell which. Cleared by the
-    /// next request.
-    echo: Option<i64>,
+    /// Events last answered to a request allowed by `grace`: if that request
+    /// left before the resend committed, its outcome did not count (a resend
+    /// always leads to a new attempt) and the event is still pending, so the
+    /// agent sends it again; if it left after, it counted. The receiver cannot
+    /// tell which, so another request for them is allowed, and after a crash
+    /// the file may show them pending.
+    unsure: BTreeSet<i64>,
     /// The last request seen from the running agent: its outcome may be lost by a crash.
     last_request: Option<i64>,
     /// Resent while the scheduler may hold it as parked or finished: it picks
@@ -741,8 +741,8 @@ impl Harness {
         let track = &mut self.model.tracks[sub][entity];
         let head = track.head();
         let by_grace = track.grace.contains(&seq);
-        let by_echo = track.echo == Some(seq);
-        let allowed = by_grace || by_echo || head == Some((seq, State::Pending));
+        let by_unsure = track.unsure.contains(&seq);
+        let allowed = by_grace || by_unsure || head == Some((seq, State::Pending));
         if !allowed {
             let before = track.describe();
             return self.shared.violation(format!(
@@ -753,7 +753,13 @@ impl Harness {
             ));
         }
         track.grace.clear();
-        track.echo = by_grace.then_some(seq);
+        if by_grace {
+            track.unsure.insert(seq);
+        } else {
+            // Sent from the agent's own reading of the file: what came
+            // before it in the entity was delivered.
+            track.unsure.retain(|u| *u > seq);
+        }
         if !by_grace {
             // Sent from a fresh read of the entity's head: the scheduler holds it.
             track.sluggish = false;
@@ -998,8 +1004,13 @@ impl Harness {
             .tracks
             .iter()
             .flatten()
-            .filter(|t| t.echo.is_some_and(|seq| t.states[(seq - 1) as usize] == State::Parked))
-            .count();
+            .map(|t| {
+                t.unsure
+                    .iter()
+                    .filter(|seq| t.states[(**seq - 1) as usize] == State::Parked)
+                    .count()
+            })
+            .sum::<usize>();
         if outcome.queued > expected || outcome.queued + unsure < expected {
             self.shared.violation(format!(
                 "resend --parked queued {}, the model has {expected} parked",
@@ -1074,7 +1085,7 @@ impl Harness {
                     };
                     // What a failed attempt leaves behind on this subscription.
                     let failed = if sub == PARK { "parked" } else { "pending" };
-                    let last = track.last_request == Some(i as i64 + 1);
+                    let last = track.last_request == Some(i as i64 + 1) || track.unsure.contains(&(i as i64 + 1));
                     if row.state == want {
                         // As the model says.
                     } else if last && (row.state == "pending" || row.state == failed) {
@@ -1111,7 +1122,7 @@ impl Harness {
                 }
                 track.last_request = None;
                 track.grace.clear();
-                track.echo = None;
+                track.unsure.clear();
                 track.sluggish = false;
             }
         }
