@@ -89,6 +89,10 @@ fn acked_events_are_delivered_in_order_with_valid_signatures() {
         dedup.dedup();
         assert_eq!(dedup, (1..=20).collect::<Vec<_>>(), "{entity}");
     }
+    // The receiver has the last ones before the agent has committed their 2xx.
+    wait_until(Duration::from_secs(30), "status: nothing pending", || {
+        agent.status()["subscriptions"][0]["pending"] == 0
+    });
     let status = agent.status();
     let sub = &status["subscriptions"][0];
     assert_eq!(sub["name"], "erp");
