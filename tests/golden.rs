@@ -104,41 +104,47 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
         let erp = subs[0].id;
         for (seq, at) in [(1, T0 + 1_000), (2, T0 + 2_000), (5, T0 + 3_000)] {
             writer
-                .record(outcome(erp, seq, at, Some(200), None, Verdict::Delivered))
+                .record(outcome(erp, seq, at, Some(200), None, Verdict::Delivered), None)
                 .await
                 .expect("record");
         }
         let err = Some("HTTP 422: unknown till");
         writer
-            .record(outcome(
-                erp,
-                3,
-                T0 + 4_000,
-                Some(422),
-                err,
-                Verdict::Retry {
-                    next_attempt_at_ms: T0 + 5_000,
-                },
-            ))
+            .record(
+                outcome(
+                    erp,
+                    3,
+                    T0 + 4_000,
+                    Some(422),
+                    err,
+                    Verdict::Retry {
+                        next_attempt_at_ms: T0 + 5_000,
+                    },
+                ),
+                None,
+            )
             .await
             .expect("record");
         writer
-            .record(outcome(erp, 3, T0 + 6_000, Some(422), err, Verdict::Park))
+            .record(outcome(erp, 3, T0 + 6_000, Some(422), err, Verdict::Park), None)
             .await
             .expect("record");
         writer.set_sub_state(erp, "online", 0);
         writer.set_sub_state(subs[1].id, "offline", 0);
         writer
-            .record(outcome(
-                subs[1].id,
-                2,
-                T0 + 7_000,
+            .record(
+                outcome(
+                    subs[1].id,
+                    2,
+                    T0 + 7_000,
+                    None,
+                    Some("cannot connect: Connection refused"),
+                    Verdict::Retry {
+                        next_attempt_at_ms: T0 + 9_000,
+                    },
+                ),
                 None,
-                Some("cannot connect: Connection refused"),
-                Verdict::Retry {
-                    next_attempt_at_ms: T0 + 9_000,
-                },
-            ))
+            )
             .await
             .expect("record");
     });

@@ -10,25 +10,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use store_outbox::event::{NewEvent, Reply};
+use store_outbox::event::Reply;
 use store_outbox::outbox::read;
 use store_outbox::outbox::resend::{resend, ResendRequest};
-use store_outbox::outbox::writer::{Outcome, Verdict, Writer};
-
-fn event(id: &str) -> NewEvent {
-    NewEvent {
-        event_id: id.into(),
-        event_type: "SaleCreated".into(),
-        entity: "till:01".into(),
-        occurred_at: "2026-11-23T10:00:00Z".into(),
-        correlation_id: None,
-        is_test: false,
-        attributes: None,
-        payload: r#"{"total":1}"#.into(),
-    }
-}
+use store_outbox::outbox::writer::{Outcome, Verdict};
 
 fn state_of(db: &std::path::Path, seq: i64) -> (i64, i64, i64) {
     let conn = rusqlite::Connection::open(db).expect("open");
@@ -43,49 +28,38 @@ fn state_of(db: &std::path::Path, seq: i64) -> (i64, i64, i64) {
 #[test]
 fn an_outcome_committed_after_a_resend_does_not_undo_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().display();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\ndata_dir = \"{d}/data\"\n[ingest]\nsocket = \"{d}/s.sock\"\n\
-             [[subscription]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"{}\"\n\
-             retry = {{ give_up_after = \"0s\" }}\n",
-            common::SECRET
-        ),
-    )
-    .expect("config");
-    let cfg = store_outbox::config::load(Some(&config)).expect("config valid");
-    let db = cfg.db_path();
-    let mut conn = store_outbox::outbox::open_writer(&db).expect("db");
-    let subs = store_outbox::outbox::register_subscriptions(&mut conn, &cfg.subscriptions).expect("subs");
-    let sub_id = subs[0].id;
-    let (writer, thread) = Writer::start(
-        conn,
-        &subs,
-        cfg.storage.max_db_bytes,
-        Arc::new(tokio::sync::Notify::new()),
-    );
+    let common::LibraryOutbox {
+        db,
+        sub_id,
+        writer,
+        thread,
+    } = common::library_outbox(dir.path(), r#"retry = { give_up_after = "0s" }"#);
     let reader = store_outbox::outbox::open_reader(&db).expect("reader");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let record = |seq: i64, resends: i64, status: u16, verdict: Verdict| {
-        rt.block_on(writer.record(Outcome {
-            sub_id,
-            event_seq: seq,
-            at_ms: store_outbox::outbox::now_ms(),
-            status: Some(status),
-            error: (status >= 300).then(|| format!("HTTP {status}")),
-            duration_ms: 5,
-            verdict,
-            resends,
-        }))
+        rt.block_on(writer.record(
+            Outcome {
+                sub_id,
+                event_seq: seq,
+                at_ms: store_outbox::outbox::now_ms(),
+                status: Some(status),
+                error: (status >= 300).then(|| format!("HTTP {status}")),
+                duration_ms: 5,
+                verdict,
+                resends,
+            },
+            None,
+        ))
         .expect("record");
     };
 
-    let replies = rt.block_on(writer.ingest(vec![event("race-1"), event("race-2")]));
+    let replies = rt.block_on(writer.ingest(vec![
+        common::new_event("race-1", "till:01"),
+        common::new_event("race-2", "till:01"),
+    ]));
     assert!(
         replies.iter().all(|r| matches!(r, Reply::Accepted { .. })),
         "{replies:?}"

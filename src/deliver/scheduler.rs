@@ -27,7 +27,7 @@ use super::webhook::{Attempt, AttemptKind, Endpoint};
 use crate::config::RetryConfig;
 use crate::metrics::Metrics;
 use crate::outbox::read::{self, Head};
-use crate::outbox::writer::{Outcome, Verdict, Writer};
+use crate::outbox::writer::{ExpectedOutcome, Outcome, Verdict, Writer};
 use crate::outbox::{now_ms, Subscription, PARKED};
 use crate::shutdown::Shutdown;
 
@@ -365,6 +365,7 @@ impl Scheduler {
                 retry: self.retry(),
                 metrics: self.metrics.clone(),
                 slot: Slot(Some(self.answered_tx.clone())),
+                expected: self.writer.expect_outcome(),
             };
             tasks.spawn(courier.deliver(entity_id, head, was_probe));
             if was_probe {
@@ -544,6 +545,8 @@ struct Courier {
     retry: RetryConfig,
     metrics: Metrics,
     slot: Slot,
+    /// Lets the writer hold a group of outcomes for this one.
+    expected: ExpectedOutcome,
 }
 
 impl Courier {
@@ -557,6 +560,7 @@ impl Courier {
             retry,
             metrics,
             mut slot,
+            expected,
         } = self;
         let at_ms = now_ms();
         let started = std::time::Instant::now();
@@ -606,7 +610,7 @@ impl Courier {
             verdict,
             resends: head.resends,
         };
-        let recorded = match writer.record(outcome).await {
+        let recorded = match writer.record(outcome, Some(expected)).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record a delivery attempt; it will be repeated");

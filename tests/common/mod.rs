@@ -693,3 +693,63 @@ pub fn notify_messages(
     }
     out
 }
+
+/// The outbox driven through the library, for tests that force an
+/// interleaving a test through the process cannot: a real database file and
+/// the real writer thread, with one subscription "erp" (endpoint unused).
+pub struct LibraryOutbox {
+    /// The database file.
+    pub db: PathBuf,
+    /// The subscription's row id.
+    pub sub_id: i64,
+    /// The writer, as the agent uses it.
+    pub writer: store_outbox::outbox::writer::Writer,
+    /// The writer thread; it ends once every `Writer` is dropped.
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Opens an outbox in `dir`; `subscription_extra` is added to the
+/// subscription's TOML table (for example `retry = { give_up_after = "0s" }`).
+pub fn library_outbox(dir: &Path, subscription_extra: &str) -> LibraryOutbox {
+    let d = dir.display();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndata_dir = \"{d}/data\"\n[ingest]\nsocket = \"{d}/s.sock\"\n\
+             [[subscription]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"{SECRET}\"\n\
+             {subscription_extra}\n"
+        ),
+    )
+    .expect("config");
+    let cfg = store_outbox::config::load(Some(&config)).expect("config valid");
+    let db = cfg.db_path();
+    let mut conn = store_outbox::outbox::open_writer(&db).expect("db");
+    let subs = store_outbox::outbox::register_subscriptions(&mut conn, &cfg.subscriptions).expect("subs");
+    let (writer, thread) = store_outbox::outbox::writer::Writer::start(
+        conn,
+        &subs,
+        cfg.storage.max_db_bytes,
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    LibraryOutbox {
+        db,
+        sub_id: subs[0].id,
+        writer,
+        thread,
+    }
+}
+
+/// A small event of `entity`, as a producer hands it over.
+pub fn new_event(id: &str, entity: &str) -> store_outbox::event::NewEvent {
+    store_outbox::event::NewEvent {
+        event_id: id.into(),
+        event_type: "SaleCreated".into(),
+        entity: entity.into(),
+        occurred_at: "2026-11-23T10:00:00Z".into(),
+        correlation_id: None,
+        is_test: false,
+        attributes: None,
+        payload: r#"{"total":1}"#.into(),
+    }
+}
