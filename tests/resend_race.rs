@@ -86,7 +86,7 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
     };
 
     // 1. A 2xx on the wire, the resend lands before its outcome's commit.
-    let head = read::head(&reader, sub_id, entity)
+    let head = read::head(&reader, sub_id, entity, 0)
         .expect("head")
         .expect("an open event");
     assert_eq!(head.event.event_id, "race-1");
@@ -98,7 +98,7 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
         (0, 1, 1),
         "still pending after a stale 2xx, attempt kept"
     );
-    let again = read::head(&reader, sub_id, entity).expect("head").expect("open");
+    let again = read::head(&reader, sub_id, entity, 0).expect("head").expect("open");
     assert_eq!(
         again.event.event_id, "race-1",
         "the resent event goes again, before race-2"
@@ -108,7 +108,7 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
 
     // 2. A failure on the wire that would park (give_up_after = 0); the
     //    operator resends meanwhile: the stale failure must not park it.
-    let head = read::head(&reader, sub_id, entity).expect("head").expect("open");
+    let head = read::head(&reader, sub_id, entity, 0).expect("head").expect("open");
     assert_eq!(head.event.event_id, "race-2");
     resend_now("race-2");
     record(head.event.seq, head.resends, 500, Verdict::Park);
@@ -119,7 +119,7 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
         "the resend holds: pending, the attempt kept"
     );
     // Without a race, the same failure parks it.
-    let again = read::head(&reader, sub_id, entity).expect("head").expect("open");
+    let again = read::head(&reader, sub_id, entity, 0).expect("head").expect("open");
     record(again.event.seq, again.resends, 500, Verdict::Park);
     assert_eq!(state_of(&db, again.event.seq).0, 2, "parked by a current failure");
     println!("resend race: a stale 2xx and a stale park after a resend were recorded as attempts and changed nothing");

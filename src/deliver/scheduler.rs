@@ -6,6 +6,12 @@
 //!   the previous one's outcome is *committed*. So event n+1 is never sent
 //!   before n's 2xx is durable, and after a crash a receiver can at worst see
 //!   n again, never n after n+1.
+//! - **Cursors**: each entity's next event is looked up from a cursor (an
+//!   `entity_seq` before which everything of the entity is delivered), so the
+//!   database needs no entity-keyed index that changes with every outcome.
+//!   Only a resend reopens events behind a cursor, and it bumps
+//!   `resend_generation`: every round of lookups first checks that counter in
+//!   the same read transaction and moves the cursors back before reading.
 //! - **Parked blocks its entity only**: a parked head keeps its entity out of
 //!   the ready set; other entities go on.
 //! - **Offline probing**: while the endpoint is down, one request at a time,
@@ -36,8 +42,11 @@ use crate::shutdown::Shutdown;
 const FAILURES_BEFORE_OFFLINE: u32 = 5;
 /// The longest pause after outcomes that could not be committed.
 const STORAGE_PAUSE_MAX: Duration = Duration::from_secs(30);
-/// How often parked entities are looked at again (an operator may resend).
+/// How often `resend_generation` is looked at while nothing is sent (an
+/// operator may resend parked or delivered events).
 const RESYNC_EVERY: Duration = Duration::from_secs(2);
+/// The pause after the outbox could not be read.
+const READ_RETRY: Duration = Duration::from_secs(1);
 /// Delivery tasks (answered and waiting for their commit, or still in
 /// flight) allowed per request slot: bounds memory when commits stall.
 const TASKS_PER_SLOT: usize = 32;
@@ -57,13 +66,44 @@ struct Entity {
     state: EntityState,
     /// When its head may be sent (backoff).
     due: Instant,
-    /// `seq` of its head (or a lower bound), to find the oldest event.
-    head_seq: i64,
+    /// Its head, or the cursor its head is looked up from: everything of the
+    /// entity before it is delivered.
+    at: Position,
+    /// A resend reopened this earlier event while a request of the entity
+    /// was in flight: the cursor goes back here when that request finishes.
+    rewind: Option<Position>,
+}
+
+/// A place in an entity's order. `seq` and `entity_seq` grow together within
+/// an entity, so either orders it; `seq` also orders entities by age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    seq: i64,
+    entity_seq: i64,
+}
+
+impl Position {
+    fn of(event: &crate::outbox::read::StoredEvent) -> Self {
+        Position {
+            seq: event.seq,
+            entity_seq: event.entity_seq,
+        }
+    }
+
+    /// A lower bound of the entity's next event.
+    fn next(self) -> Self {
+        Position {
+            seq: self.seq.saturating_add(1),
+            entity_seq: self.entity_seq.saturating_add(1),
+        }
+    }
 }
 
 /// What a finished delivery task reports.
 struct Done {
     entity_id: i64,
+    /// The event that was sent.
+    sent: Position,
     attempt: Attempt,
     /// Attempts of this delivery, including this one.
     attempts: i64,
@@ -109,13 +149,15 @@ pub struct Scheduler {
     offline_since: Option<Instant>,
     /// Outcomes in a row that could not be committed (a full disk, a broken
     /// database): no request starts before `storage_pause_until`, so the
-    /// endpoint is not flooded with repeats of events we cannot mark.
+    /// endpoint is not flooded with repeats of events we cannot mark. The
+    /// same pause (`READ_RETRY`) follows a failed read of the outbox.
     unrecorded_in_a_row: u32,
     storage_pause_until: Option<Instant>,
     /// (online, in flight) as last written for `status`.
     persisted: (bool, usize),
-    /// `resend_generation` last seen in `meta`.
-    resend_generation: Option<String>,
+    /// `resend_generation` when the open entities were last read; `None`
+    /// until they were read once.
+    resend_generation: Option<Option<String>>,
     /// Stamped at every turn of the loop's tick, for the watchdog.
     heartbeat: crate::notify::Heartbeat,
 }
@@ -179,19 +221,20 @@ impl Scheduler {
         self.sub.config.retry
     }
 
-    fn set_ready(&mut self, entity_id: i64, due: Instant, head_seq: i64) {
+    fn set_ready(&mut self, entity_id: i64, due: Instant, at: Position) {
         let entity = self.entities.entry(entity_id).or_insert(Entity {
             state: EntityState::Ready,
             due,
-            head_seq,
+            at,
+            rewind: None,
         });
         if entity.state == EntityState::Ready {
-            self.ready.remove(&(entity.due, entity.head_seq, entity_id));
+            self.ready.remove(&(entity.due, entity.at.seq, entity_id));
         }
         entity.state = EntityState::Ready;
         entity.due = due;
-        entity.head_seq = head_seq;
-        self.ready.insert((due, head_seq, entity_id));
+        entity.at = at;
+        self.ready.insert((due, at.seq, entity_id));
     }
 
     fn take_ready(&mut self, key: (Instant, i64, i64)) {
@@ -200,17 +243,7 @@ impl Scheduler {
 
     /// Runs until shutdown.
     pub async fn run(mut self) {
-        let sub_id = self.sub.id;
-        match read::open_entities(&self.reader, sub_id) {
-            Ok(open) => {
-                let now = Instant::now();
-                for (entity_id, first_seq) in open {
-                    self.set_ready(entity_id, now, first_seq);
-                }
-            }
-            Err(e) => tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the backlog"),
-        }
-        self.resend_generation = read::meta(&self.reader, "resend_generation").ok().flatten();
+        self.catch_up_resends(Instant::now());
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut tick = tokio::time::interval(RESYNC_EVERY);
         let mut shutdown = self.shutdown.clone();
@@ -232,8 +265,7 @@ impl Scheduler {
                 _ = sleep_until_opt(wake) => {}
                 _ = tick.tick() => {
                     self.heartbeat.beat();
-                    self.resync_parked();
-                    self.resync_resent();
+                    self.catch_up_resends(Instant::now());
                     if self.persisted != (self.online, self.in_flight) {
                         self.persist_state();
                     }
@@ -296,10 +328,30 @@ impl Scheduler {
 
     fn merge_inbox(&mut self) {
         let now = Instant::now();
-        for (entity_id, seq) in self.sub.inbox.take() {
+        // An entity not tracked has nothing undelivered before its new
+        // events (or a resend reopened some, which the next round's check
+        // of `resend_generation` finds), so its cursor starts at the first
+        // new one.
+        for (entity_id, (seq, entity_seq)) in self.sub.inbox.take() {
             if !self.entities.contains_key(&entity_id) {
-                self.set_ready(entity_id, now, seq);
+                self.set_ready(entity_id, now, Position { seq, entity_seq });
             }
+        }
+    }
+
+    /// The entity to send next, if one may be sent now.
+    fn next_pick(&self, now: Instant) -> Option<(Instant, i64, i64)> {
+        if self.online {
+            if !self.has_slot() {
+                return None;
+            }
+            self.ready.first().copied().filter(|key| key.0 <= now)
+        } else {
+            if self.probe_in_flight || now < self.next_probe_at {
+                return None;
+            }
+            // The oldest waiting event, whatever its entity's own backoff.
+            self.ready.iter().min_by_key(|(_, seq, _)| *seq).copied()
         }
     }
 
@@ -309,28 +361,39 @@ impl Scheduler {
         if self.storage_pause_until.is_some_and(|until| now < until) {
             return;
         }
-        loop {
-            let pick = if self.online {
-                if !self.has_slot() {
-                    return;
-                }
-                match self.ready.first() {
-                    Some(&key) if key.0 <= now => key,
-                    _ => return,
-                }
-            } else {
-                if self.probe_in_flight || now < self.next_probe_at {
-                    return;
-                }
-                // The oldest waiting event, whatever its entity's own backoff.
-                match self.ready.iter().min_by_key(|(_, seq, _)| *seq) {
-                    Some(&key) => key,
-                    None => return,
-                }
-            };
+        if self.next_pick(now).is_none() {
+            return;
+        }
+        // One read transaction for the round: the check for resends and
+        // every lookup see the same commit, so a resend that reopens events
+        // behind a cursor is either seen by the check (and the cursors move
+        // back first) or by none of the lookups.
+        if !self.reader.is_autocommit() {
+            let _ = self.reader.execute_batch("ROLLBACK");
+        }
+        if let Err(e) = self.reader.prepare_cached("BEGIN").and_then(|mut s| s.execute([])) {
+            tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the outbox");
+            self.storage_pause_until = Some(now + READ_RETRY);
+            return;
+        }
+        if self.catch_up_resends(now) {
+            self.dispatch_round(tasks, now);
+        } else {
+            self.storage_pause_until = Some(now + READ_RETRY);
+        }
+        if let Err(e) = self.reader.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
+            tracing::debug!(error = %e, "ending a read transaction");
+        }
+    }
+
+    fn dispatch_round(&mut self, tasks: &mut JoinSet<Done>, now: Instant) {
+        while let Some(pick) = self.next_pick(now) {
             self.take_ready(pick);
             let entity_id = pick.2;
-            let head = match read::head(&self.reader, self.sub.id, entity_id) {
+            let Some(cursor) = self.entities.get(&entity_id).map(|e| e.at) else {
+                continue;
+            };
+            let head = match read::head(&self.reader, self.sub.id, entity_id, cursor.entity_seq) {
                 Ok(Some(head)) => head,
                 Ok(None) => {
                     self.entities.remove(&entity_id);
@@ -338,20 +401,21 @@ impl Scheduler {
                 }
                 Err(e) => {
                     tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the next event");
-                    self.set_ready(entity_id, now + Duration::from_secs(1), pick.1);
+                    self.set_ready(entity_id, now + Duration::from_secs(1), cursor);
                     return;
                 }
             };
+            let at = Position::of(&head.event);
             if head.state == PARKED {
                 if let Some(entity) = self.entities.get_mut(&entity_id) {
                     entity.state = EntityState::Parked;
-                    entity.head_seq = head.event.seq;
+                    entity.at = at;
                 }
                 continue;
             }
             if let Some(entity) = self.entities.get_mut(&entity_id) {
                 entity.state = EntityState::InFlight;
-                entity.head_seq = head.event.seq;
+                entity.at = at;
             }
             self.in_flight += 1;
             self.requests += 1;
@@ -384,11 +448,10 @@ impl Scheduler {
             self.probe_in_flight = false;
         }
         let now = Instant::now();
-        let head_seq = self
-            .entities
-            .get(&done.entity_id)
-            .map(|e| e.head_seq)
-            .unwrap_or(i64::MAX);
+        // Where the entity goes on from: after the event sent, or back to an
+        // event a resend reopened meanwhile.
+        let rewind = self.entities.get_mut(&done.entity_id).and_then(|e| e.rewind.take());
+        let from = |p: Position| rewind.map_or(p, |r| r.min(p));
         let name = self.sub.config.name.clone();
         if !done.recorded {
             // The outcome is not durable: send the same event again later,
@@ -402,20 +465,13 @@ impl Scheduler {
                 tracing::warn!(subscription = %name, "cannot record delivery outcomes; pausing this subscription until the outbox takes writes again");
             }
             self.storage_pause_until = Some(now + pause);
-            self.set_ready(done.entity_id, now + pause, head_seq);
+            self.set_ready(done.entity_id, now + pause, from(done.sent));
             return;
         }
         if self.unrecorded_in_a_row > 0 {
             tracing::info!(subscription = %name, "delivery outcomes are recorded again; resuming");
             self.unrecorded_in_a_row = 0;
             self.storage_pause_until = None;
-        }
-        if done.verdict == Verdict::Park {
-            tracing::warn!(subscription = %name, error = ?done.attempt.error, attempts = done.attempts,
-                "delivery parked after retry.give_up_after; its entity waits until it is resent");
-            if let Some(entity) = self.entities.get_mut(&done.entity_id) {
-                entity.state = EntityState::Parked;
-            }
         }
         match done.attempt.kind {
             AttemptKind::Delivered => {
@@ -429,12 +485,14 @@ impl Scheduler {
                     self.offline_since = None;
                     self.persist_state();
                     let keys: Vec<_> = self.ready.iter().copied().collect();
-                    for (_, seq, id) in keys {
-                        self.set_ready(id, now, seq);
+                    for (_, _, id) in keys {
+                        if let Some(at) = self.entities.get(&id).map(|e| e.at) {
+                            self.set_ready(id, now, at);
+                        }
                     }
                 }
                 // The next event of this entity is strictly later.
-                self.set_ready(done.entity_id, now, head_seq.saturating_add(1));
+                self.set_ready(done.entity_id, now, from(done.sent.next()));
             }
             kind => {
                 self.failures_in_a_row += 1;
@@ -460,55 +518,67 @@ impl Scheduler {
                     .attempt
                     .retry_after
                     .unwrap_or_else(|| backoff::delay(&self.sub.config.retry, done.attempts.max(1) as u32));
-                if done.verdict != Verdict::Park {
-                    self.set_ready(done.entity_id, now + own, head_seq);
-                }
-            }
-        }
-    }
-
-    /// After a `resend` (it bumps `resend_generation`), picks up every entity
-    /// with open deliveries that this scheduler does not hold yet.
-    fn resync_resent(&mut self) {
-        let generation = read::meta(&self.reader, "resend_generation").ok().flatten();
-        if generation == self.resend_generation {
-            return;
-        }
-        self.resend_generation = generation;
-        let now = Instant::now();
-        match read::open_entities(&self.reader, self.sub.id) {
-            Ok(open) => {
-                for (entity_id, first_seq) in open {
-                    match self.entities.get(&entity_id).map(|e| e.state) {
-                        None => self.set_ready(entity_id, now, first_seq),
-                        // Its head may now be an earlier, resent event.
-                        Some(EntityState::Ready) => self.set_ready(entity_id, now, first_seq),
-                        Some(_) => {}
+                match (done.verdict, rewind) {
+                    (Verdict::Park, None) => {
+                        tracing::warn!(subscription = %name, error = ?done.attempt.error, attempts = done.attempts,
+                            "delivery parked after retry.give_up_after; its entity waits until it is resent");
+                        if let Some(entity) = self.entities.get_mut(&done.entity_id) {
+                            entity.state = EntityState::Parked;
+                            entity.at = done.sent;
+                        }
                     }
+                    // Parked, but a resend reopened an earlier event of the
+                    // entity meanwhile: that one goes first.
+                    (Verdict::Park, Some(earlier)) => self.set_ready(done.entity_id, now, earlier.min(done.sent)),
+                    _ => self.set_ready(done.entity_id, now + own, from(done.sent)),
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot re-read the backlog after a resend"),
         }
     }
 
-    /// Looks again at parked entities: an operator may have resent their head.
-    fn resync_parked(&mut self) {
-        let parked: Vec<i64> = self
-            .entities
-            .iter()
-            .filter(|(_, e)| e.state == EntityState::Parked)
-            .map(|(id, _)| *id)
-            .collect();
-        let now = Instant::now();
-        for entity_id in parked {
-            match read::head(&self.reader, self.sub.id, entity_id) {
-                Ok(Some(head)) if head.state != PARKED => self.set_ready(entity_id, now, head.event.seq),
-                Ok(None) => {
-                    self.entities.remove(&entity_id);
+    /// Reads the open entities at start, and again whenever a resend
+    /// (which bumps `resend_generation`) may have reopened events behind the
+    /// cursors; moves those cursors back. Returns false if the counter or
+    /// the backlog could not be read: nothing may be looked up then, since
+    /// a cursor could pass events reopened behind it.
+    fn catch_up_resends(&mut self, now: Instant) -> bool {
+        let generation = match read::meta(&self.reader, "resend_generation") {
+            Ok(generation) => generation,
+            Err(e) => {
+                tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the outbox");
+                return false;
+            }
+        };
+        if self.resend_generation.as_ref() == Some(&generation) {
+            return true;
+        }
+        let open = match read::open_entities(&self.reader, self.sub.id) {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the backlog");
+                return false;
+            }
+        };
+        self.resend_generation = Some(generation);
+        for open in open {
+            let first = Position {
+                seq: open.first_seq,
+                entity_seq: open.first_entity_seq,
+            };
+            match self.entities.get_mut(&open.entity_id) {
+                None => self.set_ready(open.entity_id, now, first),
+                Some(entity) if entity.state == EntityState::InFlight => {
+                    entity.rewind = Some(entity.rewind.map_or(first, |r| r.min(first)));
                 }
-                _ => {}
+                // Ready or parked: its head may now be an earlier, resent
+                // event, or the parked head itself was resent.
+                Some(entity) => {
+                    let at = entity.at.min(first);
+                    self.set_ready(open.entity_id, now, at);
+                }
             }
         }
+        true
     }
 }
 
@@ -562,6 +632,7 @@ impl Courier {
             mut slot,
             expected,
         } = self;
+        let sent = Position::of(&head.event);
         let at_ms = now_ms();
         let started = std::time::Instant::now();
         let attempt = endpoint.send(&head.event).await;
@@ -619,6 +690,7 @@ impl Courier {
         };
         Done {
             entity_id,
+            sent,
             attempt,
             attempts,
             recorded,

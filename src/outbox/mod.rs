@@ -173,24 +173,27 @@ pub fn open_reader(path: &Path) -> Result<Connection, OpenError> {
 /// the number of entities, not events, however fast producers write.
 #[derive(Default)]
 pub struct Inbox {
-    /// entity id -> lowest new event `seq`.
-    dirty: Mutex<HashMap<i64, i64>>,
+    /// entity id -> the lowest new event, as (`seq`, `entity_seq`).
+    dirty: Mutex<HashMap<i64, (i64, i64)>>,
     notify: Notify,
 }
 
 impl Inbox {
-    /// Marks entities (with the `seq` of a new event) and wakes the scheduler.
-    pub fn push(&self, entities: impl IntoIterator<Item = (i64, i64)>) {
+    /// Marks entities (with the `seq` and `entity_seq` of a new event) and
+    /// wakes the scheduler.
+    pub fn push(&self, entities: impl IntoIterator<Item = (i64, i64, i64)>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        for (entity, seq) in entities {
-            let first = dirty.entry(entity).or_insert(seq);
-            *first = (*first).min(seq);
+        for (entity, seq, entity_seq) in entities {
+            let first = dirty.entry(entity).or_insert((seq, entity_seq));
+            if seq < first.0 {
+                *first = (seq, entity_seq);
+            }
         }
         drop(dirty);
         self.notify.notify_one();
     }
     /// Takes the marked entities.
-    pub fn take(&self) -> HashMap<i64, i64> {
+    pub fn take(&self) -> HashMap<i64, (i64, i64)> {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
     }
     /// Waits until [`Inbox::push`] was called since the last wait.

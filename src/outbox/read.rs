@@ -50,19 +50,24 @@ pub struct Head {
     pub event: StoredEvent,
 }
 
-/// The next event of `entity_id` that `sub_id` has not yet received.
-pub fn head(conn: &Connection, sub_id: i64, entity_id: i64) -> rusqlite::Result<Option<Head>> {
+/// The next event of `entity_id` that `sub_id` has not yet received, at
+/// `entity_seq` `from` or later.
+///
+/// `from` is the caller's cursor: everything of the entity before it is
+/// known to be delivered (0 when nothing is known). The scan starts there, so
+/// it does not walk the entity's delivered history.
+pub fn head(conn: &Connection, sub_id: i64, entity_id: i64, from: i64) -> rusqlite::Result<Option<Head>> {
     conn.prepare_cached(
         "SELECT d.state, d.attempts, d.first_failed_at,
                 e.seq, e.event_id, e.type, n.entity, e.entity_seq, e.occurred_at,
                 e.correlation_id, e.is_test, e.attributes, e.payload, e.ingested_at, d.resends
-         FROM deliveries d
+         FROM deliveries d INDEXED BY deliveries_by_entity
          JOIN events e ON e.seq = d.event_seq
          JOIN entities n ON n.id = d.entity_id
-         WHERE d.sub_id = ?1 AND d.entity_id = ?2 AND d.state <> 1
+         WHERE d.sub_id = ?1 AND d.entity_id = ?2 AND d.entity_seq >= ?3 AND d.state <> 1
          ORDER BY d.entity_seq LIMIT 1",
     )?
-    .query_row(params![sub_id, entity_id], |r| {
+    .query_row(params![sub_id, entity_id, from], |r| {
         Ok(Head {
             state: r.get(0)?,
             attempts: r.get(1)?,
@@ -86,28 +91,47 @@ pub fn head(conn: &Connection, sub_id: i64, entity_id: i64) -> rusqlite::Result<
     .optional()
 }
 
-/// Every entity with undelivered events for `sub_id`, with the `seq` of its
-/// first one (oldest first).
-pub fn open_entities(conn: &Connection, sub_id: i64) -> rusqlite::Result<Vec<(i64, i64)>> {
-    // A skip scan of `deliveries_open`: one seek per entity (the next
-    // entity_id, then its first open row) instead of grouping every open row,
-    // which took seconds with a backlog of a million. Within an entity,
-    // entity_seq and event_seq grow together, so the first by entity_seq is
-    // also the lowest event_seq.
+/// Where an entity's undelivered events start, for one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenEntity {
+    /// The entity.
+    pub entity_id: i64,
+    /// `seq` of its first undelivered event.
+    pub first_seq: i64,
+    /// `entity_seq` of that event: a scheduler's cursor starts here.
+    pub first_entity_seq: i64,
+}
+
+/// Every entity with undelivered events for `sub_id`, oldest first event
+/// first.
+pub fn open_entities(conn: &Connection, sub_id: i64) -> rusqlite::Result<Vec<OpenEntity>> {
+    // One pass over the open part of `deliveries_waiting`, which holds every
+    // column needed (no table lookups): pending rows in `event_seq` order,
+    // then parked ones. An entity's lowest `seq` is its first undelivered
+    // event, since `seq` and `entity_seq` grow together within an entity.
     let mut stmt = conn.prepare_cached(
-        "WITH RECURSIVE e(id) AS (
-             SELECT (SELECT entity_id FROM deliveries WHERE sub_id = ?1 AND state <> 1
-                     ORDER BY entity_id LIMIT 1)
-             UNION ALL
-             SELECT (SELECT entity_id FROM deliveries WHERE sub_id = ?1 AND state <> 1 AND entity_id > e.id
-                     ORDER BY entity_id LIMIT 1)
-             FROM e WHERE e.id IS NOT NULL)
-         SELECT id, (SELECT event_seq FROM deliveries WHERE sub_id = ?1 AND entity_id = e.id AND state <> 1
-                     ORDER BY entity_seq LIMIT 1) AS first
-         FROM e WHERE id IS NOT NULL ORDER BY first",
+        "SELECT entity_id, event_seq, entity_seq FROM deliveries INDEXED BY deliveries_waiting
+         WHERE sub_id = ?1 AND state <> 1",
     )?;
-    let rows = stmt.query_map([sub_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    rows.collect()
+    let mut rows = stmt.query([sub_id])?;
+    let mut first: std::collections::HashMap<i64, (i64, i64)> = std::collections::HashMap::new();
+    while let Some(row) = rows.next()? {
+        let (entity_id, seq, entity_seq): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let known = first.entry(entity_id).or_insert((seq, entity_seq));
+        if seq < known.0 {
+            *known = (seq, entity_seq);
+        }
+    }
+    let mut out: Vec<OpenEntity> = first
+        .into_iter()
+        .map(|(entity_id, (first_seq, first_entity_seq))| OpenEntity {
+            entity_id,
+            first_seq,
+            first_entity_seq,
+        })
+        .collect();
+    out.sort_unstable_by_key(|o| o.first_seq);
+    Ok(out)
 }
 
 /// Formats wall-clock ms as RFC 3339 UTC.
@@ -250,7 +274,8 @@ pub fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// A value from the `meta` table.
 pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()
 }
 

@@ -83,6 +83,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE deliveries ADD COLUMN resends INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: no index keyed by entity filters on the state any more. The
+    // schedulers find an entity's next event from a cursor they keep
+    // (`entity_seq` at or after it, and not delivered), so a delivery that
+    // changes state rewrites no page of an entity-keyed index: the outcomes of
+    // one commit belong to many entities and used to dirty one page each.
+    // `deliveries_waiting` (keyed by `event_seq`, so one commit's outcomes
+    // share its pages) now covers what a scheduler reads at start.
+    r#"
+    DROP INDEX deliveries_open;
+    CREATE INDEX deliveries_by_entity ON deliveries(sub_id, entity_id, entity_seq);
+    DROP INDEX deliveries_waiting;
+    CREATE INDEX deliveries_waiting ON deliveries(sub_id, state, event_seq, entity_id, entity_seq) WHERE state <> 1;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -125,7 +138,7 @@ mod tests {
     /// A database written by a version-1 agent keeps its backlog through the
     /// upgrade (what `dpkg -i` of a newer package does at the next start).
     #[test]
-    fn a_version_1_database_is_migrated_with_its_backlog() -> Result<(), String> {
+    fn a_version_1_database_is_migrated_with_its_backlog_and_indexes() -> Result<(), String> {
         let mut conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
         conn.execute_batch(MIGRATIONS[0]).map_err(|e| e.to_string())?;
         conn.execute_batch(
@@ -142,6 +155,15 @@ mod tests {
             )
             .map_err(|e| e.to_string())?;
         assert_eq!((version, resends, state), (CURRENT_VERSION, 0, 0));
+        // Version 3: no entity-keyed index filters on the state.
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            indexes,
+            ["deliveries_by_entity", "deliveries_by_event", "deliveries_waiting"]
+        );
         Ok(())
     }
 }

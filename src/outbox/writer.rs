@@ -282,8 +282,8 @@ struct WriterState {
 /// What a committed batch must still announce.
 #[derive(Default)]
 struct Effects {
-    /// (fanout index, entity id, event seq) of new deliveries.
-    touched: Vec<(usize, i64, i64)>,
+    /// (fanout index, entity id, event seq, entity seq) of new deliveries.
+    touched: Vec<(usize, i64, i64, i64)>,
     accepted: i64,
     /// Highest event `seq` stored by the batch.
     max_seq: i64,
@@ -542,9 +542,9 @@ impl WriterState {
                 _ => {}
             }
         }
-        let mut per_sub: Vec<Vec<(i64, i64)>> = vec![Vec::new(); self.fanout.len()];
-        for (index, entity, seq) in effects.touched {
-            per_sub[index].push((entity, seq));
+        let mut per_sub: Vec<Vec<(i64, i64, i64)>> = vec![Vec::new(); self.fanout.len()];
+        for (index, entity, seq, entity_seq) in effects.touched {
+            per_sub[index].push((entity, seq, entity_seq));
         }
         for (fan, entities) in self.fanout.iter().zip(per_sub) {
             if !entities.is_empty() {
@@ -628,7 +628,7 @@ fn insert_event(tx: &Connection, fanout: &[Fanout], e: &NewEvent, effects: &mut 
         }
         tx.prepare_cached("INSERT INTO deliveries(sub_id, event_seq, entity_id, entity_seq) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![fan.id, seq, entity_id, entity_seq])?;
-        effects.touched.push((index, entity_id, seq));
+        effects.touched.push((index, entity_id, seq, entity_seq));
     }
     effects.accepted += 1;
     Ok(Reply::Accepted {
