@@ -33,7 +33,7 @@ use super::webhook::{Attempt, AttemptKind, Endpoint};
 use crate::config::RetryConfig;
 use crate::metrics::Metrics;
 use crate::outbox::read::{self, Head};
-use crate::outbox::writer::{ExpectedOutcome, Outcome, Verdict, Writer};
+use crate::outbox::writer::{ExpectedOutcome, Outcome, Starving, Verdict, Writer};
 use crate::outbox::{now_ms, Subscription, PARKED};
 use crate::shutdown::Shutdown;
 
@@ -160,6 +160,9 @@ pub struct Scheduler {
     resend_generation: Option<Option<String>>,
     /// Stamped at every turn of the loop's tick, for the watchdog.
     heartbeat: crate::notify::Heartbeat,
+    /// Tells the writer when this scheduler waits for commits with a slot
+    /// free (then outcomes must not wait for each other).
+    starving: Starving,
 }
 
 impl Scheduler {
@@ -174,6 +177,7 @@ impl Scheduler {
         metrics: Metrics,
     ) -> Self {
         let (answered_tx, answered_rx) = mpsc::unbounded_channel();
+        let starving = writer.starving();
         Scheduler {
             sub,
             endpoint,
@@ -198,6 +202,7 @@ impl Scheduler {
             storage_pause_until: None,
             persisted: (false, usize::MAX),
             resend_generation: None,
+            starving,
             heartbeat: {
                 let beat = crate::notify::Heartbeat::default();
                 beat.beat();
@@ -209,6 +214,15 @@ impl Scheduler {
     /// The heartbeat the watchdog reads.
     pub fn heartbeat(&self) -> crate::notify::Heartbeat {
         self.heartbeat.clone()
+    }
+
+    /// A request slot is free and nothing is ready to go now, while
+    /// deliveries are under way: the next events wait for their commits.
+    fn is_starving(&self) -> bool {
+        self.online
+            && self.in_flight > 0
+            && self.has_slot()
+            && self.ready.first().is_none_or(|(due, _, _)| *due > Instant::now())
     }
 
     /// Whether another request may start (online).
@@ -250,6 +264,7 @@ impl Scheduler {
         self.persist_state();
         loop {
             self.dispatch(&mut tasks);
+            self.starving.set(self.is_starving());
             let wake = self.next_wake();
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {

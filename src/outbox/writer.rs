@@ -11,11 +11,12 @@
 //! wire (counted by [`ExpectedOutcome`]) and their outcomes keep coming
 //! (one at least every [`OUTCOME_GAP`]), a batch of outcomes waits up to
 //! [`OUTCOME_GROUP_WAIT`] for them, so a drain commits a few large groups
-//! instead of many small ones (every commit writes and syncs its pages, and
-//! the outcomes of one commit share most of them). Nothing else waits: a
-//! batch goes at once when anything but outcomes is in it (an ingest's reply
-//! is never held back), or when no request is left on the wire (an entity
-//! with a backlog of its own waits for each commit, and gains nothing).
+//! instead of many small ones (every commit writes and syncs its pages).
+//! Nothing else waits: a batch goes at once when anything but outcomes is in
+//! it (an ingest's reply is never held back), when no request is left on the
+//! wire, or when a scheduler has a free request slot and nothing to send but
+//! what waits for this commit ([`Starving`]: a few entities with a backlog
+//! each, which would only be slowed down).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,6 +108,37 @@ pub struct Writer {
     tx: mpsc::Sender<WriteOp>,
     /// Requests on the wire whose outcomes are not queued yet.
     expected: Arc<AtomicUsize>,
+    /// Schedulers that wait for commits with a request slot free.
+    starving: Arc<AtomicUsize>,
+}
+
+/// A scheduler's say in whether outcomes may wait for each other: it is
+/// starving when it has a free request slot and nothing ready to send, so
+/// its next events wait for the commit of outcomes. Counted while set, and
+/// uncounted when dropped.
+pub struct Starving {
+    count: Arc<AtomicUsize>,
+    set: bool,
+}
+
+impl Starving {
+    /// Records whether the scheduler is starving now.
+    pub fn set(&mut self, starving: bool) {
+        if starving != self.set {
+            self.set = starving;
+            if starving {
+                self.count.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl Drop for Starving {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 /// A request on the wire whose outcome a group of outcomes may wait for.
@@ -164,9 +196,11 @@ impl Writer {
             })
             .collect();
         let expected = Arc::new(AtomicUsize::new(0));
+        let starving = Arc::new(AtomicUsize::new(0));
         let mut state = WriterState {
             conn,
             expected: expected.clone(),
+            starving: starving.clone(),
             fanout,
             max_db_bytes,
             full: false,
@@ -177,7 +211,7 @@ impl Writer {
             .name("outbox-writer".into())
             .spawn(move || state.run(rx))
             .expect("spawning the writer thread");
-        (Writer { tx, expected }, handle)
+        (Writer { tx, expected, starving }, handle)
     }
 
     /// Stores events in one transaction; one reply per event, in order.
@@ -202,6 +236,14 @@ impl Writer {
     pub fn expect_outcome(&self) -> ExpectedOutcome {
         self.expected.fetch_add(1, Ordering::AcqRel);
         ExpectedOutcome(self.expected.clone())
+    }
+
+    /// A scheduler's [`Starving`] flag, not set.
+    pub fn starving(&self) -> Starving {
+        Starving {
+            count: self.starving.clone(),
+            set: false,
+        }
     }
 
     /// Records a delivery attempt; returns once it is committed. `expected`
@@ -269,6 +311,8 @@ struct WriterState {
     conn: Connection,
     /// See [`Writer::expect_outcome`].
     expected: Arc<AtomicUsize>,
+    /// See [`Starving`].
+    starving: Arc<AtomicUsize>,
     fanout: Vec<Fanout>,
     max_db_bytes: u64,
     /// Whether ingest is currently refused for lack of space.
@@ -354,7 +398,10 @@ impl WriterState {
             return;
         }
         let deadline = std::time::Instant::now() + OUTCOME_GROUP_WAIT;
-        while batch.len() < MAX_BATCH && self.expected.load(Ordering::Acquire) > 0 {
+        while batch.len() < MAX_BATCH
+            && self.expected.load(Ordering::Acquire) > 0
+            && self.starving.load(Ordering::Acquire) == 0
+        {
             let until = deadline.min(std::time::Instant::now() + OUTCOME_GAP);
             // The timer must be created inside the runtime.
             match timer.block_on(async { tokio::time::timeout_at(until.into(), rx.recv()).await }) {
