@@ -10,67 +10,6 @@ use std::time::Duration;
 use common::*;
 
 /// A CA and a server certificate for 127.0.0.1 signed by it.
-fn make_certs(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=store-outbox test CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-}
-
 struct TlsServer(Child);
 
 impl Drop for TlsServer {
@@ -144,7 +83,7 @@ fn a_closed_port_fails_at_tcp_with_a_hint() {
 #[test]
 fn an_unknown_ca_fails_at_tls_and_passes_with_ca_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    make_certs(dir.path());
+    ca_and_server_cert(dir.path());
     let port = free_port();
     let _server = tls_server(dir.path(), port);
     let url = format!("https://127.0.0.1:{port}/");

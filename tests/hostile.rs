@@ -381,52 +381,11 @@ impl Drop for TlsEndpoint {
     }
 }
 
-/// `ca.pem`, `good.pem`/`good.key` for 127.0.0.1 signed by it, and a
+/// `ca.pem`, `server.pem`/`server.key` for 127.0.0.1 signed by it, and a
 /// self-signed `rogue.pem`/`rogue.key` for 127.0.0.1 the agent does not trust.
 fn make_certs(dir: &Path) {
+    ca_and_server_cert(dir);
     let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(key);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=store-outbox hostile CA",
-    ]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req"];
-    csr.extend(key);
-    csr.extend(["-keyout", "good.key", "-out", "good.csr", "-subj", "/CN=127.0.0.1"]);
-    openssl(dir, &csr);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "good.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "good.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
     let mut rogue = vec!["req", "-x509"];
     rogue.extend(key);
     rogue.extend([
@@ -601,7 +560,7 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
     mid_request.set(Fault::None);
     slow.set(Fault::None);
     drop(rogue);
-    let _good = TlsEndpoint::start(certs.path(), tls_port, "good.pem", "good.key", tls_requests.clone());
+    let _good = TlsEndpoint::start(certs.path(), tls_port, "server.pem", "server.key", tls_requests.clone());
     let healed = Instant::now();
     wait_until(Duration::from_secs(120), "every faulty subscription drained", || {
         [&mid_body, &mid_request, &slow]
