@@ -85,43 +85,40 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
         assert_eq!(out.queued, 1);
     };
 
+    // The request for `id` is on the wire, the operator resends `id`, then
+    // the request's outcome (`status`, `verdict`) is committed: it must count
+    // as an attempt and change nothing. The event goes again (before any
+    // later one), and that attempt's same outcome applies; `then` is the
+    // state it leaves.
+    let race = |id: &str, status: u16, verdict: Verdict, then: i64| {
+        let head = read::head(&reader, sub_id, entity, 0)
+            .expect("head")
+            .expect("an open event");
+        assert_eq!(head.event.event_id, id);
+        resend_now(id);
+        record(head.event.seq, head.resends, status, verdict);
+        assert_eq!(
+            state_of(&db, head.event.seq),
+            (0, 1, 1),
+            "{id}: still pending after a stale {status}, the attempt kept"
+        );
+        let again = read::head(&reader, sub_id, entity, 0).expect("head").expect("open");
+        assert_eq!(
+            again.event.event_id, id,
+            "the resent event goes again, before later ones"
+        );
+        record(again.event.seq, again.resends, status, verdict);
+        assert_eq!(
+            state_of(&db, again.event.seq).0,
+            then,
+            "{id}: the new attempt's {status} counts"
+        );
+    };
     // 1. A 2xx on the wire, the resend lands before its outcome's commit.
-    let head = read::head(&reader, sub_id, entity, 0)
-        .expect("head")
-        .expect("an open event");
-    assert_eq!(head.event.event_id, "race-1");
-    resend_now("race-1");
-    record(head.event.seq, head.resends, 200, Verdict::Delivered);
-    let (state, resends, attempts) = state_of(&db, head.event.seq);
-    assert_eq!(
-        (state, resends, attempts),
-        (0, 1, 1),
-        "still pending after a stale 2xx, attempt kept"
-    );
-    let again = read::head(&reader, sub_id, entity, 0).expect("head").expect("open");
-    assert_eq!(
-        again.event.event_id, "race-1",
-        "the resent event goes again, before race-2"
-    );
-    record(again.event.seq, again.resends, 200, Verdict::Delivered);
-    assert_eq!(state_of(&db, again.event.seq).0, 1, "the new attempt's 2xx counts");
-
-    // 2. A failure on the wire that would park (give_up_after = 0); the
-    //    operator resends meanwhile: the stale failure must not park it.
-    let head = read::head(&reader, sub_id, entity, 0).expect("head").expect("open");
-    assert_eq!(head.event.event_id, "race-2");
-    resend_now("race-2");
-    record(head.event.seq, head.resends, 500, Verdict::Park);
-    let (state, resends, attempts) = state_of(&db, head.event.seq);
-    assert_eq!(
-        (state, resends, attempts),
-        (0, 1, 1),
-        "the resend holds: pending, the attempt kept"
-    );
-    // Without a race, the same failure parks it.
-    let again = read::head(&reader, sub_id, entity, 0).expect("head").expect("open");
-    record(again.event.seq, again.resends, 500, Verdict::Park);
-    assert_eq!(state_of(&db, again.event.seq).0, 2, "parked by a current failure");
+    race("race-1", 200, Verdict::Delivered, 1);
+    // 2. A failure on the wire that would park (give_up_after = 0): the
+    //    stale failure must not park it; without a race, it parks.
+    race("race-2", 500, Verdict::Park, 2);
     println!("resend race: a stale 2xx and a stale park after a resend were recorded as attempts and changed nothing");
 
     drop(writer);
