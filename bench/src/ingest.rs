@@ -33,6 +33,24 @@ pub struct Load {
     pub cut_short: bool,
 }
 
+impl Load {
+    /// One line for the log: `label: acked of sent in s = rate (errors)`.
+    pub fn summary(&self, label: &str) -> String {
+        format!(
+            "{label}: {} acked of {} sent in {:.2} s = {:.0} events/s ({} errors{})",
+            self.acked,
+            self.sent,
+            self.elapsed_s,
+            self.rate,
+            self.errors,
+            self.first_error
+                .as_deref()
+                .map(|e| format!(", first: {e}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
 /// Makes the line of event `i` (no newline).
 pub type LineFn = Arc<dyn Fn(u64) -> String + Send + Sync>;
 

@@ -718,18 +718,7 @@ async fn phase_ingest(run: &mut Run) -> anyhow::Result<()> {
         limit,
     )
     .await?;
-    eprintln!(
-        "socket: {} acked of {} sent in {:.2} s = {:.0} events/s ({} errors{})",
-        load.acked,
-        load.sent,
-        load.elapsed_s,
-        load.rate,
-        load.errors,
-        load.first_error
-            .as_deref()
-            .map(|e| format!(", first: {e}"))
-            .unwrap_or_default()
-    );
+    eprintln!("{}", load.summary("socket"));
     let socket_ok = load.errors == 0 && !load.cut_short;
     let cpu1 = sys::cpu_ticks(a.pid).unwrap_or(0);
     let socket_peak = sampler.finish().await.max(a.mem().map(|m| m.hwm_kib).unwrap_or(0));
@@ -750,18 +739,7 @@ async fn phase_ingest(run: &mut Run) -> anyhow::Result<()> {
         limit,
     )
     .await?;
-    eprintln!(
-        "HTTP: {} acked of {} sent in {:.2} s = {:.0} events/s ({} errors{})",
-        load.acked,
-        load.sent,
-        load.elapsed_s,
-        load.rate,
-        load.errors,
-        load.first_error
-            .as_deref()
-            .map(|e| format!(", first: {e}"))
-            .unwrap_or_default()
-    );
+    eprintln!("{}", load.summary("HTTP"));
     let http_ok = load.errors == 0 && !load.cut_short;
     let cpu2 = sys::cpu_ticks(a.pid).unwrap_or(0);
     run.set("cpu_us_per_event_http", cpu_us(cpu2 - cpu1, load.acked));

@@ -33,7 +33,7 @@ use crate::event::{ErrorCode, IngestError, NewEvent, Reply};
 /// Most requests folded into one transaction.
 const MAX_BATCH: usize = 2048;
 /// The longest a batch of outcomes waits for those of requests still on the
-/// wire. Measured on the 1M-event drain (docs/BENCHMARKS.md): agent CPU per
+/// wire. Measured on a 200k-event drain (docs/BENCHMARKS.md): agent CPU per
 /// delivered event 52-56 µs without waiting, 38 µs with 4 ms.
 pub const OUTCOME_GROUP_WAIT: Duration = Duration::from_millis(4);
 /// The wait goes in steps of this length, and ends after a step in which no
