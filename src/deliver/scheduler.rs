@@ -18,6 +18,11 @@
 //!   at the backoff pace, with the oldest waiting event; the first 2xx brings
 //!   the subscription back online and every entity becomes due at once.
 //! - Timers use `Instant` (monotonic): wall-clock jumps do not move them.
+//!
+//! Requests are sent by a fixed set of couriers, one per request slot, fed
+//! one event at a time: no task is spawned per event. A courier queues the
+//! outcome and is free for the next event at once; the writer reports the
+//! commit straight to the scheduler.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -33,7 +38,7 @@ use super::webhook::{Attempt, AttemptKind, Endpoint};
 use crate::config::RetryConfig;
 use crate::metrics::Metrics;
 use crate::outbox::read::{self, Head};
-use crate::outbox::writer::{ExpectedOutcome, Outcome, Starving, Verdict, Writer};
+use crate::outbox::writer::{ExpectedOutcome, Outcome, OutcomeDone, Starving, Verdict, Writer};
 use crate::outbox::{now_ms, Subscription, PARKED};
 use crate::shutdown::Shutdown;
 
@@ -47,8 +52,8 @@ const STORAGE_PAUSE_MAX: Duration = Duration::from_secs(30);
 const RESYNC_EVERY: Duration = Duration::from_secs(2);
 /// The pause after the outbox could not be read.
 const READ_RETRY: Duration = Duration::from_secs(1);
-/// Delivery tasks (answered and waiting for their commit, or still in
-/// flight) allowed per request slot: bounds memory when commits stall.
+/// Deliveries (answered and waiting for their commit, or still in flight)
+/// allowed per request slot: bounds memory when commits stall.
 const TASKS_PER_SLOT: usize = 32;
 
 /// Where an entity stands in this subscription.
@@ -99,7 +104,7 @@ impl Position {
     }
 }
 
-/// What a finished delivery task reports.
+/// A finished delivery: its outcome committed, or why it could not be.
 struct Done {
     entity_id: i64,
     /// The event that was sent.
@@ -107,12 +112,31 @@ struct Done {
     attempt: Attempt,
     /// Attempts of this delivery, including this one.
     attempts: i64,
-    /// Whether the outcome is committed; if not, the event is sent again.
-    recorded: bool,
-    /// The task still holds its request slot (a failure, or no answer).
+    /// Why the outcome is not committed, if it is not: the event is sent
+    /// again.
+    unrecorded: Option<String>,
+    /// The delivery still holds its request slot (a failure, or no answer).
     slot_held: bool,
     verdict: Verdict,
     was_probe: bool,
+}
+
+/// One event for a courier to send.
+struct Job {
+    entity_id: i64,
+    head: Head,
+    was_probe: bool,
+    /// Lets the writer hold a group of outcomes for this one.
+    expected: ExpectedOutcome,
+}
+
+/// What reaches the scheduler from couriers and the writer.
+enum Report {
+    /// A courier has its answer (its outcome is being queued) and is free;
+    /// on a 2xx the request slot is free too.
+    Answered { courier: usize, delivered: bool },
+    /// An outcome was committed, or could not be.
+    Finished(Done),
 }
 
 /// Everything a scheduler needs.
@@ -129,16 +153,20 @@ pub struct Scheduler {
     entities: HashMap<i64, Entity>,
     /// (due, head seq, entity id) of every `Ready` entity.
     ready: BTreeSet<(Instant, i64, i64)>,
-    /// Delivery tasks that have not reported yet (request sent, or answered
-    /// and waiting for the outcome's commit); shown in `status`.
+    /// Deliveries not finished yet (request sent, or answered and waiting
+    /// for the outcome's commit); shown in `status`.
     in_flight: usize,
     /// Requests not answered yet: what `max_in_flight` caps. A request gives
     /// its slot back as soon as the answer is in, before its outcome is
     /// committed; its entity stays `InFlight` until then, so the next event
     /// of that entity still waits for the commit (order is unchanged).
     requests: usize,
-    answered_tx: mpsc::UnboundedSender<()>,
-    answered_rx: mpsc::UnboundedReceiver<()>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports_rx: mpsc::UnboundedReceiver<Report>,
+    /// Each courier's queue of one event (started by `run`).
+    couriers: Vec<mpsc::Sender<Job>>,
+    /// Couriers without an event.
+    idle: Vec<usize>,
     online: bool,
     /// Failures in a row (any kind), reset by a 2xx.
     failures_in_a_row: u32,
@@ -176,7 +204,7 @@ impl Scheduler {
         grace: Duration,
         metrics: Metrics,
     ) -> Self {
-        let (answered_tx, answered_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let starving = writer.starving();
         Scheduler {
             sub,
@@ -190,8 +218,10 @@ impl Scheduler {
             ready: BTreeSet::new(),
             in_flight: 0,
             requests: 0,
-            answered_tx,
-            answered_rx,
+            reports_tx,
+            reports_rx,
+            couriers: Vec::new(),
+            idle: Vec::new(),
             online: true,
             failures_in_a_row: 0,
             probe_failures: 0,
@@ -228,7 +258,7 @@ impl Scheduler {
     /// Whether another request may start (online).
     fn has_slot(&self) -> bool {
         let max = self.sub.config.max_in_flight;
-        self.requests < max && self.in_flight < max * TASKS_PER_SLOT
+        self.requests < max && self.in_flight < max * TASKS_PER_SLOT && !self.idle.is_empty()
     }
 
     fn retry(&self) -> RetryConfig {
@@ -258,24 +288,34 @@ impl Scheduler {
     /// Runs until shutdown.
     pub async fn run(mut self) {
         self.catch_up_resends(Instant::now());
-        let mut tasks: JoinSet<Done> = JoinSet::new();
+        // One courier per request slot: a request holds its slot at least
+        // until it is answered, so a courier is always free for a slot.
+        let mut couriers = JoinSet::new();
+        for index in 0..self.sub.config.max_in_flight {
+            let (jobs_tx, jobs_rx) = mpsc::channel(1);
+            let courier = Courier {
+                index,
+                endpoint: self.endpoint.clone(),
+                writer: self.writer.clone(),
+                sub_id: self.sub.id,
+                name: self.sub.config.name.clone(),
+                retry: self.retry(),
+                metrics: self.metrics.clone(),
+                reports: self.reports_tx.clone(),
+            };
+            couriers.spawn(courier.work(jobs_rx));
+            self.couriers.push(jobs_tx);
+            self.idle.push(index);
+        }
         let mut tick = tokio::time::interval(RESYNC_EVERY);
         let mut shutdown = self.shutdown.clone();
         self.persist_state();
         loop {
-            self.dispatch(&mut tasks);
+            self.dispatch();
             self.starving.set(self.is_starving());
             let wake = self.next_wake();
             tokio::select! {
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    match done {
-                        Ok(done) => self.finish(done),
-                        Err(e) => tracing::error!(error = %e, "delivery task failed"),
-                    }
-                }
-                Some(()) = self.answered_rx.recv() => {
-                    self.requests = self.requests.saturating_sub(1);
-                }
+                Some(report) = self.reports_rx.recv() => self.on_report(report),
                 _ = self.sub.inbox.wait() => self.merge_inbox(),
                 _ = sleep_until_opt(wake) => {}
                 _ = tick.tick() => {
@@ -291,19 +331,31 @@ impl Scheduler {
         // Give requests in flight a bounded time; what does not finish is
         // simply sent again after the restart (at least once).
         let deadline = Instant::now() + self.grace;
-        while !tasks.is_empty() {
-            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
-                Ok(Some(Ok(done))) => self.finish(done),
-                Ok(_) => {}
+        while self.in_flight > 0 {
+            match tokio::time::timeout_at(deadline, self.reports_rx.recv()).await {
+                Ok(Some(report)) => self.on_report(report),
+                Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!(subscription = %self.sub.config.name, requests = tasks.len(), "stopping with requests in flight; they will be sent again");
-                    tasks.abort_all();
+                    tracing::warn!(subscription = %self.sub.config.name, requests = self.in_flight, "stopping with requests in flight; they will be sent again");
                     break;
                 }
             }
         }
+        couriers.abort_all();
         self.in_flight = 0;
         self.persist_state();
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Answered { courier, delivered } => {
+                self.idle.push(courier);
+                if delivered {
+                    self.requests = self.requests.saturating_sub(1);
+                }
+            }
+            Report::Finished(done) => self.finish(done),
+        }
     }
 
     /// Writes online/offline and requests in flight for `status`.
@@ -334,7 +386,7 @@ impl Scheduler {
                 return None;
             }
             self.ready.first().map(|(due, _, _)| *due)
-        } else if self.probe_in_flight || self.ready.is_empty() {
+        } else if self.probe_in_flight || self.ready.is_empty() || self.idle.is_empty() {
             None
         } else {
             Some(self.next_probe_at)
@@ -362,7 +414,7 @@ impl Scheduler {
             }
             self.ready.first().copied().filter(|key| key.0 <= now)
         } else {
-            if self.probe_in_flight || now < self.next_probe_at {
+            if self.probe_in_flight || now < self.next_probe_at || self.idle.is_empty() {
                 return None;
             }
             // The oldest waiting event, whatever its entity's own backoff.
@@ -371,7 +423,7 @@ impl Scheduler {
     }
 
     /// Starts as many requests as the state allows.
-    fn dispatch(&mut self, tasks: &mut JoinSet<Done>) {
+    fn dispatch(&mut self) {
         let now = Instant::now();
         if self.storage_pause_until.is_some_and(|until| now < until) {
             return;
@@ -392,7 +444,7 @@ impl Scheduler {
             return;
         }
         if self.catch_up_resends(now) {
-            self.dispatch_round(tasks, now);
+            self.dispatch_round(now);
         } else {
             self.storage_pause_until = Some(now + READ_RETRY);
         }
@@ -401,7 +453,7 @@ impl Scheduler {
         }
     }
 
-    fn dispatch_round(&mut self, tasks: &mut JoinSet<Done>, now: Instant) {
+    fn dispatch_round(&mut self, now: Instant) {
         while let Some(pick) = self.next_pick(now) {
             self.take_ready(pick);
             let entity_id = pick.2;
@@ -428,25 +480,31 @@ impl Scheduler {
                 }
                 continue;
             }
+            // `next_pick` saw an idle courier.
+            let Some(courier) = self.idle.pop() else {
+                self.set_ready(entity_id, now, cursor);
+                return;
+            };
+            let was_probe = !self.online;
+            let job = Job {
+                entity_id,
+                head,
+                was_probe,
+                expected: self.writer.expect_outcome(),
+            };
+            if self.couriers[courier].try_send(job).is_err() {
+                // Only if the courier is gone (the runtime is stopping).
+                tracing::error!(subscription = %self.sub.config.name, "a courier is gone; the event waits");
+                self.set_ready(entity_id, now + READ_RETRY, cursor);
+                return;
+            }
             if let Some(entity) = self.entities.get_mut(&entity_id) {
                 entity.state = EntityState::InFlight;
                 entity.at = at;
             }
             self.in_flight += 1;
             self.requests += 1;
-            let was_probe = !self.online;
             self.probe_in_flight |= was_probe;
-            let courier = Courier {
-                endpoint: self.endpoint.clone(),
-                writer: self.writer.clone(),
-                sub_id: self.sub.id,
-                name: self.sub.config.name.clone(),
-                retry: self.retry(),
-                metrics: self.metrics.clone(),
-                slot: Slot(Some(self.answered_tx.clone())),
-                expected: self.writer.expect_outcome(),
-            };
-            tasks.spawn(courier.deliver(entity_id, head, was_probe));
             if was_probe {
                 return;
             }
@@ -468,7 +526,8 @@ impl Scheduler {
         let rewind = self.entities.get_mut(&done.entity_id).and_then(|e| e.rewind.take());
         let from = |p: Position| rewind.map_or(p, |r| r.min(p));
         let name = self.sub.config.name.clone();
-        if !done.recorded {
+        if let Some(error) = &done.unrecorded {
+            tracing::warn!(subscription = %name, error = %error, "cannot record a delivery attempt; it will be repeated");
             // The outcome is not durable: send the same event again later,
             // and pause the whole subscription, since every outcome fails the
             // same way until the writer can commit again (1 s, doubling, at
@@ -604,60 +663,49 @@ async fn sleep_until_opt(when: Option<Instant>) {
     }
 }
 
-/// One request slot of the scheduler, held by a delivery task.
-struct Slot(Option<mpsc::UnboundedSender<()>>);
-
-impl Slot {
-    /// Gives the slot back now (the scheduler counts it on its channel).
-    fn give_back(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
-
-    /// Still held: the scheduler takes it back in `finish`.
-    fn held(&self) -> bool {
-        self.0.is_some()
-    }
-}
-
-/// What one delivery task carries.
+/// One of a subscription's request workers: sends the events the scheduler
+/// gives it, one at a time, and queues their outcomes.
 struct Courier {
+    index: usize,
     endpoint: Arc<Endpoint>,
     writer: Writer,
     sub_id: i64,
     name: String,
     retry: RetryConfig,
     metrics: Metrics,
-    slot: Slot,
-    /// Lets the writer hold a group of outcomes for this one.
-    expected: ExpectedOutcome,
+    reports: mpsc::UnboundedSender<Report>,
 }
 
 impl Courier {
-    /// Sends one event and records the outcome (waiting for its commit).
-    async fn deliver(self, entity_id: i64, head: Head, was_probe: bool) -> Done {
-        let Courier {
-            endpoint,
-            writer,
-            sub_id,
-            name,
-            retry,
-            metrics,
-            mut slot,
+    /// Takes events until the scheduler is gone.
+    async fn work(self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            self.deliver(job).await;
+        }
+    }
+
+    /// Sends one event, reports the answer, and queues the outcome; the
+    /// writer reports its commit.
+    async fn deliver(&self, job: Job) {
+        let Job {
+            entity_id,
+            head,
+            was_probe,
             expected,
-        } = self;
+        } = job;
         let sent = Position::of(&head.event);
         let at_ms = now_ms();
         let started = std::time::Instant::now();
-        let attempt = endpoint.send(&head.event).await;
-        // A 2xx: give the request slot back now, so that another entity is
+        let attempt = self.endpoint.send(&head.event).await;
+        // A 2xx gives the request slot back now, so that another entity is
         // sent while this outcome is committed. A failure keeps its slot
         // until `finish` has seen it, so an endpoint going down gets no more
         // requests than before.
-        if attempt.kind == AttemptKind::Delivered {
-            slot.give_back();
-        }
+        let delivered = attempt.kind == AttemptKind::Delivered;
+        let _ = self.reports.send(Report::Answered {
+            courier: self.index,
+            delivered,
+        });
         let elapsed = started.elapsed();
         let duration_ms = elapsed.as_millis() as i64;
         let result = match attempt.kind {
@@ -665,21 +713,22 @@ impl Courier {
             AttemptKind::Refused => "refused",
             AttemptKind::EndpointDown => "unreachable",
         };
-        metrics.attempt(&name, result, elapsed.as_secs_f64());
-        if attempt.kind == AttemptKind::Delivered {
-            metrics.delivered_after(&name, ((now_ms() - head.event.ingested_at).max(0) as f64) / 1000.0);
+        self.metrics.attempt(&self.name, result, elapsed.as_secs_f64());
+        if delivered {
+            self.metrics
+                .delivered_after(&self.name, ((now_ms() - head.event.ingested_at).max(0) as f64) / 1000.0);
         }
         let attempts = head.attempts + 1;
-        let verdict = if attempt.kind == AttemptKind::Delivered {
+        let verdict = if delivered {
             Verdict::Delivered
         } else {
             let failing_since = head.first_failed_at.unwrap_or(at_ms);
-            match retry.give_up_after {
+            match self.retry.give_up_after {
                 Some(limit) if at_ms - failing_since >= limit.as_millis() as i64 => Verdict::Park,
                 _ => {
                     let wait = attempt
                         .retry_after
-                        .unwrap_or_else(|| backoff::delay(&retry, attempts as u32));
+                        .unwrap_or_else(|| backoff::delay(&self.retry, attempts as u32));
                     Verdict::Retry {
                         next_attempt_at_ms: at_ms + wait.as_millis() as i64,
                     }
@@ -687,7 +736,7 @@ impl Courier {
             }
         };
         let outcome = Outcome {
-            sub_id,
+            sub_id: self.sub_id,
             event_seq: head.event.seq,
             at_ms,
             status: attempt.status,
@@ -696,22 +745,19 @@ impl Courier {
             verdict,
             resends: head.resends,
         };
-        let recorded = match writer.record(outcome, Some(expected)).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record a delivery attempt; it will be repeated");
-                false
-            }
-        };
-        Done {
-            entity_id,
-            sent,
-            attempt,
-            attempts,
-            recorded,
-            verdict,
-            was_probe,
-            slot_held: slot.held(),
-        }
+        let reports = self.reports.clone();
+        let done = OutcomeDone::new(move |result: Result<(), String>| {
+            let _ = reports.send(Report::Finished(Done {
+                entity_id,
+                sent,
+                attempt,
+                attempts,
+                unrecorded: result.err(),
+                slot_held: !delivered,
+                verdict,
+                was_probe,
+            }));
+        });
+        self.writer.record_then(outcome, Some(expected), done).await;
     }
 }

@@ -86,7 +86,7 @@ enum WriteOp {
     },
     Outcome {
         outcome: Outcome,
-        done: oneshot::Sender<Result<(), String>>,
+        done: OutcomeDone,
     },
     SubState {
         sub_id: i64,
@@ -102,6 +102,34 @@ enum WriteOp {
         limit: usize,
         reply: oneshot::Sender<usize>,
     },
+}
+
+/// Told once whether an outcome was committed (or why not): when the writer
+/// answers, or with "the writer stopped" if it is dropped unanswered. It runs
+/// on the writer thread, so it must only hand the result on (a channel send).
+pub struct OutcomeDone(Option<Box<TellOutcome>>);
+
+type TellOutcome = dyn FnOnce(Result<(), String>) + Send;
+
+impl OutcomeDone {
+    /// Wraps the function to call with the result.
+    pub fn new(f: impl FnOnce(Result<(), String>) + Send + 'static) -> Self {
+        OutcomeDone(Some(Box::new(f)))
+    }
+
+    fn tell(mut self, result: Result<(), String>) {
+        if let Some(f) = self.0.take() {
+            f(result);
+        }
+    }
+}
+
+impl Drop for OutcomeDone {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err("the writer stopped".to_string()));
+        }
+    }
 }
 
 /// Handle to the writer thread; cheap to clone.
@@ -251,15 +279,28 @@ impl Writer {
     /// Records a delivery attempt; returns once it is committed. `expected`
     /// is the request's count from [`Writer::expect_outcome`], if it took one.
     pub async fn record(&self, outcome: Outcome, expected: Option<ExpectedOutcome>) -> Result<(), String> {
-        let (done, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
+        self.record_then(
+            outcome,
+            expected,
+            OutcomeDone::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        )
+        .await;
+        rx.await.map_err(|_| "the writer stopped".to_string())?
+    }
+
+    /// Queues a delivery attempt and returns once it is queued (the queue is
+    /// bounded); `done` is called with the commit's result, or at once if
+    /// the writer is gone. For callers that must not wait for the commit.
+    pub async fn record_then(&self, outcome: Outcome, expected: Option<ExpectedOutcome>, done: OutcomeDone) {
         // Uncounted before it is queued: the writer, woken by this outcome,
         // must not wait for it.
         drop(expected);
-        self.tx
-            .send(WriteOp::Outcome { outcome, done })
-            .await
-            .map_err(|_| "the writer stopped".to_string())?;
-        rx.await.map_err(|_| "the writer stopped".to_string())?
+        // If the writer is gone, the op and `done` are dropped: `done`
+        // hears "the writer stopped".
+        let _ = self.tx.send(WriteOp::Outcome { outcome, done }).await;
     }
 
     /// Records a subscription's online/offline state and requests in flight.
@@ -587,9 +628,7 @@ impl WriterState {
                 (WriteOp::Ingest { reply, .. }, Answer::Replies(replies)) => {
                     let _ = reply.send(replies);
                 }
-                (WriteOp::Outcome { done, .. }, Answer::Recorded) => {
-                    let _ = done.send(Ok(()));
-                }
+                (WriteOp::Outcome { done, .. }, Answer::Recorded) => done.tell(Ok(())),
                 (WriteOp::Prune { reply, .. }, Answer::Pruned(n)) => {
                     let _ = reply.send(n);
                 }
@@ -621,9 +660,7 @@ impl WriterState {
                 WriteOp::Ingest { events, reply } => {
                     let _ = reply.send(vec![err.clone().into(); events.len()]);
                 }
-                WriteOp::Outcome { done, .. } => {
-                    let _ = done.send(Err(err.message.clone()));
-                }
+                WriteOp::Outcome { done, .. } => done.tell(Err(err.message.clone())),
                 WriteOp::Prune { reply, .. } => {
                     let _ = reply.send(0);
                 }
