@@ -315,7 +315,15 @@ impl Scheduler {
             self.starving.set(self.is_starving());
             let wake = self.next_wake();
             tokio::select! {
-                Some(report) = self.reports_rx.recv() => self.on_report(report),
+                Some(report) = self.reports_rx.recv() => {
+                    // A group commit reports many outcomes at once: take them
+                    // all before the next round of lookups (one read
+                    // transaction and one check for resends for all).
+                    self.on_report(report);
+                    while let Ok(report) = self.reports_rx.try_recv() {
+                        self.on_report(report);
+                    }
+                }
                 _ = self.sub.inbox.wait() => self.merge_inbox(),
                 _ = sleep_until_opt(wake) => {}
                 _ = tick.tick() => {
