@@ -95,21 +95,15 @@ pub fn body(event: &StoredEvent, payload: PayloadMode, source: &Source) -> Vec<u
         correlation_id: Option<&'a str>,
         is_test: bool,
         attributes: &'a RawValue,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        data: Option<&'a RawValue>,
     }
     let empty: &RawValue = serde_json::from_str("{}").expect("static JSON");
-    let null: &RawValue = serde_json::from_str("null").expect("static JSON");
     let attributes = event
         .attributes
         .as_deref()
         .and_then(|a| serde_json::from_str(a).ok())
         .unwrap_or(empty);
-    let data = match payload {
-        PayloadMode::Full => Some(serde_json::from_str(&event.payload).unwrap_or(null)),
-        PayloadMode::Thin => None,
-    };
-    serde_json::to_vec(&Body {
+    let mut out = Vec::with_capacity(event.payload.len() + 512);
+    let envelope = Body {
         id: &event.event_id,
         event_type: &event.event_type,
         timestamp: &event.occurred_at,
@@ -119,9 +113,21 @@ pub fn body(event: &StoredEvent, payload: PayloadMode, source: &Source) -> Vec<u
         correlation_id: event.correlation_id.as_deref(),
         is_test: event.is_test,
         attributes,
-        data,
-    })
-    .unwrap_or_default()
+    };
+    if serde_json::to_writer(&mut out, &envelope).is_err() {
+        return Vec::new();
+    }
+    if payload == PayloadMode::Full {
+        // `data` goes last. The payload was checked as JSON when it came in
+        // and is stored verbatim: it is appended as it is, not parsed and
+        // written again for every attempt.
+        let data = event.payload.trim();
+        out.pop(); // the envelope's closing brace
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(if data.is_empty() { b"null" } else { data.as_bytes() });
+        out.push(b'}');
+    }
+    out
 }
 
 impl Endpoint {
@@ -232,5 +238,59 @@ fn describe_transport_error(e: &reqwest::Error, timeout: Duration) -> String {
         e.to_string()
     } else {
         format!("request failed: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(payload: &str, attributes: Option<&str>) -> StoredEvent {
+        StoredEvent {
+            seq: 7,
+            event_id: "s-1".into(),
+            event_type: "SaleCreated".into(),
+            entity: "till:3".into(),
+            entity_seq: 2,
+            occurred_at: "2026-11-22T10:15:00Z".into(),
+            ingested_at: 0,
+            correlation_id: None,
+            is_test: false,
+            attributes: attributes.map(str::to_string),
+            payload: payload.into(),
+        }
+    }
+
+    fn source() -> Source {
+        Source {
+            store_id: "0042".into(),
+            agent_id: "till-pc".into(),
+        }
+    }
+
+    #[test]
+    fn the_payload_is_sent_verbatim_as_data_after_the_envelope() {
+        let body = body(
+            &stored(r#"{"b": 1,  "a":[2]}"#, Some(r#"{"terminal":"03"}"#)),
+            PayloadMode::Full,
+            &source(),
+        );
+        let text = String::from_utf8(body).expect("UTF-8");
+        assert_eq!(
+            text,
+            r#"{"id":"s-1","type":"SaleCreated","timestamp":"2026-11-22T10:15:00Z","entity":"till:3","entity_seq":2,"source":{"store_id":"0042","agent_id":"till-pc"},"correlation_id":null,"is_test":false,"attributes":{"terminal":"03"},"data":{"b": 1,  "a":[2]}}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(parsed["data"]["a"][0], 2);
+    }
+
+    #[test]
+    fn thin_bodies_have_no_data_and_missing_attributes_are_an_empty_object() {
+        let text = String::from_utf8(body(&stored("null", None), PayloadMode::Thin, &source())).expect("UTF-8");
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert!(parsed.get("data").is_none(), "{text}");
+        assert_eq!(parsed["attributes"], serde_json::json!({}));
+        let full = String::from_utf8(body(&stored("null", None), PayloadMode::Full, &source())).expect("UTF-8");
+        assert!(full.ends_with(r#","data":null}"#), "{full}");
     }
 }
