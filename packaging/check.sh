@@ -279,19 +279,9 @@ expect_stat() {
   pass "$2 $3 $4"
 }
 
-free_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 30000))
-    [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]] && { echo "$p"; return; }
-  done
-  die "no free TCP port"
-}
-
-wait_for() {  # wait_for <seconds> <command...>
-  local end=$((SECONDS + $1)); shift
-  until "$@"; do (( SECONDS < end )) || return 1; sleep 0.2; done
-}
+# free_port, wait_for
+# shellcheck source=packaging/lib.sh
+source "$REPO/packaging/lib.sh"
 
 # exercise_agent <root>: the agent as store-outbox on the packaged config, a
 # POS user in the group sends on the socket and through the spool, an outsider

@@ -63,6 +63,7 @@ fi
 DEB_RUSTC=/usr/bin/rustc   # installed by rustc-web (1.85); NOT rustup's ~/.cargo/bin/rustc
 DEB_CARGO=/usr/bin/cargo   # installed by cargo-web (1.85)
 HOST_TRIPLE=x86_64-unknown-linux-gnu
+HOST_DEBARCH=amd64
 WANT_RUST_MINOR=1.85
 SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
 CARGO_DEB_VERSION=3.8.0
@@ -107,6 +108,69 @@ fi
 # ---- step: install ----------------------------------------------------------
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep '^install ok installed$' >/dev/null; }
 
+# one_version <pkg[:arch]>...: all installed, at one version.
+one_version() {
+  local p versions=()
+  for p in "$@"; do
+    pkg_installed "$p" || return 1
+    versions+=("$(dpkg-query -W -f='${Version}' "$p")")
+  done
+  [[ $(printf '%s\n' "${versions[@]}" | sort -u | wc -l) -eq 1 ]]
+}
+
+# newest_common_version <pkg[:arch]>...: the newest version apt offers for
+# every one of them (empty if none).
+newest_common_version() {
+  local p common="" first=1 versions
+  for p in "$@"; do
+    versions=$(apt-cache madison "$p" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' | sort -u)
+    if [[ $first -eq 1 ]]; then
+      common=$versions; first=0
+    else
+      common=$(comm -12 <(printf '%s\n' "$common") <(printf '%s\n' "$versions"))
+    fi
+  done
+  printf '%s\n' "$common" | grep . | sort -V | tail -n 1 || true
+}
+
+# lockstep_pins <version of the Rust packages>: pins (pkg:arch=version) for
+# the Multi-Arch: same libraries the targets' Rust std pulls in, which must be
+# at one version on every architecture. An x86-64 image older than its mirror
+# can hold a version the mirror no longer has for ARM (2026-11-30: liblzma5
+# 5.4.1-1 installed; 5.4.1-1+deb12u1 for arm64 and armhf, +deb12u2 for amd64
+# only), and apt does not find the way out by itself: each such library goes
+# to its installed version where every architecture has it, else to the
+# newest version every architecture has.
+lockstep_pins() {
+  local v=$1 tr a base installed roots=() arches=() names=() common ok
+  for tr in "${ARM_TRIPLES[@]}"; do
+    a=$(debarch_of "$tr"); arches+=("$a"); roots+=("libstd-rust-web-dev:$a=$v")
+  done
+  # shellcheck disable=SC2207
+  names=($(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
+      --no-replaces --no-enhances "${roots[@]}" 2>/dev/null | grep -v '^ ' | grep -v '^<' \
+      | sed 's/:[a-z0-9]*$//' | sort -u))
+  for base in "${names[@]}"; do
+    [[ $(dpkg-query -W -f='${db:Status-Status} ${Multi-Arch}' "$base:$HOST_DEBARCH" 2>/dev/null) == "installed same" ]] \
+      || continue
+    installed=$(dpkg-query -W -f='${Version}' "$base:$HOST_DEBARCH")
+    ok=1
+    for a in "${arches[@]}"; do
+      apt-cache madison "$base:$a" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' \
+        | grep -qxF "$installed" || ok=0
+    done
+    if [[ $ok -eq 1 ]]; then
+      # Said outright, or apt may look for a newer one (libzstd1, 2026-11-30).
+      common=$installed
+    else
+      common=$(newest_common_version "$base:$HOST_DEBARCH" "${arches[@]/#/$base:}")
+      [[ -n $common ]] || die "$base: no version is available for $HOST_DEBARCH and ${arches[*]} alike (apt-cache madison $base)"
+      info "$base: $installed installed for $HOST_DEBARCH, not offered for ${arches[*]}: all at $common"
+    fi
+    printf '%s\n' "$base:$HOST_DEBARCH=$common" "${arches[@]/#/$base:}" | sed "2,\$s/\$/=$common/"
+  done
+}
+
 step_install() {
   log "install: checking packages for: ${BUILD_TRIPLES[*]}"
   [[ $(id -u) -eq 0 ]] || die "install step needs root (apt-get, dpkg --add-architecture); run as root or drop 'install' from STEPS"
@@ -128,7 +192,19 @@ step_install() {
   # shellcheck disable=SC2207
   pkgs=($(printf '%s\n' "${pkgs[@]}" | awk '!seen[$0]++'))
   for p in "${pkgs[@]}"; do pkg_installed "$p" || missing+=("$p"); done
-  if [[ ${#missing[@]} -eq 0 && $need_update -eq 0 ]]; then
+  # The host's rustc-web and every target's libstd-rust-web-dev must be one
+  # version, and a Debian update can reach one architecture's index before
+  # another's (2026-11-30: bookworm-security had 1.96 for amd64 while arm64
+  # and armhf had only 1.85): install the newest version all of them have.
+  local rust_pkgs=() pinned_rust=0
+  [[ ${#ARM_TRIPLES[@]} -gt 0 ]] && for p in "${pkgs[@]}"; do
+    [[ $p == rustc-web || $p == cargo-web || $p == libstd-rust-web-dev:* ]] && rust_pkgs+=("$p")
+  done
+  [[ ${#rust_pkgs[@]} -gt 0 ]] && rust_pkgs+=("libstd-rust-web-dev:$HOST_DEBARCH")
+  if [[ ${#rust_pkgs[@]} -gt 0 ]] && ! one_version "${rust_pkgs[@]}"; then
+    pinned_rust=1
+  fi
+  if [[ ${#missing[@]} -eq 0 && $need_update -eq 0 && $pinned_rust -eq 0 ]]; then
     info "all present, nothing to install"
   else
     info "missing: ${missing[*]:-(none)}"
@@ -137,11 +213,27 @@ step_install() {
       # e.g. a transient 'File has unexpected size ... Mirror sync in progress?' on one index
       info "WARNING: apt-get update reported errors (see above); trying the install anyway"
     fi
-    if [[ ${#missing[@]} -gt 0 ]]; then
-      info "apt-get install ${missing[*]}"
+    local install=() rust_version=""
+    if [[ $pinned_rust -eq 1 ]]; then
+      rust_version=$(newest_common_version "${rust_pkgs[@]}")
+      [[ -n $rust_version ]] || die "no version of rustc-web is available for every architecture (${rust_pkgs[*]}): apt-cache madison ${rust_pkgs[*]}"
+      info "Rust packages pinned to $rust_version, the newest version every architecture has"
+      for p in "${missing[@]}"; do
+        [[ " ${rust_pkgs[*]} " == *" $p "* ]] || install+=("$p")
+      done
+      for p in "${rust_pkgs[@]}"; do install+=("$p=$rust_version"); done
+      local pins
+      pins=$(lockstep_pins "$rust_version")
+      # shellcheck disable=SC2206
+      [[ -n $pins ]] && install+=($pins)
+    else
+      install=("${missing[@]}")
+    fi
+    if [[ ${#install[@]} -gt 0 ]]; then
+      info "apt-get install ${install[*]}"
       local t0=$SECONDS
-      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 \
-        || die "apt-get install failed for: ${missing[*]}"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --allow-downgrades "${install[@]}" >&2 \
+        || die "apt-get install failed for: ${install[*]}"
       info "installed in $((SECONDS - t0)) s"
     fi
   fi
@@ -219,23 +311,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 30000))
-    [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]] && { echo "$p"; return; }
-  done
-  die "no free TCP port found on 127.0.0.1"
-}
-
-wait_for() {  # wait_for <seconds> <description> <test command...>
-  local secs=$1; shift 2   # $2 names what we wait for, for the reader
-  local end=$((SECONDS + secs))
-  until "$@"; do
-    (( SECONDS < end )) || return 1
-    sleep 0.2
-  done
-}
+# free_port, wait_for
+# shellcheck source=packaging/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 smoke_one() {
   local tr=$1 host_bin arm_bin qemu q d port rp ap
@@ -271,12 +349,12 @@ EOF
 
   "$host_bin" receive --listen "127.0.0.1:$port" --json --secret "$SECRET" >"$d/recv.out" 2>"$d/recv.err" &
   rp=$!; PIDS+=("$rp")
-  wait_for 15 receiver grep -qs 'receiving webhooks' "$d/recv.err" \
+  wait_for 15 grep -qs 'receiving webhooks' "$d/recv.err" \
     || { cat "$d/recv.err" >&2; die "$tr: receiver did not start on 127.0.0.1:$port"; }
 
   "${q[@]}" "$arm_bin" run --config "$d/config.toml" >"$d/agent.out" 2>"$d/agent.err" &
   ap=$!; PIDS+=("$ap")
-  wait_for "$SMOKE_TIMEOUT" socket test -S "$d/s.sock" \
+  wait_for "$SMOKE_TIMEOUT" test -S "$d/s.sock" \
     || { cat "$d/agent.err" >&2; die "$tr: agent under $qemu did not open $d/s.sock within ${SMOKE_TIMEOUT}s"; }
 
   info "\$ ${q[*]} $arm_bin send --type SaleCreated --entity order:1 '{\"a\":1}' --config $d/config.toml"
@@ -284,7 +362,7 @@ EOF
     || { cat "$d/send.out" "$d/agent.err" >&2; die "$tr: send failed"; }
   info "send: $(cat "$d/send.out")"
 
-  wait_for "$SMOKE_TIMEOUT" delivery grep -q '"type":"SaleCreated"' "$d/recv.out" \
+  wait_for "$SMOKE_TIMEOUT" grep -q '"type":"SaleCreated"' "$d/recv.out" \
     || { cat "$d/agent.err" "$d/recv.err" >&2; die "$tr: receiver got nothing within ${SMOKE_TIMEOUT}s"; }
   info "receiver: $(head -1 "$d/recv.out")"
   grep -q '"entity":"order:1"' "$d/recv.out"    || die "$tr: delivered event has the wrong entity"
