@@ -837,3 +837,30 @@ fn count_voided_attempt(tx: &Connection, o: &Outcome) -> rusqlite::Result<()> {
     .execute(params![o.sub_id, o.event_seq, o.status, o.error])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OutcomeDone;
+    use std::sync::mpsc;
+
+    #[test]
+    fn an_outcome_dropped_unanswered_is_reported_as_not_recorded() {
+        let (tx, rx) = mpsc::channel();
+        let done = OutcomeDone::new(move |result| {
+            let _ = tx.send(result);
+        });
+        drop(done);
+        assert_eq!(rx.recv().expect("told"), Err("the writer stopped".to_string()));
+    }
+
+    #[test]
+    fn an_outcome_is_told_once() {
+        let (tx, rx) = mpsc::channel();
+        let done = OutcomeDone::new(move |result| {
+            let _ = tx.send(result);
+        });
+        done.tell(Ok(()));
+        assert_eq!(rx.recv().expect("told"), Ok(()));
+        assert!(rx.recv().is_err(), "told a second time on drop");
+    }
+}
