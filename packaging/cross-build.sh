@@ -118,12 +118,17 @@ one_version() {
   [[ $(printf '%s\n' "${versions[@]}" | sort -u | wc -l) -eq 1 ]]
 }
 
+# offered_versions <pkg[:arch]>: the versions apt offers for it, one a line.
+offered_versions() {
+  apt-cache madison "$1" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' | sort -u
+}
+
 # newest_common_version <pkg[:arch]>...: the newest version apt offers for
 # every one of them (empty if none).
 newest_common_version() {
   local p common="" first=1 versions
   for p in "$@"; do
-    versions=$(apt-cache madison "$p" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' | sort -u)
+    versions=$(offered_versions "$p")
     if [[ $first -eq 1 ]]; then
       common=$versions; first=0
     else
@@ -156,8 +161,7 @@ lockstep_pins() {
     installed=$(dpkg-query -W -f='${Version}' "$base:$HOST_DEBARCH")
     ok=1
     for a in "${arches[@]}"; do
-      apt-cache madison "$base:$a" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' \
-        | grep -qxF "$installed" || ok=0
+      offered_versions "$base:$a" | grep -qxF "$installed" || ok=0
     done
     if [[ $ok -eq 1 ]]; then
       # Said outright, or apt may look for a newer one (libzstd1, 2026-11-30).

@@ -115,8 +115,6 @@ struct Done {
     /// Why the outcome is not committed, if it is not: the event is sent
     /// again.
     unrecorded: Option<String>,
-    /// The delivery still holds its request slot (a failure, or no answer).
-    slot_held: bool,
     verdict: Verdict,
     was_probe: bool,
 }
@@ -522,7 +520,9 @@ impl Scheduler {
     /// Applies a finished delivery to the scheduling state.
     fn finish(&mut self, done: Done) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if done.slot_held {
+        // A 2xx gave its request slot back with `Report::Answered`; a
+        // failure holds it until now.
+        if done.attempt.kind != AttemptKind::Delivered {
             self.requests = self.requests.saturating_sub(1);
         }
         if done.was_probe {
@@ -761,7 +761,6 @@ impl Courier {
                 attempt,
                 attempts,
                 unrecorded: result.err(),
-                slot_held: !delivered,
                 verdict,
                 was_probe,
             }));
