@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::admin;
 use crate::config::Config;
 use crate::deliver::scheduler::Scheduler;
-use crate::deliver::webhook::{Endpoint, Source};
+use crate::deliver::webhook::{Source, Webhook};
 use crate::ingest;
 use crate::metrics::Metrics;
 use crate::outbox::{self, writer::Writer};
@@ -131,7 +131,7 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
     };
     let mut endpoints = Vec::new();
     for sub in &subs {
-        let endpoint = Endpoint::new(sub.config.clone(), source.clone())
+        let endpoint = Webhook::new(sub.config.clone(), source.clone())
             .map_err(|e| anyhow!("subscription {:?}: {e}", sub.config.name))?;
         endpoints.push(Arc::new(endpoint));
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use snapbox::cmd::Command;
 use snapbox::{file, Redactions};
 use store_outbox::event::NewEvent;
-use store_outbox::outbox::writer::{Outcome, Verdict, Writer};
+use store_outbox::outbox::writer::{Decision, Outcome, Writer};
 
 /// 2026-11-21T10:00:00Z
 const T0: i64 = 1_795_255_200_000;
@@ -30,7 +30,7 @@ fn new_event(id: &str, entity: &str, event_type: &str, payload: &str) -> NewEven
     }
 }
 
-fn outcome(sub_id: i64, seq: i64, at: i64, status: Option<u16>, error: Option<&str>, verdict: Verdict) -> Outcome {
+fn outcome(sub_id: i64, seq: i64, at: i64, status: Option<u16>, error: Option<&str>, decision: Decision) -> Outcome {
     Outcome {
         sub_id,
         event_seq: seq,
@@ -38,7 +38,7 @@ fn outcome(sub_id: i64, seq: i64, at: i64, status: Option<u16>, error: Option<&s
         status,
         error: error.map(str::to_string),
         duration_ms: 12,
-        verdict,
+        decision,
         resends: 0,
     }
 }
@@ -104,20 +104,20 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
         let erp = subs[0].id;
         for (seq, at) in [(1, T0 + 1_000), (2, T0 + 2_000), (5, T0 + 3_000)] {
             writer
-                .record(outcome(erp, seq, at, Some(200), None, Verdict::Delivered), None)
+                .record_and_wait(outcome(erp, seq, at, Some(200), None, Decision::Delivered), None)
                 .await
                 .expect("record");
         }
         let err = Some("HTTP 422: unknown till");
         writer
-            .record(
+            .record_and_wait(
                 outcome(
                     erp,
                     3,
                     T0 + 4_000,
                     Some(422),
                     err,
-                    Verdict::Retry {
+                    Decision::Retry {
                         next_attempt_at_ms: T0 + 5_000,
                     },
                 ),
@@ -126,20 +126,20 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
             .await
             .expect("record");
         writer
-            .record(outcome(erp, 3, T0 + 6_000, Some(422), err, Verdict::Park), None)
+            .record_and_wait(outcome(erp, 3, T0 + 6_000, Some(422), err, Decision::Park), None)
             .await
             .expect("record");
         writer.set_sub_state(erp, "online", 0);
         writer.set_sub_state(subs[1].id, "offline", 0);
         writer
-            .record(
+            .record_and_wait(
                 outcome(
                     subs[1].id,
                     2,
                     T0 + 7_000,
                     None,
                     Some("cannot connect: Connection refused"),
-                    Verdict::Retry {
+                    Decision::Retry {
                         next_attempt_at_ms: T0 + 9_000,
                     },
                 ),

@@ -112,7 +112,7 @@ use rusqlite::Connection;
 
 use store_outbox::config::{PayloadMode, RetryConfig, SubscriptionConfig};
 use store_outbox::deliver::scheduler::Scheduler;
-use store_outbox::deliver::webhook::{Endpoint, Source};
+use store_outbox::deliver::webhook::{Source, Webhook};
 use store_outbox::event::{now_rfc3339, NewEvent, Reply};
 use store_outbox::metrics::Metrics;
 use store_outbox::outbox::read::{list_deliveries, DeliveryFilter, DeliveryRow};
@@ -353,7 +353,7 @@ impl Agent {
         {
             let _in_runtime = runtime.enter();
             for sub in subs {
-                let endpoint = Endpoint::new(sub.config.clone(), source.clone()).expect("build the HTTP client");
+                let endpoint = Webhook::new(sub.config.clone(), source.clone()).expect("build the HTTP client");
                 let reader = open_reader(db).expect("open the scheduler's read connection");
                 let scheduler = Scheduler::new(
                     sub,

@@ -11,7 +11,7 @@
 mod common;
 
 use store_outbox::event::Reply;
-use store_outbox::outbox::writer::{Outcome, Verdict};
+use store_outbox::outbox::writer::{Decision, Outcome};
 
 fn delivered(db: &std::path::Path) -> Vec<(i64, i64)> {
     let conn = rusqlite::Connection::open(db).expect("open");
@@ -34,7 +34,7 @@ fn outcome(sub_id: i64, seq: i64) -> Outcome {
         status: Some(200),
         error: None,
         duration_ms: 1,
-        verdict: Verdict::Delivered,
+        decision: Decision::Delivered,
         resends: 0,
     }
 }
@@ -66,7 +66,7 @@ fn a_request_that_never_answers_holds_back_no_commit() {
     let hung = writer.expect_outcome();
 
     // 1. One outcome, alone: committed although the hung request still counts.
-    rt.block_on(writer.record(outcome(sub_id, 1), Some(writer.expect_outcome())))
+    rt.block_on(writer.record_and_wait(outcome(sub_id, 1), Some(writer.expect_outcome())))
         .expect("recorded");
     assert_eq!(delivered(&db)[0], (1, 1), "committed while another request hangs");
 
@@ -76,7 +76,7 @@ fn a_request_that_never_answers_holds_back_no_commit() {
         .map(|seq| {
             let writer = writer.clone();
             let expected = writer.expect_outcome();
-            rt.spawn(async move { writer.record(outcome(sub_id, seq), Some(expected)).await })
+            rt.spawn(async move { writer.record_and_wait(outcome(sub_id, seq), Some(expected)).await })
         })
         .collect();
     for task in tasks {
@@ -96,12 +96,13 @@ fn a_request_that_never_answers_holds_back_no_commit() {
     //    (a test, a tool) as well.
     let more = rt.block_on(writer.ingest(vec![common::new_event("late-1", "till:01")]));
     assert!(matches!(more[0], Reply::Accepted { .. }), "{more:?}");
-    rt.block_on(writer.record(outcome(sub_id, 31), None)).expect("recorded");
+    rt.block_on(writer.record_and_wait(outcome(sub_id, 31), None))
+        .expect("recorded");
 
     // 4. Requests abandoned without an outcome (a shutdown aborting them)
     //    stop counting too: the hung one is dropped here.
     drop(hung);
-    rt.block_on(writer.record(outcome(sub_id, 32), Some(writer.expect_outcome())))
+    rt.block_on(writer.record_and_wait(outcome(sub_id, 32), Some(writer.expect_outcome())))
         .expect("recorded");
     let states = delivered(&db);
     assert_eq!(states.len(), 41);

@@ -13,7 +13,7 @@ mod common;
 use store_outbox::event::Reply;
 use store_outbox::outbox::read;
 use store_outbox::outbox::resend::{resend, ResendRequest};
-use store_outbox::outbox::writer::{Outcome, Verdict};
+use store_outbox::outbox::writer::{Decision, Outcome};
 
 fn state_of(db: &std::path::Path, seq: i64) -> (i64, i64, i64) {
     let conn = rusqlite::Connection::open(db).expect("open");
@@ -39,8 +39,8 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
         .enable_all()
         .build()
         .expect("runtime");
-    let record = |seq: i64, resends: i64, status: u16, verdict: Verdict| {
-        rt.block_on(writer.record(
+    let record = |seq: i64, resends: i64, status: u16, decision: Decision| {
+        rt.block_on(writer.record_and_wait(
             Outcome {
                 sub_id,
                 event_seq: seq,
@@ -48,7 +48,7 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
                 status: Some(status),
                 error: (status >= 300).then(|| format!("HTTP {status}")),
                 duration_ms: 5,
-                verdict,
+                decision,
                 resends,
             },
             None,
@@ -90,13 +90,13 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
     // as an attempt and change nothing. The event goes again (before any
     // later one), and that attempt's same outcome applies; `then` is the
     // state it leaves.
-    let race = |id: &str, status: u16, verdict: Verdict, then: i64| {
+    let race = |id: &str, status: u16, decision: Decision, then: i64| {
         let head = read::head(&reader, sub_id, entity, 0)
             .expect("head")
             .expect("an open event");
         assert_eq!(head.event.event_id, id);
         resend_now(id);
-        record(head.event.seq, head.resends, status, verdict);
+        record(head.event.seq, head.resends, status, decision);
         assert_eq!(
             state_of(&db, head.event.seq),
             (0, 1, 1),
@@ -107,7 +107,7 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
             again.event.event_id, id,
             "the resent event goes again, before later ones"
         );
-        record(again.event.seq, again.resends, status, verdict);
+        record(again.event.seq, again.resends, status, decision);
         assert_eq!(
             state_of(&db, again.event.seq).0,
             then,
@@ -115,10 +115,10 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
         );
     };
     // 1. A 2xx on the wire, the resend lands before its outcome's commit.
-    race("race-1", 200, Verdict::Delivered, 1);
+    race("race-1", 200, Decision::Delivered, 1);
     // 2. A failure on the wire that would park (give_up_after = 0): the
     //    stale failure must not park it; without a race, it parks.
-    race("race-2", 500, Verdict::Park, 2);
+    race("race-2", 500, Decision::Park, 2);
     println!("resend race: a stale 2xx and a stale park after a resend were recorded as attempts and changed nothing");
 
     drop(writer);

@@ -29,7 +29,7 @@ pub struct Admin {
     pub config: Arc<Config>,
     /// In-memory delivery metrics.
     pub metrics: Metrics,
-    /// For `/healthz`'s write check.
+    /// For `/healthz`'s write check and resends.
     pub writer: Writer,
     /// SHA-256 of the mutation token; `None`: mutations are off.
     pub token_digest: Option<[u8; 32]>,
@@ -171,13 +171,17 @@ async fn event(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Resul
     }
 }
 
+/// Resends through the agent's writer (one writer for the file, no
+/// connection or migration per request). An unknown subscription is the
+/// caller's mistake (404), not the agent's.
 async fn run_resend(admin: &Admin, request: resend::ResendRequest) -> Result<resend::ResendOutcome, ApiError> {
-    let path = admin.db_path();
-    blocking(move || {
-        let mut conn = outbox::open_writer(&path).map_err(|e| e.to_string())?;
-        resend::resend(&mut conn, &request).map_err(|e| e.to_string())
+    admin.writer.resend(request).await.map_err(|e| match e {
+        resend::ResendError::UnknownSubscription(name) => {
+            (StatusCode::NOT_FOUND, format!("no such subscription: {name:?}"))
+        }
+        resend::ResendError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        other => (StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     })
-    .await
 }
 
 /// Query of `POST /v1/events/{id}/resend`.
@@ -203,7 +207,10 @@ async fn api_resend(
         subscription: q.subscription,
         ..Default::default()
     };
-    let outcome = run_resend(&admin, request).await?;
+    let outcome = match run_resend(&admin, request).await {
+        Ok(outcome) => outcome,
+        Err((status, error)) => return Ok((status, Json(serde_json::json!({ "error": error }))).into_response()),
+    };
     if outcome.queued == 0 {
         return Ok((StatusCode::NOT_FOUND, Json(outcome)).into_response());
     }

@@ -45,7 +45,7 @@ pub fn run(path: Option<&std::path::Path>, args: ResendArgs) -> CliResult {
         ResendError::UnknownSubscription(name) => {
             CliError::usage(format!("--subscription {name:?}: no such subscription"))
         }
-        ResendError::Storage(e) => CliError::runtime(format!("{}: {e}", db_path.display())),
+        other => CliError::runtime(format!("{}: {other}", db_path.display())),
     })?;
     let n = outcome.queued;
     println!("queued {n} deliver{} again", if n == 1 { "y" } else { "ies" });

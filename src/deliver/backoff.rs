@@ -7,12 +7,17 @@ use crate::config::RetryConfig;
 
 /// Delay before attempt `failures + 1`, after `failures` (>= 1) failures in a row.
 pub fn delay(retry: &RetryConfig, failures: u32) -> Duration {
+    delay_with(retry, failures, rand::random::<f64>())
+}
+
+/// [`delay`] with the random draw given (`jitter` in `[0, 1)`), so that a
+/// caller draws once and tests are exact.
+pub fn delay_with(retry: &RetryConfig, failures: u32, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(30);
     let base = retry.initial.saturating_mul(1u32 << exp).min(retry.max);
     // "Equal jitter": half fixed, half random, never below `initial`.
     let half = base / 2;
-    let jitter = half.mul_f64(rand::random::<f64>());
-    (half + jitter).clamp(retry.initial, retry.max)
+    (half + half.mul_f64(jitter.clamp(0.0, 1.0))).clamp(retry.initial, retry.max)
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date.

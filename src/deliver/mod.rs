@@ -1,9 +1,25 @@
-//! Delivery: from the outbox to each subscription's endpoint.
+//! Delivery: from the outbox to each subscription's destination.
 //!
-//! - [`webhook`]: one subscription's HTTP client, the body and the signature.
+//! - [`scheduler`]: per subscription, which event goes next and when:
+//!   per-entity order, parallelism, backoff, offline probing, parking.
+//! - [`decide`]: the scheduler's rules as plain functions (what an answer
+//!   means, which entity is ready).
+//! - [`courier`]: the request workers that carry events to the destination
+//!   and hand outcomes to the writer.
+//! - [`destination`]: the seam: the [`destination::Destination`] trait a
+//!   destination implements (send one unit, classify the answer).
+//! - [`webhook`]: the webhook destination (HTTP, Standard Webhooks).
 //! - [`backoff`]: retry delays with jitter and `Retry-After`.
-//! - [`scheduler`]: per-subscription ordering, parallelism and offline probing.
+//!
+//! To add a kind of destination: a module beside `webhook.rs` with a type
+//! that implements [`destination::Destination`], and one arm in
+//! `agent.rs` that builds it for the subscriptions whose URL it takes.
+//! Nothing in the scheduler, the couriers or the rules changes: they never
+//! see what is behind the trait.
 
 pub mod backoff;
+pub mod courier;
+pub mod decide;
+pub mod destination;
 pub mod scheduler;
 pub mod webhook;

@@ -1,5 +1,6 @@
-//! One subscription's endpoint: its HTTP client (rustls), the webhook body of
-//! the contract, the Standard Webhooks headers, and what an answer means.
+//! The webhook destination: one subscription's HTTP client (rustls), the
+//! webhook body of the contract, the Standard Webhooks headers, and what an
+//! HTTP answer means ([`Destination`] for `http://` and `https://` URLs).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::backoff::parse_retry_after;
+use super::destination::{Answer, AnswerKind, Destination};
 use crate::config::{PayloadMode, SubscriptionConfig};
 use crate::outbox::read::StoredEvent;
 
@@ -20,35 +22,13 @@ pub struct Source {
     pub agent_id: String,
 }
 
-/// What one attempt came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptKind {
-    /// 2xx within the timeout.
-    Delivered,
-    /// The endpoint is unreachable or overloaded (connect error, timeout,
-    /// 429, 502-504): the whole subscription goes offline and is probed.
-    EndpointDown,
-    /// The endpoint answered but refused this event (other non-2xx).
-    Refused,
-}
-
-/// The result of sending one event.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    /// Classification.
-    pub kind: AttemptKind,
-    /// HTTP status, if an answer came.
-    pub status: Option<u16>,
-    /// Failure description, `None` on success.
-    pub error: Option<String>,
-    /// `Retry-After` of a 429/503.
-    pub retry_after: Option<Duration>,
-}
-
-/// A subscription's endpoint, ready to send.
-pub struct Endpoint {
+/// A subscription's webhook endpoint, ready to send.
+pub struct Webhook {
+    /// Its HTTP client (connection pool, TLS settings, timeout).
     client: reqwest::Client,
+    /// The subscription: URL, secrets, headers, payload mode.
     config: Arc<SubscriptionConfig>,
+    /// `source` in every body.
     source: Source,
 }
 
@@ -130,15 +110,17 @@ pub fn body(event: &StoredEvent, payload: PayloadMode, source: &Source) -> Vec<u
     out
 }
 
-impl Endpoint {
+impl Webhook {
     /// Prepares the endpoint of one subscription.
     pub fn new(config: Arc<SubscriptionConfig>, source: Source) -> Result<Self, String> {
         let client = build_client(&config)?;
-        Ok(Endpoint { client, config, source })
+        Ok(Webhook { client, config, source })
     }
+}
 
-    /// Sends one event and classifies the answer.
-    pub async fn send(&self, event: &StoredEvent) -> Attempt {
+impl Destination for Webhook {
+    /// POSTs one event, signed, and classifies the HTTP answer.
+    async fn send(&self, event: &StoredEvent) -> Answer {
         let body = body(event, self.config.payload, &self.source);
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -157,17 +139,18 @@ impl Endpoint {
         }
         match request.body(body).send().await {
             Ok(response) => classify(response).await,
-            Err(e) => Attempt {
-                kind: AttemptKind::EndpointDown,
-                status: None,
-                error: Some(describe_transport_error(&e, self.config.timeout)),
-                retry_after: None,
-            },
+            Err(e) => Answer::failed(
+                AnswerKind::Unavailable,
+                None,
+                describe_transport_error(&e, self.config.timeout),
+            ),
         }
     }
 }
 
-async fn classify(response: reqwest::Response) -> Attempt {
+/// What an HTTP answer means: 2xx delivered; 408, 429, 502-504 the endpoint
+/// is unavailable; anything else refuses this event.
+async fn classify(response: reqwest::Response) -> Answer {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -184,27 +167,21 @@ async fn classify(response: reqwest::Response) -> Attempt {
     let text = match response.bytes().await {
         Ok(b) => String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned(),
         Err(e) if status.is_success() => {
-            return Attempt {
-                kind: AttemptKind::EndpointDown,
-                status: Some(status.as_u16()),
-                error: Some(format!("answer {status} cut off: {e}")),
-                retry_after: None,
-            }
+            return Answer::failed(
+                AnswerKind::Unavailable,
+                Some(status.as_u16()),
+                format!("answer {status} cut off: {e}"),
+            )
         }
         Err(_) => String::new(),
     };
     let code = status.as_u16();
     if status.is_success() {
-        return Attempt {
-            kind: AttemptKind::Delivered,
-            status: Some(code),
-            error: None,
-            retry_after: None,
-        };
+        return Answer::delivered(Some(code));
     }
     let kind = match code {
-        408 | 429 | 502 | 503 | 504 => AttemptKind::EndpointDown,
-        _ => AttemptKind::Refused,
+        408 | 429 | 502 | 503 | 504 => AnswerKind::Unavailable,
+        _ => AnswerKind::Refused,
     };
     let detail = match (status.is_redirection(), location) {
         (true, Some(to)) => format!("HTTP {code}: redirect to {to} not followed; point the subscription url there"),
@@ -212,7 +189,7 @@ async fn classify(response: reqwest::Response) -> Attempt {
         _ => format!("HTTP {code}: {}", text.trim()),
     };
     let retry_after = if matches!(code, 429 | 503) { retry_after } else { None };
-    Attempt {
+    Answer {
         kind,
         status: Some(code),
         error: Some(detail),

@@ -484,3 +484,20 @@ pub fn rejected_by_code(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
 }
+
+/// Opens a read transaction on a reader: every query until [`end`] sees the
+/// same commit. A transaction left open (by an earlier error) is ended first.
+pub fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    if !conn.is_autocommit() {
+        end(conn);
+    }
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    Ok(())
+}
+
+/// Ends a read transaction opened by [`begin`].
+pub fn end(conn: &Connection) {
+    if let Err(e) = conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
+        tracing::debug!(error = %e, "ending a read transaction");
+    }
+}

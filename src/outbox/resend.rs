@@ -4,6 +4,13 @@
 //! A resent delivery keeps its place in its entity's order (its `entity_seq`)
 //! and its `webhook-id`. Schedulers notice through `resend_generation` in
 //! `meta`, which every resend bumps in the same transaction.
+//!
+//! While the agent runs, the admin API resends through the writer thread
+//! (`Writer::resend`, which calls [`apply`] inside its batch). The `resend`
+//! command runs in its own process, often while the agent is stopped: it
+//! calls [`resend`], which takes the write lock on its own connection
+//! (`BEGIN IMMEDIATE`), so it is serialised with the agent's writer by
+//! SQLite.
 
 use rusqlite::{params, Connection};
 
@@ -40,14 +47,30 @@ pub enum ResendError {
     /// The database refused.
     #[error("storage: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// The agent's writer could not commit it (a full disk, a broken file).
+    #[error("not stored: {0}")]
+    NotStored(String),
+    /// The agent is stopping; nothing was queued.
+    #[error("the agent is stopping")]
+    Stopped,
 }
 
-/// Queues the deliveries again, in one transaction.
+/// Queues the deliveries again in one transaction of its own (the `resend`
+/// command, on its own connection).
 pub fn resend(conn: &mut Connection, req: &ResendRequest) -> Result<ResendOutcome, ResendError> {
     // IMMEDIATE: take the write lock first. A deferred transaction that reads
     // and then writes fails at once (SQLITE_BUSY_SNAPSHOT) if the agent
     // committed in between, whatever the busy timeout.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let out = apply(&tx, req)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Queues the deliveries again inside the caller's open write transaction.
+/// An unknown subscription is refused before anything is written, so the
+/// transaction stays usable for the rest of a batch.
+pub fn apply(tx: &Connection, req: &ResendRequest) -> Result<ResendOutcome, ResendError> {
     if let Some(name) = &req.subscription {
         let known: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE name = ?1)",
@@ -89,6 +112,5 @@ pub fn resend(conn: &mut Connection, req: &ResendRequest) -> Result<ResendOutcom
          ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
         [],
     )?;
-    tx.commit()?;
     Ok(out)
 }

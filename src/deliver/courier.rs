@@ -1,0 +1,115 @@
+//! Couriers: a subscription's request workers, one per request slot. A
+//! courier takes one event at a time from its scheduler, has the destination
+//! send it, decides what the answer means for the delivery
+//! ([`decide::after_answer`]), tells the scheduler ([`Sent`]) and queues the
+//! outcome with the writer, whose [`Receipt`] later tells the scheduler
+//! that it is committed. It is free for the next event as soon as the
+//! outcome is queued: no task is spawned per event.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::decide::{self, Plan};
+use super::destination::{Answer, AnswerKind, Destination};
+use crate::config::RetryConfig;
+use crate::metrics::Metrics;
+use crate::outbox::now_ms;
+use crate::outbox::read::Head;
+use crate::outbox::writer::{ExpectedOutcome, Outcome, Receipt, Recorded, Writer};
+
+/// One event for a courier to send.
+pub struct Job {
+    /// The scheduler's number for this delivery.
+    pub ticket: u64,
+    /// The event and its delivery row.
+    pub head: Head,
+    /// Lets the writer hold a group of outcomes for this one.
+    pub expected: ExpectedOutcome,
+}
+
+/// A courier's word that a request is answered and the courier is free.
+/// Sent before the outcome is queued, so the scheduler always has it before
+/// the writer's [`Recorded`] for the same ticket.
+pub struct Sent {
+    /// Which courier is free again.
+    pub courier: usize,
+    /// The delivery.
+    pub ticket: u64,
+    /// What the destination said.
+    pub answer: Answer,
+    /// What that means for the delivery.
+    pub plan: Plan,
+}
+
+/// What every courier of a subscription shares.
+pub struct Crew<D> {
+    /// Where events go.
+    pub destination: Arc<D>,
+    /// Where outcomes are recorded.
+    pub writer: Writer,
+    /// Subscription row id.
+    pub sub_id: i64,
+    /// Subscription name (metrics).
+    pub name: String,
+    /// Its retry settings.
+    pub retry: RetryConfig,
+    /// Delivery metrics.
+    pub metrics: Metrics,
+    /// To the scheduler: answers.
+    pub sent: mpsc::UnboundedSender<Sent>,
+    /// To the scheduler, through the writer: commits.
+    pub recorded: mpsc::UnboundedSender<Recorded>,
+}
+
+impl<D: Destination> Crew<D> {
+    /// Courier `index`: takes events until the scheduler is gone.
+    pub async fn work(self: Arc<Self>, index: usize, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            self.deliver(index, job).await;
+        }
+    }
+
+    /// Sends one event, tells the scheduler the answer, queues the outcome.
+    async fn deliver(&self, courier: usize, job: Job) {
+        let Job { ticket, head, expected } = job;
+        let at_ms = now_ms();
+        let started = std::time::Instant::now();
+        let answer = self.destination.send(&head.event).await;
+        let elapsed = started.elapsed();
+        let attempts = head.attempts + 1;
+        let plan = decide::after_answer(
+            &answer,
+            attempts,
+            head.first_failed_at,
+            at_ms,
+            &self.retry,
+            rand::random::<f64>(),
+        );
+        self.metrics
+            .attempt(&self.name, answer.result_name(), elapsed.as_secs_f64());
+        if answer.kind == AnswerKind::Delivered {
+            self.metrics
+                .delivered_after(&self.name, ((now_ms() - head.event.ingested_at).max(0) as f64) / 1000.0);
+        }
+        let outcome = Outcome {
+            sub_id: self.sub_id,
+            event_seq: head.event.seq,
+            at_ms,
+            status: answer.status,
+            error: answer.error.clone(),
+            duration_ms: elapsed.as_millis() as i64,
+            decision: plan.decision,
+            resends: head.resends,
+        };
+        let _ = self.sent.send(Sent {
+            courier,
+            ticket,
+            answer,
+            plan,
+        });
+        self.writer
+            .record(outcome, Some(expected), Receipt::new(ticket, self.recorded.clone()))
+            .await;
+    }
+}

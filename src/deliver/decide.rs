@@ -1,0 +1,524 @@
+//! The scheduler's decisions as plain functions: what an answer means for
+//! the delivery, the entity and the subscription's link, and which entity
+//! goes next. No I/O, no clock of their own (the caller passes `now` and the
+//! jitter), so each rule is unit-tested below.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::backoff;
+use super::destination::{Answer, AnswerKind};
+use crate::config::RetryConfig;
+use crate::outbox::writer::Decision;
+
+/// Failures in a row, of any kind, after which the endpoint counts as down
+/// even if it keeps answering (a receiver that fails every request).
+pub const FAILURES_BEFORE_OFFLINE: u32 = 5;
+/// The longest pause after outcomes that could not be committed.
+pub const STORAGE_PAUSE_MAX: Duration = Duration::from_secs(30);
+
+/// A place in an entity's order. `seq` and `entity_seq` grow together within
+/// an entity, so either orders it; `seq` also orders entities by age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    /// Global ingest order.
+    pub seq: i64,
+    /// Order within the entity.
+    pub entity_seq: i64,
+}
+
+impl Position {
+    /// A lower bound of the entity's next event.
+    pub fn next(self) -> Self {
+        Position {
+            seq: self.seq.saturating_add(1),
+            entity_seq: self.entity_seq.saturating_add(1),
+        }
+    }
+}
+
+/// What an attempt's answer means for its delivery: the state to record and
+/// how long the entity waits before its next attempt (computed once, with
+/// one jitter draw, for both the stored `next_attempt_at` and the timer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The state the delivery moves to.
+    pub decision: Decision,
+    /// The wait before the entity's next attempt (zero unless retried).
+    pub wait: Duration,
+}
+
+/// Decides a delivery's next state after an answer. `attempts` counts this
+/// one; `first_failed_at_ms` is the delivery's first failure, if any;
+/// `jitter` is a draw in `[0, 1)`.
+pub fn after_answer(
+    answer: &Answer,
+    attempts: i64,
+    first_failed_at_ms: Option<i64>,
+    at_ms: i64,
+    retry: &RetryConfig,
+    jitter: f64,
+) -> Plan {
+    if answer.kind == AnswerKind::Delivered {
+        return Plan {
+            decision: Decision::Delivered,
+            wait: Duration::ZERO,
+        };
+    }
+    let failing_since = first_failed_at_ms.unwrap_or(at_ms);
+    if let Some(limit) = retry.give_up_after {
+        if at_ms - failing_since >= limit.as_millis() as i64 {
+            return Plan {
+                decision: Decision::Park,
+                wait: Duration::ZERO,
+            };
+        }
+    }
+    let failures = attempts.clamp(1, i64::from(u32::MAX)) as u32;
+    let wait = answer
+        .retry_after
+        .unwrap_or_else(|| backoff::delay_with(retry, failures, jitter));
+    Plan {
+        decision: Decision::Retry {
+            next_attempt_at_ms: at_ms + wait.as_millis() as i64,
+        },
+        wait,
+    }
+}
+
+/// Where an entity goes after its delivery's outcome was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityNext {
+    /// Its next event (looked up from `from`) may go at `due`.
+    Ready {
+        /// When.
+        due: Instant,
+        /// The cursor its next event is looked up from.
+        from: Position,
+    },
+    /// Its head is parked at `at`: nothing of it goes until a resend.
+    Parked {
+        /// The parked event.
+        at: Position,
+    },
+}
+
+/// Decides where an entity goes on from after the outcome of `sent` was
+/// committed. `rewind` is an earlier event a resend reopened while the
+/// request was in flight: the entity goes on from there.
+pub fn entity_after(
+    decision: Decision,
+    wait: Duration,
+    sent: Position,
+    rewind: Option<Position>,
+    now: Instant,
+) -> EntityNext {
+    let from = |p: Position| rewind.map_or(p, |r| r.min(p));
+    match decision {
+        // The next event of this entity is strictly later.
+        Decision::Delivered => EntityNext::Ready {
+            due: now,
+            from: from(sent.next()),
+        },
+        Decision::Park => match rewind {
+            None => EntityNext::Parked { at: sent },
+            // Parked, but a resend reopened an earlier event of the entity
+            // meanwhile: that one goes first.
+            Some(earlier) => EntityNext::Ready {
+                due: now,
+                from: earlier.min(sent),
+            },
+        },
+        Decision::Retry { .. } => EntityNext::Ready {
+            due: now + wait,
+            from: from(sent),
+        },
+    }
+}
+
+/// How long a subscription pauses after `in_a_row` outcomes in a row could
+/// not be committed: 1 s, doubling, at most [`STORAGE_PAUSE_MAX`]. Every
+/// outcome fails the same way until the writer can commit again, so the
+/// endpoint must not get a flood of repeats meanwhile.
+pub fn storage_pause(in_a_row: u32) -> Duration {
+    Duration::from_secs(1 << in_a_row.clamp(1, 6).saturating_sub(1)).min(STORAGE_PAUSE_MAX)
+}
+
+/// What changed for the whole subscription after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkChange {
+    /// Nothing to tell.
+    None,
+    /// The endpoint is down: probing starts.
+    WentOffline,
+    /// A probe got through after this long offline: every waiting entity is
+    /// due at once.
+    CameBack {
+        /// How long the subscription was offline.
+        down_for: Duration,
+    },
+}
+
+/// The subscription's view of its endpoint: online, or offline and probed
+/// one request at a time at the backoff pace.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Whether requests flow (false: probing).
+    pub online: bool,
+    /// Failures in a row (any kind), reset by a success.
+    pub failures_in_a_row: u32,
+    /// Failed probes in a row while offline, for the probe backoff.
+    pub probe_failures: u32,
+    /// No probe before this.
+    pub next_probe_at: Instant,
+    /// Since when it is offline.
+    pub offline_since: Option<Instant>,
+}
+
+impl Link {
+    /// Online, as a subscription starts.
+    pub fn new(now: Instant) -> Self {
+        Link {
+            online: true,
+            failures_in_a_row: 0,
+            probe_failures: 0,
+            next_probe_at: now,
+            offline_since: None,
+        }
+    }
+
+    /// Takes an answer in; `was_probe` if it answered a probe.
+    pub fn on_answer(
+        &mut self,
+        answer: &Answer,
+        was_probe: bool,
+        retry: &RetryConfig,
+        jitter: f64,
+        now: Instant,
+    ) -> LinkChange {
+        if answer.kind == AnswerKind::Delivered {
+            self.failures_in_a_row = 0;
+            if self.online {
+                return LinkChange::None;
+            }
+            let down_for = self
+                .offline_since
+                .map(|t| now.saturating_duration_since(t))
+                .unwrap_or_default();
+            self.online = true;
+            self.probe_failures = 0;
+            self.offline_since = None;
+            return LinkChange::CameBack { down_for };
+        }
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        let endpoint_down = answer.kind == AnswerKind::Unavailable || self.failures_in_a_row >= FAILURES_BEFORE_OFFLINE;
+        // While offline only a probe's answer moves the probe clock: an
+        // answer to a request sent before the link went down says nothing new.
+        if !endpoint_down || !(self.online || was_probe) {
+            return LinkChange::None;
+        }
+        let mut change = LinkChange::None;
+        if self.online {
+            self.online = false;
+            self.offline_since = Some(now);
+            self.probe_failures = 0;
+            change = LinkChange::WentOffline;
+        }
+        self.probe_failures += 1;
+        let wait = answer
+            .retry_after
+            .unwrap_or_else(|| backoff::delay_with(retry, self.probe_failures, jitter));
+        self.next_probe_at = self.next_probe_at.max(now + wait);
+        change
+    }
+}
+
+/// A ready entity in the order it may go: (due, its head's `seq`, entity id).
+pub type ReadyKey = (Instant, i64, i64);
+
+/// Picks the entity to send next, if one may go now. Online: the earliest
+/// due, if a request slot is free. Offline: one probe at a time once
+/// `next_probe_at` passed, with the oldest waiting event whatever its own
+/// backoff.
+pub fn next_pick(
+    ready: &BTreeSet<ReadyKey>,
+    link: &Link,
+    slot_free: bool,
+    probe_in_flight: bool,
+    now: Instant,
+) -> Option<ReadyKey> {
+    if !slot_free {
+        return None;
+    }
+    if link.online {
+        return ready.first().copied().filter(|key| key.0 <= now);
+    }
+    if probe_in_flight || now < link.next_probe_at {
+        return None;
+    }
+    ready.iter().min_by_key(|(_, seq, _)| *seq).copied()
+}
+
+/// When the scheduler should look again if nothing wakes it first.
+pub fn next_wake(
+    ready: &BTreeSet<ReadyKey>,
+    link: &Link,
+    slot_free: bool,
+    probe_in_flight: bool,
+    paused_until: Option<Instant>,
+    now: Instant,
+) -> Option<Instant> {
+    if let Some(until) = paused_until.filter(|until| *until > now) {
+        return Some(until);
+    }
+    if !slot_free {
+        return None;
+    }
+    if link.online {
+        ready.first().map(|(due, _, _)| *due)
+    } else if probe_in_flight || ready.is_empty() {
+        None
+    } else {
+        Some(link.next_probe_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(give_up_after: Option<Duration>) -> RetryConfig {
+        RetryConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            give_up_after,
+        }
+    }
+
+    fn answer(kind: AnswerKind, retry_after: Option<Duration>) -> Answer {
+        Answer {
+            kind,
+            status: None,
+            error: (kind != AnswerKind::Delivered).then(|| "no".to_string()),
+            retry_after,
+        }
+    }
+
+    const fn at(seq: i64, entity_seq: i64) -> Position {
+        Position { seq, entity_seq }
+    }
+
+    #[test]
+    fn a_failure_is_retried_after_one_delay_used_for_both_the_record_and_the_timer() {
+        let plan = after_answer(
+            &answer(AnswerKind::Refused, None),
+            3,
+            Some(0),
+            10_000,
+            &retry(None),
+            0.5,
+        );
+        // Third failure: base 4 s, equal jitter: 2 s + 0.5 * 2 s.
+        assert_eq!(plan.wait, Duration::from_secs(3));
+        assert_eq!(
+            plan.decision,
+            Decision::Retry {
+                next_attempt_at_ms: 13_000
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_wins_over_the_backoff() {
+        let plan = after_answer(
+            &answer(AnswerKind::Unavailable, Some(Duration::from_secs(120))),
+            1,
+            None,
+            0,
+            &retry(None),
+            0.0,
+        );
+        assert_eq!(plan.wait, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_delivery_failing_past_give_up_after_is_parked_and_a_success_never_is() {
+        let limit = Some(Duration::from_secs(60));
+        let failing = answer(AnswerKind::Refused, None);
+        assert_eq!(
+            after_answer(&failing, 9, Some(0), 60_000, &retry(limit), 0.0).decision,
+            Decision::Park
+        );
+        assert!(matches!(
+            after_answer(&failing, 9, Some(0), 59_999, &retry(limit), 0.0).decision,
+            Decision::Retry { .. }
+        ));
+        // The first failure starts the clock; a zero limit parks it at once.
+        assert!(matches!(
+            after_answer(&failing, 1, None, 59_999, &retry(Some(Duration::ZERO)), 0.0).decision,
+            Decision::Park
+        ));
+        let ok = answer(AnswerKind::Delivered, None);
+        assert_eq!(
+            after_answer(&ok, 9, Some(0), 90_000, &retry(limit), 0.0).decision,
+            Decision::Delivered
+        );
+    }
+
+    #[test]
+    fn after_a_delivery_the_entity_goes_on_after_the_event_or_back_to_a_resent_one() {
+        let now = Instant::now();
+        assert_eq!(
+            entity_after(Decision::Delivered, Duration::ZERO, at(10, 4), None, now),
+            EntityNext::Ready {
+                due: now,
+                from: at(11, 5)
+            }
+        );
+        assert_eq!(
+            entity_after(Decision::Delivered, Duration::ZERO, at(10, 4), Some(at(3, 2)), now),
+            EntityNext::Ready {
+                due: now,
+                from: at(3, 2)
+            }
+        );
+    }
+
+    #[test]
+    fn a_retry_waits_and_a_park_blocks_unless_a_resend_reopened_an_earlier_event() {
+        let now = Instant::now();
+        let retry = Decision::Retry { next_attempt_at_ms: 0 };
+        assert_eq!(
+            entity_after(retry, Duration::from_secs(4), at(10, 4), None, now),
+            EntityNext::Ready {
+                due: now + Duration::from_secs(4),
+                from: at(10, 4)
+            }
+        );
+        assert_eq!(
+            entity_after(Decision::Park, Duration::ZERO, at(10, 4), None, now),
+            EntityNext::Parked { at: at(10, 4) }
+        );
+        assert_eq!(
+            entity_after(Decision::Park, Duration::ZERO, at(10, 4), Some(at(3, 2)), now),
+            EntityNext::Ready {
+                due: now,
+                from: at(3, 2)
+            }
+        );
+    }
+
+    #[test]
+    fn storage_pauses_double_from_one_second_to_thirty() {
+        let secs: Vec<u64> = (1..=8).map(|n| storage_pause(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_takes_the_link_offline_and_a_success_brings_it_back() {
+        let start = Instant::now();
+        let mut link = Link::new(start);
+        let down = answer(AnswerKind::Unavailable, None);
+        assert_eq!(
+            link.on_answer(&down, false, &retry(None), 0.0, start),
+            LinkChange::WentOffline
+        );
+        assert!(!link.online);
+        // First probe failure: 1 s (equal jitter never below `initial`).
+        assert_eq!(link.next_probe_at, start + Duration::from_secs(1));
+        let later = start + Duration::from_secs(1);
+        assert_eq!(link.on_answer(&down, true, &retry(None), 0.0, later), LinkChange::None);
+        assert_eq!(link.probe_failures, 2);
+        assert_eq!(link.next_probe_at, later + Duration::from_secs(1));
+        let back = start + Duration::from_secs(30);
+        assert_eq!(
+            link.on_answer(&answer(AnswerKind::Delivered, None), true, &retry(None), 0.0, back),
+            LinkChange::CameBack {
+                down_for: Duration::from_secs(30)
+            }
+        );
+        assert!(link.online);
+        assert_eq!(link.probe_failures, 0);
+    }
+
+    #[test]
+    fn refusals_take_the_link_down_only_after_five_in_a_row() {
+        let now = Instant::now();
+        let mut link = Link::new(now);
+        let refused = answer(AnswerKind::Refused, None);
+        for _ in 1..FAILURES_BEFORE_OFFLINE {
+            assert_eq!(
+                link.on_answer(&refused, false, &retry(None), 0.0, now),
+                LinkChange::None
+            );
+        }
+        assert_eq!(
+            link.on_answer(&refused, false, &retry(None), 0.0, now),
+            LinkChange::WentOffline
+        );
+    }
+
+    #[test]
+    fn while_offline_only_a_probe_moves_the_probe_clock() {
+        let now = Instant::now();
+        let mut link = Link::new(now);
+        let down = answer(AnswerKind::Unavailable, Some(Duration::from_secs(10)));
+        link.on_answer(&down, false, &retry(None), 0.0, now);
+        let planned = link.next_probe_at;
+        // A request sent before the link went down answers late.
+        link.on_answer(&down, false, &retry(None), 0.0, now + Duration::from_secs(5));
+        assert_eq!(link.next_probe_at, planned);
+        assert_eq!(link.probe_failures, 1);
+    }
+
+    #[test]
+    fn online_the_earliest_due_goes_when_a_slot_is_free() {
+        let now = Instant::now();
+        let link = Link::new(now);
+        let mut ready = BTreeSet::new();
+        ready.insert((now + Duration::from_secs(5), 1, 100));
+        ready.insert((now, 9, 200));
+        assert_eq!(next_pick(&ready, &link, true, false, now), Some((now, 9, 200)));
+        assert_eq!(next_pick(&ready, &link, false, false, now), None, "no slot");
+        ready.remove(&(now, 9, 200));
+        assert_eq!(next_pick(&ready, &link, true, false, now), None, "not due yet");
+        assert_eq!(
+            next_wake(&ready, &link, true, false, None, now),
+            Some(now + Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn offline_one_probe_at_a_time_with_the_oldest_event_once_the_probe_is_due() {
+        let now = Instant::now();
+        let mut link = Link::new(now);
+        link.online = false;
+        link.next_probe_at = now + Duration::from_secs(2);
+        let mut ready = BTreeSet::new();
+        ready.insert((now, 9, 200));
+        ready.insert((now + Duration::from_secs(60), 1, 100));
+        assert_eq!(next_pick(&ready, &link, true, false, now), None, "probe not due");
+        assert_eq!(
+            next_wake(&ready, &link, true, false, None, now),
+            Some(link.next_probe_at)
+        );
+        let later = now + Duration::from_secs(2);
+        assert_eq!(
+            next_pick(&ready, &link, true, false, later),
+            Some((now + Duration::from_secs(60), 1, 100)),
+            "the oldest event, whatever its own backoff"
+        );
+        assert_eq!(next_pick(&ready, &link, true, true, later), None, "a probe is out");
+    }
+
+    #[test]
+    fn a_storage_pause_is_the_next_wake() {
+        let now = Instant::now();
+        let link = Link::new(now);
+        let ready = BTreeSet::from([(now, 1, 1)]);
+        let until = now + Duration::from_secs(3);
+        assert_eq!(next_wake(&ready, &link, true, false, Some(until), now), Some(until));
+    }
+}

@@ -1,0 +1,79 @@
+//! The seam between the scheduler and the systems events go to.
+//!
+//! A destination sends one prepared unit (today: one stored event) and
+//! says what the answer means; it knows nothing of entities, order,
+//! backoff, probing or parking, which stay in the scheduler. The webhook
+//! ([`super::webhook::Webhook`]) is one implementation; a new kind of
+//! destination is a sibling module implementing [`Destination`], chosen by
+//! the subscription's URL in `agent.rs`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::outbox::read::StoredEvent;
+
+/// What an answer means for delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// Accepted (a 2xx, a stream's acknowledgement): the event is delivered.
+    Delivered,
+    /// The destination is unreachable or overloaded (connect error,
+    /// timeout, 429, 502-504): the whole subscription goes offline and is
+    /// probed.
+    Unavailable,
+    /// The destination answered but refused this event (other failures):
+    /// the event is retried with its own backoff.
+    Refused,
+}
+
+/// The destination's answer to one send.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// What it means.
+    pub kind: AnswerKind,
+    /// The status code (HTTP), if an answer came.
+    pub status: Option<u16>,
+    /// A description of the failure, worded for the operator; `None` on
+    /// success.
+    pub error: Option<String>,
+    /// How long the destination asked us to wait (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl Answer {
+    /// A success with this status.
+    pub fn delivered(status: Option<u16>) -> Self {
+        Answer {
+            kind: AnswerKind::Delivered,
+            status,
+            error: None,
+            retry_after: None,
+        }
+    }
+
+    /// A failure of this kind.
+    pub fn failed(kind: AnswerKind, status: Option<u16>, error: impl Into<String>) -> Self {
+        Answer {
+            kind,
+            status,
+            error: Some(error.into()),
+            retry_after: None,
+        }
+    }
+
+    /// The name used in metrics and logs.
+    pub fn result_name(&self) -> &'static str {
+        match self.kind {
+            AnswerKind::Delivered => "delivered",
+            AnswerKind::Refused => "refused",
+            AnswerKind::Unavailable => "unreachable",
+        }
+    }
+}
+
+/// Where a subscription's events go.
+pub trait Destination: Send + Sync + 'static {
+    /// Sends one event and classifies the answer. Never fails otherwise:
+    /// every problem is an [`Answer`] the scheduler can act on.
+    fn send(&self, event: &StoredEvent) -> impl Future<Output = Answer> + Send;
+}

@@ -1,0 +1,499 @@
+//! The single writer: one thread owns the write connection and turns every
+//! queued request (ingest, delivery outcome, state change, resend, prune)
+//! into as few transactions as possible (group commit).
+//!
+//! Invariant: a producer's reply and a delivery's [`Recorded`] are sent only
+//! after the transaction holding them committed with `synchronous=FULL`
+//! ([`WriterState::process`] answers in `finish`, after `apply_all`'s
+//! commit). No transaction is ever open while waiting on the network:
+//! network work happens elsewhere and reaches this thread as finished
+//! outcomes.
+//!
+//! The parts:
+//! - this file: the handle ([`Writer`]) and its requests, the thread, and
+//!   what a batch answers once committed or failed;
+//! - [`grouping`]: which requests share a transaction (the group-commit
+//!   timing policy);
+//! - [`handoff`]: the contract with the schedulers (outcomes, receipts, the
+//!   counters that steer grouping);
+//! - [`sql`]: every statement, run inside the batch's transaction.
+
+pub mod grouping;
+pub mod handoff;
+mod sql;
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, ErrorCode as SqliteCode};
+use tokio::sync::{mpsc, oneshot};
+
+pub use grouping::{OUTCOME_GAP, OUTCOME_GROUP_WAIT};
+pub use handoff::{Decision, ExpectedOutcome, Flow, Outcome, Receipt, Recorded, Starving};
+
+use super::resend::{self, ResendError, ResendOutcome, ResendRequest};
+use super::{Inbox, Subscription};
+use crate::config::SubscriptionConfig;
+use crate::event::{ErrorCode, IngestError, NewEvent, Reply};
+use sql::Effects;
+
+/// A request to the writer thread. Each one carries the channel its answer
+/// goes to and, once applied, the answer itself, so a committed batch
+/// answers every request from its own fields (no answer can be paired with
+/// the wrong request).
+enum WriteOp {
+    /// Store events; one reply per event.
+    Ingest {
+        /// The validated events, in the producer's order.
+        events: Vec<NewEvent>,
+        /// Their replies, filled by `apply_all`.
+        replies: Vec<Reply>,
+        /// Where the replies go after the commit.
+        reply: oneshot::Sender<Vec<Reply>>,
+    },
+    /// Record a delivery attempt.
+    Outcome {
+        /// What to record.
+        outcome: Outcome,
+        /// Told after the commit (or the failure).
+        receipt: Receipt,
+    },
+    /// Record a subscription's state for `status` (best effort, no answer).
+    SubState {
+        /// Subscription row id.
+        sub_id: i64,
+        /// Its state's stored name.
+        state: &'static str,
+        /// Requests in flight.
+        in_flight: i64,
+    },
+    /// Count an event refused before it reached storage.
+    Rejected(ErrorCode),
+    /// A tiny write, for `/healthz`.
+    Ping {
+        /// True once committed.
+        reply: oneshot::Sender<bool>,
+    },
+    /// Delete delivered events.
+    Prune {
+        /// Only events ingested before this (wall-clock ms).
+        older_than_ms: Option<i64>,
+        /// At most this many.
+        limit: usize,
+        /// How many went, filled by `apply_all`.
+        pruned: usize,
+        /// Where that number goes after the commit.
+        reply: oneshot::Sender<usize>,
+    },
+    /// Queue deliveries again (operator action).
+    Resend {
+        /// What to queue again.
+        request: ResendRequest,
+        /// Its result, filled by `apply_all`.
+        result: Option<Result<ResendOutcome, ResendError>>,
+        /// Where the result goes after the commit.
+        reply: oneshot::Sender<Result<ResendOutcome, ResendError>>,
+    },
+}
+
+impl WriteOp {
+    /// Whether a batch holding only such requests may wait for more
+    /// outcomes ([`grouping`]): nobody waits for its answer but a scheduler.
+    fn may_wait(&self) -> bool {
+        matches!(self, WriteOp::Outcome { .. } | WriteOp::SubState { .. })
+    }
+}
+
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    /// The writer's queue (bounded: producers wait when it is full).
+    tx: mpsc::Sender<WriteOp>,
+    /// Counters shared with the schedulers ([`handoff`]).
+    flow: Arc<Flow>,
+}
+
+/// The promise of replies for submitted events.
+pub struct Ticket {
+    /// Events submitted.
+    n: usize,
+    /// `None` when the writer was already gone.
+    rx: Option<oneshot::Receiver<Vec<Reply>>>,
+}
+
+impl Ticket {
+    /// Waits for the commit (or the failure) and returns one reply per event.
+    pub async fn wait(self) -> Vec<Reply> {
+        let n = self.n;
+        match self.rx {
+            None => vec![IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping").into(); n],
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| vec![IngestError::new(ErrorCode::Internal, "the writer stopped").into(); n]),
+        }
+    }
+}
+
+/// Subscription data the writer needs to fan events out.
+pub(crate) struct Fanout {
+    /// Subscription row id.
+    id: i64,
+    /// Its configuration (its event-type filter).
+    config: Arc<SubscriptionConfig>,
+    /// Where new deliveries are announced.
+    inbox: Arc<Inbox>,
+}
+
+impl Writer {
+    /// Starts the writer thread on an open, migrated connection.
+    pub fn start(
+        conn: Connection,
+        subs: &[Subscription],
+        max_db_bytes: u64,
+        storage_full: Arc<tokio::sync::Notify>,
+    ) -> (Writer, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(8192);
+        let fanout = subs
+            .iter()
+            .map(|s| Fanout {
+                id: s.id,
+                config: s.config.clone(),
+                inbox: s.inbox.clone(),
+            })
+            .collect();
+        let flow = Arc::new(Flow::default());
+        let mut state = WriterState {
+            conn,
+            flow: flow.clone(),
+            fanout,
+            max_db_bytes,
+            full: false,
+            disk_full: false,
+            storage_full,
+        };
+        let handle = std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || state.run(rx))
+            .expect("spawning the writer thread");
+        (Writer { tx, flow }, handle)
+    }
+
+    /// Stores events in one transaction; one reply per event, in order.
+    pub async fn ingest(&self, events: Vec<NewEvent>) -> Vec<Reply> {
+        self.submit(events).await.wait().await
+    }
+
+    /// Queues events for storage and returns at once with a ticket for the
+    /// replies. Requests are stored in the order they were submitted, so a
+    /// producer that pipelines submits in line order and awaits later.
+    pub async fn submit(&self, events: Vec<NewEvent>) -> Ticket {
+        let n = events.len();
+        let (reply, rx) = oneshot::channel();
+        let op = WriteOp::Ingest {
+            events,
+            replies: Vec::new(),
+            reply,
+        };
+        match self.tx.send(op).await {
+            Ok(()) => Ticket { n, rx: Some(rx) },
+            Err(_) => Ticket { n, rx: None },
+        }
+    }
+
+    /// Counts a request about to be sent, until its outcome is queued with
+    /// [`Writer::record`].
+    pub fn expect_outcome(&self) -> ExpectedOutcome {
+        self.flow.expect_outcome()
+    }
+
+    /// A scheduler's [`Starving`] flag, not set.
+    pub fn starving(&self) -> Starving {
+        self.flow.starving()
+    }
+
+    /// Queues a delivery attempt and returns once it is queued (the queue is
+    /// bounded); `receipt` is told the commit's result, or at once if the
+    /// writer is gone. `expected` is the request's count from
+    /// [`Writer::expect_outcome`], if it took one.
+    pub async fn record(&self, outcome: Outcome, expected: Option<ExpectedOutcome>, receipt: Receipt) {
+        // Uncounted before it is queued: the writer, woken by this outcome,
+        // must not wait for it.
+        drop(expected);
+        // If the writer is gone, the op and its receipt are dropped: the
+        // receipt tells "the writer stopped".
+        let _ = self.tx.send(WriteOp::Outcome { outcome, receipt }).await;
+    }
+
+    /// Records a delivery attempt and waits for its commit (tests, tools).
+    pub async fn record_and_wait(&self, outcome: Outcome, expected: Option<ExpectedOutcome>) -> Result<(), String> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.record(outcome, expected, Receipt::new(0, tx)).await;
+        match rx.recv().await {
+            Some(recorded) => recorded.result,
+            None => Err("the writer stopped".to_string()),
+        }
+    }
+
+    /// Records a subscription's state and requests in flight. Best effort:
+    /// when the queue is full the caller's next update wins.
+    pub fn set_sub_state(&self, sub_id: i64, state: &'static str, in_flight: i64) -> bool {
+        self.tx
+            .try_send(WriteOp::SubState {
+                sub_id,
+                state,
+                in_flight,
+            })
+            .is_ok()
+    }
+
+    /// Queues deliveries again, in the writer's next transaction; the
+    /// schedulers see it through `resend_generation`.
+    pub async fn resend(&self, request: ResendRequest) -> Result<ResendOutcome, ResendError> {
+        let (reply, rx) = oneshot::channel();
+        let op = WriteOp::Resend {
+            request,
+            result: None,
+            reply,
+        };
+        let stopped = || ResendError::Stopped;
+        self.tx.send(op).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Deletes up to `limit` fully delivered events (oldest first), only those
+    /// ingested before `older_than_ms` if given; returns how many went.
+    pub async fn prune(&self, older_than_ms: Option<i64>, limit: usize) -> usize {
+        let (reply, rx) = oneshot::channel();
+        let op = WriteOp::Prune {
+            older_than_ms,
+            limit,
+            pruned: 0,
+            reply,
+        };
+        if self.tx.send(op).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    /// Commits a tiny write; true if the database took it (for `/healthz`).
+    pub async fn ping(&self) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(WriteOp::Ping { reply }).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Counts an event rejected before reaching storage, by error code.
+    /// Best effort: never blocks a producer's reply.
+    pub fn count_rejected(&self, code: ErrorCode) {
+        let _ = self.tx.try_send(WriteOp::Rejected(code));
+    }
+}
+
+/// The writer thread's own state.
+struct WriterState {
+    /// The only write connection.
+    conn: Connection,
+    /// Counters shared with the schedulers ([`handoff`]).
+    flow: Arc<Flow>,
+    /// The configured subscriptions.
+    fanout: Vec<Fanout>,
+    /// `storage.max_db_bytes`.
+    max_db_bytes: u64,
+    /// Whether ingest is currently refused for lack of space.
+    full: bool,
+    /// Whether the last commit failed because the disk is full (logged once).
+    disk_full: bool,
+    /// Woken when ingest is refused, so the pruner makes room.
+    storage_full: Arc<tokio::sync::Notify>,
+}
+
+fn storage_error(e: &rusqlite::Error) -> IngestError {
+    match e.sqlite_error_code() {
+        Some(SqliteCode::DiskFull) => IngestError::new(ErrorCode::StorageFull, "the disk holding the outbox is full"),
+        _ => IngestError::new(ErrorCode::Internal, format!("storage error: {e}")),
+    }
+}
+
+impl WriterState {
+    fn run(&mut self, mut rx: mpsc::Receiver<WriteOp>) {
+        while let Some(batch) = grouping::next_batch(&mut rx, &self.flow) {
+            self.process(batch);
+        }
+        // All senders are gone: the agent is stopping. Fold the WAL back so
+        // the file is compact for a copy or an upgrade.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+
+    fn process(&mut self, mut batch: Vec<WriteOp>) {
+        let ingests = batch.iter().any(|op| matches!(op, WriteOp::Ingest { .. }));
+        let full = ingests && super::read::used_bytes(&self.conn).unwrap_or(0) >= self.max_db_bytes;
+        if ingests && full != self.full {
+            self.full = full;
+            if full {
+                tracing::warn!(
+                    max_db_bytes = self.max_db_bytes,
+                    "outbox is full (storage.max_db_bytes): new events are refused with storage_full until room is made"
+                );
+            } else {
+                tracing::info!("outbox has room again: taking new events");
+            }
+        }
+        if full {
+            self.storage_full.notify_one();
+        }
+        match self.apply_all(&mut batch, full) {
+            Ok(effects) => {
+                self.set_disk_full(false);
+                self.finish(batch, effects)
+            }
+            Err(e) if e.sqlite_error_code() == Some(SqliteCode::DiskFull) => {
+                // Every request would fail the same way: answer them all now.
+                self.set_disk_full(true);
+                self.fail(batch, &e);
+                // The WAL only grows between checkpoints: fold what it holds
+                // into the main file (PASSIVE: never waits for readers), so
+                // the next commit can write it again from its beginning, which
+                // often makes room by itself. Then let the pruner make more.
+                if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                    tracing::debug!(error = %e, "checkpoint on a full disk failed");
+                }
+                self.storage_full.notify_one();
+            }
+            Err(e) => {
+                // Something in the batch failed: retry each request on its own
+                // so one failure cannot take the others down with it.
+                tracing::warn!(error = %e, requests = batch.len(), "batch failed, retrying requests one by one");
+                for op in batch {
+                    let mut one = vec![op];
+                    match self.apply_all(&mut one, full) {
+                        Ok(effects) => self.finish(one, effects),
+                        Err(e) => self.fail(one, &e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs a change of the disk-full state once, not once per batch.
+    fn set_disk_full(&mut self, disk_full: bool) {
+        if disk_full != self.disk_full {
+            self.disk_full = disk_full;
+            if disk_full {
+                tracing::error!("the disk holding the outbox is full: new events are refused with storage_full and delivery outcomes cannot be recorded until space is freed");
+            } else {
+                tracing::info!("the outbox takes writes again after a full disk");
+            }
+        }
+    }
+
+    /// Runs the whole batch in one transaction and commits it; each request
+    /// keeps its own answer. On an error nothing is committed and the
+    /// answers are not sent.
+    fn apply_all(&mut self, batch: &mut [WriteOp], full: bool) -> rusqlite::Result<Effects> {
+        let mut effects = Effects::default();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for op in batch.iter_mut() {
+            match op {
+                WriteOp::Ingest { events, replies, .. } => {
+                    *replies = if full {
+                        effects.reject(ErrorCode::StorageFull, events.len() as i64);
+                        let msg = format!("the outbox reached storage.max_db_bytes ({} bytes)", self.max_db_bytes);
+                        vec![IngestError::new(ErrorCode::StorageFull, msg).into(); events.len()]
+                    } else {
+                        events
+                            .iter()
+                            .map(|e| sql::insert_event(&tx, &self.fanout, e, &mut effects))
+                            .collect::<rusqlite::Result<Vec<_>>>()?
+                    };
+                }
+                WriteOp::Outcome { outcome, .. } => sql::apply_outcome(&tx, outcome, &mut effects)?,
+                WriteOp::SubState {
+                    sub_id,
+                    state,
+                    in_flight,
+                } => sql::set_sub_state(&tx, *sub_id, state, *in_flight)?,
+                WriteOp::Rejected(code) => effects.reject(*code, 1),
+                WriteOp::Prune {
+                    older_than_ms,
+                    limit,
+                    pruned,
+                    ..
+                } => *pruned = sql::prune(&tx, *older_than_ms, *limit)?,
+                WriteOp::Ping { .. } => sql::ping(&tx)?,
+                WriteOp::Resend { request, result, .. } => {
+                    *result = match resend::apply(&tx, request) {
+                        // The whole batch rolls back and is retried request
+                        // by request.
+                        Err(ResendError::Storage(e)) => return Err(e),
+                        other => Some(other),
+                    }
+                }
+            }
+        }
+        let sub_ids: Vec<i64> = self.fanout.iter().map(|f| f.id).collect();
+        sql::add_totals(&tx, &effects, &sub_ids)?;
+        tx.commit()?;
+        Ok(effects)
+    }
+
+    /// Sends the answers of a committed batch and wakes the schedulers.
+    fn finish(&self, batch: Vec<WriteOp>, effects: Effects) {
+        for op in batch {
+            match op {
+                WriteOp::Ingest { replies, reply, .. } => {
+                    let _ = reply.send(replies);
+                }
+                WriteOp::Outcome { receipt, .. } => receipt.tell(Ok(())),
+                WriteOp::Prune { pruned, reply, .. } => {
+                    let _ = reply.send(pruned);
+                }
+                WriteOp::Ping { reply } => {
+                    let _ = reply.send(true);
+                }
+                WriteOp::Resend { result, reply, .. } => {
+                    let _ = reply.send(result.unwrap_or(Err(ResendError::Stopped)));
+                }
+                WriteOp::SubState { .. } | WriteOp::Rejected(_) => {}
+            }
+        }
+        let mut per_sub: Vec<Vec<(i64, i64, i64)>> = vec![Vec::new(); self.fanout.len()];
+        for (index, entity, seq, entity_seq) in effects.touched {
+            per_sub[index].push((entity, seq, entity_seq));
+        }
+        for (fan, entities) in self.fanout.iter().zip(per_sub) {
+            if !entities.is_empty() {
+                fan.inbox.push(entities);
+            }
+        }
+    }
+
+    /// Answers requests that could not be committed.
+    fn fail(&self, batch: Vec<WriteOp>, e: &rusqlite::Error) {
+        let err = storage_error(e);
+        if !self.disk_full {
+            tracing::error!(error = %e, "could not commit to the outbox");
+        }
+        for op in batch {
+            match op {
+                WriteOp::Ingest { events, reply, .. } => {
+                    let _ = reply.send(vec![err.clone().into(); events.len()]);
+                }
+                WriteOp::Outcome { receipt, .. } => receipt.tell(Err(err.message.clone())),
+                WriteOp::Prune { reply, .. } => {
+                    let _ = reply.send(0);
+                }
+                WriteOp::Ping { reply } => {
+                    let _ = reply.send(false);
+                }
+                WriteOp::Resend { reply, .. } => {
+                    let _ = reply.send(Err(ResendError::NotStored(err.message.clone())));
+                }
+                WriteOp::SubState { .. } | WriteOp::Rejected(_) => {}
+            }
+        }
+    }
+}
