@@ -92,6 +92,9 @@
 //! (the entity is "sluggish" until it moves or the next crash), only the live
 //! final drain does, so the test stays fast without depending on that period.
 //!
+//! The schedulers hold a window of 2 entities (of 3), so the backlog scan
+//! that finds entities outside the window is exercised by every case.
+//!
 //! `STORE_OUTBOX_MODEL_CASES=500 cargo test --test model -- --nocapture` for a
 //! longer run (default 32 cases); `STORE_OUTBOX_MODEL_SEED=N` for another
 //! fixed sequence of cases (default seed below, so a run is repeatable up to
@@ -334,6 +337,13 @@ struct Agent {
     trigger: Option<shutdown::Trigger>,
 }
 
+/// The schedulers' window of entities in memory: smaller than the 3
+/// entities, so that entities leave it and are found again by the backlog
+/// scan all the time (`STORE_OUTBOX_MODEL_WINDOW`, default 2).
+fn window() -> usize {
+    env_number("STORE_OUTBOX_MODEL_WINDOW").unwrap_or(2) as usize
+}
+
 impl Agent {
     fn start(db: &Path, configs: &[SubscriptionConfig]) -> Agent {
         let mut conn = open_writer(db).expect("open the outbox for writing");
@@ -363,7 +373,8 @@ impl Agent {
                     shutdown.clone(),
                     Duration::from_millis(50),
                     Metrics::default(),
-                );
+                )
+                .with_window(window());
                 runtime.spawn(scheduler.run());
             }
         }

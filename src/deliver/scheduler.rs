@@ -16,11 +16,18 @@
 //!   Only a resend reopens events behind a cursor, and it bumps
 //!   `resend_generation`: every round of lookups first checks that counter in
 //!   the same read transaction and moves the cursors back before reading.
-//! - **Parked blocks its entity only**: a parked head keeps its entity out of
-//!   the ready set; other entities go on.
+//! - **Parked blocks its entity only**: an entity whose head is parked
+//!   leaves the window and is not taken back until a resend; other entities
+//!   go on.
 //! - **Offline probing**: while the endpoint is down, one request at a time,
 //!   at the backoff pace, with the oldest waiting event; the first success
 //!   brings the subscription back online and every entity becomes due at once.
+//! - **Bounded memory**: at most a window of entities is held
+//!   ([`WINDOW`]); the rest of the backlog waits in the outbox and is found
+//!   by scanning pending rows in ingest order ([`Scan`]), so memory does not
+//!   depend on how many entities the producers use. An entity leaves the
+//!   window once it has nothing left to send (drained, or blocked behind a
+//!   parked event, which the outbox finds again in one probe).
 //! - Timers use `Instant` (monotonic): wall-clock jumps do not move them.
 
 use std::collections::{BTreeSet, HashMap};
@@ -49,6 +56,33 @@ const READ_RETRY: Duration = Duration::from_secs(1);
 /// Deliveries (answered and waiting for their commit, or still in flight)
 /// allowed per request slot: bounds memory when commits stall.
 const DELIVERIES_PER_SLOT: usize = 32;
+/// Most entities a scheduler holds in memory (about 150 bytes each).
+/// Plenty for any `max_in_flight`: only entities with something to send now
+/// need to be here.
+pub const WINDOW: usize = 32_768;
+/// Most pending rows read by one page of the backlog scan.
+const SCAN_PAGE: usize = 1024;
+/// Most pages read in one round, so that a long scan (a backlog of few
+/// entities with many events each) never holds up sending.
+const SCAN_PAGES_PER_ROUND: usize = 8;
+
+/// Where the scan of the backlog stands: every pending row up to `after`
+/// was looked at (its entity was taken into the window, or was already in
+/// it). Entities outside the window all have their first open event after
+/// `after`, or are blocked behind a parked event.
+#[derive(Debug, Clone, Copy)]
+struct Scan {
+    /// The `seq` of the last pending row looked at.
+    after: i64,
+    /// The last page came back short: no pending row after `after` was
+    /// there, so new events can be taken straight from the inbox.
+    done: bool,
+}
+
+impl Scan {
+    /// From the beginning of the backlog.
+    const START: Scan = Scan { after: 0, done: false };
+}
 
 /// Where an entity stands in this subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +91,6 @@ enum EntityState {
     Ready,
     /// A request for its head is in flight.
     InFlight,
-    /// Its head is parked: nothing of it is sent until resent.
-    Parked,
 }
 
 /// An entity the scheduler tracks.
@@ -73,6 +105,9 @@ struct Entity {
     /// A resend reopened this earlier event while a request of the entity
     /// was in flight: the cursor goes back here when that request finishes.
     rewind: Option<Position>,
+    /// Whether it is known not to be blocked behind a parked event (checked
+    /// once, when it enters the window).
+    checked: bool,
 }
 
 /// A delivery between dispatch and the commit of its outcome.
@@ -99,8 +134,12 @@ pub struct Scheduler<D> {
     shutdown: Shutdown,
     /// Bounded wait for in-flight requests at shutdown.
     grace: Duration,
-    /// Every open entity.
+    /// The window: the open entities in memory (at most `window`).
     entities: HashMap<i64, Entity>,
+    /// The window's size.
+    window: usize,
+    /// The scan for entities outside the window.
+    scan: Scan,
     /// The `Ready` entities, in the order they may go.
     ready: BTreeSet<ReadyKey>,
     /// Deliveries not finished yet (request sent, or answered and waiting
@@ -181,6 +220,8 @@ impl<D: Destination> Scheduler<D> {
             shutdown,
             grace,
             entities: HashMap::new(),
+            window: WINDOW,
+            scan: Scan::START,
             ready: BTreeSet::new(),
             flights: HashMap::new(),
             next_ticket: 0,
@@ -199,6 +240,13 @@ impl<D: Destination> Scheduler<D> {
             starving,
             crew: Some(Arc::new(crew)),
         }
+    }
+
+    /// Holds at most `window` entities in memory instead of [`WINDOW`]
+    /// (tests use a tiny one to exercise the scan).
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
     }
 
     /// The heartbeat the watchdog reads.
@@ -228,6 +276,7 @@ impl<D: Destination> Scheduler<D> {
             due,
             at,
             rewind: None,
+            checked: false,
         });
         if entity.state == EntityState::Ready {
             self.ready.remove(&(entity.due, entity.at.seq, entity_id));
@@ -243,6 +292,27 @@ impl<D: Destination> Scheduler<D> {
             entity.state = state;
             entity.at = at;
         }
+    }
+
+    /// Lets an entity go from the window: it has nothing to send now. Its
+    /// later events are found again by the inbox or the scan.
+    fn forget(&mut self, entity_id: i64) {
+        if let Some(entity) = self.entities.remove(&entity_id) {
+            if entity.state == EntityState::Ready {
+                self.ready.remove(&(entity.due, entity.at.seq, entity_id));
+            }
+        }
+    }
+
+    /// Whether the window has room for a page of the backlog and the scan
+    /// has more to find.
+    fn wants_scan(&self) -> bool {
+        !self.scan.done && self.entities.len() < self.low_water()
+    }
+
+    /// The window is topped up when it falls below three quarters.
+    fn low_water(&self) -> usize {
+        (self.window - self.window / 4).max(1)
     }
 
     /// Starts one courier per request slot: a request holds its slot at
@@ -271,14 +341,20 @@ impl<D: Destination> Scheduler<D> {
         loop {
             self.dispatch();
             self.starving.set(self.is_starving());
-            let wake = decide::next_wake(
-                &self.ready,
-                &self.link,
-                self.slot_free(),
-                self.probe_in_flight,
-                self.storage_pause_until,
-                Instant::now(),
-            );
+            let now = Instant::now();
+            let wake = if self.wants_scan() && self.storage_pause_until.is_none_or(|until| until <= now) {
+                // More of the backlog to take in: go on in the next round.
+                Some(now)
+            } else {
+                decide::next_wake(
+                    &self.ready,
+                    &self.link,
+                    self.slot_free(),
+                    self.probe_in_flight,
+                    self.storage_pause_until,
+                    now,
+                )
+            };
             tokio::select! {
                 // A group commit reports many outcomes at once: take them
                 // all before the next round of lookups (one read transaction
@@ -365,17 +441,56 @@ impl<D: Destination> Scheduler<D> {
         }
     }
 
+    /// Takes the entities with new events into the window. An entity
+    /// outside the window has nothing undelivered before its new events,
+    /// unless it is blocked behind a parked one (checked before its first
+    /// lookup) or a resend reopened some (the next round's check of
+    /// `resend_generation` finds them), so its cursor starts at the first
+    /// new one. While the scan is not done, or the window is full, new
+    /// entities are left to the scan: they come after where it stands.
     fn merge_inbox(&mut self) {
         let now = Instant::now();
-        // An entity not tracked has nothing undelivered before its new
-        // events (or a resend reopened some, which the next round's check
-        // of `resend_generation` finds), so its cursor starts at the first
-        // new one.
-        for (entity_id, (seq, entity_seq)) in self.sub.inbox.take() {
-            if !self.entities.contains_key(&entity_id) {
-                self.set_ready(entity_id, now, Position { seq, entity_seq });
+        let marked = self.sub.inbox.take();
+        if marked.overflowed {
+            self.scan.done = false;
+        }
+        for (entity_id, (seq, entity_seq)) in marked.entities {
+            if self.entities.contains_key(&entity_id) {
+                continue;
+            }
+            if !self.scan.done || self.entities.len() >= self.window {
+                self.scan.done = false;
+                continue;
+            }
+            self.set_ready(entity_id, now, Position { seq, entity_seq });
+        }
+    }
+
+    /// Takes entities from the backlog into the window, in ingest order,
+    /// until it is three quarters full or the scan reaches the end (inside
+    /// the round's read transaction).
+    fn scan_backlog(&mut self, now: Instant) -> rusqlite::Result<()> {
+        for _ in 0..SCAN_PAGES_PER_ROUND {
+            if !self.wants_scan() {
+                return Ok(());
+            }
+            // Never more rows than the window has room for: every row of
+            // the page is then looked at.
+            let limit = (self.window - self.entities.len()).min(SCAN_PAGE);
+            let page = read::pending_page(&self.reader, self.sub.id, self.scan.after, limit)?;
+            self.scan.done = page.len() < limit;
+            for row in page {
+                if !self.entities.contains_key(&row.entity_id) {
+                    let at = Position {
+                        seq: row.seq,
+                        entity_seq: row.entity_seq,
+                    };
+                    self.set_ready(row.entity_id, now, at);
+                }
+                self.scan.after = row.seq;
             }
         }
+        Ok(())
     }
 
     /// The entity to send next, if one may be sent now.
@@ -389,7 +504,7 @@ impl<D: Destination> Scheduler<D> {
         if self.storage_pause_until.is_some_and(|until| now < until) {
             return;
         }
-        if self.next_pick(now).is_none() {
+        if self.next_pick(now).is_none() && !self.wants_scan() {
             return;
         }
         // One read transaction for the round: the check for resends and
@@ -401,7 +516,16 @@ impl<D: Destination> Scheduler<D> {
             self.storage_pause_until = Some(now + READ_RETRY);
             return;
         }
-        if self.catch_up_resends(now) {
+        let scanned = self.catch_up_resends(now) && {
+            match self.scan_backlog(now) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the backlog");
+                    false
+                }
+            }
+        };
+        if scanned {
             self.dispatch_round(now);
         } else {
             self.storage_pause_until = Some(now + READ_RETRY);
@@ -413,13 +537,33 @@ impl<D: Destination> Scheduler<D> {
         while let Some(pick) = self.next_pick(now) {
             self.ready.remove(&pick);
             let entity_id = pick.2;
-            let Some(cursor) = self.entities.get(&entity_id).map(|e| e.at) else {
+            let Some((cursor, checked)) = self.entities.get(&entity_id).map(|e| (e.at, e.checked)) else {
                 continue;
             };
+            if !checked {
+                match read::parked_before(&self.reader, self.sub.id, entity_id, cursor.entity_seq) {
+                    Ok(true) => {
+                        // Blocked behind a parked event: nothing of it goes
+                        // until a resend, which brings it back.
+                        self.forget(entity_id);
+                        continue;
+                    }
+                    Ok(false) => {
+                        if let Some(entity) = self.entities.get_mut(&entity_id) {
+                            entity.checked = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the next event");
+                        self.set_ready(entity_id, now + READ_RETRY, cursor);
+                        return;
+                    }
+                }
+            }
             let head = match read::head(&self.reader, self.sub.id, entity_id, cursor.entity_seq) {
                 Ok(Some(head)) => head,
                 Ok(None) => {
-                    self.entities.remove(&entity_id);
+                    self.forget(entity_id);
                     continue;
                 }
                 Err(e) => {
@@ -433,7 +577,7 @@ impl<D: Destination> Scheduler<D> {
                 entity_seq: head.event.entity_seq,
             };
             if head.state == PARKED {
-                self.set_state(entity_id, EntityState::Parked, at);
+                self.forget(entity_id);
                 continue;
             }
             let was_probe = !self.link.online;
@@ -531,9 +675,9 @@ impl<D: Destination> Scheduler<D> {
         match decide::entity_after(plan.decision, plan.wait, flight.sent, rewind, now) {
             EntityNext::Ready { due, from } => self.set_ready(flight.entity_id, due, from),
             EntityNext::Parked { at } => {
-                tracing::warn!(subscription = %self.sub.config.name, error = ?answer.error,
+                tracing::warn!(subscription = %self.sub.config.name, error = ?answer.error, entity_seq = at.entity_seq,
                     "delivery parked after retry.give_up_after; its entity waits until it is resent");
-                self.set_state(flight.entity_id, EntityState::Parked, at);
+                self.forget(flight.entity_id);
             }
         }
     }
@@ -579,11 +723,13 @@ impl<D: Destination> Scheduler<D> {
         }
     }
 
-    /// Reads the open entities at start, and again whenever a resend
-    /// (which bumps `resend_generation`) may have reopened events behind the
-    /// cursors; moves those cursors back. Returns false if the counter or
-    /// the backlog could not be read: nothing may be looked up then, since
-    /// a cursor could pass events reopened behind it.
+    /// Checks `resend_generation`, which every resend bumps: a resend may
+    /// have reopened events behind the cursors of entities in the window
+    /// (those cursors move back) and of entities outside it (the scan starts
+    /// again from the beginning). At start the window is empty and the scan
+    /// starts anyway. Returns false if the outbox could not be read: nothing
+    /// may be looked up then, since a cursor could pass events reopened
+    /// behind it.
     fn catch_up_resends(&mut self, now: Instant) -> bool {
         let generation = match read::meta(&self.reader, "resend_generation") {
             Ok(generation) => generation,
@@ -595,29 +741,34 @@ impl<D: Destination> Scheduler<D> {
         if self.resend_generation.as_ref() == Some(&generation) {
             return true;
         }
-        let open = match read::open_entities(&self.reader, self.sub.id) {
-            Ok(open) => open,
-            Err(e) => {
+        // The first open event of every entity in the window; memory stays
+        // bounded by the window, whatever the backlog.
+        let mut first: HashMap<i64, Position> = HashMap::new();
+        if !self.entities.is_empty() {
+            let window = &self.entities;
+            let read = read::each_open(&self.reader, self.sub.id, |entity_id, seq, entity_seq| {
+                if window.contains_key(&entity_id) {
+                    let at = Position { seq, entity_seq };
+                    first.entry(entity_id).and_modify(|p| *p = (*p).min(at)).or_insert(at);
+                }
+            });
+            if let Err(e) = read {
                 tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the backlog");
                 return false;
             }
-        };
+        }
         self.resend_generation = Some(generation);
-        for open in open {
-            let first = Position {
-                seq: open.first_seq,
-                entity_seq: open.first_entity_seq,
-            };
-            match self.entities.get_mut(&open.entity_id) {
-                None => self.set_ready(open.entity_id, now, first),
+        self.scan = Scan::START;
+        for (entity_id, first) in first {
+            match self.entities.get_mut(&entity_id) {
+                None => {}
                 Some(entity) if entity.state == EntityState::InFlight => {
                     entity.rewind = Some(entity.rewind.map_or(first, |r| r.min(first)));
                 }
-                // Ready or parked: its head may now be an earlier, resent
-                // event, or the parked head itself was resent.
+                // Its head may now be an earlier, resent event.
                 Some(entity) => {
                     let at = entity.at.min(first);
-                    self.set_ready(open.entity_id, now, at);
+                    self.set_ready(entity_id, now, at);
                 }
             }
         }

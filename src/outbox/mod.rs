@@ -168,34 +168,57 @@ pub fn open_reader(path: &Path) -> Result<Connection, OpenError> {
     Ok(conn)
 }
 
+/// Most entities an [`Inbox`] holds between two takes; past that it only
+/// notes that it overflowed, and the scheduler finds the rest by scanning
+/// its backlog. Bounds memory whatever the producers' entity keys.
+pub const INBOX_MAX: usize = 16_384;
+
 /// Entities with new deliveries for one subscription, filled by the writer
-/// after each commit and drained by that subscription's scheduler. Bounded by
-/// the number of entities, not events, however fast producers write.
+/// after each commit and drained by that subscription's scheduler. Bounded
+/// by [`INBOX_MAX`] entities, however fast producers write.
 #[derive(Default)]
 pub struct Inbox {
-    /// entity id -> the lowest new event, as (`seq`, `entity_seq`).
-    dirty: Mutex<HashMap<i64, (i64, i64)>>,
+    /// What the writer announced since the last take.
+    marked: Mutex<Marked>,
+    /// Wakes the scheduler.
     notify: Notify,
+}
+
+/// What an [`Inbox`] holds.
+#[derive(Default)]
+pub struct Marked {
+    /// entity id -> the lowest new event, as (`seq`, `entity_seq`).
+    pub entities: HashMap<i64, (i64, i64)>,
+    /// Some entities were not kept ([`INBOX_MAX`]): the scheduler must
+    /// look for them in the outbox.
+    pub overflowed: bool,
 }
 
 impl Inbox {
     /// Marks entities (with the `seq` and `entity_seq` of a new event) and
     /// wakes the scheduler.
     pub fn push(&self, entities: impl IntoIterator<Item = (i64, i64, i64)>) {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
         for (entity, seq, entity_seq) in entities {
-            let first = dirty.entry(entity).or_insert((seq, entity_seq));
-            if seq < first.0 {
-                *first = (seq, entity_seq);
+            let room = marked.entities.len() < INBOX_MAX;
+            match marked.entities.get_mut(&entity) {
+                Some(first) if seq < first.0 => *first = (seq, entity_seq),
+                Some(_) => {}
+                None if room => {
+                    marked.entities.insert(entity, (seq, entity_seq));
+                }
+                None => marked.overflowed = true,
             }
         }
-        drop(dirty);
+        drop(marked);
         self.notify.notify_one();
     }
-    /// Takes the marked entities.
-    pub fn take(&self) -> HashMap<i64, (i64, i64)> {
-        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+
+    /// Takes what was marked.
+    pub fn take(&self) -> Marked {
+        std::mem::take(&mut *self.marked.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
     /// Waits until [`Inbox::push`] was called since the last wait.
     pub async fn wait(&self) {
         self.notify.notified().await;

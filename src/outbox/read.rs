@@ -91,47 +91,63 @@ pub fn head(conn: &Connection, sub_id: i64, entity_id: i64, from: i64) -> rusqli
     .optional()
 }
 
-/// Where an entity's undelivered events start, for one subscription.
+/// A pending delivery as the scheduler's backlog scan sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenEntity {
-    /// The entity.
+pub struct PendingRow {
+    /// The event's `seq` (the scan's position).
+    pub seq: i64,
+    /// Its entity.
     pub entity_id: i64,
-    /// `seq` of its first undelivered event.
-    pub first_seq: i64,
-    /// `entity_seq` of that event: a scheduler's cursor starts here.
-    pub first_entity_seq: i64,
+    /// Its place in the entity.
+    pub entity_seq: i64,
 }
 
-/// Every entity with undelivered events for `sub_id`, oldest first event
-/// first.
-pub fn open_entities(conn: &Connection, sub_id: i64) -> rusqlite::Result<Vec<OpenEntity>> {
-    // One pass over the open part of `deliveries_waiting`, which holds every
-    // column needed (no table lookups): pending rows in `event_seq` order,
-    // then parked ones. An entity's lowest `seq` is its first undelivered
-    // event, since `seq` and `entity_seq` grow together within an entity.
+/// Up to `limit` pending deliveries of `sub_id` after `after_seq`, in
+/// ingest order: one page of the scheduler's scan of its backlog.
+pub fn pending_page(conn: &Connection, sub_id: i64, after_seq: i64, limit: usize) -> rusqlite::Result<Vec<PendingRow>> {
+    // A range of `deliveries_waiting`, which holds every column needed.
+    // `state <> 1` is the index's own WHERE, repeated so SQLite may use it.
+    let mut stmt = conn.prepare_cached(
+        "SELECT event_seq, entity_id, entity_seq FROM deliveries INDEXED BY deliveries_waiting
+         WHERE sub_id = ?1 AND state <> 1 AND state = ?2 AND event_seq > ?3
+         ORDER BY event_seq LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![sub_id, PENDING, after_seq, limit as i64], |r| {
+        Ok(PendingRow {
+            seq: r.get(0)?,
+            entity_id: r.get(1)?,
+            entity_seq: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Whether `entity_id` has a parked delivery for `sub_id` before
+/// `entity_seq`: then nothing of it after that may go, whatever is pending.
+pub fn parked_before(conn: &Connection, sub_id: i64, entity_id: i64, entity_seq: i64) -> rusqlite::Result<bool> {
+    // `deliveries_parked` holds parked rows only; `state = 2` is its WHERE.
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_parked
+         WHERE sub_id = ?1 AND entity_id = ?2 AND state = 2 AND entity_seq < ?3)",
+    )?
+    .query_row(params![sub_id, entity_id, entity_seq], |r| r.get(0))
+}
+
+/// Calls `each(entity_id, seq, entity_seq)` for every undelivered (pending
+/// or parked) delivery of `sub_id`, pending ones first, each in ingest
+/// order. Used after a resend, to find events reopened behind cursors; the
+/// caller keeps only what it needs, so memory does not grow with the backlog.
+pub fn each_open(conn: &Connection, sub_id: i64, mut each: impl FnMut(i64, i64, i64)) -> rusqlite::Result<()> {
+    // One pass over the open part of `deliveries_waiting` (no table lookups).
     let mut stmt = conn.prepare_cached(
         "SELECT entity_id, event_seq, entity_seq FROM deliveries INDEXED BY deliveries_waiting
          WHERE sub_id = ?1 AND state <> 1",
     )?;
     let mut rows = stmt.query([sub_id])?;
-    let mut first: std::collections::HashMap<i64, (i64, i64)> = std::collections::HashMap::new();
     while let Some(row) = rows.next()? {
-        let (entity_id, seq, entity_seq): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-        let known = first.entry(entity_id).or_insert((seq, entity_seq));
-        if seq < known.0 {
-            *known = (seq, entity_seq);
-        }
+        each(row.get(0)?, row.get(1)?, row.get(2)?);
     }
-    let mut out: Vec<OpenEntity> = first
-        .into_iter()
-        .map(|(entity_id, (first_seq, first_entity_seq))| OpenEntity {
-            entity_id,
-            first_seq,
-            first_entity_seq,
-        })
-        .collect();
-    out.sort_unstable_by_key(|o| o.first_seq);
-    Ok(out)
+    Ok(())
 }
 
 /// Formats wall-clock ms as RFC 3339 UTC.

@@ -96,6 +96,13 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX deliveries_waiting;
     CREATE INDEX deliveries_waiting ON deliveries(sub_id, state, event_seq, entity_id, entity_seq) WHERE state <> 1;
     "#,
+    // Version 4: parked rows by entity. A scheduler keeps only a window of
+    // entities in memory and finds the rest by scanning pending rows in
+    // ingest order; this tells it, in one probe, whether an entity it finds
+    // is blocked behind a parked event. Only a park or a resend writes it.
+    r#"
+    CREATE INDEX deliveries_parked ON deliveries(sub_id, entity_id, entity_seq) WHERE state = 2;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -162,7 +169,12 @@ mod tests {
             .map_err(|e| e.to_string())?;
         assert_eq!(
             indexes,
-            ["deliveries_by_entity", "deliveries_by_event", "deliveries_waiting"]
+            [
+                "deliveries_by_entity",
+                "deliveries_by_event",
+                "deliveries_parked",
+                "deliveries_waiting"
+            ]
         );
         Ok(())
     }
