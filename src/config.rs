@@ -346,242 +346,13 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// Parses and validates config text; `path` is used in messages and to
 /// resolve relative paths (against the file's directory).
 pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
-    let shown = path
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "<built-in defaults>".to_string());
-    let file: FileConfig = toml::from_str(text).map_err(|e| {
-        let location = e
-            .span()
-            .map(|s| format!(" line {}:", line_of(text, s.start)))
-            .unwrap_or_default();
-        ConfigError(format!("{shown}:{location} {}", e.message().trim()))
-    })?;
-    let at = |span: std::ops::Range<usize>, key: &str, msg: String| {
-        ConfigError(format!("{shown}: line {}: {key}: {msg}", line_of(text, span.start)))
-    };
-    let base_dir = path
-        .and_then(|p| p.parent())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let resolve = |p: PathBuf| {
-        if p.is_absolute() || path.is_none() {
-            p
-        } else {
-            base_dir.join(p)
-        }
-    };
-
-    let data_dir = resolve(file.agent.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
-    let agent = AgentConfig {
-        store_id: file.agent.store_id.unwrap_or_else(|| "unset".to_string()),
-        agent_id: file.agent.agent_id.unwrap_or_else(default_agent_id),
-        data_dir: data_dir.clone(),
-    };
-    let listen_addr = |value: Option<serde_spanned::Spanned<String>>, key: &str, default: &str| match value {
-        None => Ok(Some(default.parse().expect("valid default address"))),
-        Some(v) if v.get_ref() == "off" => Ok(None),
-        Some(v) => v.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
-            at(
-                v.span(),
-                key,
-                format!(
-                    "{:?} is not an address like \"127.0.0.1:7390\" (or \"off\")",
-                    v.get_ref()
-                ),
-            )
-        }),
-    };
-    let http_listen = listen_addr(file.ingest.http_listen, "ingest.http_listen", DEFAULT_HTTP_LISTEN)?;
-    if let Some(addr) = http_listen {
-        if !addr.ip().is_loopback() && file.ingest.http_allow_remote != Some(true) {
-            return Err(ConfigError(format!(
-                "{shown}: ingest.http_listen: {addr} is not a loopback address; events would be accepted from the network \
-                 without authentication. Set ingest.http_allow_remote = true if that is intended"
-            )));
-        }
-    }
-    let ingest = IngestConfig {
-        socket: file
-            .ingest
-            .socket
-            .map(&resolve)
-            .unwrap_or_else(|| data_dir.join("ingest.sock")),
-        http_listen,
-        max_request_bytes: file.ingest.max_request_bytes.unwrap_or(16 * 1024 * 1024),
-        spool_dir: file
-            .ingest
-            .spool_dir
-            .map(&resolve)
-            .unwrap_or_else(|| data_dir.join("spool")),
-        max_event_bytes: file.ingest.max_event_bytes.unwrap_or(1024 * 1024),
-    };
-    if ingest.max_request_bytes < ingest.max_event_bytes {
-        return Err(ConfigError(format!(
-            "{shown}: ingest.max_request_bytes: must be at least ingest.max_event_bytes ({})",
-            ingest.max_event_bytes
-        )));
-    }
-    let storage = StorageConfig {
-        max_db_bytes: file.storage.max_db_bytes.unwrap_or(2 * 1024 * 1024 * 1024),
-        retain_delivered: file
-            .storage
-            .retain_delivered
-            .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
-    };
-    let admin = AdminConfig {
-        listen: listen_addr(file.admin.listen, "admin.listen", DEFAULT_ADMIN_LISTEN)?,
-        token_file: file.admin.token_file.map(&resolve),
-    };
-    let mut subscriptions: Vec<SubscriptionConfig> = Vec::new();
-    for (index, sub) in file.subscription.into_iter().enumerate() {
-        let key = |k: &str| format!("subscription[{index}].{k}");
-        let name = sub.name.get_ref().clone();
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if !name_ok {
-            return Err(at(
-                sub.name.span(),
-                &key("name"),
-                format!("{name:?} must be 1-64 characters of [A-Za-z0-9._-]"),
-            ));
-        }
-        if subscriptions.iter().any(|s| s.name == name) {
-            return Err(at(sub.name.span(), &key("name"), format!("{name:?} is used twice")));
-        }
-        let url = reqwest::Url::parse(sub.url.get_ref())
-            .map_err(|e| at(sub.url.span(), &key("url"), format!("{:?}: {e}", sub.url.get_ref())))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(at(
-                sub.url.span(),
-                &key("url"),
-                "must be an http:// or https:// URL".into(),
-            ));
-        }
-        let (secret_texts, secret_span, secret_key) = match (&sub.secret, &sub.secret_file) {
-            (Some(_), Some(f)) => {
-                return Err(at(
-                    f.span(),
-                    &key("secret_file"),
-                    "give secret or secret_file, not both".into(),
-                ))
-            }
-            (Some(s), None) => (s.get_ref().clone().into_vec(), s.span(), key("secret")),
-            (None, Some(f)) => {
-                let file_path = resolve(f.get_ref().clone());
-                let content = std::fs::read_to_string(&file_path).map_err(|e| {
-                    at(
-                        f.span(),
-                        &key("secret_file"),
-                        format!("cannot read {}: {e}", file_path.display()),
-                    )
-                })?;
-                let lines = content
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from)
-                    .collect();
-                (lines, f.span(), key("secret_file"))
-            }
-            (None, None) => {
-                return Err(at(
-                    sub.name.span(),
-                    &key("secret"),
-                    "missing: give secret = \"whsec_...\" or secret_file".into(),
-                ))
-            }
-        };
-        if secret_texts.is_empty() {
-            return Err(at(secret_span, &secret_key, "no secret given".into()));
-        }
-        let mut secrets = Vec::new();
-        for s in &secret_texts {
-            secrets.push(crate::signing::decode_secret(s).map_err(|e| at(secret_span.clone(), &secret_key, e))?);
-        }
-        let events = match sub.events {
-            None => None,
-            Some(list) => {
-                let span = list.span();
-                let types = list.into_inner().into_vec();
-                if types.is_empty() {
-                    return Err(at(
-                        span,
-                        &key("events"),
-                        "empty list: use [\"*\"] for all events".into(),
-                    ));
-                }
-                if types.iter().any(|t| t == "*") {
-                    None
-                } else {
-                    for t in &types {
-                        if !crate::event::valid_type(t) {
-                            return Err(at(span, &key("events"), format!("{t:?} is not a valid event type")));
-                        }
-                    }
-                    Some(types)
-                }
-            }
-        };
-        let max_in_flight = match sub.max_in_flight {
-            None => 16,
-            Some(v) => {
-                let n = *v.get_ref();
-                if !(1..=1024).contains(&n) {
-                    return Err(at(
-                        v.span(),
-                        &key("max_in_flight"),
-                        format!("{n} is not between 1 and 1024"),
-                    ));
-                }
-                n as usize
-            }
-        };
-        let retry = RetryConfig {
-            initial: sub.retry.initial.unwrap_or(Duration::from_secs(1)),
-            max: sub.retry.max.unwrap_or(Duration::from_secs(300)),
-            give_up_after: sub.retry.give_up_after.and_then(|g| g.0),
-        };
-        if retry.initial.is_zero() || retry.max < retry.initial {
-            return Err(at(sub.name.span(), &key("retry"), "need 0 < initial <= max".into()));
-        }
-        for (h, v) in &sub.headers {
-            let name_ok = reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_ok();
-            let value_ok = reqwest::header::HeaderValue::from_str(v).is_ok();
-            if !name_ok || !value_ok {
-                return Err(at(sub.name.span(), &key("headers"), format!("invalid header {h:?}")));
-            }
-        }
-        let timeout = sub.timeout.unwrap_or(Duration::from_secs(30));
-        if timeout.is_zero() {
-            return Err(at(sub.name.span(), &key("timeout"), "must be more than 0s".into()));
-        }
-        if sub.client_cert.is_some() != sub.client_key.is_some() {
-            return Err(at(
-                sub.name.span(),
-                &key("client_cert"),
-                "client_cert and client_key go together".into(),
-            ));
-        }
-        subscriptions.push(SubscriptionConfig {
-            name,
-            url,
-            secrets,
-            events,
-            payload: match sub.payload {
-                Some(PayloadSetting::Thin) => PayloadMode::Thin,
-                _ => PayloadMode::Full,
-            },
-            timeout,
-            max_in_flight,
-            retry,
-            headers: sub.headers,
-            ca_file: sub.ca_file.map(&resolve),
-            client_cert: sub.client_cert.map(&resolve),
-            client_key: sub.client_key.map(&resolve),
-        });
-    }
-
+    let src = Source::new(text, path);
+    let file: FileConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    let agent = agent_section(&src, file.agent);
+    let ingest = ingest_section(&src, file.ingest, &agent.data_dir)?;
+    let storage = storage_section(file.storage);
+    let admin = admin_section(&src, file.admin)?;
+    let subscriptions = subscription_sections(&src, file.subscription)?;
     Ok(Config {
         source: path.map(Path::to_path_buf),
         agent,
@@ -590,6 +361,314 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         admin,
         subscriptions,
     })
+}
+
+/// The text being parsed: for messages (file, line) and relative paths.
+struct Source<'a> {
+    text: &'a str,
+    path: Option<&'a Path>,
+    /// The file as messages name it.
+    shown: String,
+    /// Relative paths are taken from here.
+    base_dir: PathBuf,
+}
+
+impl<'a> Source<'a> {
+    fn new(text: &'a str, path: Option<&'a Path>) -> Self {
+        Source {
+            text,
+            path,
+            shown: path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<built-in defaults>".to_string()),
+            base_dir: path
+                .and_then(|p| p.parent())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        }
+    }
+
+    /// An error at `span`, naming the file, its line and `key`.
+    fn at(&self, span: std::ops::Range<usize>, key: &str, msg: String) -> ConfigError {
+        ConfigError(format!(
+            "{}: line {}: {key}: {msg}",
+            self.shown,
+            line_of(self.text, span.start)
+        ))
+    }
+
+    /// An error the TOML parser or serde found.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let location = e
+            .span()
+            .map(|s| format!(" line {}:", line_of(self.text, s.start)))
+            .unwrap_or_default();
+        ConfigError(format!("{}:{location} {}", self.shown, e.message().trim()))
+    }
+
+    /// A path from the file, relative ones against the file's directory.
+    fn resolve(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() || self.path.is_none() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+fn agent_section(src: &Source, file: FileAgent) -> AgentConfig {
+    AgentConfig {
+        store_id: file.store_id.unwrap_or_else(|| "unset".to_string()),
+        agent_id: file.agent_id.unwrap_or_else(default_agent_id),
+        data_dir: src.resolve(file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))),
+    }
+}
+
+/// An address key: absent means `default`, "off" means none.
+fn listen_addr(
+    src: &Source,
+    value: Option<serde_spanned::Spanned<String>>,
+    key: &str,
+    default: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match value {
+        None => Ok(Some(default.parse().expect("valid default address"))),
+        Some(v) if v.get_ref() == "off" => Ok(None),
+        Some(v) => v.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
+            src.at(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:7390\" (or \"off\")",
+                    v.get_ref()
+                ),
+            )
+        }),
+    }
+}
+
+fn ingest_section(src: &Source, file: FileIngest, data_dir: &Path) -> Result<IngestConfig, ConfigError> {
+    let http_listen = listen_addr(src, file.http_listen, "ingest.http_listen", DEFAULT_HTTP_LISTEN)?;
+    if let Some(addr) = http_listen {
+        if !addr.ip().is_loopback() && file.http_allow_remote != Some(true) {
+            return Err(ConfigError(format!(
+                "{}: ingest.http_listen: {addr} is not a loopback address; events would be accepted from the network \
+                 without authentication. Set ingest.http_allow_remote = true if that is intended",
+                src.shown
+            )));
+        }
+    }
+    let ingest = IngestConfig {
+        socket: file
+            .socket
+            .map(|p| src.resolve(p))
+            .unwrap_or_else(|| data_dir.join("ingest.sock")),
+        http_listen,
+        max_request_bytes: file.max_request_bytes.unwrap_or(16 * 1024 * 1024),
+        spool_dir: file
+            .spool_dir
+            .map(|p| src.resolve(p))
+            .unwrap_or_else(|| data_dir.join("spool")),
+        max_event_bytes: file.max_event_bytes.unwrap_or(1024 * 1024),
+    };
+    if ingest.max_request_bytes < ingest.max_event_bytes {
+        return Err(ConfigError(format!(
+            "{}: ingest.max_request_bytes: must be at least ingest.max_event_bytes ({})",
+            src.shown, ingest.max_event_bytes
+        )));
+    }
+    Ok(ingest)
+}
+
+fn storage_section(file: FileStorage) -> StorageConfig {
+    StorageConfig {
+        max_db_bytes: file.max_db_bytes.unwrap_or(2 * 1024 * 1024 * 1024),
+        retain_delivered: file.retain_delivered.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+    }
+}
+
+fn admin_section(src: &Source, file: FileAdmin) -> Result<AdminConfig, ConfigError> {
+    Ok(AdminConfig {
+        listen: listen_addr(src, file.listen, "admin.listen", DEFAULT_ADMIN_LISTEN)?,
+        token_file: file.token_file.map(|p| src.resolve(p)),
+    })
+}
+
+fn subscription_sections(src: &Source, file: Vec<FileSubscription>) -> Result<Vec<SubscriptionConfig>, ConfigError> {
+    let mut subscriptions: Vec<SubscriptionConfig> = Vec::new();
+    for (index, sub) in file.into_iter().enumerate() {
+        let parsed = subscription_section(src, &format!("subscription[{index}]"), sub, &subscriptions)?;
+        subscriptions.push(parsed);
+    }
+    Ok(subscriptions)
+}
+
+/// One `[[subscription]]`; `table` names it in messages, `earlier` are the
+/// ones before it (names must be unique).
+fn subscription_section(
+    src: &Source,
+    table: &str,
+    sub: FileSubscription,
+    earlier: &[SubscriptionConfig],
+) -> Result<SubscriptionConfig, ConfigError> {
+    let key = |k: &str| format!("{table}.{k}");
+    let name = subscription_name(src, &key("name"), &sub.name, earlier)?;
+    let url = reqwest::Url::parse(sub.url.get_ref())
+        .map_err(|e| src.at(sub.url.span(), &key("url"), format!("{:?}: {e}", sub.url.get_ref())))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(src.at(sub.url.span(), &key("url"), "must be an http:// or https:// URL".into()));
+    }
+    let secrets = subscription_secrets(src, table, &sub)?;
+    let events = event_filter(src, &key("events"), sub.events)?;
+    let max_in_flight = match sub.max_in_flight {
+        None => 16,
+        Some(v) => {
+            let n = *v.get_ref();
+            if !(1..=1024).contains(&n) {
+                return Err(src.at(
+                    v.span(),
+                    &key("max_in_flight"),
+                    format!("{n} is not between 1 and 1024"),
+                ));
+            }
+            n as usize
+        }
+    };
+    let retry = RetryConfig {
+        initial: sub.retry.initial.unwrap_or(Duration::from_secs(1)),
+        max: sub.retry.max.unwrap_or(Duration::from_secs(300)),
+        give_up_after: sub.retry.give_up_after.and_then(|g| g.0),
+    };
+    if retry.initial.is_zero() || retry.max < retry.initial {
+        return Err(src.at(sub.name.span(), &key("retry"), "need 0 < initial <= max".into()));
+    }
+    for (h, v) in &sub.headers {
+        let name_ok = reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_ok();
+        let value_ok = reqwest::header::HeaderValue::from_str(v).is_ok();
+        if !name_ok || !value_ok {
+            return Err(src.at(sub.name.span(), &key("headers"), format!("invalid header {h:?}")));
+        }
+    }
+    let timeout = sub.timeout.unwrap_or(Duration::from_secs(30));
+    if timeout.is_zero() {
+        return Err(src.at(sub.name.span(), &key("timeout"), "must be more than 0s".into()));
+    }
+    if sub.client_cert.is_some() != sub.client_key.is_some() {
+        return Err(src.at(
+            sub.name.span(),
+            &key("client_cert"),
+            "client_cert and client_key go together".into(),
+        ));
+    }
+    Ok(SubscriptionConfig {
+        name,
+        url,
+        secrets,
+        events,
+        payload: match sub.payload {
+            Some(PayloadSetting::Thin) => PayloadMode::Thin,
+            _ => PayloadMode::Full,
+        },
+        timeout,
+        max_in_flight,
+        retry,
+        headers: sub.headers,
+        ca_file: sub.ca_file.map(|p| src.resolve(p)),
+        client_cert: sub.client_cert.map(|p| src.resolve(p)),
+        client_key: sub.client_key.map(|p| src.resolve(p)),
+    })
+}
+
+/// A subscription's name: the key of its state in the database, so unique.
+fn subscription_name(
+    src: &Source,
+    key: &str,
+    name: &serde_spanned::Spanned<String>,
+    earlier: &[SubscriptionConfig],
+) -> Result<String, ConfigError> {
+    let text = name.get_ref();
+    let name_ok =
+        !text.is_empty() && text.len() <= 64 && text.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !name_ok {
+        return Err(src.at(
+            name.span(),
+            key,
+            format!("{text:?} must be 1-64 characters of [A-Za-z0-9._-]"),
+        ));
+    }
+    if earlier.iter().any(|s| s.name == *text) {
+        return Err(src.at(name.span(), key, format!("{text:?} is used twice")));
+    }
+    Ok(text.clone())
+}
+
+/// The signing keys, from `secret` or the lines of `secret_file`, decoded.
+fn subscription_secrets(src: &Source, table: &str, sub: &FileSubscription) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let key = |k: &str| format!("{table}.{k}");
+    let (secret_texts, secret_span, secret_key) = match (&sub.secret, &sub.secret_file) {
+        (Some(_), Some(f)) => {
+            return Err(src.at(
+                f.span(),
+                &key("secret_file"),
+                "give secret or secret_file, not both".into(),
+            ))
+        }
+        (Some(s), None) => (s.get_ref().clone().into_vec(), s.span(), key("secret")),
+        (None, Some(f)) => {
+            let file_path = src.resolve(f.get_ref().clone());
+            let content = std::fs::read_to_string(&file_path).map_err(|e| {
+                src.at(
+                    f.span(),
+                    &key("secret_file"),
+                    format!("cannot read {}: {e}", file_path.display()),
+                )
+            })?;
+            let lines = content
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect();
+            (lines, f.span(), key("secret_file"))
+        }
+        (None, None) => {
+            return Err(src.at(
+                sub.name.span(),
+                &key("secret"),
+                "missing: give secret = \"whsec_...\" or secret_file".into(),
+            ))
+        }
+    };
+    if secret_texts.is_empty() {
+        return Err(src.at(secret_span, &secret_key, "no secret given".into()));
+    }
+    secret_texts
+        .iter()
+        .map(|s| crate::signing::decode_secret(s).map_err(|e| src.at(secret_span.clone(), &secret_key, e)))
+        .collect()
+}
+
+/// `events`: absent or `"*"` means every type.
+fn event_filter(
+    src: &Source,
+    key: &str,
+    events: Option<serde_spanned::Spanned<OneOrMany>>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(list) = events else {
+        return Ok(None);
+    };
+    let span = list.span();
+    let types = list.into_inner().into_vec();
+    if types.is_empty() {
+        return Err(src.at(span, key, "empty list: use [\"*\"] for all events".into()));
+    }
+    if types.iter().any(|t| t == "*") {
+        return Ok(None);
+    }
+    if let Some(t) = types.iter().find(|t| !crate::event::valid_type(t)) {
+        return Err(src.at(span, key, format!("{t:?} is not a valid event type")));
+    }
+    Ok(Some(types))
 }
 
 fn default_agent_id() -> String {
