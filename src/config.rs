@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use serde_spanned::Spanned;
 
 /// Where the config file is looked for when neither `--config` nor the
 /// environment names one.
@@ -171,7 +172,7 @@ struct FileConfig {
     #[serde(default)]
     admin: FileAdmin,
     #[serde(default)]
-    subscription: Vec<FileSubscription>,
+    subscription: Vec<Spanned<FileSubscription>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -189,19 +190,15 @@ struct FileIngest {
     http_listen: Option<serde_spanned::Spanned<String>>,
     http_allow_remote: Option<bool>,
     spool_dir: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_size")]
-    max_event_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "de_size")]
-    max_request_bytes: Option<u64>,
+    max_event_bytes: Option<Spanned<Size>>,
+    max_request_bytes: Option<Spanned<Size>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileStorage {
-    #[serde(default, deserialize_with = "de_size")]
-    max_db_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "de_duration")]
-    retain_delivered: Option<Duration>,
+    max_db_bytes: Option<Size>,
+    retain_delivered: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]
@@ -220,29 +217,34 @@ struct FileSubscription {
     secret_file: Option<serde_spanned::Spanned<PathBuf>>,
     events: Option<serde_spanned::Spanned<OneOrMany>>,
     payload: Option<PayloadSetting>,
-    #[serde(default, deserialize_with = "de_duration")]
-    timeout: Option<Duration>,
+    timeout: Option<Spanned<Dur>>,
     max_in_flight: Option<serde_spanned::Spanned<i64>>,
     #[serde(default)]
     retry: FileRetry,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<Spanned<String>, Spanned<String>>,
     ca_file: Option<PathBuf>,
-    client_cert: Option<PathBuf>,
-    client_key: Option<PathBuf>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileRetry {
-    #[serde(default, deserialize_with = "de_duration")]
-    initial: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    max: Option<Duration>,
-    #[serde(default, deserialize_with = "de_give_up")]
+    initial: Option<Spanned<Dur>>,
+    max: Option<Spanned<Dur>>,
     give_up_after: Option<GiveUp>,
 }
 
+/// A size as written in the file: `"512KiB"` or a number of bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Size(u64);
+
+/// A duration as written in the file: `"30s"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Dur(Duration);
+
+/// `give_up_after`: a duration or `"never"` (`None`).
 #[derive(Clone, Copy)]
 struct GiveUp(Option<Duration>);
 
@@ -290,26 +292,32 @@ enum SizeValue {
     Text(String),
 }
 
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match SizeValue::deserialize(d)? {
-        SizeValue::Bytes(n) => Ok(Some(n)),
-        SizeValue::Text(t) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match SizeValue::deserialize(d)? {
+            SizeValue::Bytes(n) => Ok(Size(n)),
+            SizeValue::Text(t) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
+        }
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(Dur).map_err(serde::de::Error::custom)
+    }
 }
 
-fn de_give_up<'de, D: Deserializer<'de>>(d: D) -> Result<Option<GiveUp>, D::Error> {
-    let text = String::deserialize(d)?;
-    if text.trim() == "never" {
-        return Ok(Some(GiveUp(None)));
+impl<'de> Deserialize<'de> for GiveUp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "never" {
+            return Ok(GiveUp(None));
+        }
+        parse_duration(&text)
+            .map(|d| GiveUp(Some(d)))
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or \"never\"")))
     }
-    parse_duration(&text)
-        .map(|d| Some(GiveUp(Some(d))))
-        .map_err(|e| serde::de::Error::custom(format!("{e}, or \"never\"")))
 }
 
 /// Finds the config file: `--config`, then the environment, then the packaged
@@ -341,6 +349,97 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
 /// Line (1-based) of a byte offset in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The file's keys with where they are, to name the key of an error found
+/// by serde (whose messages rarely do).
+enum Node {
+    Leaf,
+    Table(Vec<(Spanned<String>, Spanned<Node>)>),
+    Array(Vec<Spanned<Node>>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any TOML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(Node::Table(entries))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// The dotted key (`subscription[0].retry.max`) most closely around byte
+/// `offset` of `text`; `None` when the text does not parse.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    // (path, width of the span holding `offset`); the narrowest wins. Every
+    // table is searched: a `[a.b]` table may sit outside the span of `[a]`.
+    fn search(node: &Node, path: &str, offset: usize, best: &mut Option<(String, usize)>) {
+        fn consider(best: &mut Option<(String, usize)>, offset: usize, path: String, span: std::ops::Range<usize>) {
+            let holds = span.contains(&offset) || (span.is_empty() && span.start == offset);
+            if holds && best.as_ref().is_none_or(|(_, w)| span.len() <= *w) {
+                *best = Some((path, span.len()));
+            }
+        }
+        match node {
+            Node::Leaf => {}
+            Node::Table(entries) => {
+                for (key, value) in entries {
+                    let here = if path.is_empty() {
+                        key.get_ref().clone()
+                    } else {
+                        format!("{path}.{}", key.get_ref())
+                    };
+                    consider(best, offset, here.clone(), key.span());
+                    consider(best, offset, here.clone(), value.span());
+                    search(value.get_ref(), &here, offset, best);
+                }
+            }
+            Node::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let here = format!("{path}[{i}]");
+                    consider(best, offset, here.clone(), item.span());
+                    search(item.get_ref(), &here, offset, best);
+                }
+            }
+        }
+    }
+    let root: Node = toml::from_str(text).ok()?;
+    let mut best = None;
+    search(&root, "", offset, &mut best);
+    best.map(|(path, _)| path)
 }
 
 /// Parses and validates config text; `path` is used in messages and to
@@ -397,13 +496,29 @@ impl<'a> Source<'a> {
         ))
     }
 
-    /// An error the TOML parser or serde found.
+    /// Like [`Source::at`]; without a span (a default caused it) only the key.
+    fn at_or_key(&self, span: Option<std::ops::Range<usize>>, key: &str, msg: String) -> ConfigError {
+        match span {
+            Some(span) => self.at(span, key, msg),
+            None => ConfigError(format!("{}: {key}: {msg}", self.shown)),
+        }
+    }
+
+    /// An error the TOML parser or serde found: its message has the line but
+    /// rarely the key, so the key is looked up by the error's position.
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let location = e
-            .span()
-            .map(|s| format!(" line {}:", line_of(self.text, s.start)))
-            .unwrap_or_default();
-        ConfigError(format!("{}:{location} {}", self.shown, e.message().trim()))
+        let message = e.message().trim();
+        let Some(span) = e.span() else {
+            return ConfigError(format!("{}: {message}", self.shown));
+        };
+        match key_at(self.text, span.start) {
+            Some(key) => self.at(span, &key, message.to_string()),
+            None => ConfigError(format!(
+                "{}: line {}: {message}",
+                self.shown,
+                line_of(self.text, span.start)
+            )),
+        }
     }
 
     /// A path from the file, relative ones against the file's directory.
@@ -448,42 +563,61 @@ fn listen_addr(
 }
 
 fn ingest_section(src: &Source, file: FileIngest, data_dir: &Path) -> Result<IngestConfig, ConfigError> {
+    let listen_span = file.http_listen.as_ref().map(Spanned::span);
     let http_listen = listen_addr(src, file.http_listen, "ingest.http_listen", DEFAULT_HTTP_LISTEN)?;
     if let Some(addr) = http_listen {
         if !addr.ip().is_loopback() && file.http_allow_remote != Some(true) {
-            return Err(ConfigError(format!(
-                "{}: ingest.http_listen: {addr} is not a loopback address; events would be accepted from the network \
-                 without authentication. Set ingest.http_allow_remote = true if that is intended",
-                src.shown
-            )));
+            return Err(src.at_or_key(
+                listen_span,
+                "ingest.http_listen",
+                format!(
+                    "{addr} is not a loopback address; events would be accepted from the network \
+                     without authentication. Set ingest.http_allow_remote = true if that is intended"
+                ),
+            ));
         }
     }
+    let (request_span, event_span) = (span_of(&file.max_request_bytes), span_of(&file.max_event_bytes));
     let ingest = IngestConfig {
         socket: file
             .socket
             .map(|p| src.resolve(p))
             .unwrap_or_else(|| data_dir.join("ingest.sock")),
         http_listen,
-        max_request_bytes: file.max_request_bytes.unwrap_or(16 * 1024 * 1024),
+        max_request_bytes: file.max_request_bytes.map_or(16 * 1024 * 1024, |s| s.get_ref().0),
         spool_dir: file
             .spool_dir
             .map(|p| src.resolve(p))
             .unwrap_or_else(|| data_dir.join("spool")),
-        max_event_bytes: file.max_event_bytes.unwrap_or(1024 * 1024),
+        max_event_bytes: file.max_event_bytes.map_or(1024 * 1024, |s| s.get_ref().0),
     };
     if ingest.max_request_bytes < ingest.max_event_bytes {
-        return Err(ConfigError(format!(
-            "{}: ingest.max_request_bytes: must be at least ingest.max_event_bytes ({})",
-            src.shown, ingest.max_event_bytes
-        )));
+        // The faulty key is the one written; both may be.
+        return Err(match (request_span, event_span) {
+            (None, Some(span)) => src.at(
+                span,
+                "ingest.max_event_bytes",
+                format!(
+                    "must be at most ingest.max_request_bytes ({}, the default)",
+                    ingest.max_request_bytes
+                ),
+            ),
+            (span, _) => src.at_or_key(
+                span,
+                "ingest.max_request_bytes",
+                format!("must be at least ingest.max_event_bytes ({})", ingest.max_event_bytes),
+            ),
+        });
     }
     Ok(ingest)
 }
 
 fn storage_section(file: FileStorage) -> StorageConfig {
     StorageConfig {
-        max_db_bytes: file.max_db_bytes.unwrap_or(2 * 1024 * 1024 * 1024),
-        retain_delivered: file.retain_delivered.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+        max_db_bytes: file.max_db_bytes.map_or(2 * 1024 * 1024 * 1024, |s| s.0),
+        retain_delivered: file
+            .retain_delivered
+            .map_or(Duration::from_secs(7 * 24 * 3600), |d| d.0),
     }
 }
 
@@ -494,24 +628,50 @@ fn admin_section(src: &Source, file: FileAdmin) -> Result<AdminConfig, ConfigErr
     })
 }
 
-fn subscription_sections(src: &Source, file: Vec<FileSubscription>) -> Result<Vec<SubscriptionConfig>, ConfigError> {
+fn subscription_sections(
+    src: &Source,
+    file: Vec<Spanned<FileSubscription>>,
+) -> Result<Vec<SubscriptionConfig>, ConfigError> {
     let mut subscriptions: Vec<SubscriptionConfig> = Vec::new();
     for (index, sub) in file.into_iter().enumerate() {
-        let parsed = subscription_section(src, &format!("subscription[{index}]"), sub, &subscriptions)?;
+        let table = Table {
+            name: format!("subscription[{index}]"),
+            span: sub.span(),
+        };
+        let parsed = subscription_section(src, &table, sub.into_inner(), &subscriptions)?;
         subscriptions.push(parsed);
     }
     Ok(subscriptions)
 }
 
-/// One `[[subscription]]`; `table` names it in messages, `earlier` are the
-/// ones before it (names must be unique).
+/// A table of the file: its name in messages and where it starts, for
+/// errors about a key it lacks.
+struct Table {
+    name: String,
+    span: std::ops::Range<usize>,
+}
+
+impl Table {
+    /// The full name of one of its keys.
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.name)
+    }
+}
+
+/// Where a value is in the file, if it is there.
+fn span_of<T>(value: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
+    value.as_ref().map(Spanned::span)
+}
+
+/// One `[[subscription]]`; `earlier` are the ones before it (names must be
+/// unique).
 fn subscription_section(
     src: &Source,
-    table: &str,
+    table: &Table,
     sub: FileSubscription,
     earlier: &[SubscriptionConfig],
 ) -> Result<SubscriptionConfig, ConfigError> {
-    let key = |k: &str| format!("{table}.{k}");
+    let key = |k: &str| table.key(k);
     let name = subscription_name(src, &key("name"), &sub.name, earlier)?;
     let url = reqwest::Url::parse(sub.url.get_ref())
         .map_err(|e| src.at(sub.url.span(), &key("url"), format!("{:?}: {e}", sub.url.get_ref())))?;
@@ -534,31 +694,26 @@ fn subscription_section(
             n as usize
         }
     };
-    let retry = RetryConfig {
-        initial: sub.retry.initial.unwrap_or(Duration::from_secs(1)),
-        max: sub.retry.max.unwrap_or(Duration::from_secs(300)),
-        give_up_after: sub.retry.give_up_after.and_then(|g| g.0),
-    };
-    if retry.initial.is_zero() || retry.max < retry.initial {
-        return Err(src.at(sub.name.span(), &key("retry"), "need 0 < initial <= max".into()));
-    }
-    for (h, v) in &sub.headers {
-        let name_ok = reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_ok();
-        let value_ok = reqwest::header::HeaderValue::from_str(v).is_ok();
-        if !name_ok || !value_ok {
-            return Err(src.at(sub.name.span(), &key("headers"), format!("invalid header {h:?}")));
-        }
-    }
-    let timeout = sub.timeout.unwrap_or(Duration::from_secs(30));
+    let retry = retry_policy(src, table, &sub.retry)?;
+    let headers = request_headers(src, &key("headers"), sub.headers)?;
+    let timeout = sub.timeout.as_ref().map_or(Duration::from_secs(30), |t| t.get_ref().0);
     if timeout.is_zero() {
-        return Err(src.at(sub.name.span(), &key("timeout"), "must be more than 0s".into()));
+        return Err(src.at_or_key(span_of(&sub.timeout), &key("timeout"), "must be more than 0s".into()));
     }
-    if sub.client_cert.is_some() != sub.client_key.is_some() {
-        return Err(src.at(
-            sub.name.span(),
-            &key("client_cert"),
-            "client_cert and client_key go together".into(),
-        ));
+    match (&sub.client_cert, &sub.client_key) {
+        (Some(given), None) | (None, Some(given)) => {
+            let which = if sub.client_cert.is_some() {
+                "client_cert"
+            } else {
+                "client_key"
+            };
+            return Err(src.at(
+                given.span(),
+                &key(which),
+                "client_cert and client_key go together".into(),
+            ));
+        }
+        _ => {}
     }
     Ok(SubscriptionConfig {
         name,
@@ -572,11 +727,64 @@ fn subscription_section(
         timeout,
         max_in_flight,
         retry,
-        headers: sub.headers,
+        headers,
         ca_file: sub.ca_file.map(|p| src.resolve(p)),
-        client_cert: sub.client_cert.map(|p| src.resolve(p)),
-        client_key: sub.client_key.map(|p| src.resolve(p)),
+        client_cert: sub.client_cert.map(|p| src.resolve(p.into_inner())),
+        client_key: sub.client_key.map(|p| src.resolve(p.into_inner())),
     })
+}
+
+/// `retry`: backoff from `initial` (1s) to `max` (5m), parked after
+/// `give_up_after` (never).
+fn retry_policy(src: &Source, table: &Table, file: &FileRetry) -> Result<RetryConfig, ConfigError> {
+    let value = |d: &Option<Spanned<Dur>>, default: Duration| d.as_ref().map_or(default, |d| d.get_ref().0);
+    let retry = RetryConfig {
+        initial: value(&file.initial, Duration::from_secs(1)),
+        max: value(&file.max, Duration::from_secs(300)),
+        give_up_after: file.give_up_after.and_then(|g| g.0),
+    };
+    // Name the key written: a default alone is never at fault.
+    let fault = if retry.initial.is_zero() {
+        Some("initial")
+    } else if retry.max < retry.initial {
+        Some(if file.max.is_some() { "max" } else { "initial" })
+    } else {
+        None
+    };
+    match fault {
+        None => Ok(retry),
+        Some(k) => {
+            let span = span_of(if k == "max" { &file.max } else { &file.initial });
+            Err(src.at_or_key(
+                span,
+                &table.key(&format!("retry.{k}")),
+                "need 0 < initial <= max".into(),
+            ))
+        }
+    }
+}
+
+/// `headers`: names and values valid in HTTP.
+fn request_headers(
+    src: &Source,
+    key: &str,
+    file: BTreeMap<Spanned<String>, Spanned<String>>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut headers = BTreeMap::new();
+    for (h, v) in file {
+        let bad = if reqwest::header::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
+            Some(h.span())
+        } else if reqwest::header::HeaderValue::from_str(v.get_ref()).is_err() {
+            Some(v.span())
+        } else {
+            None
+        };
+        if let Some(span) = bad {
+            return Err(src.at(span, key, format!("invalid header {:?}", h.get_ref())));
+        }
+        headers.insert(h.into_inner(), v.into_inner());
+    }
+    Ok(headers)
 }
 
 /// A subscription's name: the key of its state in the database, so unique.
@@ -603,8 +811,8 @@ fn subscription_name(
 }
 
 /// The signing keys, from `secret` or the lines of `secret_file`, decoded.
-fn subscription_secrets(src: &Source, table: &str, sub: &FileSubscription) -> Result<Vec<Vec<u8>>, ConfigError> {
-    let key = |k: &str| format!("{table}.{k}");
+fn subscription_secrets(src: &Source, table: &Table, sub: &FileSubscription) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let key = |k: &str| table.key(k);
     let (secret_texts, secret_span, secret_key) = match (&sub.secret, &sub.secret_file) {
         (Some(_), Some(f)) => {
             return Err(src.at(
@@ -633,7 +841,7 @@ fn subscription_secrets(src: &Source, table: &str, sub: &FileSubscription) -> Re
         }
         (None, None) => {
             return Err(src.at(
-                sub.name.span(),
+                table.span.clone(),
                 &key("secret"),
                 "missing: give secret = \"whsec_...\" or secret_file".into(),
             ))
@@ -795,5 +1003,94 @@ headers = {{ "authorization" = "Bearer x" }}
         let text = format!("[[subscription]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret = \"{SECRET}\"\n");
         let e = parse(&text, None).unwrap_err().0;
         assert!(e.contains("subscription[0].url") && e.contains("line 3"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    /// The error of `text` (a config file `c.toml`).
+    fn error_of(text: &str) -> String {
+        parse(text, Some(Path::new("c.toml"))).expect_err(text).0
+    }
+
+    /// A subscription on lines 2-4 (header on line 1), then `extra` from line 5.
+    fn sub(extra: &str) -> String {
+        format!("[[subscription]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\n{extra}")
+    }
+
+    fn assert_names(e: &str, line: usize, key: &str) {
+        assert!(e.starts_with("c.toml: "), "{e}");
+        assert!(e.contains(&format!("line {line}: ")), "want line {line}: {e}");
+        assert!(e.contains(key), "want {key}: {e}");
+    }
+
+    #[test]
+    fn subscription_errors_name_the_line_of_the_faulty_key() {
+        let cases = [
+            ("\n\nretry = { initial = \"0s\" }\n", 7, "subscription[0].retry.initial"),
+            (
+                "\n\nretry = { initial = \"5s\", max = \"1s\" }\n",
+                7,
+                "subscription[0].retry.max",
+            ),
+            (
+                "\n\n[subscription.retry]\ninitial = \"5s\"\nmax = \"1s\"\n",
+                9,
+                "subscription[0].retry.max",
+            ),
+            ("\nheaders = { \"bad header\" = \"x\" }\n", 6, "subscription[0].headers"),
+            ("\n\ntimeout = \"0s\"\n", 7, "subscription[0].timeout"),
+            ("\n\n\nclient_key = \"k.pem\"\n", 8, "subscription[0].client_key"),
+            ("\n\n\nclient_cert = \"c.pem\"\n", 8, "subscription[0].client_cert"),
+        ];
+        for (extra, line, key) in cases {
+            assert_names(&error_of(&sub(extra)), line, key);
+        }
+    }
+
+    #[test]
+    fn a_missing_key_names_the_line_of_its_table() {
+        let text = format!("{}\n\n[[subscription]]\nname = \"b\"\nurl = \"http://y\"\n", sub(""));
+        assert_names(&error_of(&text), 7, "subscription[1].secret");
+        let e = error_of("[agent]\nstore_id = \"1\"\n[[subscription]]\nname = \"b\"\n");
+        assert_names(&e, 3, "subscription[0]");
+        assert!(e.contains("url"), "{e}");
+    }
+
+    #[test]
+    fn ingest_errors_name_their_line() {
+        let e = error_of("[ingest]\n\nhttp_listen = \"0.0.0.0:7390\"\n");
+        assert_names(&e, 3, "ingest.http_listen");
+        assert!(e.contains("http_allow_remote"), "{e}");
+        let e = error_of("[ingest]\nmax_event_bytes = \"2MiB\"\nmax_request_bytes = \"1MiB\"\n");
+        assert_names(&e, 3, "ingest.max_request_bytes");
+        let e = error_of("[ingest]\n\nmax_event_bytes = \"32MiB\"\n");
+        assert_names(&e, 3, "ingest.max_event_bytes");
+    }
+
+    #[test]
+    fn value_errors_found_by_toml_name_the_key() {
+        assert_names(&error_of(&sub("\ntimeout = \"soon\"\n")), 6, "subscription[0].timeout");
+        assert_names(
+            &error_of(&sub("max_in_flight = \"x\"\n")),
+            5,
+            "subscription[0].max_in_flight",
+        );
+        assert_names(
+            &error_of(&sub("retry = { give_up_after = \"later\" }\n")),
+            5,
+            "subscription[0].retry.give_up_after",
+        );
+        assert_names(
+            &error_of("[storage]\n\nmax_db_bytes = \"lots\"\n"),
+            3,
+            "storage.max_db_bytes",
+        );
+        assert_names(&error_of("[storage]\nmax_db_bytez = 1\n"), 2, "storage.max_db_bytez");
+        assert_names(&error_of("[agent]\nstore_id = 42\n"), 2, "agent.store_id");
     }
 }
