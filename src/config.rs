@@ -4,7 +4,7 @@
 //! can fix a config over the phone. Unknown keys are errors, not warnings: a
 //! typo in `give_up_after` must not silently mean "never".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -119,8 +119,9 @@ pub struct SubscriptionConfig {
     pub url: reqwest::Url,
     /// Signing keys (already base64-decoded); the first is the newest.
     pub secrets: Vec<Vec<u8>>,
-    /// Event types wanted; `None` means all.
-    pub events: Option<Vec<String>>,
+    /// Event types wanted; `None` means all (no `events` key, or `"*"`).
+    /// Ask [`SubscriptionConfig::takes`] rather than reading this.
+    pub events: Option<HashSet<String>>,
     /// Body with or without `data`.
     pub payload: PayloadMode,
     /// Per-request timeout.
@@ -149,12 +150,10 @@ impl SubscriptionConfig {
         url.to_string()
     }
 
-    /// Whether events of this type go to this subscription.
-    pub fn wants(&self, event_type: &str) -> bool {
-        match &self.events {
-            None => true,
-            Some(types) => types.iter().any(|t| t == event_type),
-        }
+    /// Whether events of this type go to this subscription: THE event-type
+    /// filter (exact, case-sensitive names; absent `events` or `"*"` takes all).
+    pub fn takes(&self, event_type: &str) -> bool {
+        self.events.as_ref().is_none_or(|types| types.contains(event_type))
     }
 }
 
@@ -861,7 +860,7 @@ fn event_filter(
     src: &Source,
     key: &str,
     events: Option<serde_spanned::Spanned<OneOrMany>>,
-) -> Result<Option<Vec<String>>, ConfigError> {
+) -> Result<Option<HashSet<String>>, ConfigError> {
     let Some(list) = events else {
         return Ok(None);
     };
@@ -876,7 +875,7 @@ fn event_filter(
     if let Some(t) = types.iter().find(|t| !crate::event::valid_type(t)) {
         return Err(src.at(span, key, format!("{t:?} is not a valid event type")));
     }
-    Ok(Some(types))
+    Ok(Some(types.into_iter().collect()))
 }
 
 fn default_agent_id() -> String {
@@ -954,7 +953,7 @@ headers = {{ "authorization" = "Bearer x" }}
         assert_eq!(c.storage.max_db_bytes, 2 * 1024 * 1024 * 1024);
         let s = &c.subscriptions[0];
         assert_eq!(s.payload, PayloadMode::Thin);
-        assert!(s.wants("SaleCreated") && !s.wants("Other"));
+        assert!(s.takes("SaleCreated") && !s.takes("Other"));
         assert_eq!(s.retry.give_up_after, None);
         assert_eq!(s.retry.max, Duration::from_secs(300));
     }
@@ -1092,5 +1091,46 @@ mod line_tests {
         );
         assert_names(&error_of("[storage]\nmax_db_bytez = 1\n"), 2, "storage.max_db_bytez");
         assert_names(&error_of("[agent]\nstore_id = 42\n"), 2, "agent.store_id");
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn with_events(events: &str) -> SubscriptionConfig {
+        let text = format!("[[subscription]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\n{events}\n");
+        parse(&text, None).expect("valid").subscriptions.remove(0)
+    }
+
+    #[test]
+    fn without_events_every_type_is_taken() {
+        let s = with_events("");
+        assert!(s.takes("SaleCreated") && s.takes("AgentHeartbeat"));
+    }
+
+    #[test]
+    fn a_wildcard_takes_every_type() {
+        for events in [
+            "events = \"*\"",
+            "events = [\"*\"]",
+            "events = [\"SaleCreated\", \"*\"]",
+        ] {
+            let s = with_events(events);
+            assert!(s.takes("SaleCreated") && s.takes("Other"), "{events}");
+        }
+    }
+
+    #[test]
+    fn named_types_are_taken_exactly() {
+        let s = with_events("events = [\"SaleCreated\", \"StockMovementCreated\"]");
+        assert!(s.takes("SaleCreated") && s.takes("StockMovementCreated"));
+        for other in ["Other", "salecreated", "Sale", "SaleCreatedX", "", "*"] {
+            assert!(!s.takes(other), "{other:?}");
+        }
+        let one = with_events("events = \"PosLog\"");
+        assert!(one.takes("PosLog") && !one.takes("SaleCreated"));
     }
 }
