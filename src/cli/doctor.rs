@@ -49,7 +49,7 @@ pub enum Verdict {
 /// One step's line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// dns, tcp, tls, http, clock.
+    /// dns, tcp, tls, http, clock; `check` when the check itself broke.
     pub step: &'static str,
     /// Outcome.
     pub verdict: Verdict,
@@ -307,11 +307,8 @@ pub fn run(path: Option<&std::path::Path>, args: DoctorArgs) -> CliResult {
         };
     }
     let rt = runtime()?;
-    let reports: Vec<Report> = rt.block_on(async { futures_join(subs.into_iter().map(check).collect()).await });
-    let failed = reports
-        .iter()
-        .flat_map(|r| &r.steps)
-        .any(|s| s.verdict == Verdict::Fail);
+    let reports: Vec<Report> = rt.block_on(check_all(subs, check));
+    let failed = any_failed(&reports);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
     } else {
@@ -341,14 +338,102 @@ pub fn run(path: Option<&std::path::Path>, args: DoctorArgs) -> CliResult {
     }
 }
 
-/// Runs the checks side by side.
-async fn futures_join<F: std::future::Future<Output = Report> + Send + 'static>(futures: Vec<F>) -> Vec<Report> {
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        if let Ok(r) = h.await {
-            out.push(r);
-        }
+/// Whether any step of any report failed (doctor then exits 1).
+fn any_failed(reports: &[Report]) -> bool {
+    reports
+        .iter()
+        .flat_map(|r| &r.steps)
+        .any(|s| s.verdict == Verdict::Fail)
+}
+
+/// Runs `check` on every subscription side by side; one report each, in
+/// order. A check that panicked is a failed check: dropping it would let
+/// doctor pass without having checked.
+async fn check_all<F, Fut>(subs: Vec<SubscriptionConfig>, check: F) -> Vec<Report>
+where
+    F: Fn(SubscriptionConfig) -> Fut,
+    Fut: std::future::Future<Output = Report> + Send + 'static,
+{
+    let handles: Vec<_> = subs
+        .into_iter()
+        .map(|s| (s.name.clone(), s.url_for_logs(), tokio::spawn(check(s))))
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for (subscription, url, handle) in handles {
+        out.push(match handle.await {
+            Ok(report) => report,
+            Err(e) => Report {
+                subscription,
+                url,
+                steps: vec![step(
+                    "check",
+                    Verdict::Fail,
+                    format!("the check itself failed: {}", join_error_text(e)),
+                    Some("a bug in store-outbox: please report it with this output"),
+                )],
+            },
+        });
     }
     out
+}
+
+/// What a check task ended with instead of a report.
+fn join_error_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    format!("panicked: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subs(names: &[&str]) -> Vec<SubscriptionConfig> {
+        let text: String = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "[[subscription]]\nname = \"{n}\"\nurl = \"http://127.0.0.1:9/{n}\"\n\
+                     secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+                )
+            })
+            .collect();
+        crate::config::parse(&text, None).expect("valid").subscriptions
+    }
+
+    async fn fine_or_panic(sub: SubscriptionConfig) -> Report {
+        if sub.name == "boom" {
+            panic!("a check went wrong");
+        }
+        Report {
+            subscription: sub.name.clone(),
+            url: sub.url_for_logs(),
+            steps: vec![step("dns", Verdict::Ok, "fine", None)],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_that_panicked_is_reported_as_failed() {
+        let reports = check_all(subs(&["a", "boom", "c"]), fine_or_panic).await;
+        let names: Vec<&str> = reports.iter().map(|r| r.subscription.as_str()).collect();
+        assert_eq!(names, ["a", "boom", "c"], "one report per subscription, in order");
+        let boom = &reports[1];
+        assert_eq!(boom.url, "http://127.0.0.1:9/boom");
+        assert_eq!(boom.steps.len(), 1);
+        assert_eq!(boom.steps[0].verdict, Verdict::Fail);
+        assert!(
+            boom.steps[0].detail.contains("a check went wrong"),
+            "{}",
+            boom.steps[0].detail
+        );
+        assert!(any_failed(&reports), "doctor must exit non-zero");
+        assert!(!any_failed(&reports[..1]));
+    }
 }
