@@ -98,193 +98,199 @@ async fn check(sub: SubscriptionConfig) -> Report {
     }
 }
 
+/// The steps, in the order they run.
+const STEP_NAMES: [&str; 5] = ["dns", "tcp", "tls", "http", "clock"];
+
 /// The steps in order; after a failure the rest are skipped.
 async fn run_steps(sub: &SubscriptionConfig) -> Vec<Step> {
     let mut steps = Vec::new();
+    if let Err(failed) = try_steps(sub, &mut steps).await {
+        steps.extend(failed);
+        for name in STEP_NAMES.into_iter().skip(steps.len()) {
+            steps.push(step(name, Verdict::Skip, "not run", None));
+        }
+    }
+    steps
+}
+
+/// Runs the steps into `steps` until one fails; `Err` holds the steps that
+/// end the check (the failed one, and a skipped one before it).
+async fn try_steps(sub: &SubscriptionConfig, steps: &mut Vec<Step>) -> Result<(), Vec<Step>> {
     let url = &sub.url;
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
     let port = url.port_or_known_default().unwrap_or(443);
     let budget = sub.timeout.min(Duration::from_secs(10));
-    let skip_rest = |steps: &mut Vec<Step>, from: usize| {
-        for name in ["dns", "tcp", "tls", "http", "clock"].into_iter().skip(from) {
-            steps.push(step(name, Verdict::Skip, "not run", None));
-        }
-    };
+    let (addrs, found) = dns_step(&host, port, budget).await.map_err(|s| vec![s])?;
+    steps.push(found);
+    steps.push(tcp_step(&addrs, budget).await.map_err(|s| vec![s])?);
+    // TLS + HTTP, with delivery's own client.
+    let client = crate::deliver::webhook::build_client(sub).map_err(|e| {
+        vec![step(
+            "tls",
+            Verdict::Fail,
+            e,
+            Some("fix ca_file / client_cert / client_key in the config"),
+        )]
+    })?;
+    steps.extend(http_steps(sub, &client).await?);
+    Ok(())
+}
 
-    // DNS
+/// `dns`: the host's addresses.
+async fn dns_step(host: &str, port: u16, budget: Duration) -> Result<(Vec<std::net::SocketAddr>, Step), Step> {
     let started = Instant::now();
     let addrs: Vec<std::net::SocketAddr> =
-        match tokio::time::timeout(budget, tokio::net::lookup_host((host.as_str(), port))).await {
+        match tokio::time::timeout(budget, tokio::net::lookup_host((host, port))).await {
             Ok(Ok(a)) => a.collect(),
             Ok(Err(e)) => {
-                steps.push(step(
+                return Err(step(
                     "dns",
                     Verdict::Fail,
                     format!("{host}: {e}"),
                     Some("check the host name in the URL and the store's DNS server (/etc/resolv.conf)"),
-                ));
-                skip_rest(&mut steps, 1);
-                return steps;
+                ))
             }
             Err(_) => {
-                steps.push(step(
+                return Err(step(
                     "dns",
                     Verdict::Fail,
                     format!("{host}: no answer within {budget:?}"),
                     Some("the store's DNS server does not answer"),
-                ));
-                skip_rest(&mut steps, 1);
-                return steps;
+                ))
             }
         };
     let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
-    steps.push(step(
+    let found = step(
         "dns",
         Verdict::Ok,
         format!("{host} -> {} ({} ms)", shown.join(", "), started.elapsed().as_millis()),
         None,
-    ));
+    );
+    Ok((addrs, found))
+}
 
-    // TCP
+/// `tcp`: a connection to the first address that takes one.
+async fn tcp_step(addrs: &[std::net::SocketAddr], budget: Duration) -> Result<Step, Step> {
     let started = Instant::now();
-    let mut connected = None;
     let mut last_error = String::new();
-    for addr in &addrs {
+    for addr in addrs {
         match tokio::time::timeout(budget, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(_)) => {
-                connected = Some(*addr);
-                break;
+                return Ok(step(
+                    "tcp",
+                    Verdict::Ok,
+                    format!("connected to {addr} ({} ms)", started.elapsed().as_millis()),
+                    None,
+                ))
             }
             Ok(Err(e)) => last_error = format!("{addr}: {e}"),
             Err(_) => last_error = format!("{addr}: no answer within {budget:?}"),
         }
     }
-    match connected {
-        Some(addr) => steps.push(step(
-            "tcp",
-            Verdict::Ok,
-            format!("connected to {addr} ({} ms)", started.elapsed().as_millis()),
-            None,
-        )),
-        None => {
-            steps.push(step(
-                "tcp",
-                Verdict::Fail,
-                last_error,
-                Some("the endpoint is down, or a firewall or proxy blocks this port from the store"),
-            ));
-            skip_rest(&mut steps, 2);
-            return steps;
-        }
-    }
+    Err(step(
+        "tcp",
+        Verdict::Fail,
+        last_error,
+        Some("the endpoint is down, or a firewall or proxy blocks this port from the store"),
+    ))
+}
 
-    // TLS + HTTP, with delivery's own client.
-    let tls = url.scheme() == "https";
-    let client = match crate::deliver::webhook::build_client(sub) {
-        Ok(c) => c,
-        Err(e) => {
-            steps.push(step(
-                "tls",
-                Verdict::Fail,
-                e,
-                Some("fix ca_file / client_cert / client_key in the config"),
-            ));
-            skip_rest(&mut steps, 3);
-            return steps;
-        }
-    };
+/// `tls`, `http` and `clock`, from one GET with delivery's client.
+async fn http_steps(sub: &SubscriptionConfig, client: &reqwest::Client) -> Result<Vec<Step>, Vec<Step>> {
+    let tls = sub.url.scheme() == "https";
     let started = Instant::now();
-    let mut request = client.get(url.clone());
+    let mut request = client.get(sub.url.clone());
     for (k, v) in &sub.headers {
         request = request.header(k, v);
     }
     match request.send().await {
-        Ok(response) => {
-            let ms = started.elapsed().as_millis();
-            if tls {
-                steps.push(step("tls", Verdict::Ok, "handshake ok, certificate trusted", None));
-            } else {
-                steps.push(step(
-                    "tls",
-                    Verdict::Skip,
-                    "plain http: not encrypted",
-                    Some("use https:// outside the store's own network"),
-                ));
-            }
-            let status = response.status();
-            let (verdict, hint) = if status.is_server_error() {
-                (
-                    Verdict::Warn,
-                    Some("the endpoint answers but reports an error of its own"),
-                )
-            } else {
-                (Verdict::Ok, None)
-            };
-            steps.push(step(
-                "http",
-                verdict,
-                format!("GET answered {status} ({ms} ms); webhooks are POSTed"),
-                hint,
-            ));
-            let date = response
-                .headers()
-                .get(reqwest::header::DATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| httpdate::parse_http_date(v).ok());
-            match date {
-                None => steps.push(step("clock", Verdict::Skip, "no Date header in the answer", None)),
-                Some(theirs) => {
-                    let ours = SystemTime::now();
-                    let (skew, sign) = match ours.duration_since(theirs) {
-                        Ok(d) => (d, "ahead of"),
-                        Err(e) => (e.duration(), "behind"),
-                    };
-                    let detail = format!("this clock is {}s {sign} the endpoint's", skew.as_secs());
-                    let hint =
-                        Some("fix the store PC's time (NTP): receivers refuse signatures more than 5 minutes off");
-                    let s = if skew > SKEW_FAIL {
-                        step("clock", Verdict::Fail, detail, hint)
-                    } else if skew > SKEW_WARN {
-                        step("clock", Verdict::Warn, detail, hint)
-                    } else {
-                        step("clock", Verdict::Ok, detail, None)
-                    };
-                    steps.push(s);
-                }
-            }
-        }
-        Err(e) => {
-            let chain = error_chain(&e);
-            let lower = chain.to_lowercase();
-            let tls_failed = tls
-                && ["certificate", "tls", "handshake", "unknownissuer", "alert"]
-                    .iter()
-                    .any(|k| lower.contains(k));
-            if tls_failed {
-                steps.push(step(
-                    "tls",
-                    Verdict::Fail,
-                    chain,
-                    Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
-                ));
-                skip_rest(&mut steps, 3);
-            } else {
-                if tls {
-                    steps.push(step("tls", Verdict::Skip, "not reached", None));
-                } else {
-                    steps.push(step("tls", Verdict::Skip, "plain http", None));
-                }
-                let hint = if e.is_timeout() {
-                    "the endpoint accepts connections but does not answer within the timeout"
-                } else {
-                    "the endpoint closed the connection without an HTTP answer"
-                };
-                steps.push(step("http", Verdict::Fail, chain, Some(hint)));
-                skip_rest(&mut steps, 4);
-            }
-        }
+        Ok(response) => Ok(answered_steps(tls, &response, started.elapsed().as_millis())),
+        Err(e) => Err(unanswered_steps(tls, &e)),
     }
-    steps
+}
+
+/// The steps of a GET that got an answer (`ms` after it was sent).
+fn answered_steps(tls: bool, response: &reqwest::Response, ms: u128) -> Vec<Step> {
+    let tls_step = if tls {
+        step("tls", Verdict::Ok, "handshake ok, certificate trusted", None)
+    } else {
+        step(
+            "tls",
+            Verdict::Skip,
+            "plain http: not encrypted",
+            Some("use https:// outside the store's own network"),
+        )
+    };
+    let status = response.status();
+    let (verdict, hint) = if status.is_server_error() {
+        (
+            Verdict::Warn,
+            Some("the endpoint answers but reports an error of its own"),
+        )
+    } else {
+        (Verdict::Ok, None)
+    };
+    let http_step = step(
+        "http",
+        verdict,
+        format!("GET answered {status} ({ms} ms); webhooks are POSTed"),
+        hint,
+    );
+    vec![tls_step, http_step, clock_step(response)]
+}
+
+/// `clock`: our clock against the answer's `Date` header.
+fn clock_step(response: &reqwest::Response) -> Step {
+    let date = response
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let Some(theirs) = date else {
+        return step("clock", Verdict::Skip, "no Date header in the answer", None);
+    };
+    let (skew, sign) = match SystemTime::now().duration_since(theirs) {
+        Ok(d) => (d, "ahead of"),
+        Err(e) => (e.duration(), "behind"),
+    };
+    let detail = format!("this clock is {}s {sign} the endpoint's", skew.as_secs());
+    let hint = Some("fix the store PC's time (NTP): receivers refuse signatures more than 5 minutes off");
+    if skew > SKEW_FAIL {
+        step("clock", Verdict::Fail, detail, hint)
+    } else if skew > SKEW_WARN {
+        step("clock", Verdict::Warn, detail, hint)
+    } else {
+        step("clock", Verdict::Ok, detail, None)
+    }
+}
+
+/// The steps of a GET that got no answer: TLS refused, or no HTTP answer.
+fn unanswered_steps(tls: bool, e: &reqwest::Error) -> Vec<Step> {
+    let chain = error_chain(e);
+    let lower = chain.to_lowercase();
+    let tls_failed = tls
+        && ["certificate", "tls", "handshake", "unknownissuer", "alert"]
+            .iter()
+            .any(|k| lower.contains(k));
+    if tls_failed {
+        return vec![step(
+            "tls",
+            Verdict::Fail,
+            chain,
+            Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
+        )];
+    }
+    let tls_step = if tls {
+        step("tls", Verdict::Skip, "not reached", None)
+    } else {
+        step("tls", Verdict::Skip, "plain http", None)
+    };
+    let hint = if e.is_timeout() {
+        "the endpoint accepts connections but does not answer within the timeout"
+    } else {
+        "the endpoint closed the connection without an HTTP answer"
+    };
+    vec![tls_step, step("http", Verdict::Fail, chain, Some(hint))]
 }
 
 /// Runs the checks and prints them.
@@ -417,6 +423,32 @@ mod tests {
             url: sub.url_for_logs(),
             steps: vec![step("dns", Verdict::Ok, "fine", None)],
         }
+    }
+
+    #[tokio::test]
+    async fn no_http_answer_fails_at_http_and_skips_the_clock() {
+        // Accepts connections and closes them unanswered.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        });
+        let mut sub = subs(&["a"]).remove(0);
+        sub.url = format!("http://127.0.0.1:{port}/").parse().expect("url");
+        let steps = run_steps(&sub).await;
+        let got: Vec<(&str, Verdict)> = steps.iter().map(|s| (s.step, s.verdict)).collect();
+        assert_eq!(
+            got,
+            [
+                ("dns", Verdict::Ok),
+                ("tcp", Verdict::Ok),
+                ("tls", Verdict::Skip),
+                ("http", Verdict::Fail),
+                ("clock", Verdict::Skip),
+            ]
+        );
     }
 
     #[tokio::test]
