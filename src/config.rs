@@ -236,11 +236,11 @@ struct FileRetry {
 }
 
 /// A size as written in the file: `"512KiB"` or a number of bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy)]
 struct Size(u64);
 
 /// A duration as written in the file: `"30s"`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy)]
 struct Dur(Duration);
 
 /// `give_up_after`: a duration or `"never"` (`None`).
@@ -672,26 +672,12 @@ fn subscription_section(
 ) -> Result<SubscriptionConfig, ConfigError> {
     let key = |k: &str| table.key(k);
     let name = subscription_name(src, &key("name"), &sub.name, earlier)?;
-    let url = reqwest::Url::parse(sub.url.get_ref())
-        .map_err(|e| src.at(sub.url.span(), &key("url"), format!("{:?}: {e}", sub.url.get_ref())))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(src.at(sub.url.span(), &key("url"), "must be an http:// or https:// URL".into()));
-    }
+    let url = endpoint_url(src, &key("url"), &sub.url)?;
     let secrets = subscription_secrets(src, table, &sub)?;
     let events = event_filter(src, &key("events"), sub.events)?;
     let max_in_flight = match sub.max_in_flight {
         None => 16,
-        Some(v) => {
-            let n = *v.get_ref();
-            if !(1..=1024).contains(&n) {
-                return Err(src.at(
-                    v.span(),
-                    &key("max_in_flight"),
-                    format!("{n} is not between 1 and 1024"),
-                ));
-            }
-            n as usize
-        }
+        Some(v) => in_flight_limit(src, &key("max_in_flight"), &v)?,
     };
     let retry = retry_policy(src, table, &sub.retry)?;
     let headers = request_headers(src, &key("headers"), sub.headers)?;
@@ -699,21 +685,7 @@ fn subscription_section(
     if timeout.is_zero() {
         return Err(src.at_or_key(span_of(&sub.timeout), &key("timeout"), "must be more than 0s".into()));
     }
-    match (&sub.client_cert, &sub.client_key) {
-        (Some(given), None) | (None, Some(given)) => {
-            let which = if sub.client_cert.is_some() {
-                "client_cert"
-            } else {
-                "client_key"
-            };
-            return Err(src.at(
-                given.span(),
-                &key(which),
-                "client_cert and client_key go together".into(),
-            ));
-        }
-        _ => {}
-    }
+    check_client_identity(src, table, &sub.client_cert, &sub.client_key)?;
     Ok(SubscriptionConfig {
         name,
         url,
@@ -784,6 +756,44 @@ fn request_headers(
         headers.insert(h.into_inner(), v.into_inner());
     }
     Ok(headers)
+}
+
+/// `url`: where the POSTs go.
+fn endpoint_url(src: &Source, key: &str, url: &Spanned<String>) -> Result<reqwest::Url, ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url.get_ref()).map_err(|e| src.at(url.span(), key, format!("{:?}: {e}", url.get_ref())))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(src.at(url.span(), key, "must be an http:// or https:// URL".into()));
+    }
+    Ok(parsed)
+}
+
+/// `max_in_flight`: 1 to 1024.
+fn in_flight_limit(src: &Source, key: &str, value: &Spanned<i64>) -> Result<usize, ConfigError> {
+    let n = *value.get_ref();
+    if !(1..=1024).contains(&n) {
+        return Err(src.at(value.span(), key, format!("{n} is not between 1 and 1024")));
+    }
+    Ok(n as usize)
+}
+
+/// `client_cert` and `client_key` (mTLS): both or neither.
+fn check_client_identity(
+    src: &Source,
+    table: &Table,
+    cert: &Option<Spanned<PathBuf>>,
+    key: &Option<Spanned<PathBuf>>,
+) -> Result<(), ConfigError> {
+    let (given, which) = match (cert, key) {
+        (Some(c), None) => (c, "client_cert"),
+        (None, Some(k)) => (k, "client_key"),
+        _ => return Ok(()),
+    };
+    Err(src.at(
+        given.span(),
+        &table.key(which),
+        "client_cert and client_key go together".into(),
+    ))
 }
 
 /// A subscription's name: the key of its state in the database, so unique.
