@@ -4,12 +4,13 @@
 //! can fix a config over the phone. Unknown keys are errors, not warnings: a
 //! typo in `give_up_after` must not silently mean "never".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use serde_spanned::Spanned;
 
 /// Where the config file is looked for when neither `--config` nor the
 /// environment names one.
@@ -118,8 +119,9 @@ pub struct SubscriptionConfig {
     pub url: reqwest::Url,
     /// Signing keys (already base64-decoded); the first is the newest.
     pub secrets: Vec<Vec<u8>>,
-    /// Event types wanted; `None` means all.
-    pub events: Option<Vec<String>>,
+    /// Event types wanted; `None` means all (no `events` key, or `"*"`).
+    /// Ask [`SubscriptionConfig::takes`] rather than reading this.
+    pub events: Option<HashSet<String>>,
     /// Body with or without `data`.
     pub payload: PayloadMode,
     /// Per-request timeout.
@@ -148,12 +150,10 @@ impl SubscriptionConfig {
         url.to_string()
     }
 
-    /// Whether events of this type go to this subscription.
-    pub fn wants(&self, event_type: &str) -> bool {
-        match &self.events {
-            None => true,
-            Some(types) => types.iter().any(|t| t == event_type),
-        }
+    /// Whether events of this type go to this subscription: THE event-type
+    /// filter (exact, case-sensitive names; absent `events` or `"*"` takes all).
+    pub fn takes(&self, event_type: &str) -> bool {
+        self.events.as_ref().is_none_or(|types| types.contains(event_type))
     }
 }
 
@@ -171,7 +171,7 @@ struct FileConfig {
     #[serde(default)]
     admin: FileAdmin,
     #[serde(default)]
-    subscription: Vec<FileSubscription>,
+    subscription: Vec<Spanned<FileSubscription>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -189,19 +189,15 @@ struct FileIngest {
     http_listen: Option<serde_spanned::Spanned<String>>,
     http_allow_remote: Option<bool>,
     spool_dir: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_size")]
-    max_event_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "de_size")]
-    max_request_bytes: Option<u64>,
+    max_event_bytes: Option<Spanned<Size>>,
+    max_request_bytes: Option<Spanned<Size>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileStorage {
-    #[serde(default, deserialize_with = "de_size")]
-    max_db_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "de_duration")]
-    retain_delivered: Option<Duration>,
+    max_db_bytes: Option<Size>,
+    retain_delivered: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]
@@ -220,29 +216,34 @@ struct FileSubscription {
     secret_file: Option<serde_spanned::Spanned<PathBuf>>,
     events: Option<serde_spanned::Spanned<OneOrMany>>,
     payload: Option<PayloadSetting>,
-    #[serde(default, deserialize_with = "de_duration")]
-    timeout: Option<Duration>,
+    timeout: Option<Spanned<Dur>>,
     max_in_flight: Option<serde_spanned::Spanned<i64>>,
     #[serde(default)]
     retry: FileRetry,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<Spanned<String>, Spanned<String>>,
     ca_file: Option<PathBuf>,
-    client_cert: Option<PathBuf>,
-    client_key: Option<PathBuf>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileRetry {
-    #[serde(default, deserialize_with = "de_duration")]
-    initial: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    max: Option<Duration>,
-    #[serde(default, deserialize_with = "de_give_up")]
+    initial: Option<Spanned<Dur>>,
+    max: Option<Spanned<Dur>>,
     give_up_after: Option<GiveUp>,
 }
 
+/// A size as written in the file: `"512KiB"` or a number of bytes.
+#[derive(Clone, Copy)]
+struct Size(u64);
+
+/// A duration as written in the file: `"30s"`.
+#[derive(Clone, Copy)]
+struct Dur(Duration);
+
+/// `give_up_after`: a duration or `"never"` (`None`).
 #[derive(Clone, Copy)]
 struct GiveUp(Option<Duration>);
 
@@ -290,26 +291,32 @@ enum SizeValue {
     Text(String),
 }
 
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match SizeValue::deserialize(d)? {
-        SizeValue::Bytes(n) => Ok(Some(n)),
-        SizeValue::Text(t) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match SizeValue::deserialize(d)? {
+            SizeValue::Bytes(n) => Ok(Size(n)),
+            SizeValue::Text(t) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
+        }
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(Dur).map_err(serde::de::Error::custom)
+    }
 }
 
-fn de_give_up<'de, D: Deserializer<'de>>(d: D) -> Result<Option<GiveUp>, D::Error> {
-    let text = String::deserialize(d)?;
-    if text.trim() == "never" {
-        return Ok(Some(GiveUp(None)));
+impl<'de> Deserialize<'de> for GiveUp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "never" {
+            return Ok(GiveUp(None));
+        }
+        parse_duration(&text)
+            .map(|d| GiveUp(Some(d)))
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or \"never\"")))
     }
-    parse_duration(&text)
-        .map(|d| Some(GiveUp(Some(d))))
-        .map_err(|e| serde::de::Error::custom(format!("{e}, or \"never\"")))
 }
 
 /// Finds the config file: `--config`, then the environment, then the packaged
@@ -343,245 +350,107 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// The file's keys with where they are, to name the key of an error found
+/// by serde (whose messages rarely do).
+enum Node {
+    Leaf,
+    Table(Vec<(Spanned<String>, Spanned<Node>)>),
+    Array(Vec<Spanned<Node>>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any TOML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(Node::Table(entries))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// The dotted key (`subscription[0].retry.max`) most closely around byte
+/// `offset` of `text`; `None` when the text does not parse.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    // (path, width of the span holding `offset`); the narrowest wins. Every
+    // table is searched: a `[a.b]` table may sit outside the span of `[a]`.
+    fn search(node: &Node, path: &str, offset: usize, best: &mut Option<(String, usize)>) {
+        fn consider(best: &mut Option<(String, usize)>, offset: usize, path: String, span: std::ops::Range<usize>) {
+            let holds = span.contains(&offset) || (span.is_empty() && span.start == offset);
+            if holds && best.as_ref().is_none_or(|(_, w)| span.len() <= *w) {
+                *best = Some((path, span.len()));
+            }
+        }
+        match node {
+            Node::Leaf => {}
+            Node::Table(entries) => {
+                for (key, value) in entries {
+                    let here = if path.is_empty() {
+                        key.get_ref().clone()
+                    } else {
+                        format!("{path}.{}", key.get_ref())
+                    };
+                    consider(best, offset, here.clone(), key.span());
+                    consider(best, offset, here.clone(), value.span());
+                    search(value.get_ref(), &here, offset, best);
+                }
+            }
+            Node::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let here = format!("{path}[{i}]");
+                    consider(best, offset, here.clone(), item.span());
+                    search(item.get_ref(), &here, offset, best);
+                }
+            }
+        }
+    }
+    let root: Node = toml::from_str(text).ok()?;
+    let mut best = None;
+    search(&root, "", offset, &mut best);
+    best.map(|(path, _)| path)
+}
+
 /// Parses and validates config text; `path` is used in messages and to
 /// resolve relative paths (against the file's directory).
 pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
-    let shown = path
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "<built-in defaults>".to_string());
-    let file: FileConfig = toml::from_str(text).map_err(|e| {
-        let location = e
-            .span()
-            .map(|s| format!(" line {}:", line_of(text, s.start)))
-            .unwrap_or_default();
-        ConfigError(format!("{shown}:{location} {}", e.message().trim()))
-    })?;
-    let at = |span: std::ops::Range<usize>, key: &str, msg: String| {
-        ConfigError(format!("{shown}: line {}: {key}: {msg}", line_of(text, span.start)))
-    };
-    let base_dir = path
-        .and_then(|p| p.parent())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let resolve = |p: PathBuf| {
-        if p.is_absolute() || path.is_none() {
-            p
-        } else {
-            base_dir.join(p)
-        }
-    };
-
-    let data_dir = resolve(file.agent.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
-    let agent = AgentConfig {
-        store_id: file.agent.store_id.unwrap_or_else(|| "unset".to_string()),
-        agent_id: file.agent.agent_id.unwrap_or_else(default_agent_id),
-        data_dir: data_dir.clone(),
-    };
-    let listen_addr = |value: Option<serde_spanned::Spanned<String>>, key: &str, default: &str| match value {
-        None => Ok(Some(default.parse().expect("valid default address"))),
-        Some(v) if v.get_ref() == "off" => Ok(None),
-        Some(v) => v.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
-            at(
-                v.span(),
-                key,
-                format!(
-                    "{:?} is not an address like \"127.0.0.1:7390\" (or \"off\")",
-                    v.get_ref()
-                ),
-            )
-        }),
-    };
-    let http_listen = listen_addr(file.ingest.http_listen, "ingest.http_listen", DEFAULT_HTTP_LISTEN)?;
-    if let Some(addr) = http_listen {
-        if !addr.ip().is_loopback() && file.ingest.http_allow_remote != Some(true) {
-            return Err(ConfigError(format!(
-                "{shown}: ingest.http_listen: {addr} is not a loopback address; events would be accepted from the network \
-                 without authentication. Set ingest.http_allow_remote = true if that is intended"
-            )));
-        }
-    }
-    let ingest = IngestConfig {
-        socket: file
-            .ingest
-            .socket
-            .map(&resolve)
-            .unwrap_or_else(|| data_dir.join("ingest.sock")),
-        http_listen,
-        max_request_bytes: file.ingest.max_request_bytes.unwrap_or(16 * 1024 * 1024),
-        spool_dir: file
-            .ingest
-            .spool_dir
-            .map(&resolve)
-            .unwrap_or_else(|| data_dir.join("spool")),
-        max_event_bytes: file.ingest.max_event_bytes.unwrap_or(1024 * 1024),
-    };
-    if ingest.max_request_bytes < ingest.max_event_bytes {
-        return Err(ConfigError(format!(
-            "{shown}: ingest.max_request_bytes: must be at least ingest.max_event_bytes ({})",
-            ingest.max_event_bytes
-        )));
-    }
-    let storage = StorageConfig {
-        max_db_bytes: file.storage.max_db_bytes.unwrap_or(2 * 1024 * 1024 * 1024),
-        retain_delivered: file
-            .storage
-            .retain_delivered
-            .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
-    };
-    let admin = AdminConfig {
-        listen: listen_addr(file.admin.listen, "admin.listen", DEFAULT_ADMIN_LISTEN)?,
-        token_file: file.admin.token_file.map(&resolve),
-    };
-    let mut subscriptions: Vec<SubscriptionConfig> = Vec::new();
-    for (index, sub) in file.subscription.into_iter().enumerate() {
-        let key = |k: &str| format!("subscription[{index}].{k}");
-        let name = sub.name.get_ref().clone();
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if !name_ok {
-            return Err(at(
-                sub.name.span(),
-                &key("name"),
-                format!("{name:?} must be 1-64 characters of [A-Za-z0-9._-]"),
-            ));
-        }
-        if subscriptions.iter().any(|s| s.name == name) {
-            return Err(at(sub.name.span(), &key("name"), format!("{name:?} is used twice")));
-        }
-        let url = reqwest::Url::parse(sub.url.get_ref())
-            .map_err(|e| at(sub.url.span(), &key("url"), format!("{:?}: {e}", sub.url.get_ref())))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(at(
-                sub.url.span(),
-                &key("url"),
-                "must be an http:// or https:// URL".into(),
-            ));
-        }
-        let (secret_texts, secret_span, secret_key) = match (&sub.secret, &sub.secret_file) {
-            (Some(_), Some(f)) => {
-                return Err(at(
-                    f.span(),
-                    &key("secret_file"),
-                    "give secret or secret_file, not both".into(),
-                ))
-            }
-            (Some(s), None) => (s.get_ref().clone().into_vec(), s.span(), key("secret")),
-            (None, Some(f)) => {
-                let file_path = resolve(f.get_ref().clone());
-                let content = std::fs::read_to_string(&file_path).map_err(|e| {
-                    at(
-                        f.span(),
-                        &key("secret_file"),
-                        format!("cannot read {}: {e}", file_path.display()),
-                    )
-                })?;
-                let lines = content
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from)
-                    .collect();
-                (lines, f.span(), key("secret_file"))
-            }
-            (None, None) => {
-                return Err(at(
-                    sub.name.span(),
-                    &key("secret"),
-                    "missing: give secret = \"whsec_...\" or secret_file".into(),
-                ))
-            }
-        };
-        if secret_texts.is_empty() {
-            return Err(at(secret_span, &secret_key, "no secret given".into()));
-        }
-        let mut secrets = Vec::new();
-        for s in &secret_texts {
-            secrets.push(crate::signing::decode_secret(s).map_err(|e| at(secret_span.clone(), &secret_key, e))?);
-        }
-        let events = match sub.events {
-            None => None,
-            Some(list) => {
-                let span = list.span();
-                let types = list.into_inner().into_vec();
-                if types.is_empty() {
-                    return Err(at(
-                        span,
-                        &key("events"),
-                        "empty list: use [\"*\"] for all events".into(),
-                    ));
-                }
-                if types.iter().any(|t| t == "*") {
-                    None
-                } else {
-                    for t in &types {
-                        if !crate::event::valid_type(t) {
-                            return Err(at(span, &key("events"), format!("{t:?} is not a valid event type")));
-                        }
-                    }
-                    Some(types)
-                }
-            }
-        };
-        let max_in_flight = match sub.max_in_flight {
-            None => 16,
-            Some(v) => {
-                let n = *v.get_ref();
-                if !(1..=1024).contains(&n) {
-                    return Err(at(
-                        v.span(),
-                        &key("max_in_flight"),
-                        format!("{n} is not between 1 and 1024"),
-                    ));
-                }
-                n as usize
-            }
-        };
-        let retry = RetryConfig {
-            initial: sub.retry.initial.unwrap_or(Duration::from_secs(1)),
-            max: sub.retry.max.unwrap_or(Duration::from_secs(300)),
-            give_up_after: sub.retry.give_up_after.and_then(|g| g.0),
-        };
-        if retry.initial.is_zero() || retry.max < retry.initial {
-            return Err(at(sub.name.span(), &key("retry"), "need 0 < initial <= max".into()));
-        }
-        for (h, v) in &sub.headers {
-            let name_ok = reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_ok();
-            let value_ok = reqwest::header::HeaderValue::from_str(v).is_ok();
-            if !name_ok || !value_ok {
-                return Err(at(sub.name.span(), &key("headers"), format!("invalid header {h:?}")));
-            }
-        }
-        let timeout = sub.timeout.unwrap_or(Duration::from_secs(30));
-        if timeout.is_zero() {
-            return Err(at(sub.name.span(), &key("timeout"), "must be more than 0s".into()));
-        }
-        if sub.client_cert.is_some() != sub.client_key.is_some() {
-            return Err(at(
-                sub.name.span(),
-                &key("client_cert"),
-                "client_cert and client_key go together".into(),
-            ));
-        }
-        subscriptions.push(SubscriptionConfig {
-            name,
-            url,
-            secrets,
-            events,
-            payload: match sub.payload {
-                Some(PayloadSetting::Thin) => PayloadMode::Thin,
-                _ => PayloadMode::Full,
-            },
-            timeout,
-            max_in_flight,
-            retry,
-            headers: sub.headers,
-            ca_file: sub.ca_file.map(&resolve),
-            client_cert: sub.client_cert.map(&resolve),
-            client_key: sub.client_key.map(&resolve),
-        });
-    }
-
+    let src = Source::new(text, path);
+    let file: FileConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    let agent = agent_section(&src, file.agent);
+    let ingest = ingest_section(&src, file.ingest, &agent.data_dir)?;
+    let storage = storage_section(file.storage);
+    let admin = admin_section(&src, file.admin)?;
+    let subscriptions = subscription_sections(&src, file.subscription)?;
     Ok(Config {
         source: path.map(Path::to_path_buf),
         agent,
@@ -590,6 +459,433 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         admin,
         subscriptions,
     })
+}
+
+/// The text being parsed: for messages (file, line) and relative paths.
+struct Source<'a> {
+    text: &'a str,
+    path: Option<&'a Path>,
+    /// The file as messages name it.
+    shown: String,
+    /// Relative paths are taken from here.
+    base_dir: PathBuf,
+}
+
+impl<'a> Source<'a> {
+    fn new(text: &'a str, path: Option<&'a Path>) -> Self {
+        Source {
+            text,
+            path,
+            shown: path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<built-in defaults>".to_string()),
+            base_dir: path
+                .and_then(|p| p.parent())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        }
+    }
+
+    /// An error at `span`, naming the file, its line and `key`.
+    fn at(&self, span: std::ops::Range<usize>, key: &str, msg: String) -> ConfigError {
+        ConfigError(format!(
+            "{}: line {}: {key}: {msg}",
+            self.shown,
+            line_of(self.text, span.start)
+        ))
+    }
+
+    /// Like [`Source::at`]; without a span (a default caused it) only the key.
+    fn at_or_key(&self, span: Option<std::ops::Range<usize>>, key: &str, msg: String) -> ConfigError {
+        match span {
+            Some(span) => self.at(span, key, msg),
+            None => ConfigError(format!("{}: {key}: {msg}", self.shown)),
+        }
+    }
+
+    /// An error the TOML parser or serde found: its message has the line but
+    /// rarely the key, so the key is looked up by the error's position.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let message = e.message().trim();
+        let Some(span) = e.span() else {
+            return ConfigError(format!("{}: {message}", self.shown));
+        };
+        match key_at(self.text, span.start) {
+            Some(key) => self.at(span, &key, message.to_string()),
+            None => ConfigError(format!(
+                "{}: line {}: {message}",
+                self.shown,
+                line_of(self.text, span.start)
+            )),
+        }
+    }
+
+    /// A path from the file, relative ones against the file's directory.
+    fn resolve(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() || self.path.is_none() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+fn agent_section(src: &Source, file: FileAgent) -> AgentConfig {
+    AgentConfig {
+        store_id: file.store_id.unwrap_or_else(|| "unset".to_string()),
+        agent_id: file.agent_id.unwrap_or_else(default_agent_id),
+        data_dir: src.resolve(file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))),
+    }
+}
+
+/// An address key: absent means `default`, "off" means none.
+fn listen_addr(
+    src: &Source,
+    value: Option<serde_spanned::Spanned<String>>,
+    key: &str,
+    default: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match value {
+        None => Ok(Some(default.parse().expect("valid default address"))),
+        Some(v) if v.get_ref() == "off" => Ok(None),
+        Some(v) => v.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
+            src.at(
+                v.span(),
+                key,
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:7390\" (or \"off\")",
+                    v.get_ref()
+                ),
+            )
+        }),
+    }
+}
+
+fn ingest_section(src: &Source, file: FileIngest, data_dir: &Path) -> Result<IngestConfig, ConfigError> {
+    let listen_span = file.http_listen.as_ref().map(Spanned::span);
+    let http_listen = listen_addr(src, file.http_listen, "ingest.http_listen", DEFAULT_HTTP_LISTEN)?;
+    if let Some(addr) = http_listen {
+        if !addr.ip().is_loopback() && file.http_allow_remote != Some(true) {
+            return Err(src.at_or_key(
+                listen_span,
+                "ingest.http_listen",
+                format!(
+                    "{addr} is not a loopback address; events would be accepted from the network \
+                     without authentication. Set ingest.http_allow_remote = true if that is intended"
+                ),
+            ));
+        }
+    }
+    let (request_span, event_span) = (span_of(&file.max_request_bytes), span_of(&file.max_event_bytes));
+    let ingest = IngestConfig {
+        socket: file
+            .socket
+            .map(|p| src.resolve(p))
+            .unwrap_or_else(|| data_dir.join("ingest.sock")),
+        http_listen,
+        max_request_bytes: file.max_request_bytes.map_or(16 * 1024 * 1024, |s| s.get_ref().0),
+        spool_dir: file
+            .spool_dir
+            .map(|p| src.resolve(p))
+            .unwrap_or_else(|| data_dir.join("spool")),
+        max_event_bytes: file.max_event_bytes.map_or(1024 * 1024, |s| s.get_ref().0),
+    };
+    if ingest.max_request_bytes < ingest.max_event_bytes {
+        // The faulty key is the one written; both may be.
+        return Err(match (request_span, event_span) {
+            (None, Some(span)) => src.at(
+                span,
+                "ingest.max_event_bytes",
+                format!(
+                    "must be at most ingest.max_request_bytes ({}, the default)",
+                    ingest.max_request_bytes
+                ),
+            ),
+            (span, _) => src.at_or_key(
+                span,
+                "ingest.max_request_bytes",
+                format!("must be at least ingest.max_event_bytes ({})", ingest.max_event_bytes),
+            ),
+        });
+    }
+    Ok(ingest)
+}
+
+fn storage_section(file: FileStorage) -> StorageConfig {
+    StorageConfig {
+        max_db_bytes: file.max_db_bytes.map_or(2 * 1024 * 1024 * 1024, |s| s.0),
+        retain_delivered: file
+            .retain_delivered
+            .map_or(Duration::from_secs(7 * 24 * 3600), |d| d.0),
+    }
+}
+
+fn admin_section(src: &Source, file: FileAdmin) -> Result<AdminConfig, ConfigError> {
+    Ok(AdminConfig {
+        listen: listen_addr(src, file.listen, "admin.listen", DEFAULT_ADMIN_LISTEN)?,
+        token_file: file.token_file.map(|p| src.resolve(p)),
+    })
+}
+
+fn subscription_sections(
+    src: &Source,
+    file: Vec<Spanned<FileSubscription>>,
+) -> Result<Vec<SubscriptionConfig>, ConfigError> {
+    let mut subscriptions: Vec<SubscriptionConfig> = Vec::new();
+    for (index, sub) in file.into_iter().enumerate() {
+        let table = Table {
+            name: format!("subscription[{index}]"),
+            span: sub.span(),
+        };
+        let parsed = subscription_section(src, &table, sub.into_inner(), &subscriptions)?;
+        subscriptions.push(parsed);
+    }
+    Ok(subscriptions)
+}
+
+/// A table of the file: its name in messages and where it starts, for
+/// errors about a key it lacks.
+struct Table {
+    name: String,
+    span: std::ops::Range<usize>,
+}
+
+impl Table {
+    /// The full name of one of its keys.
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.name)
+    }
+}
+
+/// Where a value is in the file, if it is there.
+fn span_of<T>(value: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
+    value.as_ref().map(Spanned::span)
+}
+
+/// One `[[subscription]]`; `earlier` are the ones before it (names must be
+/// unique).
+fn subscription_section(
+    src: &Source,
+    table: &Table,
+    sub: FileSubscription,
+    earlier: &[SubscriptionConfig],
+) -> Result<SubscriptionConfig, ConfigError> {
+    let key = |k: &str| table.key(k);
+    let name = subscription_name(src, &key("name"), &sub.name, earlier)?;
+    let url = endpoint_url(src, &key("url"), &sub.url)?;
+    let secrets = subscription_secrets(src, table, &sub)?;
+    let events = event_filter(src, &key("events"), sub.events)?;
+    let max_in_flight = match sub.max_in_flight {
+        None => 16,
+        Some(v) => in_flight_limit(src, &key("max_in_flight"), &v)?,
+    };
+    let retry = retry_policy(src, table, &sub.retry)?;
+    let headers = request_headers(src, &key("headers"), sub.headers)?;
+    let timeout = sub.timeout.as_ref().map_or(Duration::from_secs(30), |t| t.get_ref().0);
+    if timeout.is_zero() {
+        return Err(src.at_or_key(span_of(&sub.timeout), &key("timeout"), "must be more than 0s".into()));
+    }
+    check_client_identity(src, table, &sub.client_cert, &sub.client_key)?;
+    Ok(SubscriptionConfig {
+        name,
+        url,
+        secrets,
+        events,
+        payload: match sub.payload {
+            Some(PayloadSetting::Thin) => PayloadMode::Thin,
+            _ => PayloadMode::Full,
+        },
+        timeout,
+        max_in_flight,
+        retry,
+        headers,
+        ca_file: sub.ca_file.map(|p| src.resolve(p)),
+        client_cert: sub.client_cert.map(|p| src.resolve(p.into_inner())),
+        client_key: sub.client_key.map(|p| src.resolve(p.into_inner())),
+    })
+}
+
+/// `retry`: backoff from `initial` (1s) to `max` (5m), parked after
+/// `give_up_after` (never).
+fn retry_policy(src: &Source, table: &Table, file: &FileRetry) -> Result<RetryConfig, ConfigError> {
+    let value = |d: &Option<Spanned<Dur>>, default: Duration| d.as_ref().map_or(default, |d| d.get_ref().0);
+    let retry = RetryConfig {
+        initial: value(&file.initial, Duration::from_secs(1)),
+        max: value(&file.max, Duration::from_secs(300)),
+        give_up_after: file.give_up_after.and_then(|g| g.0),
+    };
+    // Name the key written: a default alone is never at fault.
+    let fault = if retry.initial.is_zero() {
+        Some("initial")
+    } else if retry.max < retry.initial {
+        Some(if file.max.is_some() { "max" } else { "initial" })
+    } else {
+        None
+    };
+    match fault {
+        None => Ok(retry),
+        Some(k) => {
+            let span = span_of(if k == "max" { &file.max } else { &file.initial });
+            Err(src.at_or_key(
+                span,
+                &table.key(&format!("retry.{k}")),
+                "need 0 < initial <= max".into(),
+            ))
+        }
+    }
+}
+
+/// `headers`: names and values valid in HTTP.
+fn request_headers(
+    src: &Source,
+    key: &str,
+    file: BTreeMap<Spanned<String>, Spanned<String>>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut headers = BTreeMap::new();
+    for (h, v) in file {
+        let bad = if reqwest::header::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
+            Some(h.span())
+        } else if reqwest::header::HeaderValue::from_str(v.get_ref()).is_err() {
+            Some(v.span())
+        } else {
+            None
+        };
+        if let Some(span) = bad {
+            return Err(src.at(span, key, format!("invalid header {:?}", h.get_ref())));
+        }
+        headers.insert(h.into_inner(), v.into_inner());
+    }
+    Ok(headers)
+}
+
+/// `url`: where the POSTs go.
+fn endpoint_url(src: &Source, key: &str, url: &Spanned<String>) -> Result<reqwest::Url, ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url.get_ref()).map_err(|e| src.at(url.span(), key, format!("{:?}: {e}", url.get_ref())))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(src.at(url.span(), key, "must be an http:// or https:// URL".into()));
+    }
+    Ok(parsed)
+}
+
+/// `max_in_flight`: 1 to 1024.
+fn in_flight_limit(src: &Source, key: &str, value: &Spanned<i64>) -> Result<usize, ConfigError> {
+    let n = *value.get_ref();
+    if !(1..=1024).contains(&n) {
+        return Err(src.at(value.span(), key, format!("{n} is not between 1 and 1024")));
+    }
+    Ok(n as usize)
+}
+
+/// `client_cert` and `client_key` (mTLS): both or neither.
+fn check_client_identity(
+    src: &Source,
+    table: &Table,
+    cert: &Option<Spanned<PathBuf>>,
+    key: &Option<Spanned<PathBuf>>,
+) -> Result<(), ConfigError> {
+    let (given, which) = match (cert, key) {
+        (Some(c), None) => (c, "client_cert"),
+        (None, Some(k)) => (k, "client_key"),
+        _ => return Ok(()),
+    };
+    Err(src.at(
+        given.span(),
+        &table.key(which),
+        "client_cert and client_key go together".into(),
+    ))
+}
+
+/// A subscription's name: the key of its state in the database, so unique.
+fn subscription_name(
+    src: &Source,
+    key: &str,
+    name: &serde_spanned::Spanned<String>,
+    earlier: &[SubscriptionConfig],
+) -> Result<String, ConfigError> {
+    let text = name.get_ref();
+    let name_ok =
+        !text.is_empty() && text.len() <= 64 && text.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !name_ok {
+        return Err(src.at(
+            name.span(),
+            key,
+            format!("{text:?} must be 1-64 characters of [A-Za-z0-9._-]"),
+        ));
+    }
+    if earlier.iter().any(|s| s.name == *text) {
+        return Err(src.at(name.span(), key, format!("{text:?} is used twice")));
+    }
+    Ok(text.clone())
+}
+
+/// The signing keys, from `secret` or the lines of `secret_file`, decoded.
+fn subscription_secrets(src: &Source, table: &Table, sub: &FileSubscription) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let key = |k: &str| table.key(k);
+    let (secret_texts, secret_span, secret_key) = match (&sub.secret, &sub.secret_file) {
+        (Some(_), Some(f)) => {
+            return Err(src.at(
+                f.span(),
+                &key("secret_file"),
+                "give secret or secret_file, not both".into(),
+            ))
+        }
+        (Some(s), None) => (s.get_ref().clone().into_vec(), s.span(), key("secret")),
+        (None, Some(f)) => {
+            let file_path = src.resolve(f.get_ref().clone());
+            let content = std::fs::read_to_string(&file_path).map_err(|e| {
+                src.at(
+                    f.span(),
+                    &key("secret_file"),
+                    format!("cannot read {}: {e}", file_path.display()),
+                )
+            })?;
+            let lines = content
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect();
+            (lines, f.span(), key("secret_file"))
+        }
+        (None, None) => {
+            return Err(src.at(
+                table.span.clone(),
+                &key("secret"),
+                "missing: give secret = \"whsec_...\" or secret_file".into(),
+            ))
+        }
+    };
+    if secret_texts.is_empty() {
+        return Err(src.at(secret_span, &secret_key, "no secret given".into()));
+    }
+    secret_texts
+        .iter()
+        .map(|s| crate::signing::decode_secret(s).map_err(|e| src.at(secret_span.clone(), &secret_key, e)))
+        .collect()
+}
+
+/// `events`: absent or `"*"` means every type.
+fn event_filter(
+    src: &Source,
+    key: &str,
+    events: Option<serde_spanned::Spanned<OneOrMany>>,
+) -> Result<Option<HashSet<String>>, ConfigError> {
+    let Some(list) = events else {
+        return Ok(None);
+    };
+    let span = list.span();
+    let types = list.into_inner().into_vec();
+    if types.is_empty() {
+        return Err(src.at(span, key, "empty list: use [\"*\"] for all events".into()));
+    }
+    if types.iter().any(|t| t == "*") {
+        return Ok(None);
+    }
+    if let Some(t) = types.iter().find(|t| !crate::event::valid_type(t)) {
+        return Err(src.at(span, key, format!("{t:?} is not a valid event type")));
+    }
+    Ok(Some(types.into_iter().collect()))
 }
 
 fn default_agent_id() -> String {
@@ -667,7 +963,7 @@ headers = {{ "authorization" = "Bearer x" }}
         assert_eq!(c.storage.max_db_bytes, 2 * 1024 * 1024 * 1024);
         let s = &c.subscriptions[0];
         assert_eq!(s.payload, PayloadMode::Thin);
-        assert!(s.wants("SaleCreated") && !s.wants("Other"));
+        assert!(s.takes("SaleCreated") && !s.takes("Other"));
         assert_eq!(s.retry.give_up_after, None);
         assert_eq!(s.retry.max, Duration::from_secs(300));
     }
@@ -716,5 +1012,135 @@ headers = {{ "authorization" = "Bearer x" }}
         let text = format!("[[subscription]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret = \"{SECRET}\"\n");
         let e = parse(&text, None).unwrap_err().0;
         assert!(e.contains("subscription[0].url") && e.contains("line 3"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    /// The error of `text` (a config file `c.toml`).
+    fn error_of(text: &str) -> String {
+        parse(text, Some(Path::new("c.toml"))).expect_err(text).0
+    }
+
+    /// A subscription on lines 2-4 (header on line 1), then `extra` from line 5.
+    fn sub(extra: &str) -> String {
+        format!("[[subscription]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\n{extra}")
+    }
+
+    fn assert_names(e: &str, line: usize, key: &str) {
+        assert!(e.starts_with("c.toml: "), "{e}");
+        assert!(e.contains(&format!("line {line}: ")), "want line {line}: {e}");
+        assert!(e.contains(key), "want {key}: {e}");
+    }
+
+    #[test]
+    fn subscription_errors_name_the_line_of_the_faulty_key() {
+        let cases = [
+            ("\n\nretry = { initial = \"0s\" }\n", 7, "subscription[0].retry.initial"),
+            (
+                "\n\nretry = { initial = \"5s\", max = \"1s\" }\n",
+                7,
+                "subscription[0].retry.max",
+            ),
+            (
+                "\n\n[subscription.retry]\ninitial = \"5s\"\nmax = \"1s\"\n",
+                9,
+                "subscription[0].retry.max",
+            ),
+            ("\nheaders = { \"bad header\" = \"x\" }\n", 6, "subscription[0].headers"),
+            ("\n\ntimeout = \"0s\"\n", 7, "subscription[0].timeout"),
+            ("\n\n\nclient_key = \"k.pem\"\n", 8, "subscription[0].client_key"),
+            ("\n\n\nclient_cert = \"c.pem\"\n", 8, "subscription[0].client_cert"),
+        ];
+        for (extra, line, key) in cases {
+            assert_names(&error_of(&sub(extra)), line, key);
+        }
+    }
+
+    #[test]
+    fn a_missing_key_names_the_line_of_its_table() {
+        let text = format!("{}\n\n[[subscription]]\nname = \"b\"\nurl = \"http://y\"\n", sub(""));
+        assert_names(&error_of(&text), 7, "subscription[1].secret");
+        let e = error_of("[agent]\nstore_id = \"1\"\n[[subscription]]\nname = \"b\"\n");
+        assert_names(&e, 3, "subscription[0]");
+        assert!(e.contains("url"), "{e}");
+    }
+
+    #[test]
+    fn ingest_errors_name_their_line() {
+        let e = error_of("[ingest]\n\nhttp_listen = \"0.0.0.0:7390\"\n");
+        assert_names(&e, 3, "ingest.http_listen");
+        assert!(e.contains("http_allow_remote"), "{e}");
+        let e = error_of("[ingest]\nmax_event_bytes = \"2MiB\"\nmax_request_bytes = \"1MiB\"\n");
+        assert_names(&e, 3, "ingest.max_request_bytes");
+        let e = error_of("[ingest]\n\nmax_event_bytes = \"32MiB\"\n");
+        assert_names(&e, 3, "ingest.max_event_bytes");
+    }
+
+    #[test]
+    fn value_errors_found_by_toml_name_the_key() {
+        assert_names(&error_of(&sub("\ntimeout = \"soon\"\n")), 6, "subscription[0].timeout");
+        assert_names(
+            &error_of(&sub("max_in_flight = \"x\"\n")),
+            5,
+            "subscription[0].max_in_flight",
+        );
+        assert_names(
+            &error_of(&sub("retry = { give_up_after = \"later\" }\n")),
+            5,
+            "subscription[0].retry.give_up_after",
+        );
+        assert_names(
+            &error_of("[storage]\n\nmax_db_bytes = \"lots\"\n"),
+            3,
+            "storage.max_db_bytes",
+        );
+        assert_names(&error_of("[storage]\nmax_db_bytez = 1\n"), 2, "storage.max_db_bytez");
+        assert_names(&error_of("[agent]\nstore_id = 42\n"), 2, "agent.store_id");
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn with_events(events: &str) -> SubscriptionConfig {
+        let text = format!("[[subscription]]\nname = \"a\"\nurl = \"http://x\"\nsecret = \"{SECRET}\"\n{events}\n");
+        parse(&text, None).expect("valid").subscriptions.remove(0)
+    }
+
+    #[test]
+    fn without_events_every_type_is_taken() {
+        let s = with_events("");
+        assert!(s.takes("SaleCreated") && s.takes("AgentHeartbeat"));
+    }
+
+    #[test]
+    fn a_wildcard_takes_every_type() {
+        for events in [
+            "events = \"*\"",
+            "events = [\"*\"]",
+            "events = [\"SaleCreated\", \"*\"]",
+        ] {
+            let s = with_events(events);
+            assert!(s.takes("SaleCreated") && s.takes("Other"), "{events}");
+        }
+    }
+
+    #[test]
+    fn named_types_are_taken_exactly() {
+        let s = with_events("events = [\"SaleCreated\", \"StockMovementCreated\"]");
+        assert!(s.takes("SaleCreated") && s.takes("StockMovementCreated"));
+        for other in ["Other", "salecreated", "Sale", "SaleCreatedX", "", "*"] {
+            assert!(!s.takes(other), "{other:?}");
+        }
+        let one = with_events("events = \"PosLog\"");
+        assert!(one.takes("PosLog") && !one.takes("SaleCreated"));
     }
 }

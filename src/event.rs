@@ -1,7 +1,8 @@
 //! The event a producer sends, its validation, and the reply it gets.
 //!
 //! Validation happens here, before anything reaches storage, so a rejected
-//! event is never half-stored. Every message names the field at fault.
+//! event is never half-stored. Every message names the field at fault, and
+//! the error carries that field for callers (the spool's reports) to use.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,6 +33,10 @@ pub enum ErrorCode {
     InvalidEvent,
     /// Larger than `ingest.max_event_bytes`.
     TooLarge,
+    /// An HTTP request body that could not be read to its end (broken
+    /// chunked encoding, connection lost); beyond the contract's codes, as
+    /// none of those fits a body that never arrived.
+    UnreadableBody,
     /// The database reached its cap.
     StorageFull,
     /// The agent is stopping.
@@ -47,6 +52,7 @@ impl ErrorCode {
             ErrorCode::InvalidJson => "invalid_json",
             ErrorCode::InvalidEvent => "invalid_event",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnreadableBody => "unreadable_body",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
@@ -61,18 +67,29 @@ pub struct IngestError {
     pub code: ErrorCode,
     /// Human-readable reason naming the field.
     pub message: String,
+    /// The event's top-level field at fault, when one is. Not in replies:
+    /// the contract fixes those as code and message.
+    #[serde(skip)]
+    pub field: Option<String>,
 }
 
 impl IngestError {
-    /// Builds an error.
+    /// Builds an error about no one field.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         IngestError {
             code,
             message: message.into(),
+            field: None,
         }
     }
-    fn field(field: &str, problem: impl std::fmt::Display) -> Self {
-        IngestError::new(ErrorCode::InvalidEvent, format!("{field}: {problem}"))
+
+    /// An `invalid_event` error about `field`; the message reads
+    /// `<field>: <problem>`.
+    pub fn at_field(field: &str, problem: impl std::fmt::Display) -> Self {
+        IngestError {
+            field: Some(field.to_string()),
+            ..IngestError::new(ErrorCode::InvalidEvent, format!("{field}: {problem}"))
+        }
     }
 }
 
@@ -167,16 +184,16 @@ pub fn valid_event_id(id: &str) -> bool {
 /// Checks an entity (1-256 bytes, no control characters).
 pub fn check_entity(entity: &str) -> Result<(), IngestError> {
     if entity.is_empty() {
-        return Err(IngestError::field("entity", "must not be empty"));
+        return Err(IngestError::at_field("entity", "must not be empty"));
     }
     if entity.len() > 256 {
-        return Err(IngestError::field(
+        return Err(IngestError::at_field(
             "entity",
             format!("{} bytes, at most 256", entity.len()),
         ));
     }
     if entity.chars().any(char::is_control) {
-        return Err(IngestError::field("entity", "contains a control character"));
+        return Err(IngestError::at_field("entity", "contains a control character"));
     }
     Ok(())
 }
@@ -198,7 +215,7 @@ pub fn normalise_time(text: &str) -> Result<String, String> {
 }
 
 fn as_string(field: &str, raw: &RawValue) -> Result<String, IngestError> {
-    serde_json::from_str::<String>(raw.get()).map_err(|_| IngestError::field(field, "must be a string"))
+    serde_json::from_str::<String>(raw.get()).map_err(|_| IngestError::at_field(field, "must be a string"))
 }
 
 /// Parses and validates one event's JSON text; an event without `event_id`
@@ -234,33 +251,33 @@ pub fn parse_event_with(
         .collect();
     if !unknown.is_empty() {
         unknown.sort_unstable();
-        return Err(IngestError::field(unknown[0], "unknown field"));
+        return Err(IngestError::at_field(unknown[0], "unknown field"));
     }
     let get = |name: &str| fields.get(name).filter(|v| v.get() != "null");
 
     let event_type = get("type")
-        .ok_or_else(|| IngestError::field("type", "missing"))
+        .ok_or_else(|| IngestError::at_field("type", "missing"))
         .and_then(|v| as_string("type", v))?;
     if !valid_type(&event_type) {
-        return Err(IngestError::field(
+        return Err(IngestError::at_field(
             "type",
             format!("{event_type:?} must match ^[A-Za-z][A-Za-z0-9._-]{{0,127}}$"),
         ));
     }
     let entity = get("entity")
-        .ok_or_else(|| IngestError::field("entity", "missing"))
+        .ok_or_else(|| IngestError::at_field("entity", "missing"))
         .and_then(|v| as_string("entity", v))?;
     check_entity(&entity)?;
     let payload = fields
         .get("payload")
-        .ok_or_else(|| IngestError::field("payload", "missing"))?
+        .ok_or_else(|| IngestError::at_field("payload", "missing"))?
         .get()
         .to_string();
     let event_id = match get("event_id") {
         Some(v) => {
             let id = as_string("event_id", v)?;
             if !valid_event_id(&id) {
-                return Err(IngestError::field(
+                return Err(IngestError::at_field(
                     "event_id",
                     format!("{id:?} must be 1-128 characters of [A-Za-z0-9._:-]"),
                 ));
@@ -270,29 +287,30 @@ pub fn parse_event_with(
         None => make_id(),
     };
     let occurred_at = match get("occurred_at") {
-        Some(v) => normalise_time(&as_string("occurred_at", v)?).map_err(|e| IngestError::field("occurred_at", e))?,
+        Some(v) => {
+            normalise_time(&as_string("occurred_at", v)?).map_err(|e| IngestError::at_field("occurred_at", e))?
+        }
         None => now_rfc3339(),
     };
     let correlation_id = match get("correlation_id") {
         Some(v) => {
             let c = as_string("correlation_id", v)?;
             if c.len() > 256 {
-                return Err(IngestError::field("correlation_id", "longer than 256 bytes"));
+                return Err(IngestError::at_field("correlation_id", "longer than 256 bytes"));
             }
             Some(c)
         }
         None => None,
     };
     let is_test = match get("is_test") {
-        Some(v) => {
-            serde_json::from_str::<bool>(v.get()).map_err(|_| IngestError::field("is_test", "must be true or false"))?
-        }
+        Some(v) => serde_json::from_str::<bool>(v.get())
+            .map_err(|_| IngestError::at_field("is_test", "must be true or false"))?,
         None => false,
     };
     let attributes = match get("attributes") {
         Some(v) => {
             let map: BTreeMap<String, String> = serde_json::from_str(v.get())
-                .map_err(|_| IngestError::field("attributes", "must be an object of string values"))?;
+                .map_err(|_| IngestError::at_field("attributes", "must be an object of string values"))?;
             (!map.is_empty()).then(|| serde_json::to_string(&map).unwrap_or_default())
         }
         None => None,
@@ -365,6 +383,40 @@ mod tests {
             assert_eq!(err.code, ErrorCode::InvalidEvent, "{text}");
             assert!(err.message.starts_with(want), "{text}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn errors_carry_their_field() {
+        let cases = [
+            (r#"{"entity":"e","payload":1}"#, Some("type")),
+            (r#"{"type":"T","entity":7,"payload":1}"#, Some("entity")),
+            (r#"{"type":"T","entity":"e"}"#, Some("payload")),
+            (r#"{"type":"T","entity":"e","payload":1,"a:b c":2}"#, Some("a:b c")),
+            (
+                r#"{"type":"T","entity":"e","payload":1,"event_id":"a b"}"#,
+                Some("event_id"),
+            ),
+            (
+                r#"{"type":"T","entity":"e","payload":1,"correlation_id":1}"#,
+                Some("correlation_id"),
+            ),
+            (
+                r#"{"type":"T","entity":"e","payload":1,"occurred_at":"x"}"#,
+                Some("occurred_at"),
+            ),
+            (
+                r#"{"type":"T","entity":"e","payload":1,"attributes":[]}"#,
+                Some("attributes"),
+            ),
+            (r#"[1]"#, None),
+            ("{\"type\":", None),
+        ];
+        for (text, field) in cases {
+            assert_eq!(parse(text).expect_err(text).field.as_deref(), field, "{text}");
+        }
+        let big = format!(r#"{{"type":"T","entity":"e","payload":"{}"}}"#, "x".repeat(300));
+        assert_eq!(parse_event(big.as_bytes(), 256).unwrap_err().field, None);
+        assert_eq!(check_entity("").unwrap_err().field.as_deref(), Some("entity"));
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub enum Verdict {
 /// One step's line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// dns, tcp, tls, http, clock.
+    /// dns, tcp, tls, http, clock; `check` when the check itself broke.
     pub step: &'static str,
     /// Outcome.
     pub verdict: Verdict,
@@ -98,193 +98,199 @@ async fn check(sub: SubscriptionConfig) -> Report {
     }
 }
 
+/// The steps, in the order they run.
+const STEP_NAMES: [&str; 5] = ["dns", "tcp", "tls", "http", "clock"];
+
 /// The steps in order; after a failure the rest are skipped.
 async fn run_steps(sub: &SubscriptionConfig) -> Vec<Step> {
     let mut steps = Vec::new();
+    if let Err(failed) = try_steps(sub, &mut steps).await {
+        steps.extend(failed);
+        for name in STEP_NAMES.into_iter().skip(steps.len()) {
+            steps.push(step(name, Verdict::Skip, "not run", None));
+        }
+    }
+    steps
+}
+
+/// Runs the steps into `steps` until one fails; `Err` holds the steps that
+/// end the check (the failed one, and a skipped one before it).
+async fn try_steps(sub: &SubscriptionConfig, steps: &mut Vec<Step>) -> Result<(), Vec<Step>> {
     let url = &sub.url;
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
     let port = url.port_or_known_default().unwrap_or(443);
     let budget = sub.timeout.min(Duration::from_secs(10));
-    let skip_rest = |steps: &mut Vec<Step>, from: usize| {
-        for name in ["dns", "tcp", "tls", "http", "clock"].into_iter().skip(from) {
-            steps.push(step(name, Verdict::Skip, "not run", None));
-        }
-    };
+    let (addrs, found) = dns_step(&host, port, budget).await.map_err(|s| vec![s])?;
+    steps.push(found);
+    steps.push(tcp_step(&addrs, budget).await.map_err(|s| vec![s])?);
+    // TLS + HTTP, with delivery's own client.
+    let client = crate::deliver::webhook::build_client(sub).map_err(|e| {
+        vec![step(
+            "tls",
+            Verdict::Fail,
+            e,
+            Some("fix ca_file / client_cert / client_key in the config"),
+        )]
+    })?;
+    steps.extend(http_steps(sub, &client).await?);
+    Ok(())
+}
 
-    // DNS
+/// `dns`: the host's addresses.
+async fn dns_step(host: &str, port: u16, budget: Duration) -> Result<(Vec<std::net::SocketAddr>, Step), Step> {
     let started = Instant::now();
     let addrs: Vec<std::net::SocketAddr> =
-        match tokio::time::timeout(budget, tokio::net::lookup_host((host.as_str(), port))).await {
+        match tokio::time::timeout(budget, tokio::net::lookup_host((host, port))).await {
             Ok(Ok(a)) => a.collect(),
             Ok(Err(e)) => {
-                steps.push(step(
+                return Err(step(
                     "dns",
                     Verdict::Fail,
                     format!("{host}: {e}"),
                     Some("check the host name in the URL and the store's DNS server (/etc/resolv.conf)"),
-                ));
-                skip_rest(&mut steps, 1);
-                return steps;
+                ))
             }
             Err(_) => {
-                steps.push(step(
+                return Err(step(
                     "dns",
                     Verdict::Fail,
                     format!("{host}: no answer within {budget:?}"),
                     Some("the store's DNS server does not answer"),
-                ));
-                skip_rest(&mut steps, 1);
-                return steps;
+                ))
             }
         };
     let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
-    steps.push(step(
+    let found = step(
         "dns",
         Verdict::Ok,
         format!("{host} -> {} ({} ms)", shown.join(", "), started.elapsed().as_millis()),
         None,
-    ));
+    );
+    Ok((addrs, found))
+}
 
-    // TCP
+/// `tcp`: a connection to the first address that takes one.
+async fn tcp_step(addrs: &[std::net::SocketAddr], budget: Duration) -> Result<Step, Step> {
     let started = Instant::now();
-    let mut connected = None;
     let mut last_error = String::new();
-    for addr in &addrs {
+    for addr in addrs {
         match tokio::time::timeout(budget, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(_)) => {
-                connected = Some(*addr);
-                break;
+                return Ok(step(
+                    "tcp",
+                    Verdict::Ok,
+                    format!("connected to {addr} ({} ms)", started.elapsed().as_millis()),
+                    None,
+                ))
             }
             Ok(Err(e)) => last_error = format!("{addr}: {e}"),
             Err(_) => last_error = format!("{addr}: no answer within {budget:?}"),
         }
     }
-    match connected {
-        Some(addr) => steps.push(step(
-            "tcp",
-            Verdict::Ok,
-            format!("connected to {addr} ({} ms)", started.elapsed().as_millis()),
-            None,
-        )),
-        None => {
-            steps.push(step(
-                "tcp",
-                Verdict::Fail,
-                last_error,
-                Some("the endpoint is down, or a firewall or proxy blocks this port from the store"),
-            ));
-            skip_rest(&mut steps, 2);
-            return steps;
-        }
-    }
+    Err(step(
+        "tcp",
+        Verdict::Fail,
+        last_error,
+        Some("the endpoint is down, or a firewall or proxy blocks this port from the store"),
+    ))
+}
 
-    // TLS + HTTP, with delivery's own client.
-    let tls = url.scheme() == "https";
-    let client = match crate::deliver::webhook::build_client(sub) {
-        Ok(c) => c,
-        Err(e) => {
-            steps.push(step(
-                "tls",
-                Verdict::Fail,
-                e,
-                Some("fix ca_file / client_cert / client_key in the config"),
-            ));
-            skip_rest(&mut steps, 3);
-            return steps;
-        }
-    };
+/// `tls`, `http` and `clock`, from one GET with delivery's client.
+async fn http_steps(sub: &SubscriptionConfig, client: &reqwest::Client) -> Result<Vec<Step>, Vec<Step>> {
+    let tls = sub.url.scheme() == "https";
     let started = Instant::now();
-    let mut request = client.get(url.clone());
+    let mut request = client.get(sub.url.clone());
     for (k, v) in &sub.headers {
         request = request.header(k, v);
     }
     match request.send().await {
-        Ok(response) => {
-            let ms = started.elapsed().as_millis();
-            if tls {
-                steps.push(step("tls", Verdict::Ok, "handshake ok, certificate trusted", None));
-            } else {
-                steps.push(step(
-                    "tls",
-                    Verdict::Skip,
-                    "plain http: not encrypted",
-                    Some("use https:// outside the store's own network"),
-                ));
-            }
-            let status = response.status();
-            let (verdict, hint) = if status.is_server_error() {
-                (
-                    Verdict::Warn,
-                    Some("the endpoint answers but reports an error of its own"),
-                )
-            } else {
-                (Verdict::Ok, None)
-            };
-            steps.push(step(
-                "http",
-                verdict,
-                format!("GET answered {status} ({ms} ms); webhooks are POSTed"),
-                hint,
-            ));
-            let date = response
-                .headers()
-                .get(reqwest::header::DATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| httpdate::parse_http_date(v).ok());
-            match date {
-                None => steps.push(step("clock", Verdict::Skip, "no Date header in the answer", None)),
-                Some(theirs) => {
-                    let ours = SystemTime::now();
-                    let (skew, sign) = match ours.duration_since(theirs) {
-                        Ok(d) => (d, "ahead of"),
-                        Err(e) => (e.duration(), "behind"),
-                    };
-                    let detail = format!("this clock is {}s {sign} the endpoint's", skew.as_secs());
-                    let hint =
-                        Some("fix the store PC's time (NTP): receivers refuse signatures more than 5 minutes off");
-                    let s = if skew > SKEW_FAIL {
-                        step("clock", Verdict::Fail, detail, hint)
-                    } else if skew > SKEW_WARN {
-                        step("clock", Verdict::Warn, detail, hint)
-                    } else {
-                        step("clock", Verdict::Ok, detail, None)
-                    };
-                    steps.push(s);
-                }
-            }
-        }
-        Err(e) => {
-            let chain = error_chain(&e);
-            let lower = chain.to_lowercase();
-            let tls_failed = tls
-                && ["certificate", "tls", "handshake", "unknownissuer", "alert"]
-                    .iter()
-                    .any(|k| lower.contains(k));
-            if tls_failed {
-                steps.push(step(
-                    "tls",
-                    Verdict::Fail,
-                    chain,
-                    Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
-                ));
-                skip_rest(&mut steps, 3);
-            } else {
-                if tls {
-                    steps.push(step("tls", Verdict::Skip, "not reached", None));
-                } else {
-                    steps.push(step("tls", Verdict::Skip, "plain http", None));
-                }
-                let hint = if e.is_timeout() {
-                    "the endpoint accepts connections but does not answer within the timeout"
-                } else {
-                    "the endpoint closed the connection without an HTTP answer"
-                };
-                steps.push(step("http", Verdict::Fail, chain, Some(hint)));
-                skip_rest(&mut steps, 4);
-            }
-        }
+        Ok(response) => Ok(answered_steps(tls, &response, started.elapsed().as_millis())),
+        Err(e) => Err(unanswered_steps(tls, &e)),
     }
-    steps
+}
+
+/// The steps of a GET that got an answer (`ms` after it was sent).
+fn answered_steps(tls: bool, response: &reqwest::Response, ms: u128) -> Vec<Step> {
+    let tls_step = if tls {
+        step("tls", Verdict::Ok, "handshake ok, certificate trusted", None)
+    } else {
+        step(
+            "tls",
+            Verdict::Skip,
+            "plain http: not encrypted",
+            Some("use https:// outside the store's own network"),
+        )
+    };
+    let status = response.status();
+    let (verdict, hint) = if status.is_server_error() {
+        (
+            Verdict::Warn,
+            Some("the endpoint answers but reports an error of its own"),
+        )
+    } else {
+        (Verdict::Ok, None)
+    };
+    let http_step = step(
+        "http",
+        verdict,
+        format!("GET answered {status} ({ms} ms); webhooks are POSTed"),
+        hint,
+    );
+    vec![tls_step, http_step, clock_step(response)]
+}
+
+/// `clock`: our clock against the answer's `Date` header.
+fn clock_step(response: &reqwest::Response) -> Step {
+    let date = response
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let Some(theirs) = date else {
+        return step("clock", Verdict::Skip, "no Date header in the answer", None);
+    };
+    let (skew, sign) = match SystemTime::now().duration_since(theirs) {
+        Ok(d) => (d, "ahead of"),
+        Err(e) => (e.duration(), "behind"),
+    };
+    let detail = format!("this clock is {}s {sign} the endpoint's", skew.as_secs());
+    let hint = Some("fix the store PC's time (NTP): receivers refuse signatures more than 5 minutes off");
+    if skew > SKEW_FAIL {
+        step("clock", Verdict::Fail, detail, hint)
+    } else if skew > SKEW_WARN {
+        step("clock", Verdict::Warn, detail, hint)
+    } else {
+        step("clock", Verdict::Ok, detail, None)
+    }
+}
+
+/// The steps of a GET that got no answer: TLS refused, or no HTTP answer.
+fn unanswered_steps(tls: bool, e: &reqwest::Error) -> Vec<Step> {
+    let chain = error_chain(e);
+    let lower = chain.to_lowercase();
+    let tls_failed = tls
+        && ["certificate", "tls", "handshake", "unknownissuer", "alert"]
+            .iter()
+            .any(|k| lower.contains(k));
+    if tls_failed {
+        return vec![step(
+            "tls",
+            Verdict::Fail,
+            chain,
+            Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
+        )];
+    }
+    let tls_step = if tls {
+        step("tls", Verdict::Skip, "not reached", None)
+    } else {
+        step("tls", Verdict::Skip, "plain http", None)
+    };
+    let hint = if e.is_timeout() {
+        "the endpoint accepts connections but does not answer within the timeout"
+    } else {
+        "the endpoint closed the connection without an HTTP answer"
+    };
+    vec![tls_step, step("http", Verdict::Fail, chain, Some(hint))]
 }
 
 /// Runs the checks and prints them.
@@ -307,11 +313,8 @@ pub fn run(path: Option<&std::path::Path>, args: DoctorArgs) -> CliResult {
         };
     }
     let rt = runtime()?;
-    let reports: Vec<Report> = rt.block_on(async { futures_join(subs.into_iter().map(check).collect()).await });
-    let failed = reports
-        .iter()
-        .flat_map(|r| &r.steps)
-        .any(|s| s.verdict == Verdict::Fail);
+    let reports: Vec<Report> = rt.block_on(check_all(subs, check));
+    let failed = any_failed(&reports);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
     } else {
@@ -341,14 +344,128 @@ pub fn run(path: Option<&std::path::Path>, args: DoctorArgs) -> CliResult {
     }
 }
 
-/// Runs the checks side by side.
-async fn futures_join<F: std::future::Future<Output = Report> + Send + 'static>(futures: Vec<F>) -> Vec<Report> {
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        if let Ok(r) = h.await {
-            out.push(r);
-        }
+/// Whether any step of any report failed (doctor then exits 1).
+fn any_failed(reports: &[Report]) -> bool {
+    reports
+        .iter()
+        .flat_map(|r| &r.steps)
+        .any(|s| s.verdict == Verdict::Fail)
+}
+
+/// Runs `check` on every subscription side by side; one report each, in
+/// order. A check that panicked is a failed check: dropping it would let
+/// doctor pass without having checked.
+async fn check_all<F, Fut>(subs: Vec<SubscriptionConfig>, check: F) -> Vec<Report>
+where
+    F: Fn(SubscriptionConfig) -> Fut,
+    Fut: std::future::Future<Output = Report> + Send + 'static,
+{
+    let handles: Vec<_> = subs
+        .into_iter()
+        .map(|s| (s.name.clone(), s.url_for_logs(), tokio::spawn(check(s))))
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for (subscription, url, handle) in handles {
+        out.push(match handle.await {
+            Ok(report) => report,
+            Err(e) => Report {
+                subscription,
+                url,
+                steps: vec![step(
+                    "check",
+                    Verdict::Fail,
+                    format!("the check itself failed: {}", join_error_text(e)),
+                    Some("a bug in store-outbox: please report it with this output"),
+                )],
+            },
+        });
     }
     out
+}
+
+/// What a check task ended with instead of a report.
+fn join_error_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    format!("panicked: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subs(names: &[&str]) -> Vec<SubscriptionConfig> {
+        let text: String = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "[[subscription]]\nname = \"{n}\"\nurl = \"http://127.0.0.1:9/{n}\"\n\
+                     secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+                )
+            })
+            .collect();
+        crate::config::parse(&text, None).expect("valid").subscriptions
+    }
+
+    async fn fine_or_panic(sub: SubscriptionConfig) -> Report {
+        if sub.name == "boom" {
+            panic!("a check went wrong");
+        }
+        Report {
+            subscription: sub.name.clone(),
+            url: sub.url_for_logs(),
+            steps: vec![step("dns", Verdict::Ok, "fine", None)],
+        }
+    }
+
+    #[tokio::test]
+    async fn no_http_answer_fails_at_http_and_skips_the_clock() {
+        // Accepts connections and closes them unanswered.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        });
+        let mut sub = subs(&["a"]).remove(0);
+        sub.url = format!("http://127.0.0.1:{port}/").parse().expect("url");
+        let steps = run_steps(&sub).await;
+        let got: Vec<(&str, Verdict)> = steps.iter().map(|s| (s.step, s.verdict)).collect();
+        assert_eq!(
+            got,
+            [
+                ("dns", Verdict::Ok),
+                ("tcp", Verdict::Ok),
+                ("tls", Verdict::Skip),
+                ("http", Verdict::Fail),
+                ("clock", Verdict::Skip),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_check_that_panicked_is_reported_as_failed() {
+        let reports = check_all(subs(&["a", "boom", "c"]), fine_or_panic).await;
+        let names: Vec<&str> = reports.iter().map(|r| r.subscription.as_str()).collect();
+        assert_eq!(names, ["a", "boom", "c"], "one report per subscription, in order");
+        let boom = &reports[1];
+        assert_eq!(boom.url, "http://127.0.0.1:9/boom");
+        assert_eq!(boom.steps.len(), 1);
+        assert_eq!(boom.steps[0].verdict, Verdict::Fail);
+        assert!(
+            boom.steps[0].detail.contains("a check went wrong"),
+            "{}",
+            boom.steps[0].detail
+        );
+        assert!(any_failed(&reports), "doctor must exit non-zero");
+        assert!(!any_failed(&reports[..1]));
+    }
 }

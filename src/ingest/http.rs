@@ -3,12 +3,13 @@
 //! Answered only after commit. An array's valid events are committed together
 //! in one transaction; an invalid event in an array gets its error in its place
 //! in `results` and does not stop the others (the same as a bad line on the
-//! socket). Status codes: 200 results, 400 body not JSON, 413 too large, 507
-//! storage full, 503 shutting down.
+//! socket). Status codes: 200 results, 400 body not JSON or not readable to
+//! its end (`unreadable_body`), 413 too large, 507 storage full, 503 shutting
+//! down.
 
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -62,6 +63,55 @@ fn results(status: StatusCode, replies: &[Reply]) -> Response {
     json(status, format!("{{\"results\":[{}]}}", items.join(",")))
 }
 
+/// Why a request body was not read.
+enum BodyError {
+    /// More than the limit.
+    TooLarge,
+    /// The connection or its framing broke (the reason, for the producer).
+    Unreadable(String),
+}
+
+/// Reads a body of at most `limit` bytes, whatever it claims. Not
+/// `axum::body::to_bytes`: its one error type mixes "too large" with
+/// "broken", and those get different answers.
+async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, BodyError> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| BodyError::Unreadable(error_chain(&e)))?;
+        // Trailers carry no data.
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > limit {
+                return Err(BodyError::TooLarge);
+            }
+            chunks.push(data);
+        }
+    }
+    // One chunk (the usual case) is taken without a copy.
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
+}
+
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        // Wrappers often repeat their cause's text.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
 async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, body: Body) -> Response {
     if state.shutdown.is_started() {
         return error(
@@ -69,14 +119,14 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
             IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping"),
         );
     }
-    let too_large = |n: String| {
+    let too_large = |size: String| {
         state.writer.count_rejected(ErrorCode::TooLarge);
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::new(
                 ErrorCode::TooLarge,
                 format!(
-                    "request body of {n} bytes, the limit is {} (ingest.max_request_bytes)",
+                    "request body of {size} bytes, the limit is {} (ingest.max_request_bytes)",
                     state.max_request_bytes
                 ),
             ),
@@ -89,10 +139,19 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
     if let Some(n) = declared.filter(|n| *n > state.max_request_bytes) {
         return too_large(n.to_string());
     }
-    // Reads at most the limit, whatever the body claims.
-    let bytes = match axum::body::to_bytes(body, state.max_request_bytes as usize).await {
+    let bytes = match read_body(body, state.max_request_bytes).await {
         Ok(b) => b,
-        Err(_) => return too_large("more than that".into()),
+        Err(BodyError::TooLarge) => return too_large(format!("more than {}", state.max_request_bytes)),
+        Err(BodyError::Unreadable(reason)) => {
+            state.writer.count_rejected(ErrorCode::UnreadableBody);
+            return error(
+                StatusCode::BAD_REQUEST,
+                IngestError::new(
+                    ErrorCode::UnreadableBody,
+                    format!("the request body could not be read to its end: {reason}"),
+                ),
+            );
+        }
     };
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let parsed: Vec<Result<crate::event::NewEvent, IngestError>> = if first == Some(b'[') {

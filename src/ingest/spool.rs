@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::event::{parse_event_with, ErrorCode, NewEvent, Reply};
+use crate::event::{parse_event_with, ErrorCode, IngestError, NewEvent, Reply};
 use crate::outbox::writer::Writer;
 use crate::shutdown::Shutdown;
 
@@ -55,6 +55,14 @@ impl FileError {
             element: None,
             code,
             message: message.into(),
+        }
+    }
+
+    /// The error of one event of the file, with the field it names.
+    fn of_event(file: &str, e: IngestError) -> Self {
+        FileError {
+            field: e.field,
+            ..FileError::whole(file, e.code, e.message)
         }
     }
 }
@@ -121,11 +129,6 @@ pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<
         d[..10].iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     let id_for = |n: usize| format!("spool:{digest}:{n}");
-    let field_of = |msg: &str| {
-        msg.split_once(':')
-            .map(|(f, _)| f.to_string())
-            .filter(|f| !f.contains(' '))
-    };
     let text = std::str::from_utf8(bytes)
         .map_err(|e| FileError::whole(name, ErrorCode::InvalidJson, format!("not UTF-8: {e}")))?;
     let events = if name.ends_with(".ndjson") {
@@ -136,8 +139,7 @@ pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<
             }
             let ev = parse_event_with(line.as_bytes(), max_event_bytes, || id_for(i + 1)).map_err(|e| FileError {
                 line: Some(i + 1),
-                field: field_of(&e.message),
-                ..FileError::whole(name, e.code, e.message)
+                ..FileError::of_event(name, e)
             })?;
             out.push(ev);
         }
@@ -152,19 +154,13 @@ pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<
                 let ev =
                     parse_event_with(raw.get().as_bytes(), max_event_bytes, || id_for(i)).map_err(|e| FileError {
                         index: Some(i),
-                        field: field_of(&e.message),
-                        ..FileError::whole(name, e.code, e.message)
+                        ..FileError::of_event(name, e)
                     })?;
                 out.push(ev);
             }
             out
         } else {
-            vec![
-                parse_event_with(bytes, max_event_bytes, || id_for(0)).map_err(|e| FileError {
-                    field: field_of(&e.message),
-                    ..FileError::whole(name, e.code, e.message)
-                })?,
-            ]
+            vec![parse_event_with(bytes, max_event_bytes, || id_for(0)).map_err(|e| FileError::of_event(name, e))?]
         }
     } else if name.ends_with(".xml") {
         crate::ingest::poslog::parse(text).map_err(|e| FileError {
@@ -364,6 +360,39 @@ mod tests {
         let text = "{\"type\":\"T\",\"entity\":\"e\",\"payload\":1}\n\n{\"type\":\"T\",\"payload\":1}\n";
         let e = parse_file("a.ndjson", text.as_bytes(), 1 << 20).unwrap_err();
         assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("entity")));
+    }
+
+    #[test]
+    fn the_field_is_the_one_validation_names() {
+        // Names a message cannot be split on safely.
+        for key in ["a:b", "my field"] {
+            let event = format!(r#"{{"type":"T","entity":"e","payload":1,"{key}":2}}"#);
+            for (name, text) in [
+                ("x.json", event.clone()),
+                ("x.json", format!("[{event}]")),
+                ("x.ndjson", event.clone()),
+            ] {
+                let e = parse_file(name, text.as_bytes(), 1 << 20).unwrap_err();
+                assert_eq!(e.field.as_deref(), Some(key), "{name}: {text}");
+                assert_eq!(e.message, format!("{key}: unknown field"));
+            }
+        }
+        let e = parse_file(
+            "x.json",
+            br#"{"type":"T","entity":"e","payload":1,"is_test":"no"}"#,
+            1 << 20,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("is_test"));
+        // Errors of no one field name none.
+        for text in [
+            &b"{\"type\": "[..],
+            br#"[1]"#,
+            br#"{"type":"T","entity":"e","payload":"xxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        ] {
+            let e = parse_file("x.json", text, 48).unwrap_err();
+            assert_eq!(e.field, None, "{}", e.message);
+        }
     }
 
     #[test]
