@@ -86,7 +86,7 @@ pub(super) fn insert_event(
     let seq = tx.last_insert_rowid();
     effects.max_seq = effects.max_seq.max(seq);
     for (index, fan) in fanout.iter().enumerate() {
-        if !fan.config.wants(&e.event_type) {
+        if !fan.config.takes(&e.event_type) {
             continue;
         }
         tx.prepare_cached("INSERT INTO deliveries(sub_id, event_seq, entity_id, entity_seq) VALUES (?1, ?2, ?3, ?4)")?
