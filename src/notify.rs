@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+use crate::outbox::state::SubscriptionState;
 use crate::outbox::writer::Writer;
 use crate::shutdown::Shutdown;
 
@@ -138,7 +139,7 @@ pub fn status_line(db_path: &std::path::Path) -> String {
     let backlog: i64 = subs.iter().map(|s| s.pending + s.parked).sum();
     let offline: Vec<&str> = subs
         .iter()
-        .filter(|s| s.state == "offline")
+        .filter(|s| s.state == SubscriptionState::Offline)
         .map(|s| s.name.as_str())
         .collect();
     let parked: i64 = subs.iter().map(|s| s.parked).sum();

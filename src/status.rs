@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 
 use serde::Serialize;
 
+use crate::outbox::state::SubscriptionState;
 use crate::outbox::{self, read};
 
 /// The `status --json` document.
@@ -59,7 +60,7 @@ pub fn report(config: &crate::config::Config) -> Result<StatusReport, String> {
     let mut subscriptions = read::subscriptions(&conn).map_err(db_err)?;
     if !agent_running {
         for s in subscriptions.iter_mut().filter(|s| s.configured) {
-            s.state = "stopped".into();
+            s.state = SubscriptionState::Stopped;
             s.in_flight = 0;
         }
     }

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbox::state::DeliveryState;
 use crate::outbox::writer::Writer;
 use crate::outbox::{self, read, resend};
 
@@ -117,22 +118,13 @@ struct EventsQuery {
     limit: Option<i64>,
 }
 
-fn state_code(state: &str) -> Option<i64> {
-    match state {
-        "pending" => Some(outbox::PENDING),
-        "delivered" => Some(outbox::DELIVERED),
-        "parked" => Some(outbox::PARKED),
-        _ => None,
-    }
-}
-
 async fn events(State(admin): State<Arc<Admin>>, Query(q): Query<EventsQuery>) -> Result<Response, ApiError> {
     let state = match q.state.as_deref() {
         None => None,
-        Some(s) => Some(state_code(s).ok_or((
-            StatusCode::BAD_REQUEST,
-            format!("state={s}: pending, parked or delivered"),
-        ))?),
+        Some(s) => Some(
+            s.parse::<DeliveryState>()
+                .map_err(|e| (StatusCode::BAD_REQUEST, format!("state={s}: {e}")))?,
+        ),
     };
     let since_ms = match q.since.as_deref() {
         None => None,
@@ -266,7 +258,7 @@ async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery
         let report = crate::status::report(&config)?;
         let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
         let filter = read::DeliveryFilter {
-            state: Some(outbox::PARKED),
+            state: Some(DeliveryState::Parked),
             limit: 50,
             ..Default::default()
         };

@@ -1,16 +1,18 @@
 //! `events`: list deliveries, with filters, from the database.
 
-use clap::Args;
+use clap::builder::PossibleValue;
+use clap::{Args, ValueEnum};
 
 use super::{load_config, CliError, CliResult};
+use crate::outbox::state::DeliveryState;
 use crate::outbox::{self, read};
 
 /// Arguments of `events`.
 #[derive(Args, Debug)]
 pub struct EventsArgs {
     /// Only deliveries in this state.
-    #[arg(long, value_parser = ["pending", "parked", "delivered"])]
-    pub state: Option<String>,
+    #[arg(long, value_enum)]
+    pub state: Option<DeliveryState>,
     /// Only this subscription.
     #[arg(long, value_name = "S")]
     pub subscription: Option<String>,
@@ -42,16 +44,23 @@ pub fn parse_since(text: &str) -> Result<i64, CliError> {
         })
 }
 
+/// `--state` takes a delivery state's name.
+impl ValueEnum for DeliveryState {
+    fn value_variants<'a>() -> &'a [Self] {
+        // The order `--help` has always listed them in.
+        &[DeliveryState::Pending, DeliveryState::Parked, DeliveryState::Delivered]
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()))
+    }
+}
+
 /// Lists deliveries.
 pub fn run(path: Option<&std::path::Path>, args: EventsArgs) -> CliResult {
     let config = load_config(path)?;
     let conn = outbox::open_reader(&config.db_path()).map_err(CliError::runtime)?;
     let filter = read::DeliveryFilter {
-        state: args.state.as_deref().map(|s| match s {
-            "pending" => outbox::PENDING,
-            "delivered" => outbox::DELIVERED,
-            _ => outbox::PARKED,
-        }),
+        state: args.state,
         subscription: args.subscription,
         entity: args.entity,
         since_ms: args.since.as_deref().map(parse_since).transpose()?,

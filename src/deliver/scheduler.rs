@@ -38,8 +38,9 @@ use super::webhook::{Attempt, AttemptKind, Endpoint};
 use crate::config::RetryConfig;
 use crate::metrics::Metrics;
 use crate::outbox::read::{self, Head};
+use crate::outbox::state::{DeliveryState, SubscriptionState};
 use crate::outbox::writer::{ExpectedOutcome, Outcome, OutcomeDone, Starving, Verdict, Writer};
-use crate::outbox::{now_ms, Subscription, PARKED};
+use crate::outbox::{now_ms, Subscription};
 use crate::shutdown::Shutdown;
 
 /// Failures in a row, of any kind, after which the endpoint counts as down
@@ -374,11 +375,11 @@ impl Scheduler {
         }
     }
 
-    fn state_name(&self) -> &'static str {
+    fn state_name(&self) -> SubscriptionState {
         if self.online {
-            "online"
+            SubscriptionState::Online
         } else {
-            "offline"
+            SubscriptionState::Offline
         }
     }
 
@@ -479,7 +480,7 @@ impl Scheduler {
                 }
             };
             let at = Position::of(&head.event);
-            if head.state == PARKED {
+            if head.state == DeliveryState::Parked {
                 if let Some(entity) = self.entities.get_mut(&entity_id) {
                     entity.state = EntityState::Parked;
                     entity.at = at;

@@ -7,11 +7,13 @@
 //! - [`read`]: read-only queries for the schedulers, `status` and the CLI.
 //! - [`retention`]: pruning of delivered events, the storage cap.
 //! - [`resend`]: queueing deliveries again (operator action).
+//! - [`state`]: delivery and subscription states, as stored and as named.
 
 pub mod read;
 pub mod resend;
 pub mod retention;
 pub mod schema;
+pub mod state;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -23,13 +25,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::Notify;
 
 use crate::config::SubscriptionConfig;
-
-/// Delivery state: waiting to be sent (or retried).
-pub const PENDING: i64 = 0;
-/// Delivery state: got its 2xx.
-pub const DELIVERED: i64 = 1;
-/// Delivery state: gave up after `give_up_after`; blocks its entity until resent.
-pub const PARKED: i64 = 2;
+use state::SubscriptionState;
 
 /// How long a connection waits for another one's write lock (the agent's
 /// writer and an operator's `resend` share the file). Generous: a slow disk
@@ -222,8 +218,8 @@ pub fn register_subscriptions(
 ) -> rusqlite::Result<Vec<Subscription>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
-        "UPDATE subscriptions SET configured = 0, state = 'unconfigured', in_flight = 0",
-        [],
+        "UPDATE subscriptions SET configured = 0, state = ?1, in_flight = 0",
+        [SubscriptionState::Unconfigured],
     )?;
     let max_seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
     let mut out = Vec::new();
@@ -249,8 +245,8 @@ pub fn register_subscriptions(
             params![id, covered, filter],
         )?;
         tx.execute(
-            "UPDATE subscriptions SET configured = 1, covered_seq = ?2, url = ?3, state = 'online' WHERE id = ?1",
-            params![id, max_seq, sub.url_for_logs()],
+            "UPDATE subscriptions SET configured = 1, covered_seq = ?2, url = ?3, state = ?4 WHERE id = ?1",
+            params![id, max_seq, sub.url_for_logs(), SubscriptionState::Online],
         )?;
         out.push(Subscription {
             id,

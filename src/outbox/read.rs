@@ -6,7 +6,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::{now_ms, PARKED, PENDING};
+use super::now_ms;
+use super::state::{DeliveryState, SubscriptionState};
 
 /// An event as stored, with what its webhook body needs.
 #[derive(Debug, Clone)]
@@ -39,7 +40,7 @@ pub struct StoredEvent {
 #[derive(Debug, Clone)]
 pub struct Head {
     /// Pending or parked.
-    pub state: i64,
+    pub state: DeliveryState,
     /// Attempts so far.
     pub attempts: i64,
     /// Wall-clock ms of the first failed attempt.
@@ -64,10 +65,10 @@ pub fn head(conn: &Connection, sub_id: i64, entity_id: i64, from: i64) -> rusqli
          FROM deliveries d INDEXED BY deliveries_by_entity
          JOIN events e ON e.seq = d.event_seq
          JOIN entities n ON n.id = d.entity_id
-         WHERE d.sub_id = ?1 AND d.entity_id = ?2 AND d.entity_seq >= ?3 AND d.state <> 1
+         WHERE d.sub_id = ?1 AND d.entity_id = ?2 AND d.entity_seq >= ?3 AND d.state <> ?4
          ORDER BY d.entity_seq LIMIT 1",
     )?
-    .query_row(params![sub_id, entity_id, from], |r| {
+    .query_row(params![sub_id, entity_id, from, DeliveryState::Delivered], |r| {
         Ok(Head {
             state: r.get(0)?,
             attempts: r.get(1)?,
@@ -109,6 +110,9 @@ pub fn open_entities(conn: &Connection, sub_id: i64) -> rusqlite::Result<Vec<Ope
     // column needed (no table lookups): pending rows in `event_seq` order,
     // then parked ones. An entity's lowest `seq` is its first undelivered
     // event, since `seq` and `entity_seq` grow together within an entity.
+    // `state <> 1` (not delivered) is a literal, not a bound
+    // `DeliveryState::Delivered`: only the very text of the index's `WHERE`
+    // lets SQLite use the partial index (`INDEXED BY` fails otherwise).
     let mut stmt = conn.prepare_cached(
         "SELECT entity_id, event_seq, entity_seq FROM deliveries INDEXED BY deliveries_waiting
          WHERE sub_id = ?1 AND state <> 1",
@@ -174,7 +178,7 @@ pub struct SubscriptionStatus {
     /// Its name.
     pub name: String,
     /// online, offline, stopped (agent not running) or unconfigured.
-    pub state: String,
+    pub state: SubscriptionState,
     /// Deliveries waiting (not parked).
     pub pending: i64,
     /// Requests in flight at the last update.
@@ -227,18 +231,18 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
     let now = now_ms();
     let mut out = Vec::with_capacity(rows.len());
     for (id, mut s) in rows {
-        let count = |state: i64| {
+        let count = |state: DeliveryState| {
             conn.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE sub_id = ?1 AND state = ?2")?
                 .query_row(params![id, state], |r| r.get::<_, i64>(0))
         };
-        s.pending = count(PENDING)?;
-        s.parked = count(PARKED)?;
+        s.pending = count(DeliveryState::Pending)?;
+        s.parked = count(DeliveryState::Parked)?;
         let oldest: Option<i64> = conn
             .prepare_cached(
                 "SELECT e.ingested_at FROM deliveries d JOIN events e ON e.seq = d.event_seq
                  WHERE d.sub_id = ?1 AND d.state = ?2 ORDER BY d.event_seq LIMIT 1",
             )?
-            .query_row(params![id, PENDING], |r| r.get(0))
+            .query_row(params![id, DeliveryState::Pending], |r| r.get(0))
             .optional()?;
         s.oldest_pending_age_s = oldest.map(|t| ((now - t) / 1000).max(0));
         out.push(s);
@@ -282,8 +286,8 @@ pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
 /// Filters of `events`.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
-    /// Only this state (0 pending, 1 delivered, 2 parked).
-    pub state: Option<i64>,
+    /// Only this state.
+    pub state: Option<DeliveryState>,
     /// Only this subscription.
     pub subscription: Option<String>,
     /// Only this entity.
@@ -309,7 +313,7 @@ pub struct DeliveryRow {
     /// The subscription.
     pub subscription: String,
     /// pending, delivered or parked.
-    pub state: &'static str,
+    pub state: DeliveryState,
     /// Attempts so far.
     pub attempts: i64,
     /// When the event was stored.
@@ -318,15 +322,6 @@ pub struct DeliveryRow {
     pub delivered_at: Option<String>,
     /// Last failure.
     pub last_error: Option<String>,
-}
-
-/// The name of a delivery state.
-pub fn state_name(state: i64) -> &'static str {
-    match state {
-        0 => "pending",
-        1 => "delivered",
-        _ => "parked",
-    }
 }
 
 /// Deliveries matching `f`, oldest event first.
@@ -349,7 +344,7 @@ pub fn list_deliveries(conn: &Connection, f: &DeliveryFilter) -> rusqlite::Resul
             entity: r.get(2)?,
             entity_seq: r.get(3)?,
             subscription: r.get(4)?,
-            state: state_name(r.get(5)?),
+            state: r.get(5)?,
             attempts: r.get(6)?,
             ingested_at: ms_to_rfc3339(r.get(7)?),
             delivered_at: r.get::<_, Option<i64>>(8)?.map(ms_to_rfc3339),
@@ -378,7 +373,7 @@ pub struct EventDelivery {
     /// The subscription.
     pub subscription: String,
     /// pending, delivered or parked.
-    pub state: &'static str,
+    pub state: DeliveryState,
     /// Every attempt, oldest first.
     pub attempts: Vec<AttemptRow>,
 }
@@ -450,7 +445,7 @@ pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Optio
         "SELECT d.sub_id, s.name, d.state FROM deliveries d JOIN subscriptions s ON s.id = d.sub_id
          WHERE d.event_seq = ?1 ORDER BY s.name",
     )?;
-    let rows: Vec<(i64, String, i64)> = subs
+    let rows: Vec<(i64, String, DeliveryState)> = subs
         .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut attempts = conn.prepare(
@@ -469,7 +464,7 @@ pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Optio
             .collect::<rusqlite::Result<_>>()?;
         detail.deliveries.push(EventDelivery {
             subscription: name,
-            state: state_name(state),
+            state,
             attempts: list,
         });
     }

@@ -7,7 +7,7 @@
 
 use rusqlite::{params, Connection};
 
-use super::PARKED;
+use super::state::DeliveryState;
 
 /// What to queue again.
 #[derive(Debug, Clone, Default)]
@@ -71,7 +71,7 @@ pub fn resend(conn: &mut Connection, req: &ResendRequest) -> Result<ResendOutcom
                 "{reset} WHERE state = ?1 AND {sub_filter}
                  AND (?3 IS NULL OR event_seq IN (SELECT seq FROM events WHERE ingested_at >= ?3))"
             ),
-            params![PARKED, req.subscription, req.since_ms],
+            params![DeliveryState::Parked, req.subscription, req.since_ms],
         )?;
     }
     for id in &req.event_ids {

@@ -27,7 +27,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, ErrorCode as SqliteCode};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, Inbox, Subscription, DELIVERED, PARKED, PENDING};
+use super::state::DeliveryState::{Delivered, Parked, Pending};
+use super::state::SubscriptionState;
+use super::{now_ms, Inbox, Subscription};
 use crate::event::{ErrorCode, IngestError, NewEvent, Reply};
 
 /// Most requests folded into one transaction.
@@ -90,7 +92,7 @@ enum WriteOp {
     },
     SubState {
         sub_id: i64,
-        state: &'static str,
+        state: SubscriptionState,
         in_flight: i64,
     },
     Rejected(ErrorCode),
@@ -305,7 +307,7 @@ impl Writer {
 
     /// Records a subscription's online/offline state and requests in flight.
     /// Best effort: when the queue is full the caller's next update wins.
-    pub fn set_sub_state(&self, sub_id: i64, state: &'static str, in_flight: i64) -> bool {
+    pub fn set_sub_state(&self, sub_id: i64, state: SubscriptionState, in_flight: i64) -> bool {
         self.tx
             .try_send(WriteOp::SubState {
                 sub_id,
@@ -785,7 +787,7 @@ fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects) -> rusqlit
                         last_status = ?5, last_error = NULL, next_attempt_at = NULL
                  WHERE sub_id = ?1 AND event_seq = ?2 AND resends = ?6",
                 )?
-                .execute(params![o.sub_id, o.event_seq, DELIVERED, o.at_ms, o.status, o.resends])?;
+                .execute(params![o.sub_id, o.event_seq, Delivered, o.at_ms, o.status, o.resends])?;
             if changed == 0 {
                 // Resent while this request was in flight: it goes again.
                 return count_voided_attempt(tx, o);
@@ -796,8 +798,8 @@ fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects) -> rusqlit
         }
         Verdict::Retry { .. } | Verdict::Park => {
             let (state, next) = match o.verdict {
-                Verdict::Retry { next_attempt_at_ms } => (PENDING, Some(next_attempt_at_ms)),
-                _ => (PARKED, None),
+                Verdict::Retry { next_attempt_at_ms } => (Pending, Some(next_attempt_at_ms)),
+                _ => (Parked, None),
             };
             let changed = tx
                 .prepare_cached(
