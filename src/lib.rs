@@ -21,6 +21,7 @@
 //! - [`admin`]: admin HTTP: status page, JSON API, `/metrics`, `/healthz`.
 //! - [`agent`]: wires the parts together and stops them in order.
 //! - [`shutdown`]: the shutdown signal.
+//! - [`timefmt`]: times and durations as people read and write them.
 //! - [`cli`]: one module per subcommand; thin, on top of the above.
 
 pub mod admin;
@@ -37,3 +38,4 @@ pub mod receiver;
 pub mod shutdown;
 pub mod signing;
 pub mod status;
+pub mod timefmt;

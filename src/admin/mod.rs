@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::outbox::state::DeliveryState;
 use crate::outbox::writer::Writer;
 use crate::outbox::{self, read, resend};
+use crate::timefmt;
 
 /// What the handlers share.
 pub struct Admin {
@@ -128,7 +129,9 @@ async fn events(State(admin): State<Arc<Admin>>, Query(q): Query<EventsQuery>) -
     };
     let since_ms = match q.since.as_deref() {
         None => None,
-        Some(t) => Some(crate::cli::parse_since(t).map_err(|e| (StatusCode::BAD_REQUEST, e.message))?),
+        Some(t) => Some(
+            timefmt::parse_since(t, outbox::now_ms()).map_err(|e| (StatusCode::BAD_REQUEST, format!("--since {e}")))?,
+        ),
     };
     let filter = read::DeliveryFilter {
         state,

@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use super::{load_config, CliError, CliResult};
 use crate::outbox::state::DeliveryState;
 use crate::outbox::{self, read};
+use crate::timefmt;
 
 /// Arguments of `events`.
 #[derive(Args, Debug)]
@@ -30,18 +31,10 @@ pub struct EventsArgs {
     pub json: bool,
 }
 
-/// Parses `--since`: an RFC 3339 time or a duration before now.
-pub fn parse_since(text: &str) -> Result<i64, CliError> {
-    if let Ok(d) = crate::config::parse_duration(text) {
-        return Ok(outbox::now_ms() - d.as_millis() as i64);
-    }
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| {
-            CliError::usage(format!(
-                "--since {text:?}: give an RFC 3339 time or a duration like \"2h\""
-            ))
-        })
+/// Parses `--since` (an RFC 3339 time or a duration before now); a bad
+/// value is a usage error.
+pub(super) fn parse_since(text: &str) -> Result<i64, CliError> {
+    timefmt::parse_since(text, outbox::now_ms()).map_err(|e| CliError::usage(format!("--since {e}")))
 }
 
 /// `--state` takes a delivery state's name.

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::now_ms;
 use super::state::{DeliveryState, SubscriptionState};
+use crate::timefmt::ms_to_rfc3339;
 
 /// An event as stored, with what its webhook body needs.
 #[derive(Debug, Clone)]
@@ -136,14 +137,6 @@ pub fn open_entities(conn: &Connection, sub_id: i64) -> rusqlite::Result<Vec<Ope
         .collect();
     out.sort_unstable_by_key(|o| o.first_seq);
     Ok(out)
-}
-
-/// Formats wall-clock ms as RFC 3339 UTC.
-pub fn ms_to_rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 /// Database size figures.
