@@ -18,6 +18,7 @@
 //! - [`signing`]: Standard Webhooks signatures, shared by sender and receiver.
 //! - [`receiver`]: a checking webhook receiver (`receive`, `demo`).
 //! - [`status`]: the status report (CLI, admin API, page).
+//! - [`delivery_report`]: the `events` rows and `show`'s event detail.
 //! - [`admin`]: admin HTTP: status page, JSON API, `/metrics`, `/healthz`.
 //! - [`agent`]: wires the parts together and stops them in order.
 //! - [`shutdown`]: the shutdown signal.
@@ -29,6 +30,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod delivery_report;
 pub mod event;
 pub mod ingest;
 pub mod metrics;

@@ -1,13 +1,15 @@
-//! Read-only queries: what the schedulers send next, and what `status` shows.
+//! Read-only queries: what the schedulers send next, and the figures and
+//! rows of the reports (`status`, `events`, `show`, metrics).
 //!
 //! Everything here runs on its own read connection; WAL lets it read while the
 //! writer commits.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
 use super::now_ms;
-use super::state::{DeliveryState, SubscriptionState};
+use super::state::DeliveryState;
+use crate::delivery_report::{AttemptRow, DeliveryRow, EventDelivery, EventDetail};
+use crate::status::{IngestCounters, SubscriptionStatus};
 use crate::timefmt::ms_to_rfc3339;
 
 /// An event as stored, with what its webhook body needs.
@@ -139,61 +141,6 @@ pub fn open_entities(conn: &Connection, sub_id: i64) -> rusqlite::Result<Vec<Ope
     Ok(out)
 }
 
-/// Database size figures.
-#[derive(Debug, Clone, Serialize)]
-pub struct DbStatus {
-    /// The database file.
-    pub path: String,
-    /// Bytes in use by the database (main file, live pages).
-    pub bytes: u64,
-    /// `storage.max_db_bytes`.
-    pub max_bytes: u64,
-    /// At the cap, or the disk is full: new events are refused with `storage_full`.
-    pub full: bool,
-    /// The filesystem holding the database has less than 1 MiB free.
-    pub disk_full: bool,
-}
-
-/// Ingest counters since the database was created.
-#[derive(Debug, Clone, Serialize)]
-pub struct IngestCounters {
-    /// Events stored.
-    pub accepted_total: i64,
-    /// Events acknowledged again as duplicates.
-    pub duplicate_total: i64,
-    /// Events refused.
-    pub rejected_total: i64,
-}
-
-/// One subscription in `status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SubscriptionStatus {
-    /// Its name.
-    pub name: String,
-    /// online, offline, stopped (agent not running) or unconfigured.
-    pub state: SubscriptionState,
-    /// Deliveries waiting (not parked).
-    pub pending: i64,
-    /// Requests in flight at the last update.
-    pub in_flight: i64,
-    /// Deliveries parked after `give_up_after`.
-    pub parked: i64,
-    /// Age of the oldest pending event, seconds.
-    pub oldest_pending_age_s: Option<i64>,
-    /// Deliveries that got a 2xx.
-    pub delivered_total: i64,
-    /// Time of the last 2xx.
-    pub last_success_at: Option<String>,
-    /// The last failure's message.
-    pub last_error: Option<String>,
-    /// Time of the last failure.
-    pub last_error_at: Option<String>,
-    /// Whether it is in the current config.
-    pub configured: bool,
-    /// Endpoint, as last configured.
-    pub url: Option<String>,
-}
-
 /// Per-subscription figures straight from the database.
 pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStatus>> {
     let mut stmt = conn.prepare(
@@ -291,32 +238,6 @@ pub struct DeliveryFilter {
     pub limit: i64,
 }
 
-/// One delivery, as `events` lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryRow {
-    /// The event's id.
-    pub event_id: String,
-    /// Its type.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// Its entity.
-    pub entity: String,
-    /// Its position in the entity.
-    pub entity_seq: i64,
-    /// The subscription.
-    pub subscription: String,
-    /// pending, delivered or parked.
-    pub state: DeliveryState,
-    /// Attempts so far.
-    pub attempts: i64,
-    /// When the event was stored.
-    pub ingested_at: String,
-    /// When it got its 2xx.
-    pub delivered_at: Option<String>,
-    /// Last failure.
-    pub last_error: Option<String>,
-}
-
 /// Deliveries matching `f`, oldest event first.
 pub fn list_deliveries(conn: &Connection, f: &DeliveryFilter) -> rusqlite::Result<Vec<DeliveryRow>> {
     let mut stmt = conn.prepare(
@@ -345,58 +266,6 @@ pub fn list_deliveries(conn: &Connection, f: &DeliveryFilter) -> rusqlite::Resul
         })
     })?;
     rows.collect()
-}
-
-/// One delivery attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRow {
-    /// When.
-    pub at: String,
-    /// HTTP status, if an answer came.
-    pub status: Option<i64>,
-    /// Failure, if any.
-    pub error: Option<String>,
-    /// How long it took, ms.
-    pub duration_ms: i64,
-}
-
-/// One subscription's view of an event.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventDelivery {
-    /// The subscription.
-    pub subscription: String,
-    /// pending, delivered or parked.
-    pub state: DeliveryState,
-    /// Every attempt, oldest first.
-    pub attempts: Vec<AttemptRow>,
-}
-
-/// An event with its deliveries, for `show`.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventDetail {
-    /// The event's id.
-    pub event_id: String,
-    /// Its type.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// Its entity.
-    pub entity: String,
-    /// Its position in the entity.
-    pub entity_seq: i64,
-    /// When it happened.
-    pub occurred_at: String,
-    /// When it was stored.
-    pub ingested_at: String,
-    /// Correlation id.
-    pub correlation_id: Option<String>,
-    /// Test flag.
-    pub is_test: bool,
-    /// Attributes.
-    pub attributes: serde_json::Value,
-    /// The payload.
-    pub payload: serde_json::Value,
-    /// Per subscription.
-    pub deliveries: Vec<EventDelivery>,
 }
 
 /// An event and every attempt to deliver it.
