@@ -209,6 +209,17 @@ pub struct Subscription {
     pub inbox: Arc<Inbox>,
 }
 
+/// Records in `meta` that an agent of `version` started at `started_at_ms`
+/// (wall clock): `status` shows the uptime from it.
+pub fn record_start(conn: &Connection, started_at_ms: i64, version: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('started_at', ?1), ('version', ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![started_at_ms.to_string(), version],
+    )?;
+    Ok(())
+}
+
 /// Records the configured subscriptions: new ones get the retained events
 /// that match their filter (oldest first, by creating their delivery rows),
 /// ones no longer configured keep their rows but are marked so.

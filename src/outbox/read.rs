@@ -216,6 +216,13 @@ pub fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     .map(|b| b.max(0) as u64)
 }
 
+/// Deliveries not yet delivered (pending or parked), every subscription.
+pub fn backlog(conn: &Connection) -> rusqlite::Result<i64> {
+    // `state <> 1` (not delivered) is a literal, the text of the partial
+    // index's `WHERE`, so the count reads `deliveries_waiting` only.
+    conn.query_row("SELECT COUNT(*) FROM deliveries WHERE state <> 1", [], |r| r.get(0))
+}
+
 /// A value from the `meta` table.
 pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
