@@ -216,6 +216,23 @@ pub fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     .map(|b| b.max(0) as u64)
 }
 
+/// Starts a read transaction on `conn`: every query until [`end_snapshot`]
+/// sees the same commit. A transaction left open (a round that failed
+/// half-way) is ended first.
+pub fn begin_snapshot(conn: &Connection) -> rusqlite::Result<()> {
+    if !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK")?;
+    }
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    Ok(())
+}
+
+/// Ends the read transaction of [`begin_snapshot`].
+pub fn end_snapshot(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("COMMIT")?.execute([])?;
+    Ok(())
+}
+
 /// Deliveries not yet delivered (pending or parked), every subscription.
 pub fn backlog(conn: &Connection) -> rusqlite::Result<i64> {
     // `state <> 1` (not delivered) is a literal, the text of the partial
@@ -347,4 +364,28 @@ pub fn rejected_by_code(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_sees_one_commit_until_it_ends() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("outbox.db");
+        let writer = crate::outbox::open_writer(&path).expect("writer");
+        let reader = crate::outbox::open_reader(&path).expect("reader");
+        let started = |conn: &Connection| meta(conn, "started_at").expect("read");
+        begin_snapshot(&reader).expect("begin");
+        assert_eq!(started(&reader), None);
+        crate::outbox::record_start(&writer, 42, "test").expect("write");
+        assert_eq!(started(&reader), None, "a commit after the snapshot began is not seen");
+        // A second begin ends the first snapshot rather than failing.
+        begin_snapshot(&reader).expect("begin again");
+        assert_eq!(started(&reader).as_deref(), Some("42"));
+        end_snapshot(&reader).expect("end");
+        assert!(reader.is_autocommit());
+        assert_eq!(backlog(&reader).expect("backlog"), 0);
+    }
 }
