@@ -37,6 +37,7 @@ pub struct AttemptLabels {
 /// `code` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
+    /// The error code of a refused event.
     code: String,
 }
 
@@ -54,8 +55,11 @@ fn latency_buckets() -> Histogram {
 /// What only the running agent knows.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Delivery attempts by subscription and result.
     attempts: Family<AttemptLabels, Counter>,
+    /// Duration of one webhook request, per subscription.
     request_seconds: HistogramFamily<SubLabel>,
+    /// Time from ingest to the endpoint's 2xx, per subscription.
     latency_seconds: HistogramFamily<SubLabel>,
 }
 

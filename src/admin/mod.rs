@@ -112,10 +112,15 @@ async fn status(State(admin): State<Arc<Admin>>) -> Result<Json<crate::status::S
 /// Query of `GET /v1/events`, as the CLI's flags.
 #[derive(Deserialize, Default)]
 struct EventsQuery {
+    /// A delivery state's name (`--state`).
     state: Option<String>,
+    /// Only this subscription.
     subscription: Option<String>,
+    /// Only this entity.
     entity: Option<String>,
+    /// An RFC 3339 time or a duration ago (`--since`).
     since: Option<String>,
+    /// At most this many rows (default 100, at most 10 000).
     limit: Option<i64>,
 }
 
@@ -250,7 +255,9 @@ async fn page_resend(State(admin): State<Arc<Admin>>, Form(form): Form<ResendFor
 /// Query of the page.
 #[derive(Deserialize, Default)]
 struct PageQuery {
+    /// Result of the last action, shown at the top.
     msg: Option<String>,
+    /// Present: the page does not reload itself (to use the resend form).
     pause: Option<String>,
 }
 

@@ -171,6 +171,7 @@ pub fn open_reader(path: &Path) -> Result<Connection, OpenError> {
 pub struct Inbox {
     /// entity id -> the lowest new event, as (`seq`, `entity_seq`).
     dirty: Mutex<HashMap<i64, (i64, i64)>>,
+    /// Wakes the scheduler after a push.
     notify: Notify,
 }
 
