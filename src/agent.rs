@@ -12,14 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 
 use crate::admin;
 use crate::config::Config;
+use crate::deliver::destination::Destination;
 use crate::deliver::scheduler::Scheduler;
 use crate::deliver::webhook::{Source, Webhook};
 use crate::ingest;
 use crate::metrics::Metrics;
+use crate::notify::Heartbeat;
 use crate::outbox::{self, writer::Writer};
 use crate::shutdown::Shutdown;
 
@@ -73,7 +77,42 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
 /// How often a start blocked by a full disk tries again.
 const DISK_FULL_RETRY: Duration = Duration::from_secs(10);
 
-/// Opens the outbox for writing and records the configured subscriptions.
+/// Runs the agent until `shutdown` fires. `started` is told once every
+/// listener is bound and the schedulers are running.
+pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Sender<Started>>) -> anyhow::Result<()> {
+    let lock = lock_data_dir(&config.agent.data_dir)?;
+    let db_path = config.db_path();
+    let Some((conn, subs)) = open_storage_once_disk_has_space(&config, &db_path, &shutdown).await? else {
+        return Ok(());
+    };
+    let destinations = build_destinations(&config, &subs)?;
+    let storage_full = Arc::new(tokio::sync::Notify::new());
+    let (writer, writer_thread) = Writer::start(conn, &subs, config.storage.max_db_bytes, storage_full.clone());
+    let listeners = Listeners::bind(&config).await?;
+    let wiring = Wiring {
+        config,
+        db_path,
+        writer,
+        metrics: Metrics::default(),
+        shutdown,
+    };
+    let tasks = wiring.spawn_tasks(listeners, &subs, destinations, storage_full)?;
+    log_started(&wiring.config, &wiring.db_path, subs.len());
+    if let Some(tx) = started {
+        let _ = tx.send(Started {
+            socket: wiring.config.ingest.socket.clone(),
+            db_path: wiring.db_path.clone(),
+        });
+    }
+    crate::notify::ready(&crate::notify::status_line(&wiring.db_path));
+    wiring.wait_and_stop(tasks, writer_thread).await?;
+    drop(lock);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the outbox for writing, records the configured subscriptions and
+/// the start in `meta`.
 fn open_storage(config: &Config, db_path: &Path) -> anyhow::Result<(rusqlite::Connection, Vec<outbox::Subscription>)> {
     let mut conn = outbox::open_writer(db_path)?;
     let write_failed = |what: &str, e: rusqlite::Error| {
@@ -85,28 +124,32 @@ fn open_storage(config: &Config, db_path: &Path) -> anyhow::Result<(rusqlite::Co
     };
     let subs = outbox::register_subscriptions(&mut conn, &config.subscriptions)
         .map_err(|e| write_failed("cannot record the subscriptions", e))?;
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES ('started_at', ?1), ('version', ?2)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        rusqlite::params![outbox::now_ms().to_string(), env!("CARGO_PKG_VERSION")],
-    )
-    .map_err(|e| write_failed("cannot write", e))?;
+    outbox::record_start(&conn, outbox::now_ms(), env!("CARGO_PKG_VERSION"))
+        .map_err(|e| write_failed("cannot write", e))?;
     Ok((conn, subs))
 }
 
-/// Runs the agent until `shutdown` fires. `started` is told once every
-/// listener is bound and the schedulers are running.
-pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Sender<Started>>) -> anyhow::Result<()> {
-    let lock = lock_data_dir(&config.agent.data_dir)?;
-    let db_path = config.db_path();
-    // A disk that filled while the agent was stopped: wait for space rather
-    // than exit, so systemd's start limit does not leave the service down
-    // once space is back. Anything else wrong with the file is an error.
+/// [`open_storage`], waiting while the disk is full; `None` if `shutdown`
+/// fired meanwhile.
+///
+/// A disk that filled while the agent was stopped: wait for space rather
+/// than exit, so systemd's start limit does not leave the service down once
+/// space is back. Anything else wrong with the file is an error.
+async fn open_storage_once_disk_has_space(
+    config: &Config,
+    db_path: &Path,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<(rusqlite::Connection, Vec<outbox::Subscription>)>> {
     let mut waited = false;
-    let (conn, subs) = loop {
-        match open_storage(&config, &db_path) {
-            Ok(opened) => break opened,
-            Err(e) if outbox::disk_full(&db_path) => {
+    loop {
+        match open_storage(config, db_path) {
+            Ok(opened) => {
+                if waited {
+                    tracing::info!("disk space is back: starting");
+                }
+                return Ok(Some(opened));
+            }
+            Err(e) if outbox::disk_full(db_path) => {
                 if !waited {
                     tracing::error!(error = %e, "the disk holding the outbox is full: waiting for free space before starting");
                     waited = true;
@@ -115,139 +158,253 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
                 let mut stop = shutdown.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(DISK_FULL_RETRY) => {}
-                    _ = stop.wait() => return Ok(()),
+                    _ = stop.wait() => return Ok(None),
                 }
             }
             Err(e) => return Err(e),
         }
-    };
-    if waited {
-        tracing::info!("disk space is back: starting");
     }
+}
 
+/// A subscription's destination, of the kind its URL names. A new kind of
+/// destination is one more variant here, built in [`build_destinations`]
+/// and started in [`Wiring::spawn_schedulers`]; the scheduler is the same
+/// for all (`deliver::destination`).
+enum Built {
+    /// `http://` and `https://`: signed webhooks.
+    Webhook(Arc<Webhook>),
+}
+
+/// One destination per subscription, in the same order.
+fn build_destinations(config: &Config, subs: &[outbox::Subscription]) -> anyhow::Result<Vec<Built>> {
     let source = Source {
         store_id: config.agent.store_id.clone(),
         agent_id: config.agent.agent_id.clone(),
     };
-    let mut endpoints = Vec::new();
-    for sub in &subs {
-        let endpoint = Webhook::new(sub.config.clone(), source.clone())
-            .map_err(|e| anyhow!("subscription {:?}: {e}", sub.config.name))?;
-        endpoints.push(Arc::new(endpoint));
-    }
+    subs.iter()
+        .map(|sub| {
+            Webhook::new(sub.config.clone(), source.clone())
+                .map(|webhook| Built::Webhook(Arc::new(webhook)))
+                .map_err(|e| anyhow!("subscription {:?}: {e}", sub.config.name))
+        })
+        .collect()
+}
 
-    let storage_full = Arc::new(tokio::sync::Notify::new());
-    let (writer, writer_thread) = Writer::start(conn, &subs, config.storage.max_db_bytes, storage_full.clone());
-    let listener = ingest::socket::bind(&config.ingest.socket)
-        .await
-        .map_err(|e| anyhow!(e))?;
-    let http_listener = match config.ingest.http_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow!("ingest.http_listen {addr}: cannot listen: {e}"))?;
-            if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "HTTP ingest listens beyond loopback (ingest.http_allow_remote): anyone who reaches it can add events");
+/// Every socket the agent listens on, bound before any task starts, and the
+/// admin token that guards one of them.
+struct Listeners {
+    /// The ingest Unix socket (`ingest.socket`).
+    socket: UnixListener,
+    /// HTTP ingest (`ingest.http_listen`), if configured.
+    http: Option<TcpListener>,
+    /// Admin HTTP (`admin.listen`), if configured.
+    admin: Option<TcpListener>,
+    /// SHA-256 of `admin.token_file`'s token; `None`: mutations are off.
+    admin_token_digest: Option<[u8; 32]>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let socket = ingest::socket::bind(&config.ingest.socket)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        let http = match config.ingest.http_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow!("ingest.http_listen {addr}: cannot listen: {e}"))?;
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "HTTP ingest listens beyond loopback (ingest.http_allow_remote): anyone who reaches it can add events");
+                }
+                Some(l)
             }
-            Some(l)
-        }
-        None => None,
-    };
-    let token_digest = match &config.admin.token_file {
-        Some(path) => Some(admin::load_token(path).map_err(|e| anyhow!(e))?),
-        None => None,
-    };
-    let admin_listener = match config.admin.listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow!("admin.listen {addr}: cannot listen: {e}"))?,
-        ),
-        None => None,
-    };
-    let metrics = Metrics::default();
-    let spool_dirs = ingest::spool::SpoolDirs::new(&config.ingest.spool_dir);
-    spool_dirs.create().map_err(|e| anyhow!(e))?;
-
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(ingest::socket::serve(
-        listener,
-        config.ingest.socket.clone(),
-        writer.clone(),
-        config.ingest.max_event_bytes,
-        shutdown.clone(),
-    ));
-    if let Some(l) = http_listener {
-        let state = Arc::new(ingest::http::HttpIngest {
-            writer: writer.clone(),
-            max_event_bytes: config.ingest.max_event_bytes,
-            max_request_bytes: config.ingest.max_request_bytes,
-            shutdown: shutdown.clone(),
-        });
-        tasks.spawn(ingest::http::serve(l, state));
+            None => None,
+        };
+        let admin_token_digest = match &config.admin.token_file {
+            Some(path) => Some(admin::load_token(path).map_err(|e| anyhow!(e))?),
+            None => None,
+        };
+        let admin = match config.admin.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow!("admin.listen {addr}: cannot listen: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            socket,
+            http,
+            admin,
+            admin_token_digest,
+        })
     }
-    tasks.spawn(
-        ingest::spool::Spool {
-            dirs: spool_dirs,
-            writer: writer.clone(),
-            max_event_bytes: config.ingest.max_event_bytes,
-            shutdown: shutdown.clone(),
+}
+
+/// What the agent's tasks are built from once storage and listeners are up.
+struct Wiring {
+    /// The configuration.
+    config: Config,
+    /// The database file.
+    db_path: PathBuf,
+    /// The single writer; dropped last, after every task stopped.
+    writer: Writer,
+    /// In-memory delivery metrics: schedulers record, admin renders.
+    metrics: Metrics,
+    /// The stop signal.
+    shutdown: Shutdown,
+}
+
+impl Wiring {
+    /// Starts every task: the ways in, retention, one scheduler per
+    /// subscription, the systemd supervisor and admin HTTP.
+    fn spawn_tasks(
+        &self,
+        listeners: Listeners,
+        subs: &[outbox::Subscription],
+        destinations: Vec<Built>,
+        storage_full: Arc<tokio::sync::Notify>,
+    ) -> anyhow::Result<JoinSet<()>> {
+        let mut tasks = JoinSet::new();
+        self.spawn_ingest(&mut tasks, listeners.socket, listeners.http)?;
+        tasks.spawn(
+            outbox::retention::Retention {
+                writer: self.writer.clone(),
+                db_path: self.db_path.clone(),
+                retain: self.config.storage.retain_delivered,
+                max_db_bytes: self.config.storage.max_db_bytes,
+                wake: storage_full,
+                shutdown: self.shutdown.clone(),
+            }
+            .run(),
+        );
+        let heartbeats = self.spawn_schedulers(&mut tasks, subs, destinations)?;
+        tasks.spawn(
+            crate::notify::Supervisor {
+                writer: self.writer.clone(),
+                heartbeats,
+                db_path: self.db_path.clone(),
+                shutdown: self.shutdown.clone(),
+            }
+            .run(),
+        );
+        if let Some(l) = listeners.admin {
+            let admin = Arc::new(admin::Admin {
+                config: Arc::new(self.config.clone()),
+                metrics: self.metrics.clone(),
+                writer: self.writer.clone(),
+                token_digest: listeners.admin_token_digest,
+            });
+            tasks.spawn(admin::serve(l, admin, self.shutdown.clone()));
         }
-        .run(),
-    );
-    tasks.spawn(
-        outbox::retention::Retention {
-            writer: writer.clone(),
-            db_path: db_path.clone(),
-            retain: config.storage.retain_delivered,
-            max_db_bytes: config.storage.max_db_bytes,
-            wake: storage_full,
-            shutdown: shutdown.clone(),
+        Ok(tasks)
+    }
+
+    /// The Unix socket, HTTP ingest if bound, and the spool directory.
+    fn spawn_ingest(
+        &self,
+        tasks: &mut JoinSet<()>,
+        socket: UnixListener,
+        http: Option<TcpListener>,
+    ) -> anyhow::Result<()> {
+        let ingest = &self.config.ingest;
+        let spool_dirs = ingest::spool::SpoolDirs::new(&ingest.spool_dir);
+        spool_dirs.create().map_err(|e| anyhow!(e))?;
+        tasks.spawn(ingest::socket::serve(
+            socket,
+            ingest.socket.clone(),
+            self.writer.clone(),
+            ingest.max_event_bytes,
+            self.shutdown.clone(),
+        ));
+        if let Some(l) = http {
+            let state = Arc::new(ingest::http::HttpIngest {
+                writer: self.writer.clone(),
+                max_event_bytes: ingest.max_event_bytes,
+                max_request_bytes: ingest.max_request_bytes,
+                shutdown: self.shutdown.clone(),
+            });
+            tasks.spawn(ingest::http::serve(l, state));
         }
-        .run(),
-    );
-    let mut heartbeats = Vec::new();
-    for (sub, endpoint) in subs.iter().zip(endpoints) {
-        let reader = outbox::open_reader(&db_path)?;
+        tasks.spawn(
+            ingest::spool::Spool {
+                dirs: spool_dirs,
+                writer: self.writer.clone(),
+                max_event_bytes: ingest.max_event_bytes,
+                shutdown: self.shutdown.clone(),
+            }
+            .run(),
+        );
+        Ok(())
+    }
+
+    /// One scheduler per subscription, each on its own read connection;
+    /// returns their heartbeats for the watchdog.
+    fn spawn_schedulers(
+        &self,
+        tasks: &mut JoinSet<()>,
+        subs: &[outbox::Subscription],
+        destinations: Vec<Built>,
+    ) -> anyhow::Result<Vec<(String, Heartbeat)>> {
+        let mut heartbeats = Vec::with_capacity(subs.len());
+        for (sub, destination) in subs.iter().zip(destinations) {
+            let beat = match destination {
+                Built::Webhook(webhook) => self.spawn_scheduler(tasks, sub, webhook)?,
+            };
+            heartbeats.push((sub.config.name.clone(), beat));
+        }
+        Ok(heartbeats)
+    }
+
+    /// Starts the scheduler of one subscription on its own read connection.
+    fn spawn_scheduler<D: Destination>(
+        &self,
+        tasks: &mut JoinSet<()>,
+        sub: &outbox::Subscription,
+        destination: Arc<D>,
+    ) -> anyhow::Result<Heartbeat> {
+        let reader = outbox::open_reader(&self.db_path)?;
         let scheduler = Scheduler::new(
             sub.clone(),
-            endpoint,
-            writer.clone(),
+            destination,
+            self.writer.clone(),
             reader,
-            shutdown.clone(),
+            self.shutdown.clone(),
             SHUTDOWN_GRACE,
-            metrics.clone(),
+            self.metrics.clone(),
         );
-        heartbeats.push((sub.config.name.clone(), scheduler.heartbeat()));
+        let beat = scheduler.heartbeat();
         tasks.spawn(scheduler.run());
-    }
-    tasks.spawn(
-        crate::notify::Supervisor {
-            writer: writer.clone(),
-            heartbeats,
-            db_path: db_path.clone(),
-            shutdown: shutdown.clone(),
-        }
-        .run(),
-    );
-    if let Some(l) = admin_listener {
-        let admin = Arc::new(admin::Admin {
-            config: Arc::new(config.clone()),
-            metrics: metrics.clone(),
-            writer: writer.clone(),
-            token_digest,
-        });
-        tasks.spawn(admin::serve(l, admin, shutdown.clone()));
+        Ok(beat)
     }
 
-    let backlog = outbox::open_reader(&db_path)
-        .ok()
-        .and_then(|c| {
-            c.query_row("SELECT COUNT(*) FROM deliveries WHERE state <> 1", [], |r| {
-                r.get::<_, i64>(0)
-            })
+    /// Waits for the stop signal, then stops in order: every task (ingest
+    /// first refuses new events, requests in flight get their grace), then
+    /// the writer thread drains its queue and exits.
+    async fn wait_and_stop(
+        self,
+        mut tasks: JoinSet<()>,
+        writer_thread: std::thread::JoinHandle<()>,
+    ) -> anyhow::Result<()> {
+        let mut stop = self.shutdown.clone();
+        stop.wait().await;
+        crate::notify::stopping();
+        tracing::info!("stopping: no new events taken, finishing commits and requests in flight");
+        while tasks.join_next().await.is_some() {}
+        drop(self);
+        tokio::task::spawn_blocking(move || writer_thread.join())
+            .await
             .ok()
-        })
+            .and_then(Result::ok)
+            .ok_or_else(|| anyhow!("the outbox writer thread failed"))
+    }
+}
+
+/// The start-up log line, with the backlog waiting in the database.
+fn log_started(config: &Config, db_path: &Path, subscriptions: usize) {
+    let backlog = outbox::open_reader(db_path)
+        .ok()
+        .and_then(|c| outbox::read::backlog(&c).ok())
         .unwrap_or(0);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -258,33 +415,11 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         http = %config.ingest.http_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         spool = %config.ingest.spool_dir.display(),
         admin = %config.admin.listen.map(|a| format!("http://{a}/")).unwrap_or_else(|| "off".into()),
-        subscriptions = subs.len(),
+        subscriptions,
         backlog,
         "store-outbox started"
     );
-    if subs.is_empty() {
+    if subscriptions == 0 {
         tracing::warn!("no [[subscription]] configured: events are stored and wait for one");
     }
-    if let Some(tx) = started {
-        let _ = tx.send(Started {
-            socket: config.ingest.socket.clone(),
-            db_path: db_path.clone(),
-        });
-    }
-
-    crate::notify::ready(&crate::notify::status_line(&db_path));
-    let mut stop = shutdown.clone();
-    stop.wait().await;
-    crate::notify::stopping();
-    tracing::info!("stopping: no new events taken, finishing commits and requests in flight");
-    while tasks.join_next().await.is_some() {}
-    drop(writer);
-    tokio::task::spawn_blocking(move || writer_thread.join())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| anyhow!("the outbox writer thread failed"))?;
-    drop(lock);
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -18,9 +18,11 @@
 //! - [`signing`]: Standard Webhooks signatures, shared by sender and receiver.
 //! - [`receiver`]: a checking webhook receiver (`receive`, `demo`).
 //! - [`status`]: the status report (CLI, admin API, page).
+//! - [`delivery_report`]: the `events` rows and `show`'s event detail.
 //! - [`admin`]: admin HTTP: status page, JSON API, `/metrics`, `/healthz`.
 //! - [`agent`]: wires the parts together and stops them in order.
 //! - [`shutdown`]: the shutdown signal.
+//! - [`timefmt`]: times and durations as people read and write them.
 //! - [`cli`]: one module per subcommand; thin, on top of the above.
 
 pub mod admin;
@@ -28,6 +30,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod delivery_report;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
@@ -37,3 +40,4 @@ pub mod receiver;
 pub mod shutdown;
 pub mod signing;
 pub mod status;
+pub mod timefmt;

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use rusqlite::Connection;
 
 use crate::outbox::read;
+use crate::outbox::state::SubscriptionState;
 
 /// `subscription` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +37,7 @@ pub struct AttemptLabels {
 /// `code` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
+    /// The error code of a refused event.
     code: String,
 }
 
@@ -53,8 +55,11 @@ fn latency_buckets() -> Histogram {
 /// What only the running agent knows.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Delivery attempts by subscription and result.
     attempts: Family<AttemptLabels, Counter>,
+    /// Duration of one webhook request, per subscription.
     request_seconds: HistogramFamily<SubLabel>,
+    /// Time from ingest to the endpoint's 2xx, per subscription.
     latency_seconds: HistogramFamily<SubLabel>,
 }
 
@@ -127,7 +132,8 @@ impl Metrics {
             pending.get_or_create(&label).set(s.pending);
             parked.get_or_create(&label).set(s.parked);
             in_flight.get_or_create(&label).set(s.in_flight);
-            up.get_or_create(&label).set(i64::from(s.state == "online"));
+            up.get_or_create(&label)
+                .set(i64::from(s.state == SubscriptionState::Online));
             oldest.get_or_create(&label).set(s.oldest_pending_age_s.unwrap_or(0));
             delivered.get_or_create(&label).inc_by(s.delivered_total.max(0) as u64);
         }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
+use tokio::time::Instant;
 
+use crate::outbox::state::SubscriptionState;
 use crate::outbox::writer::Writer;
 use crate::shutdown::Shutdown;
 
@@ -19,17 +21,53 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// A scheduler whose loop has not turned for this long is stuck.
 const SCHEDULER_STALE_MS: i64 = 30_000;
 
-/// A loop's "I am alive" stamp (monotonic-ish wall clock ms of its last turn).
-#[derive(Clone, Default)]
-pub struct Heartbeat(Arc<AtomicI64>);
+/// A loop's "I am alive" stamp: when it last turned, on the monotonic clock
+/// (ARCHITECTURE invariant 9). A wall-clock step (NTP, a person fixing the
+/// time) must neither hide a stuck loop nor make a live one look stuck, which
+/// would skip a watchdog ping and get the agent killed.
+#[derive(Clone)]
+pub struct Heartbeat(Arc<Stamp>);
+
+/// The shared state of a [`Heartbeat`].
+struct Stamp {
+    /// What the stamps count from: when the heartbeat was made.
+    base: Instant,
+    /// Milliseconds after `base` of the last beat; [`NEVER`] before the first.
+    last_ms: AtomicI64,
+}
+
+/// `Stamp::last_ms` of a loop that never turned.
+const NEVER: i64 = i64::MIN;
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat(Arc::new(Stamp {
+            base: Instant::now(),
+            last_ms: AtomicI64::new(NEVER),
+        }))
+    }
+}
 
 impl Heartbeat {
     /// Marks the loop as alive now.
     pub fn beat(&self) {
-        self.0.store(crate::outbox::now_ms(), Ordering::Relaxed);
+        self.beat_at(Instant::now());
     }
+    fn beat_at(&self, at: Instant) {
+        self.0.last_ms.store(self.ms_after_base(at), Ordering::Relaxed);
+    }
+    /// Milliseconds since the last beat (`i64::MAX` if it never beat).
     fn age_ms(&self) -> i64 {
-        crate::outbox::now_ms() - self.0.load(Ordering::Relaxed)
+        self.age_ms_at(Instant::now())
+    }
+    fn age_ms_at(&self, now: Instant) -> i64 {
+        match self.0.last_ms.load(Ordering::Relaxed) {
+            NEVER => i64::MAX,
+            last => self.ms_after_base(now).saturating_sub(last),
+        }
+    }
+    fn ms_after_base(&self, at: Instant) -> i64 {
+        i64::try_from(at.saturating_duration_since(self.0.base).as_millis()).unwrap_or(i64::MAX)
     }
 }
 
@@ -138,7 +176,7 @@ pub fn status_line(db_path: &std::path::Path) -> String {
     let backlog: i64 = subs.iter().map(|s| s.pending + s.parked).sum();
     let offline: Vec<&str> = subs
         .iter()
-        .filter(|s| s.state == "offline")
+        .filter(|s| s.state == SubscriptionState::Offline)
         .map(|s| s.name.as_str())
         .collect();
     let parked: i64 = subs.iter().map(|s| s.parked).sum();
@@ -150,4 +188,29 @@ pub fn status_line(db_path: &std::path::Path) -> String {
         line += &format!(", offline: {}", offline.join(", "));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_ages_on_the_monotonic_clock() {
+        let beat = Heartbeat::default();
+        assert!(
+            beat.age_ms() > SCHEDULER_STALE_MS,
+            "a loop that never turned counts as stuck"
+        );
+        let t0 = Instant::now();
+        beat.beat_at(t0);
+        // The age is monotonic time since the beat: what the wall clock does
+        // meanwhile (an NTP step of minutes) neither hides a stuck loop nor
+        // makes a live one look stuck and skip a watchdog ping.
+        assert_eq!(beat.age_ms_at(t0 + Duration::from_secs(10)), 10_000);
+        assert!(beat.age_ms_at(t0 + Duration::from_secs(31)) > SCHEDULER_STALE_MS);
+        beat.beat_at(t0 + Duration::from_secs(40));
+        assert_eq!(beat.age_ms_at(t0 + Duration::from_secs(41)), 1_000);
+        beat.beat();
+        assert!(beat.age_ms() < SCHEDULER_STALE_MS);
+    }
 }

@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 
 use serde::Serialize;
 
+use crate::outbox::state::SubscriptionState;
 use crate::outbox::{self, read};
 
 /// The `status --json` document.
@@ -22,13 +23,68 @@ pub struct StatusReport {
     /// Seconds since the running agent started.
     pub uptime_s: Option<i64>,
     /// Database figures.
-    pub db: read::DbStatus,
+    pub db: DbStatus,
     /// Ingest counters.
-    pub ingest: read::IngestCounters,
+    pub ingest: IngestCounters,
     /// The spool directory.
     pub spool: SpoolStatus,
     /// Per subscription.
-    pub subscriptions: Vec<read::SubscriptionStatus>,
+    pub subscriptions: Vec<SubscriptionStatus>,
+}
+
+/// Database size figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbStatus {
+    /// The database file.
+    pub path: String,
+    /// Bytes in use by the database (main file, live pages).
+    pub bytes: u64,
+    /// `storage.max_db_bytes`.
+    pub max_bytes: u64,
+    /// At the cap, or the disk is full: new events are refused with `storage_full`.
+    pub full: bool,
+    /// The filesystem holding the database has less than 1 MiB free.
+    pub disk_full: bool,
+}
+
+/// Ingest counters since the database was created.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestCounters {
+    /// Events stored.
+    pub accepted_total: i64,
+    /// Events acknowledged again as duplicates.
+    pub duplicate_total: i64,
+    /// Events refused.
+    pub rejected_total: i64,
+}
+
+/// One subscription in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionStatus {
+    /// Its name.
+    pub name: String,
+    /// online, offline, stopped (agent not running) or unconfigured.
+    pub state: SubscriptionState,
+    /// Deliveries waiting (not parked).
+    pub pending: i64,
+    /// Requests in flight at the last update.
+    pub in_flight: i64,
+    /// Deliveries parked after `give_up_after`.
+    pub parked: i64,
+    /// Age of the oldest pending event, seconds.
+    pub oldest_pending_age_s: Option<i64>,
+    /// Deliveries that got a 2xx.
+    pub delivered_total: i64,
+    /// Time of the last 2xx.
+    pub last_success_at: Option<String>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// Time of the last failure.
+    pub last_error_at: Option<String>,
+    /// Whether it is in the current config.
+    pub configured: bool,
+    /// Endpoint, as last configured.
+    pub url: Option<String>,
 }
 
 /// Files in the spool directory.
@@ -59,7 +115,7 @@ pub fn report(config: &crate::config::Config) -> Result<StatusReport, String> {
     let mut subscriptions = read::subscriptions(&conn).map_err(db_err)?;
     if !agent_running {
         for s in subscriptions.iter_mut().filter(|s| s.configured) {
-            s.state = "stopped".into();
+            s.state = SubscriptionState::Stopped;
             s.in_flight = 0;
         }
     }
@@ -72,7 +128,7 @@ pub fn report(config: &crate::config::Config) -> Result<StatusReport, String> {
         db: {
             let bytes = read::used_bytes(&conn).map_err(db_err)?;
             let disk_full = crate::outbox::disk_full(&db_path);
-            read::DbStatus {
+            DbStatus {
                 path: db_path.display().to_string(),
                 bytes,
                 max_bytes: config.storage.max_db_bytes,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use snapbox::cmd::Command;
 use snapbox::{file, Redactions};
 use store_outbox::event::NewEvent;
+use store_outbox::outbox::state::SubscriptionState;
 use store_outbox::outbox::writer::{Decision, Outcome, Writer};
 
 /// 2026-11-21T10:00:00Z
@@ -129,8 +130,8 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
             .record_and_wait(outcome(erp, 3, T0 + 6_000, Some(422), err, Decision::Park), None)
             .await
             .expect("record");
-        writer.set_sub_state(erp, "online", 0);
-        writer.set_sub_state(subs[1].id, "offline", 0);
+        writer.set_sub_state(erp, SubscriptionState::Online, 0);
+        writer.set_sub_state(subs[1].id, SubscriptionState::Offline, 0);
         writer
             .record_and_wait(
                 outcome(

@@ -116,9 +116,10 @@ use rusqlite::Connection;
 use store_outbox::config::{PayloadMode, RetryConfig, SubscriptionConfig};
 use store_outbox::deliver::scheduler::Scheduler;
 use store_outbox::deliver::webhook::{Source, Webhook};
+use store_outbox::delivery_report::DeliveryRow;
 use store_outbox::event::{now_rfc3339, NewEvent, Reply};
 use store_outbox::metrics::Metrics;
-use store_outbox::outbox::read::{list_deliveries, DeliveryFilter, DeliveryRow};
+use store_outbox::outbox::read::{list_deliveries, DeliveryFilter};
 use store_outbox::outbox::resend::{resend, ResendOutcome, ResendRequest};
 use store_outbox::outbox::writer::Writer;
 use store_outbox::outbox::{open_reader, open_writer, register_subscriptions};
@@ -308,7 +309,7 @@ impl Shared {
                 // Only this request's own outcome can change the row while it
                 // is on the wire (a resend leaves it pending). A late request
                 // of a crashed agent is exempt: the new one may have moved on.
-                if current && row.state != "pending" {
+                if current && row.state.as_str() != "pending" {
                     self.violation(format!(
                         "{name}: {} #{} ({}) was sent while {} in the outbox",
                         req.entity, req.entity_seq, req.id, row.state
@@ -1097,22 +1098,22 @@ impl Harness {
                     // What a failed attempt leaves behind on this subscription.
                     let failed = if sub == PARK { "parked" } else { "pending" };
                     let last = track.last_request == Some(i as i64 + 1) || track.unsure.contains(&(i as i64 + 1));
-                    if row.state == want {
+                    if row.state.as_str() == want {
                         // As the model says.
-                    } else if last && (row.state == "pending" || row.state == failed) {
+                    } else if last && (row.state.as_str() == "pending" || row.state.as_str() == failed) {
                         // The last request's outcome was not committed, or the
                         // crash cut its answer off and a failure was recorded
                         // (dropping the runtime lets a task see its connection
                         // die: the same as a network failure just before a
                         // real crash).
-                        if row.state == "parked" {
+                        if row.state.as_str() == "parked" {
                             *state = State::Parked;
                             crash_error(row);
                         } else {
                             *state = State::Pending;
                         }
                         self.stats.lost_outcomes += 1;
-                    } else if is_head && want == "pending" && row.state == failed {
+                    } else if is_head && want == "pending" && row.state.as_str() == failed {
                         // A request the receiver never logged (still on the
                         // wire when the agent died) failed at the crash.
                         *state = State::Parked;
@@ -1168,11 +1169,11 @@ impl Harness {
         self.wait_for("every acknowledged event to be delivered", |h| {
             Ok(h.model.all_delivered()
                 && h.outcomes_committed()?
-                && h.deliveries()?.iter().all(|r| r.state == "delivered"))
+                && h.deliveries()?.iter().all(|r| r.state.as_str() == "delivered"))
         })?;
         // Independent of the model: the file and the receivers' logs.
         let rows = self.deliveries()?;
-        let undelivered: Vec<&DeliveryRow> = rows.iter().filter(|r| r.state != "delivered").collect();
+        let undelivered: Vec<&DeliveryRow> = rows.iter().filter(|r| r.state.as_str() != "delivered").collect();
         if rows.len() != self.model.events.len() * SUBS.len() || !undelivered.is_empty() {
             return Err(format!(
                 "after the drain: {} deliveries for {} events, not delivered: {undelivered:?}",

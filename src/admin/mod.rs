@@ -20,8 +20,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbox::state::DeliveryState;
 use crate::outbox::writer::Writer;
 use crate::outbox::{self, read, resend};
+use crate::timefmt;
 
 /// What the handlers share.
 pub struct Admin {
@@ -110,33 +112,31 @@ async fn status(State(admin): State<Arc<Admin>>) -> Result<Json<crate::status::S
 /// Query of `GET /v1/events`, as the CLI's flags.
 #[derive(Deserialize, Default)]
 struct EventsQuery {
+    /// A delivery state's name (`--state`).
     state: Option<String>,
+    /// Only this subscription.
     subscription: Option<String>,
+    /// Only this entity.
     entity: Option<String>,
+    /// An RFC 3339 time or a duration ago (`--since`).
     since: Option<String>,
+    /// At most this many rows (default 100, at most 10 000).
     limit: Option<i64>,
-}
-
-fn state_code(state: &str) -> Option<i64> {
-    match state {
-        "pending" => Some(outbox::PENDING),
-        "delivered" => Some(outbox::DELIVERED),
-        "parked" => Some(outbox::PARKED),
-        _ => None,
-    }
 }
 
 async fn events(State(admin): State<Arc<Admin>>, Query(q): Query<EventsQuery>) -> Result<Response, ApiError> {
     let state = match q.state.as_deref() {
         None => None,
-        Some(s) => Some(state_code(s).ok_or((
-            StatusCode::BAD_REQUEST,
-            format!("state={s}: pending, parked or delivered"),
-        ))?),
+        Some(s) => Some(
+            s.parse::<DeliveryState>()
+                .map_err(|e| (StatusCode::BAD_REQUEST, format!("state={s}: {e}")))?,
+        ),
     };
     let since_ms = match q.since.as_deref() {
         None => None,
-        Some(t) => Some(crate::cli::parse_since(t).map_err(|e| (StatusCode::BAD_REQUEST, e.message))?),
+        Some(t) => Some(
+            timefmt::parse_since(t, outbox::now_ms()).map_err(|e| (StatusCode::BAD_REQUEST, format!("--since {e}")))?,
+        ),
     };
     let filter = read::DeliveryFilter {
         state,
@@ -262,7 +262,9 @@ async fn page_resend(State(admin): State<Arc<Admin>>, Form(form): Form<ResendFor
 /// Query of the page.
 #[derive(Deserialize, Default)]
 struct PageQuery {
+    /// Result of the last action, shown at the top.
     msg: Option<String>,
+    /// Present: the page does not reload itself (to use the resend form).
     pause: Option<String>,
 }
 
@@ -273,7 +275,7 @@ async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery
         let report = crate::status::report(&config)?;
         let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
         let filter = read::DeliveryFilter {
-            state: Some(outbox::PARKED),
+            state: Some(DeliveryState::Parked),
             limit: 50,
             ..Default::default()
         };

@@ -3,8 +3,9 @@
 
 use std::fmt::Write;
 
-use crate::outbox::read::DeliveryRow;
+use crate::delivery_report::DeliveryRow;
 use crate::status::StatusReport;
+use crate::timefmt::human_duration;
 
 /// What the page shows.
 pub struct View<'a> {
@@ -76,7 +77,7 @@ pub fn render(v: &View<'_>) -> String {
         esc(&r.store_id)
     );
     let running = match r.uptime_s {
-        Some(up) => format!("running, up {}", crate::cli::human_duration(up)),
+        Some(up) => format!("running, up {}", human_duration(up)),
         None if r.agent_running => "running".into(),
         None => "NOT RUNNING".into(),
     };
@@ -106,12 +107,12 @@ pub fn render(v: &View<'_>) -> String {
             "<tr><td><b>{}</b><br><small>{}</small></td><td><span class=\"state {}\">{}</span></td><td class=num>{}</td><td class=num>{}</td><td class=\"num{parked_class}\">{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&s.name),
             esc(s.url.as_deref().unwrap_or("")),
-            esc(&s.state),
-            esc(&s.state),
+            s.state,
+            s.state,
             s.pending,
             s.in_flight,
             s.parked,
-            s.oldest_pending_age_s.map(crate::cli::human_duration).unwrap_or_else(|| "-".into()),
+            s.oldest_pending_age_s.map(human_duration).unwrap_or_else(|| "-".into()),
             s.delivered_total,
             esc(s.last_success_at.as_deref().unwrap_or("-")),
             esc(s.last_error.as_deref().unwrap_or("-")),

@@ -36,14 +36,18 @@ pub struct DemoArgs {
 
 /// An acknowledged event: what the receiver must see.
 struct Acked {
+    /// Its entity.
     entity: String,
+    /// Its position in the entity.
     entity_seq: i64,
 }
 
 /// Shared progress figures.
 #[derive(Default)]
 struct Progress {
+    /// Events acknowledged so far.
     acked: usize,
+    /// Whether the demo's receiver is answering.
     receiver_up: bool,
 }
 

@@ -1,16 +1,19 @@
 //! `events`: list deliveries, with filters, from the database.
 
-use clap::Args;
+use clap::builder::PossibleValue;
+use clap::{Args, ValueEnum};
 
 use super::{load_config, CliError, CliResult};
+use crate::outbox::state::DeliveryState;
 use crate::outbox::{self, read};
+use crate::timefmt;
 
 /// Arguments of `events`.
 #[derive(Args, Debug)]
 pub struct EventsArgs {
     /// Only deliveries in this state.
-    #[arg(long, value_parser = ["pending", "parked", "delivered"])]
-    pub state: Option<String>,
+    #[arg(long, value_enum)]
+    pub state: Option<DeliveryState>,
     /// Only this subscription.
     #[arg(long, value_name = "S")]
     pub subscription: Option<String>,
@@ -28,18 +31,21 @@ pub struct EventsArgs {
     pub json: bool,
 }
 
-/// Parses `--since`: an RFC 3339 time or a duration before now.
-pub fn parse_since(text: &str) -> Result<i64, CliError> {
-    if let Ok(d) = crate::config::parse_duration(text) {
-        return Ok(outbox::now_ms() - d.as_millis() as i64);
+/// Parses `--since` (an RFC 3339 time or a duration before now); a bad
+/// value is a usage error.
+pub(super) fn parse_since(text: &str) -> Result<i64, CliError> {
+    timefmt::parse_since(text, outbox::now_ms()).map_err(|e| CliError::usage(format!("--since {e}")))
+}
+
+/// `--state` takes a delivery state's name.
+impl ValueEnum for DeliveryState {
+    fn value_variants<'a>() -> &'a [Self] {
+        // The order `--help` has always listed them in.
+        &[DeliveryState::Pending, DeliveryState::Parked, DeliveryState::Delivered]
     }
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| {
-            CliError::usage(format!(
-                "--since {text:?}: give an RFC 3339 time or a duration like \"2h\""
-            ))
-        })
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()))
+    }
 }
 
 /// Lists deliveries.
@@ -47,11 +53,7 @@ pub fn run(path: Option<&std::path::Path>, args: EventsArgs) -> CliResult {
     let config = load_config(path)?;
     let conn = outbox::open_reader(&config.db_path()).map_err(CliError::runtime)?;
     let filter = read::DeliveryFilter {
-        state: args.state.as_deref().map(|s| match s {
-            "pending" => outbox::PENDING,
-            "delivered" => outbox::DELIVERED,
-            _ => outbox::PARKED,
-        }),
+        state: args.state,
         subscription: args.subscription,
         entity: args.entity,
         since_ms: args.since.as_deref().map(parse_since).transpose()?,

@@ -7,7 +7,6 @@ mod check_config;
 mod demo;
 mod doctor;
 mod events;
-pub use events::parse_since;
 mod receive;
 mod resend;
 mod run;
@@ -141,16 +140,4 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::runtime(format!("cannot start the async runtime: {e}")))
-}
-
-/// "3h12m"-style durations for people.
-pub fn human_duration(secs: i64) -> String {
-    let secs = secs.max(0);
-    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m{s:02}s"),
-        (0, _, _) => format!("{h}h{m:02}m"),
-        _ => format!("{d}d{h:02}h"),
-    }
 }

@@ -3,8 +3,9 @@
 
 use clap::Args;
 
-use super::{human_duration, load_config, CliError, CliResult};
+use super::{load_config, CliError, CliResult};
 use crate::status::{report, StatusReport};
+use crate::timefmt::human_duration;
 
 /// Arguments of `status`.
 #[derive(Args, Debug)]

@@ -44,8 +44,9 @@ use super::decide::{self, EntityNext, Link, LinkChange, Plan, Position, ReadyKey
 use super::destination::{Answer, AnswerKind, Destination};
 use crate::metrics::Metrics;
 use crate::outbox::read::{self, Head};
+use crate::outbox::state::{DeliveryState, SubscriptionState};
 use crate::outbox::writer::{Recorded, Starving, Writer};
-use crate::outbox::{Subscription, PARKED};
+use crate::outbox::Subscription;
 use crate::shutdown::Shutdown;
 
 /// How often `resend_generation` is looked at while nothing is sent (an
@@ -435,7 +436,11 @@ impl<D: Destination> Scheduler<D> {
 
     /// Writes online/offline and deliveries in flight for `status`.
     fn persist_state(&mut self) {
-        let state = if self.link.online { "online" } else { "offline" };
+        let state = if self.link.online {
+            SubscriptionState::Online
+        } else {
+            SubscriptionState::Offline
+        };
         if self.writer.set_sub_state(self.sub.id, state, self.flights.len() as i64) {
             self.persisted = (self.link.online, self.flights.len());
         }
@@ -511,7 +516,7 @@ impl<D: Destination> Scheduler<D> {
         // every lookup see the same commit, so a resend that reopens events
         // behind a cursor is either seen by the check (and the cursors move
         // back first) or by none of the lookups.
-        if let Err(e) = read::begin(&self.reader) {
+        if let Err(e) = read::begin_snapshot(&self.reader) {
             tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the outbox");
             self.storage_pause_until = Some(now + READ_RETRY);
             return;
@@ -530,7 +535,9 @@ impl<D: Destination> Scheduler<D> {
         } else {
             self.storage_pause_until = Some(now + READ_RETRY);
         }
-        read::end(&self.reader);
+        if let Err(e) = read::end_snapshot(&self.reader) {
+            tracing::debug!(error = %e, "ending a read transaction");
+        }
     }
 
     fn dispatch_round(&mut self, now: Instant) {
@@ -576,7 +583,7 @@ impl<D: Destination> Scheduler<D> {
                 seq: head.event.seq,
                 entity_seq: head.event.entity_seq,
             };
-            if head.state == PARKED {
+            if head.state == DeliveryState::Parked {
                 self.forget(entity_id);
                 continue;
             }

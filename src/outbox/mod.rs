@@ -7,11 +7,13 @@
 //! - [`read`]: read-only queries for the schedulers, `status` and the CLI.
 //! - [`retention`]: pruning of delivered events, the storage cap.
 //! - [`resend`]: queueing deliveries again (operator action).
+//! - [`state`]: delivery and subscription states, as stored and as named.
 
 pub mod read;
 pub mod resend;
 pub mod retention;
 pub mod schema;
+pub mod state;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -23,13 +25,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::Notify;
 
 use crate::config::SubscriptionConfig;
-
-/// Delivery state: waiting to be sent (or retried).
-pub const PENDING: i64 = 0;
-/// Delivery state: got its 2xx.
-pub const DELIVERED: i64 = 1;
-/// Delivery state: gave up after `give_up_after`; blocks its entity until resent.
-pub const PARKED: i64 = 2;
+use state::SubscriptionState;
 
 /// How long a connection waits for another one's write lock (the agent's
 /// writer and an operator's `resend` share the file). Generous: a slow disk
@@ -236,6 +232,17 @@ pub struct Subscription {
     pub inbox: Arc<Inbox>,
 }
 
+/// Records in `meta` that an agent of `version` started at `started_at_ms`
+/// (wall clock): `status` shows the uptime from it.
+pub fn record_start(conn: &Connection, started_at_ms: i64, version: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('started_at', ?1), ('version', ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![started_at_ms.to_string(), version],
+    )?;
+    Ok(())
+}
+
 /// Records the configured subscriptions: new ones get the retained events
 /// that match their filter (oldest first, by creating their delivery rows),
 /// ones no longer configured keep their rows but are marked so.
@@ -245,8 +252,8 @@ pub fn register_subscriptions(
 ) -> rusqlite::Result<Vec<Subscription>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
-        "UPDATE subscriptions SET configured = 0, state = 'unconfigured', in_flight = 0",
-        [],
+        "UPDATE subscriptions SET configured = 0, state = ?1, in_flight = 0",
+        [SubscriptionState::Unconfigured],
     )?;
     let max_seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
     let mut out = Vec::new();
@@ -260,20 +267,13 @@ pub fn register_subscriptions(
             [&sub.name],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        // Events stored while this subscription was absent from the config.
-        let filter = sub
-            .events
-            .as_ref()
-            .map(|t| serde_json::to_string(t).unwrap_or_default());
+        // Events stored while this subscription was absent from the config,
+        // through the subscription's own filter (`SubscriptionConfig::takes`,
+        // the one the writer fans out with).
+        backfill(&tx, id, covered, sub)?;
         tx.execute(
-            "INSERT OR IGNORE INTO deliveries(sub_id, event_seq, entity_id, entity_seq)
-             SELECT ?1, seq, entity_id, entity_seq FROM events
-             WHERE seq > ?2 AND (?3 IS NULL OR type IN (SELECT value FROM json_each(?3)))",
-            params![id, covered, filter],
-        )?;
-        tx.execute(
-            "UPDATE subscriptions SET configured = 1, covered_seq = ?2, url = ?3, state = 'online' WHERE id = ?1",
-            params![id, max_seq, sub.url_for_logs()],
+            "UPDATE subscriptions SET configured = 1, covered_seq = ?2, url = ?3, state = ?4 WHERE id = ?1",
+            params![id, max_seq, sub.url_for_logs(), SubscriptionState::Online],
         )?;
         out.push(Subscription {
             id,
@@ -283,4 +283,32 @@ pub fn register_subscriptions(
     }
     tx.commit()?;
     Ok(out)
+}
+
+/// Creates the delivery rows of `sub` for the events after `covered_seq`
+/// that its filter takes, oldest first. Reads the events in pages, so a long
+/// absence costs time, not memory.
+fn backfill(tx: &Connection, sub_id: i64, covered_seq: i64, sub: &SubscriptionConfig) -> rusqlite::Result<()> {
+    const PAGE: i64 = 4096;
+    let mut after = covered_seq;
+    loop {
+        let page: Vec<(i64, String, i64, i64)> = tx
+            .prepare_cached("SELECT seq, type, entity_id, entity_seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+            .query_map(params![after, PAGE], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        for (seq, event_type, entity_id, entity_seq) in &page {
+            if sub.takes(event_type) {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO deliveries(sub_id, event_seq, entity_id, entity_seq) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![sub_id, seq, entity_id, entity_seq])?;
+            }
+        }
+        match page.last() {
+            Some((seq, ..)) if page.len() as i64 == PAGE => after = *seq,
+            _ => return Ok(()),
+        }
+    }
 }

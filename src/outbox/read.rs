@@ -1,12 +1,16 @@
-//! Read-only queries: what the schedulers send next, and what `status` shows.
+//! Read-only queries: what the schedulers send next, and the figures and
+//! rows of the reports (`status`, `events`, `show`, metrics).
 //!
 //! Everything here runs on its own read connection; WAL lets it read while the
 //! writer commits.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
-use super::{now_ms, PARKED, PENDING};
+use super::now_ms;
+use super::state::DeliveryState;
+use crate::delivery_report::{AttemptRow, DeliveryRow, EventDelivery, EventDetail};
+use crate::status::{IngestCounters, SubscriptionStatus};
+use crate::timefmt::ms_to_rfc3339;
 
 /// An event as stored, with what its webhook body needs.
 #[derive(Debug, Clone)]
@@ -39,7 +43,7 @@ pub struct StoredEvent {
 #[derive(Debug, Clone)]
 pub struct Head {
     /// Pending or parked.
-    pub state: i64,
+    pub state: DeliveryState,
     /// Attempts so far.
     pub attempts: i64,
     /// Wall-clock ms of the first failed attempt.
@@ -64,10 +68,10 @@ pub fn head(conn: &Connection, sub_id: i64, entity_id: i64, from: i64) -> rusqli
          FROM deliveries d INDEXED BY deliveries_by_entity
          JOIN events e ON e.seq = d.event_seq
          JOIN entities n ON n.id = d.entity_id
-         WHERE d.sub_id = ?1 AND d.entity_id = ?2 AND d.entity_seq >= ?3 AND d.state <> 1
+         WHERE d.sub_id = ?1 AND d.entity_id = ?2 AND d.entity_seq >= ?3 AND d.state <> ?4
          ORDER BY d.entity_seq LIMIT 1",
     )?
-    .query_row(params![sub_id, entity_id, from], |r| {
+    .query_row(params![sub_id, entity_id, from, DeliveryState::Delivered], |r| {
         Ok(Head {
             state: r.get(0)?,
             attempts: r.get(1)?,
@@ -112,7 +116,7 @@ pub fn pending_page(conn: &Connection, sub_id: i64, after_seq: i64, limit: usize
          WHERE sub_id = ?1 AND state <> 1 AND state = ?2 AND event_seq > ?3
          ORDER BY event_seq LIMIT ?4",
     )?;
-    let rows = stmt.query_map(params![sub_id, PENDING, after_seq, limit as i64], |r| {
+    let rows = stmt.query_map(params![sub_id, DeliveryState::Pending, after_seq, limit as i64], |r| {
         Ok(PendingRow {
             seq: r.get(0)?,
             entity_id: r.get(1)?,
@@ -150,69 +154,6 @@ pub fn each_open(conn: &Connection, sub_id: i64, mut each: impl FnMut(i64, i64, 
     Ok(())
 }
 
-/// Formats wall-clock ms as RFC 3339 UTC.
-pub fn ms_to_rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-/// Database size figures.
-#[derive(Debug, Clone, Serialize)]
-pub struct DbStatus {
-    /// The database file.
-    pub path: String,
-    /// Bytes in use by the database (main file, live pages).
-    pub bytes: u64,
-    /// `storage.max_db_bytes`.
-    pub max_bytes: u64,
-    /// At the cap, or the disk is full: new events are refused with `storage_full`.
-    pub full: bool,
-    /// The filesystem holding the database has less than 1 MiB free.
-    pub disk_full: bool,
-}
-
-/// Ingest counters since the database was created.
-#[derive(Debug, Clone, Serialize)]
-pub struct IngestCounters {
-    /// Events stored.
-    pub accepted_total: i64,
-    /// Events acknowledged again as duplicates.
-    pub duplicate_total: i64,
-    /// Events refused.
-    pub rejected_total: i64,
-}
-
-/// One subscription in `status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SubscriptionStatus {
-    /// Its name.
-    pub name: String,
-    /// online, offline, stopped (agent not running) or unconfigured.
-    pub state: String,
-    /// Deliveries waiting (not parked).
-    pub pending: i64,
-    /// Requests in flight at the last update.
-    pub in_flight: i64,
-    /// Deliveries parked after `give_up_after`.
-    pub parked: i64,
-    /// Age of the oldest pending event, seconds.
-    pub oldest_pending_age_s: Option<i64>,
-    /// Deliveries that got a 2xx.
-    pub delivered_total: i64,
-    /// Time of the last 2xx.
-    pub last_success_at: Option<String>,
-    /// The last failure's message.
-    pub last_error: Option<String>,
-    /// Time of the last failure.
-    pub last_error_at: Option<String>,
-    /// Whether it is in the current config.
-    pub configured: bool,
-    /// Endpoint, as last configured.
-    pub url: Option<String>,
-}
-
 /// Per-subscription figures straight from the database.
 pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStatus>> {
     let mut stmt = conn.prepare(
@@ -243,18 +184,18 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
     let now = now_ms();
     let mut out = Vec::with_capacity(rows.len());
     for (id, mut s) in rows {
-        let count = |state: i64| {
+        let count = |state: DeliveryState| {
             conn.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE sub_id = ?1 AND state = ?2")?
                 .query_row(params![id, state], |r| r.get::<_, i64>(0))
         };
-        s.pending = count(PENDING)?;
-        s.parked = count(PARKED)?;
+        s.pending = count(DeliveryState::Pending)?;
+        s.parked = count(DeliveryState::Parked)?;
         let oldest: Option<i64> = conn
             .prepare_cached(
                 "SELECT e.ingested_at FROM deliveries d JOIN events e ON e.seq = d.event_seq
                  WHERE d.sub_id = ?1 AND d.state = ?2 ORDER BY d.event_seq LIMIT 1",
             )?
-            .query_row(params![id, PENDING], |r| r.get(0))
+            .query_row(params![id, DeliveryState::Pending], |r| r.get(0))
             .optional()?;
         s.oldest_pending_age_s = oldest.map(|t| ((now - t) / 1000).max(0));
         out.push(s);
@@ -288,6 +229,30 @@ pub fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     .map(|b| b.max(0) as u64)
 }
 
+/// Starts a read transaction on `conn`: every query until [`end_snapshot`]
+/// sees the same commit. A transaction left open (a round that failed
+/// half-way) is ended first.
+pub fn begin_snapshot(conn: &Connection) -> rusqlite::Result<()> {
+    if !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK")?;
+    }
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    Ok(())
+}
+
+/// Ends the read transaction of [`begin_snapshot`].
+pub fn end_snapshot(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("COMMIT")?.execute([])?;
+    Ok(())
+}
+
+/// Deliveries not yet delivered (pending or parked), every subscription.
+pub fn backlog(conn: &Connection) -> rusqlite::Result<i64> {
+    // `state <> 1` (not delivered) is a literal, the text of the partial
+    // index's `WHERE`, so the count reads `deliveries_waiting` only.
+    conn.query_row("SELECT COUNT(*) FROM deliveries WHERE state <> 1", [], |r| r.get(0))
+}
+
 /// A value from the `meta` table.
 pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
@@ -298,8 +263,8 @@ pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
 /// Filters of `events`.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
-    /// Only this state (0 pending, 1 delivered, 2 parked).
-    pub state: Option<i64>,
+    /// Only this state.
+    pub state: Option<DeliveryState>,
     /// Only this subscription.
     pub subscription: Option<String>,
     /// Only this entity.
@@ -308,41 +273,6 @@ pub struct DeliveryFilter {
     pub since_ms: Option<i64>,
     /// At most this many rows.
     pub limit: i64,
-}
-
-/// One delivery, as `events` lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryRow {
-    /// The event's id.
-    pub event_id: String,
-    /// Its type.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// Its entity.
-    pub entity: String,
-    /// Its position in the entity.
-    pub entity_seq: i64,
-    /// The subscription.
-    pub subscription: String,
-    /// pending, delivered or parked.
-    pub state: &'static str,
-    /// Attempts so far.
-    pub attempts: i64,
-    /// When the event was stored.
-    pub ingested_at: String,
-    /// When it got its 2xx.
-    pub delivered_at: Option<String>,
-    /// Last failure.
-    pub last_error: Option<String>,
-}
-
-/// The name of a delivery state.
-pub fn state_name(state: i64) -> &'static str {
-    match state {
-        0 => "pending",
-        1 => "delivered",
-        _ => "parked",
-    }
 }
 
 /// Deliveries matching `f`, oldest event first.
@@ -365,7 +295,7 @@ pub fn list_deliveries(conn: &Connection, f: &DeliveryFilter) -> rusqlite::Resul
             entity: r.get(2)?,
             entity_seq: r.get(3)?,
             subscription: r.get(4)?,
-            state: state_name(r.get(5)?),
+            state: r.get(5)?,
             attempts: r.get(6)?,
             ingested_at: ms_to_rfc3339(r.get(7)?),
             delivered_at: r.get::<_, Option<i64>>(8)?.map(ms_to_rfc3339),
@@ -373,58 +303,6 @@ pub fn list_deliveries(conn: &Connection, f: &DeliveryFilter) -> rusqlite::Resul
         })
     })?;
     rows.collect()
-}
-
-/// One delivery attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRow {
-    /// When.
-    pub at: String,
-    /// HTTP status, if an answer came.
-    pub status: Option<i64>,
-    /// Failure, if any.
-    pub error: Option<String>,
-    /// How long it took, ms.
-    pub duration_ms: i64,
-}
-
-/// One subscription's view of an event.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventDelivery {
-    /// The subscription.
-    pub subscription: String,
-    /// pending, delivered or parked.
-    pub state: &'static str,
-    /// Every attempt, oldest first.
-    pub attempts: Vec<AttemptRow>,
-}
-
-/// An event with its deliveries, for `show`.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventDetail {
-    /// The event's id.
-    pub event_id: String,
-    /// Its type.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// Its entity.
-    pub entity: String,
-    /// Its position in the entity.
-    pub entity_seq: i64,
-    /// When it happened.
-    pub occurred_at: String,
-    /// When it was stored.
-    pub ingested_at: String,
-    /// Correlation id.
-    pub correlation_id: Option<String>,
-    /// Test flag.
-    pub is_test: bool,
-    /// Attributes.
-    pub attributes: serde_json::Value,
-    /// The payload.
-    pub payload: serde_json::Value,
-    /// Per subscription.
-    pub deliveries: Vec<EventDelivery>,
 }
 
 /// An event and every attempt to deliver it.
@@ -466,7 +344,7 @@ pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Optio
         "SELECT d.sub_id, s.name, d.state FROM deliveries d JOIN subscriptions s ON s.id = d.sub_id
          WHERE d.event_seq = ?1 ORDER BY s.name",
     )?;
-    let rows: Vec<(i64, String, i64)> = subs
+    let rows: Vec<(i64, String, DeliveryState)> = subs
         .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut attempts = conn.prepare(
@@ -485,7 +363,7 @@ pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Optio
             .collect::<rusqlite::Result<_>>()?;
         detail.deliveries.push(EventDelivery {
             subscription: name,
-            state: state_name(state),
+            state,
             attempts: list,
         });
     }
@@ -501,19 +379,26 @@ pub fn rejected_by_code(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)
     rows.collect()
 }
 
-/// Opens a read transaction on a reader: every query until [`end`] sees the
-/// same commit. A transaction left open (by an earlier error) is ended first.
-pub fn begin(conn: &Connection) -> rusqlite::Result<()> {
-    if !conn.is_autocommit() {
-        end(conn);
-    }
-    conn.prepare_cached("BEGIN")?.execute([])?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Ends a read transaction opened by [`begin`].
-pub fn end(conn: &Connection) {
-    if let Err(e) = conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
-        tracing::debug!(error = %e, "ending a read transaction");
+    #[test]
+    fn a_snapshot_sees_one_commit_until_it_ends() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("outbox.db");
+        let writer = crate::outbox::open_writer(&path).expect("writer");
+        let reader = crate::outbox::open_reader(&path).expect("reader");
+        let started = |conn: &Connection| meta(conn, "started_at").expect("read");
+        begin_snapshot(&reader).expect("begin");
+        assert_eq!(started(&reader), None);
+        crate::outbox::record_start(&writer, 42, "test").expect("write");
+        assert_eq!(started(&reader), None, "a commit after the snapshot began is not seen");
+        // A second begin ends the first snapshot rather than failing.
+        begin_snapshot(&reader).expect("begin again");
+        assert_eq!(started(&reader).as_deref(), Some("42"));
+        end_snapshot(&reader).expect("end");
+        assert!(reader.is_autocommit());
+        assert_eq!(backlog(&reader).expect("backlog"), 0);
     }
 }

@@ -14,7 +14,7 @@
 
 use rusqlite::{params, Connection};
 
-use super::PARKED;
+use super::state::DeliveryState;
 
 /// What to queue again.
 #[derive(Debug, Clone, Default)]
@@ -84,8 +84,10 @@ pub fn apply(tx: &Connection, req: &ResendRequest) -> Result<ResendOutcome, Rese
     // Back to pending with the give-up clock reset; attempts stay for `show`.
     // `resends + 1` voids the outcome of a request in flight right now (see
     // `writer::apply_outcome`): the event is sent again after this.
-    let reset =
-        "UPDATE deliveries SET state = 0, first_failed_at = NULL, next_attempt_at = NULL, resends = resends + 1";
+    let reset = format!(
+        "UPDATE deliveries SET state = {}, first_failed_at = NULL, next_attempt_at = NULL, resends = resends + 1",
+        DeliveryState::Pending.code()
+    );
     let sub_filter = "(?2 IS NULL OR sub_id = (SELECT id FROM subscriptions WHERE name = ?2))";
     let mut out = ResendOutcome::default();
     if req.parked {
@@ -94,7 +96,7 @@ pub fn apply(tx: &Connection, req: &ResendRequest) -> Result<ResendOutcome, Rese
                 "{reset} WHERE state = ?1 AND {sub_filter}
                  AND (?3 IS NULL OR event_seq IN (SELECT seq FROM events WHERE ingested_at >= ?3))"
             ),
-            params![PARKED, req.subscription, req.since_ms],
+            params![DeliveryState::Parked, req.subscription, req.since_ms],
         )?;
     }
     for id in &req.event_ids {

@@ -31,6 +31,7 @@ pub use grouping::{OUTCOME_GAP, OUTCOME_GROUP_WAIT};
 pub use handoff::{Decision, ExpectedOutcome, Flow, Outcome, Receipt, Recorded, Starving};
 
 use super::resend::{self, ResendError, ResendOutcome, ResendRequest};
+use super::state::SubscriptionState;
 use super::{Inbox, Subscription};
 use crate::config::SubscriptionConfig;
 use crate::event::{ErrorCode, IngestError, NewEvent, Reply};
@@ -61,8 +62,8 @@ enum WriteOp {
     SubState {
         /// Subscription row id.
         sub_id: i64,
-        /// Its state's stored name.
-        state: &'static str,
+        /// Its state.
+        state: SubscriptionState,
         /// Requests in flight.
         in_flight: i64,
     },
@@ -235,7 +236,7 @@ impl Writer {
 
     /// Records a subscription's state and requests in flight. Best effort:
     /// when the queue is full the caller's next update wins.
-    pub fn set_sub_state(&self, sub_id: i64, state: &'static str, in_flight: i64) -> bool {
+    pub fn set_sub_state(&self, sub_id: i64, state: SubscriptionState, in_flight: i64) -> bool {
         self.tx
             .try_send(WriteOp::SubState {
                 sub_id,
@@ -415,7 +416,7 @@ impl WriterState {
                     sub_id,
                     state,
                     in_flight,
-                } => sql::set_sub_state(&tx, *sub_id, state, *in_flight)?,
+                } => sql::set_sub_state(&tx, *sub_id, *state, *in_flight)?,
                 WriteOp::Rejected(code) => effects.reject(*code, 1),
                 WriteOp::Prune {
                     older_than_ms,

@@ -8,7 +8,9 @@ use rusqlite::{params, Connection};
 use super::handoff::{Decision, Outcome};
 use super::Fanout;
 use crate::event::{ErrorCode, NewEvent, Reply};
-use crate::outbox::{now_ms, DELIVERED, PARKED, PENDING};
+use crate::outbox::now_ms;
+use crate::outbox::state::DeliveryState::{Delivered, Parked, Pending};
+use crate::outbox::state::SubscriptionState;
 
 /// What a committed batch must still announce.
 #[derive(Default)]
@@ -154,7 +156,7 @@ pub(super) fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects)
                         last_status = ?5, last_error = NULL, next_attempt_at = NULL
                  WHERE sub_id = ?1 AND event_seq = ?2 AND resends = ?6",
                 )?
-                .execute(params![o.sub_id, o.event_seq, DELIVERED, o.at_ms, o.status, o.resends])?;
+                .execute(params![o.sub_id, o.event_seq, Delivered, o.at_ms, o.status, o.resends])?;
             if changed == 0 {
                 // Resent while this request was in flight: it goes again.
                 return count_voided_attempt(tx, o);
@@ -165,8 +167,8 @@ pub(super) fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects)
         }
         Decision::Retry { .. } | Decision::Park => {
             let (state, next) = match o.decision {
-                Decision::Retry { next_attempt_at_ms } => (PENDING, Some(next_attempt_at_ms)),
-                _ => (PARKED, None),
+                Decision::Retry { next_attempt_at_ms } => (Pending, Some(next_attempt_at_ms)),
+                _ => (Parked, None),
             };
             let changed = tx
                 .prepare_cached(
@@ -208,7 +210,12 @@ fn count_voided_attempt(tx: &Connection, o: &Outcome) -> rusqlite::Result<()> {
 }
 
 /// Records a subscription's state and requests in flight, for `status`.
-pub(super) fn set_sub_state(tx: &Connection, sub_id: i64, state: &str, in_flight: i64) -> rusqlite::Result<()> {
+pub(super) fn set_sub_state(
+    tx: &Connection,
+    sub_id: i64,
+    state: SubscriptionState,
+    in_flight: i64,
+) -> rusqlite::Result<()> {
     tx.prepare_cached("UPDATE subscriptions SET state = ?2, in_flight = ?3 WHERE id = ?1")?
         .execute(params![sub_id, state, in_flight])?;
     Ok(())
