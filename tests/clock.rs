@@ -41,17 +41,7 @@ fn wall_clock_jumps_do_not_break_probing_or_order() {
         // Like NTP: only the wall clock moves.
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     ]);
-    let lines: Vec<String> = (0..100)
-        .map(|i| {
-            event(
-                &format!("c-{i}"),
-                &format!("till:{}", i % 10),
-                "SaleCreated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    assert!(send_lines(&agent.socket(), &lines).iter().all(|r| r["ok"] == true));
+    agent.send_events(&Events::new("c", 0..100, "SaleCreated").spread_over("till", 10));
     std::thread::sleep(Duration::from_millis(800));
     // Two days forward, then one back, while the endpoint is down.
     std::fs::write(&clock, "+2d").expect("jump");
@@ -148,28 +138,8 @@ fn a_forward_jump_of_days_parks_failing_deliveries_and_prunes_only_delivered_eve
     agent.start_with_env(&faketime_env(&clock_text));
 
     // 30 sales (both subscriptions) over 3 tills, 20 stock movements (crm only).
-    let sales: Vec<String> = (0..30)
-        .map(|i| {
-            event(
-                &format!("sale-{i}"),
-                &format!("till:{}", i % 3),
-                "SaleCreated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    let moves: Vec<String> = (0..20)
-        .map(|i| {
-            event(
-                &format!("move-{i}"),
-                "stock:1",
-                "StockMovementCreated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    assert!(send_lines(&agent.socket(), &sales).iter().all(|r| r["ok"] == true));
-    assert!(send_lines(&agent.socket(), &moves).iter().all(|r| r["ok"] == true));
+    agent.send_events(&Events::new("sale", 0..30, "SaleCreated").spread_over("till", 3));
+    agent.send_events(&Events::new("move", 0..20, "StockMovementCreated").entity("stock:1"));
     wait_until(Duration::from_secs(60), "crm got everything", || {
         crm.delivered_ids().len() == 50
     });
