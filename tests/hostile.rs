@@ -391,16 +391,6 @@ fn make_certs(dir: &Path) {
     );
 }
 
-fn sub_status(agent: &Agent, name: &str) -> serde_json::Value {
-    agent.status()["subscriptions"]
-        .as_array()
-        .expect("subs")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("subscription {name}"))
-        .clone()
-}
-
 /// Rows of `deliveries` of subscription `name` in `state` (1 delivered).
 fn deliveries_in_state(agent: &Agent, name: &str, state: i64) -> i64 {
     agent
@@ -475,7 +465,7 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
     let faulty = ["reset-mid-body", "reset-mid-request", "slow-loris", "tls"];
     let mut errors = Vec::new();
     for name in faulty {
-        let s = sub_status(&agent, name);
+        let s = agent.sub_status(name);
         assert_eq!(s["pending"], EVENTS, "{name} keeps everything: {s}");
         assert_eq!(s["delivered_total"], 0, "{name}: nothing delivered: {s}");
         assert_eq!(
@@ -554,7 +544,7 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
     ] {
         duplicates += assert_complete_in_order(name, &requests, EVENTS, ENTITIES);
         wait_until(Duration::from_secs(30), "status shows it drained", || {
-            let s = sub_status(&agent, name);
+            let s = agent.sub_status(name);
             s["pending"] == 0 && s["delivered_total"] == EVENTS
         });
     }

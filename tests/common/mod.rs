@@ -352,6 +352,17 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// The subscription `name` in `status --json`.
+    pub fn sub_status(&self, name: &str) -> serde_json::Value {
+        self.status()["subscriptions"]
+            .as_array()
+            .expect("subscriptions")
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("subscription {name} in status"))
+            .clone()
+    }
+
     /// A read-only connection to the agent's database.
     pub fn open_db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open db")
