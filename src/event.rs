@@ -33,10 +33,6 @@ pub enum ErrorCode {
     InvalidEvent,
     /// Larger than `ingest.max_event_bytes`.
     TooLarge,
-    /// An HTTP request body that could not be read to its end (broken
-    /// chunked encoding, connection lost); beyond the contract's codes, as
-    /// none of those fits a body that never arrived.
-    UnreadableBody,
     /// The database reached its cap.
     StorageFull,
     /// The agent is stopping.
@@ -52,7 +48,6 @@ impl ErrorCode {
             ErrorCode::InvalidJson => "invalid_json",
             ErrorCode::InvalidEvent => "invalid_event",
             ErrorCode::TooLarge => "too_large",
-            ErrorCode::UnreadableBody => "unreadable_body",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",

@@ -1,18 +1,24 @@
 //! store-outbox: a store-side transactional outbox.
 //!
-//! Point-of-sale software hands events to the agent (Unix socket); the agent
-//! commits each one to SQLite before saying "ok", then forwards it to central
-//! systems as signed webhooks, in order per entity, retrying through outages.
+//! Point-of-sale software hands events to the agent (Unix socket, loopback
+//! HTTP, spool directory); the agent commits each one to SQLite before saying
+//! "ok", then forwards it to central systems as signed webhooks, in order per
+//! entity, retrying through outages.
 //!
 //! # Layout
 //!
 //! - [`config`]: the TOML file, defaults, validation with file/line/key errors.
 //! - [`event`]: the event a producer sends, its validation, the reply.
 //! - [`outbox`]: the SQLite database: schema and migrations, the single
-//!   group-committing writer, read queries. Nothing is acknowledged before commit.
-//! - [`ingest`]: the ways in (Unix socket); bytes to validated events.
-//! - [`deliver`]: per-subscription schedulers (per-entity order, backoff,
-//!   offline probing) and the webhook sender.
+//!   group-committing writer (`outbox::writer`), read queries, states.
+//!   Nothing is acknowledged before commit.
+//! - [`ingest`]: the ways in (Unix socket, HTTP, spool directory, POSLog
+//!   files); bytes to validated events. A new way in is a module here.
+//! - [`deliver`]: per-subscription schedulers (per-entity order, a bounded
+//!   window of entities, backoff, offline probing, parking), their rules
+//!   (`deliver::decide`), the couriers, and the destinations behind
+//!   `deliver::destination::Destination` (today the webhook). A new kind of
+//!   destination is a module there plus one arm in [`agent`].
 //! - [`metrics`]: Prometheus metrics, from the database and from delivery.
 //! - [`notify`]: systemd readiness, status and watchdog (sd_notify).
 //! - [`signing`]: Standard Webhooks signatures, shared by sender and receiver.

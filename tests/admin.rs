@@ -12,72 +12,29 @@ const TOKEN: &str = "s3cret-token";
 /// An agent with one parked event (`bad-1`), a delivered one, and a token file.
 pub fn agent_with_a_parked_event() -> (Agent, Receiver, u16) {
     let rx = Receiver::start();
-    rx.answer_with(|r| {
-        if r.id == "bad-1" {
-            Answer::status(422)
-        } else {
-            Answer::ok()
-        }
-    });
-    let admin_port = free_port();
-    let retry = "retry = { initial = \"100ms\", max = \"200ms\", give_up_after = \"300ms\" }";
-    let agent = Agent::configured(
-        "",
-        &format!("listen = \"127.0.0.1:{admin_port}\"\ntoken_file = \"token\"\n"),
-        &subscription("erp", &rx.url(), retry),
-    );
-    std::fs::write(agent.dir.path().join("token"), format!("{TOKEN}\n")).expect("token");
-    let mut agent = agent;
+    rx.refuse_event("bad-1", 422);
+    let (mut agent, admin_port) =
+        Agent::with_admin_token(&format!("{TOKEN}\n"), &subscription("erp", &rx.url(), PARK_FAST));
     agent.start();
-    send_lines(
-        &agent.socket(),
-        &[
-            event("bad-1", "order:bad", "SaleCreated", serde_json::json!({"n": 1})),
-            event("good-1", "order:good", "SaleCreated", serde_json::json!({"n": 1})),
-        ],
-    );
+    agent.send_all(&[
+        event("bad-1", "order:bad", "SaleCreated", serde_json::json!({"n": 1})),
+        event("good-1", "order:good", "SaleCreated", serde_json::json!({"n": 1})),
+    ]);
     wait_until(Duration::from_secs(30), "bad-1 parked", || {
         agent.status()["subscriptions"][0]["parked"] == 1
     });
     (agent, rx, admin_port)
 }
 
+/// `GET path` on the admin port: (status, body as text).
 fn get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    (
-        status,
-        out.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    )
+    let r = http(port, "GET", path, &[], b"");
+    (r.status, r.text())
 }
 
-fn post(port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n{headers}\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    (status, out)
+/// `POST path` on the admin port with `headers` and a form or empty body.
+fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+    http(port, "POST", path, headers, body.as_bytes())
 }
 
 #[test]
@@ -116,29 +73,40 @@ fn the_json_api_answers_like_the_cli() {
 #[test]
 fn resend_through_the_api_needs_the_token() {
     let (agent, rx, port) = agent_with_a_parked_event();
-    let (code, _) = post(port, "/v1/events/bad-1/resend", "", "");
-    assert_eq!(code, 401, "no token");
-    let (code, _) = post(port, "/v1/events/bad-1/resend", "authorization: Bearer wrong\r\n", "");
-    assert_eq!(code, 401, "wrong token");
-    rx.answer_with(|_| Answer::ok());
-    let (code, body) = post(
+    assert_eq!(post(port, "/v1/events/bad-1/resend", &[], "").status, 401, "no token");
+    let wrong = post(
         port,
         "/v1/events/bad-1/resend",
-        &format!("authorization: Bearer {TOKEN}\r\n"),
+        &[("authorization", "Bearer wrong")],
         "",
     );
-    assert_eq!(code, 200, "{body}");
+    assert_eq!(wrong.status, 401, "wrong token");
+    rx.answer_with(|_| Answer::ok());
+    let bearer = format!("Bearer {TOKEN}");
+    let resent = post(port, "/v1/events/bad-1/resend", &[("authorization", &bearer)], "");
+    let body = resent.text();
+    assert_eq!(resent.status, 200, "{body}");
     assert!(body.contains("\"queued\":1"), "{body}");
     wait_until(Duration::from_secs(30), "bad-1 delivered after resend", || {
         rx.delivered_ids().contains("bad-1")
     });
-    let (code, body) = post(
+    let unknown = post(port, "/v1/events/nope/resend", &[("authorization", &bearer)], "");
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    // An unknown subscription is the caller's mistake, said in JSON; it was
+    // a 500 when every resend opened its own writer connection.
+    let no_sub = post(
         port,
-        "/v1/events/nope/resend",
-        &format!("authorization: Bearer {TOKEN}\r\n"),
+        "/v1/events/bad-1/resend?subscription=nope",
+        &[("authorization", &bearer)],
         "",
     );
-    assert_eq!(code, 404, "{body}");
+    assert_eq!(no_sub.status, 404, "{}", no_sub.text());
+    assert_eq!(
+        no_sub.json()["error"],
+        "no such subscription: \"nope\"",
+        "{}",
+        no_sub.text()
+    );
     drop(agent);
 }
 
@@ -206,13 +174,17 @@ fn the_status_page_shows_subscriptions_and_parked_events() {
     let (_, paused) = get(port, "/?pause=1");
     assert!(!paused.contains("http-equiv=refresh") && paused.contains("name=token"));
     // A wrong token on the form resends nothing.
-    let (code, resp) = post(
+    let resp = post(
         port,
         "/ui/resend",
-        "content-type: application/x-www-form-urlencoded\r\n",
+        &[("content-type", "application/x-www-form-urlencoded")],
         "token=wrong&delivery=erp%3Abad-1",
     );
-    assert_eq!(code, 303, "{resp}");
-    assert!(resp.contains("wrong"), "{resp}");
+    assert_eq!(resp.status, 303, "{resp:?}");
+    let location = resp.header("location").unwrap_or_default();
+    assert!(
+        location.contains("wrong"),
+        "the redirect says the token was wrong: {resp:?}"
+    );
     assert_eq!(agent.status()["subscriptions"][0]["parked"], 1);
 }

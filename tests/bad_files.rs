@@ -13,13 +13,9 @@ use std::process::Command;
 use common::*;
 
 fn start_fails(agent: &Agent) -> String {
-    let out = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&agent.config)
-        .output()
-        .expect("run");
+    let out = cli_with_config("run", &agent.config);
     assert_eq!(out.status.code(), Some(1), "exit 1, got {:?}", out.status);
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    stderr(&out)
 }
 
 fn write_db(agent: &Agent, bytes: &[u8]) {
@@ -50,31 +46,17 @@ fn a_file_that_is_not_sqlite() {
 fn a_truncated_database() {
     let mut agent = Agent::new("");
     agent.start();
-    let lines: Vec<String> = (0..300)
-        .map(|i| {
-            event(
-                &format!("t-{i}"),
-                "till:1",
-                "SaleCreated",
-                serde_json::json!("x".repeat(500)),
-            )
-        })
-        .collect();
-    send_lines(&agent.socket(), &lines);
+    agent.send_events(&Events::new("t", 0..300, "SaleCreated").payload(|_| serde_json::json!("x".repeat(500))));
     assert!(agent.stop().success());
     let bytes = std::fs::read(agent.db()).expect("db");
     assert!(bytes.len() > 8192);
     let cut = &bytes[..bytes.len() / 3];
     std::fs::write(agent.db(), cut).expect("truncate");
-    let out = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&agent.config)
-        .output()
-        .expect("run");
+    let out = cli_with_config("run", &agent.config);
     if out.status.success() {
         panic!("started on a truncated database");
     }
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&agent.db().display().to_string()), "{err}");
     assert_eq!(std::fs::read(agent.db()).expect("still there"), cut, "left in place");
@@ -164,10 +146,7 @@ fn agent_on_tmpfs(test: &str) -> Option<(Agent, TmpfsMount)> {
     let mut agent = Agent::new("");
     let mount = TmpfsMount::new(&agent.dir.path().join("data"), "size=8m", test)?;
     agent.start();
-    let lines: Vec<String> = (0..20)
-        .map(|i| event(&format!("ro-{i}"), "till:1", "SaleCreated", serde_json::json!(i)))
-        .collect();
-    assert!(send_lines(&agent.socket(), &lines).iter().all(|r| r["ok"] == true));
+    agent.send_events(&Events::new("ro", 0..20, "SaleCreated"));
     assert!(agent.stop().success());
     Some((agent, mount))
 }
@@ -228,16 +207,7 @@ fn an_immutable_database_file() {
         return;
     };
     let before = std::fs::read(agent.db()).expect("db");
-    let out = Command::new("chattr")
-        .arg("+i")
-        .arg(agent.db())
-        .output()
-        .expect("chattr");
-    assert!(
-        out.status.success(),
-        "chattr +i on tmpfs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new("chattr").arg("+i").arg(agent.db()), "chattr +i on tmpfs");
     let immutable = Immutable(agent.db());
     let (code, err) = run_until_exit(&agent);
     assert_eq!(

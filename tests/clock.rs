@@ -31,27 +31,8 @@ fn wall_clock_jumps_do_not_break_probing_or_order() {
         &rx.url(),
         "retry = { initial = \"100ms\", max = \"300ms\" }",
     ));
-    let clock = agent.dir.path().join("faketime");
-    std::fs::write(&clock, "+0").expect("clock file");
-    let clock_text = clock.display().to_string();
-    agent.start_with_env(&[
-        ("LD_PRELOAD", LIBFAKETIME),
-        ("FAKETIME_TIMESTAMP_FILE", clock_text.as_str()),
-        ("FAKETIME_NO_CACHE", "1"),
-        // Like NTP: only the wall clock moves.
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-    ]);
-    let lines: Vec<String> = (0..100)
-        .map(|i| {
-            event(
-                &format!("c-{i}"),
-                &format!("till:{}", i % 10),
-                "SaleCreated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    assert!(send_lines(&agent.socket(), &lines).iter().all(|r| r["ok"] == true));
+    let clock = start_on_a_fake_clock(&mut agent);
+    agent.send_events(&Events::new("c", 0..100, "SaleCreated").spread_over("till", 10));
     std::thread::sleep(Duration::from_millis(800));
     // Two days forward, then one back, while the endpoint is down.
     std::fs::write(&clock, "+2d").expect("jump");
@@ -94,23 +75,24 @@ fn wall_clock_jumps_do_not_break_probing_or_order() {
     );
 }
 
+/// The environment that runs the agent under libfaketime, its wall clock
+/// set by the file `clock` (`+0`, `+2d`, `-1d`, …).
 fn faketime_env(clock: &str) -> [(&str, &str); 4] {
     [
         ("LD_PRELOAD", LIBFAKETIME),
         ("FAKETIME_TIMESTAMP_FILE", clock),
         ("FAKETIME_NO_CACHE", "1"),
+        // Like NTP: only the wall clock moves.
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     ]
 }
 
-fn sub_status(agent: &Agent, name: &str) -> serde_json::Value {
-    agent.status()["subscriptions"]
-        .as_array()
-        .expect("subs")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("subscription {name}"))
-        .clone()
+/// Starts the agent on a fake wall clock at `+0`; returns the clock file.
+fn start_on_a_fake_clock(agent: &mut Agent) -> std::path::PathBuf {
+    let clock = agent.dir.path().join("faketime");
+    std::fs::write(&clock, "+0").expect("clock file");
+    agent.start_with_env(&faketime_env(&clock.display().to_string()));
+    clock
 }
 
 fn stored_ids(agent: &Agent) -> HashSet<String> {
@@ -142,39 +124,16 @@ fn a_forward_jump_of_days_parks_failing_deliveries_and_prunes_only_delivered_eve
         subscription("crm", &crm.url(), retry)
     );
     let mut agent = Agent::new(&subs);
-    let clock = agent.dir.path().join("faketime");
-    std::fs::write(&clock, "+0").expect("clock file");
-    let clock_text = clock.display().to_string();
-    agent.start_with_env(&faketime_env(&clock_text));
+    let clock = start_on_a_fake_clock(&mut agent);
 
     // 30 sales (both subscriptions) over 3 tills, 20 stock movements (crm only).
-    let sales: Vec<String> = (0..30)
-        .map(|i| {
-            event(
-                &format!("sale-{i}"),
-                &format!("till:{}", i % 3),
-                "SaleCreated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    let moves: Vec<String> = (0..20)
-        .map(|i| {
-            event(
-                &format!("move-{i}"),
-                "stock:1",
-                "StockMovementCreated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    assert!(send_lines(&agent.socket(), &sales).iter().all(|r| r["ok"] == true));
-    assert!(send_lines(&agent.socket(), &moves).iter().all(|r| r["ok"] == true));
+    agent.send_events(&Events::new("sale", 0..30, "SaleCreated").spread_over("till", 3));
+    agent.send_events(&Events::new("move", 0..20, "StockMovementCreated").entity("stock:1"));
     wait_until(Duration::from_secs(60), "crm got everything", || {
         crm.delivered_ids().len() == 50
     });
     std::thread::sleep(Duration::from_millis(800));
-    let before = sub_status(&agent, "erp");
+    let before = agent.sub_status("erp");
     assert_eq!(before["pending"], 30, "{before}");
     assert_eq!(before["parked"], 0, "not failing for a day yet: {before}");
 
@@ -182,10 +141,10 @@ fn a_forward_jump_of_days_parks_failing_deliveries_and_prunes_only_delivered_eve
     // past give_up_after (first failure + 1 day, in wall-clock time).
     std::fs::write(&clock, "+3d").expect("jump");
     wait_until(Duration::from_secs(30), "each till's head parked", || {
-        sub_status(&agent, "erp")["parked"] == 3
+        agent.sub_status("erp")["parked"] == 3
     });
     std::thread::sleep(Duration::from_millis(800));
-    let after = sub_status(&agent, "erp");
+    let after = agent.sub_status("erp");
     assert_eq!(
         after["parked"], 3,
         "one head per till, the rest waits behind it: {after}"
@@ -208,14 +167,14 @@ fn a_forward_jump_of_days_parks_failing_deliveries_and_prunes_only_delivered_eve
     // subscription, are past retain_delivered in the agent's time: pruned
     // early. Every sale is kept: none is delivered everywhere.
     assert!(agent.stop().success());
-    agent.start_with_env(&faketime_env(&clock_text));
+    agent.start_with_env(&faketime_env(&clock.display().to_string()));
     let all_sales: HashSet<String> = (0..30).map(|i| format!("sale-{i}")).collect();
     wait_until(Duration::from_secs(30), "delivered stock movements pruned", || {
         !stored_ids(&agent).iter().any(|id| id.starts_with("move-"))
     });
     let stored = stored_ids(&agent);
     assert_eq!(stored, all_sales, "every pending or parked event kept, nothing else");
-    let after_restart = sub_status(&agent, "erp");
+    let after_restart = agent.sub_status("erp");
     assert_eq!(after_restart["parked"], 3, "{after_restart}");
     assert_eq!(after_restart["pending"], 27, "{after_restart}");
     let shown = agent.cli(&["show", "move-0"]);
@@ -232,7 +191,7 @@ fn a_forward_jump_of_days_parks_failing_deliveries_and_prunes_only_delivered_eve
     let duplicates = assert_entity_order(&erp.delivered());
     // The receiver has the last one before the agent has committed its 2xx.
     wait_until(Duration::from_secs(30), "erp's backlog empty in status", || {
-        let last = sub_status(&agent, "erp");
+        let last = agent.sub_status("erp");
         last["pending"] == 0 && last["parked"] == 0
     });
     println!(

@@ -141,29 +141,14 @@ fn acked_events_survive_sigkill_during_ingest() {
 #[test]
 fn acked_events_survive_sigkill_during_delivery() {
     let rx = Receiver::start();
-    rx.answer_with(|_| Answer {
-        status: 200,
-        delay: Duration::from_millis(15),
-        headers: vec![],
-    });
+    rx.answer_with(|_| Answer::ok().after(Duration::from_millis(15)));
     let mut agent = Agent::new(&subscription(
         "erp",
         &rx.url(),
         "max_in_flight = 4\nretry = { initial = \"100ms\", max = \"500ms\" }",
     ));
     agent.start();
-    let lines: Vec<String> = (0..400)
-        .map(|i| {
-            event(
-                &format!("d-{i}"),
-                &format!("order:{}", i % 10),
-                "CustomerOrderUpdated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    let replies = send_lines(&agent.socket(), &lines);
-    assert!(replies.iter().all(|r| r["ok"] == true));
+    agent.send_events(&Events::new("d", 0..400, "CustomerOrderUpdated").spread_over("order", 10));
     let mut kills = 0;
     while rx.delivered_ids().len() < 400 && kills < 4 {
         std::thread::sleep(Duration::from_millis(400));

@@ -111,11 +111,7 @@ fn crash_loop_on_every_way_in() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let rx = Receiver::start();
-    rx.answer_with(|r| Answer {
-        status: 200,
-        delay: Duration::from_millis((r.entity_seq % 3) as u64 * 3),
-        headers: vec![],
-    });
+    rx.answer_with(|r| Answer::ok().after(Duration::from_millis((r.entity_seq % 3) as u64 * 3)));
     let mut agent = Agent::new(&subscription(
         "erp",
         &rx.url(),

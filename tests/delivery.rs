@@ -113,18 +113,7 @@ fn outage_probes_at_backoff_pace_then_drains_in_order() {
         "max_in_flight = 8\nretry = { initial = \"200ms\", max = \"400ms\" }",
     ));
     agent.start();
-    let lines: Vec<String> = (0..300)
-        .map(|i| {
-            event(
-                &format!("o-{i}"),
-                &format!("till:{}", i % 30),
-                "SaleCreated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    let replies = send_lines(&agent.socket(), &lines);
-    assert!(replies.iter().all(|r| r["ok"] == true));
+    agent.send_events(&Events::new("o", 0..300, "SaleCreated").spread_over("till", 30));
     let outage = Duration::from_secs(3);
     std::thread::sleep(outage);
     let during = rx.requests().len();
@@ -159,17 +148,11 @@ fn closed_port_then_back_drains_everything() {
     rx.shut();
     let mut agent = Agent::new(&subscription("erp", &rx.url(), FAST_RETRY));
     agent.start();
-    let lines: Vec<String> = (0..200)
-        .map(|i| {
-            event(
-                &format!("c-{i}"),
-                &format!("sku:{}", i % 10),
-                "StockMovementCreated",
-                serde_json::json!({"d": -1}),
-            )
-        })
-        .collect();
-    assert!(send_lines(&agent.socket(), &lines).iter().all(|r| r["ok"] == true));
+    agent.send_events(
+        &Events::new("c", 0..200, "StockMovementCreated")
+            .spread_over("sku", 10)
+            .payload(|_| serde_json::json!({"d": -1})),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(agent.status()["subscriptions"][0]["state"], "offline");
     rx.restart();
@@ -182,18 +165,7 @@ fn closed_port_then_back_drains_everything() {
 #[test]
 fn retry_after_on_429_is_honoured() {
     let rx = Receiver::start();
-    let mut first = true;
-    rx.answer_with(move |_| {
-        if std::mem::take(&mut first) {
-            Answer {
-                status: 429,
-                delay: Duration::ZERO,
-                headers: vec![("retry-after".into(), "2".into())],
-            }
-        } else {
-            Answer::ok()
-        }
-    });
+    rx.answer_first(Answer::status(429).header("retry-after", "2"));
     let mut agent = Agent::new(&subscription("erp", &rx.url(), FAST_RETRY));
     agent.start();
     send_lines(
@@ -227,25 +199,8 @@ fn server_errors_are_retried_and_every_attempt_recorded() {
     });
     let mut agent = Agent::new(&subscription("erp", &rx.url(), FAST_RETRY));
     agent.start();
-    let lines: Vec<String> = (1..=3)
-        .map(|i| {
-            event(
-                &format!("b-{i}"),
-                "order:bad",
-                "CustomerOrderUpdated",
-                serde_json::json!(i),
-            )
-        })
-        .chain((1..=3).map(|i| {
-            event(
-                &format!("g-{i}"),
-                "order:good",
-                "CustomerOrderUpdated",
-                serde_json::json!(i),
-            )
-        }))
-        .collect();
-    send_lines(&agent.socket(), &lines);
+    agent.send_events(&Events::new("b", 1..=3, "CustomerOrderUpdated").entity("order:bad"));
+    agent.send_events(&Events::new("g", 1..=3, "CustomerOrderUpdated").entity("order:good"));
     wait_until(Duration::from_secs(30), "all 6 delivered", || {
         rx.delivered_ids().len() == 6
     });
@@ -274,18 +229,7 @@ fn server_errors_are_retried_and_every_attempt_recorded() {
 #[test]
 fn a_timeout_is_a_failure_and_is_retried() {
     let rx = Receiver::start();
-    let mut first = true;
-    rx.answer_with(move |_| {
-        if std::mem::take(&mut first) {
-            Answer {
-                status: 200,
-                delay: Duration::from_secs(3),
-                headers: vec![],
-            }
-        } else {
-            Answer::ok()
-        }
-    });
+    rx.answer_first(Answer::ok().after(Duration::from_secs(3)));
     let mut agent = Agent::new(&subscription(
         "erp",
         &rx.url(),
@@ -317,13 +261,7 @@ fn a_timeout_is_a_failure_and_is_retried() {
 #[test]
 fn a_parked_event_blocks_only_its_own_entity() {
     let rx = Receiver::start();
-    rx.answer_with(|r| {
-        if r.id == "bad-1" {
-            Answer::status(400)
-        } else {
-            Answer::ok()
-        }
-    });
+    rx.refuse_event("bad-1", 400);
     let mut agent = Agent::new(&subscription(
         "erp",
         &rx.url(),
@@ -405,10 +343,7 @@ fn thin_payload_event_filter_and_extra_headers() {
 fn a_subscription_added_later_gets_the_retained_events_oldest_first() {
     let mut agent = Agent::new("");
     agent.start();
-    let lines: Vec<String> = (1..=10)
-        .map(|i| event(&format!("l-{i}"), "till:1", "SaleCreated", serde_json::json!(i)))
-        .collect();
-    send_lines(&agent.socket(), &lines);
+    agent.send_events(&Events::new("l", 1..=10, "SaleCreated"));
     let status = agent.status();
     assert_eq!(status["subscriptions"].as_array().map(Vec::len), Some(0));
     assert!(agent.stop().success());
@@ -430,10 +365,7 @@ fn a_removed_subscription_keeps_its_backlog_and_resumes() {
     let sub = subscription("erp", &rx.url(), FAST_RETRY);
     let mut agent = Agent::new(&sub);
     agent.start();
-    let lines: Vec<String> = (1..=5)
-        .map(|i| event(&format!("k-{i}"), "till:1", "SaleCreated", serde_json::json!(i)))
-        .collect();
-    send_lines(&agent.socket(), &lines);
+    agent.send_events(&Events::new("k", 1..=5, "SaleCreated"));
     assert!(agent.stop().success());
     agent.write_config("");
     agent.start();
@@ -452,13 +384,7 @@ fn a_removed_subscription_keeps_its_backlog_and_resumes() {
 #[test]
 fn resend_queues_parked_and_delivered_events_again_with_the_same_webhook_id() {
     let rx = Receiver::start();
-    rx.answer_with(|r| {
-        if r.id == "p-1" {
-            Answer::status(422)
-        } else {
-            Answer::ok()
-        }
-    });
+    rx.refuse_event("p-1", 422);
     let retry = "retry = { initial = \"100ms\", max = \"200ms\", give_up_after = \"500ms\" }";
     let mut agent = Agent::new(&subscription("erp", &rx.url(), retry));
     agent.start();

@@ -4,44 +4,31 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use common::*;
 
-/// A CA and a server certificate for 127.0.0.1 signed by it.
-struct TlsServer(Child);
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tls_server(dir: &Path, port: u16) -> TlsServer {
-    let child = Command::new("openssl")
-        .args([
-            "s_server",
-            "-accept",
-            &format!("127.0.0.1:{port}"),
-            "-cert",
-            "server.pem",
-            "-key",
-            "server.key",
-            "-www",
-            "-quiet",
-        ])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("openssl s_server");
-    wait_until(Duration::from_secs(20), "s_server listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    TlsServer(child)
+/// A TLS server (`openssl s_server`) on `port` with the server certificate
+/// in `dir` (see [`ca_and_server_cert`]).
+fn tls_server(dir: &Path, port: u16) -> Process {
+    let accept = format!("127.0.0.1:{port}");
+    let args = [
+        "s_server",
+        "-accept",
+        &accept,
+        "-cert",
+        "server.pem",
+        "-key",
+        "server.key",
+        "-www",
+        "-quiet",
+    ];
+    Process(spawn_listening(
+        Command::new("openssl").args(args).current_dir(dir),
+        Stdio::null(),
+        port,
+        "openssl s_server",
+    ))
 }
 
 fn doctor(agent: &Agent) -> (i32, String) {

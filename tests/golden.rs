@@ -1,4 +1,5 @@
-//! Golden output of the CLI on a prepared database (see `tests/golden/`).
+//! Golden output of the CLI on a prepared database: one test per command,
+//! its cases in `tests/golden/<command>/<case>/` (see [`CASE_FILES`]).
 //!
 //! The database is built through the library with fixed timestamps, so the
 //! output is stable; what still moves (ages, temp paths, version) is redacted.
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use snapbox::cmd::Command;
-use snapbox::{file, Redactions};
+use snapbox::{Data, Redactions};
 use store_outbox::event::NewEvent;
 use store_outbox::outbox::state::SubscriptionState;
 use store_outbox::outbox::writer::{Decision, Outcome, Writer};
@@ -75,10 +76,7 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
         cfg.storage.max_db_bytes,
         Arc::new(tokio::sync::Notify::new()),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::current_thread_runtime();
     rt.block_on(async {
         let replies = writer
             .ingest(vec![
@@ -175,41 +173,92 @@ fn cli(config: &Path, args: &[&str]) -> snapbox::cmd::OutputAssert {
         .assert()
 }
 
+/// Where the cases live: `tests/golden/<command>/<case>/`.
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// The commands with golden cases, one test each below.
+const COMMANDS: [&str; 5] = ["check-config", "events", "resend", "show", "status"];
+
+/// What a case directory holds: `args`, the command line after
+/// `store-outbox --config <config>` (words split on white space, the first one
+/// the command the directory is named after); `stdout` and/or `stderr`, the
+/// expected output (at least one of them; a stream without a file is not
+/// compared); `exit-code`, the expected exit status when it is not 0.
+const CASE_FILES: [&str; 4] = ["args", "stdout", "stderr", "exit-code"];
+
+/// Runs every case of `command`, each on a freshly prepared database.
+fn check_cases(command: &str) {
+    let root = golden_dir().join(command);
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no golden cases in {}", root.display());
+    for case in cases {
+        let name = case.display();
+        assert!(case.is_dir(), "{name}: a case is a directory");
+        for file in std::fs::read_dir(&case).expect("case dir") {
+            let file = file.expect("dir entry").file_name();
+            let file = file.to_string_lossy();
+            assert!(CASE_FILES.contains(&file.as_ref()), "{name}: unknown file {file:?}");
+        }
+        let args = std::fs::read_to_string(case.join("args")).unwrap_or_else(|e| panic!("{name}/args: {e}"));
+        let args: Vec<&str> = args.split_whitespace().collect();
+        assert_eq!(args.first(), Some(&command), "{name}/args: runs `{command}`");
+        let code = match std::fs::read_to_string(case.join("exit-code")) {
+            Ok(text) => text.trim().parse().unwrap_or_else(|e| panic!("{name}/exit-code: {e}")),
+            Err(_) => 0,
+        };
+        let (stdout, stderr) = (case.join("stdout"), case.join("stderr"));
+        assert!(
+            stdout.exists() || stderr.exists(),
+            "{name}: a case compares stdout, stderr or both"
+        );
+        let (_dir, config) = prepare();
+        let mut run = cli(&config, &args).code(code);
+        if stdout.exists() {
+            run = run.stdout_eq(Data::read_from(&stdout, None));
+        }
+        if stderr.exists() {
+            run.stderr_eq(Data::read_from(&stderr, None));
+        }
+    }
+}
+
 #[test]
-fn golden_cli_output() {
-    let (_dir, config) = prepare();
-    cli(&config, &["status"])
-        .success()
-        .stdout_eq(file!["golden/status/table.stdout"]);
-    cli(&config, &["status", "--json"])
-        .success()
-        .stdout_eq(file!["golden/status/json.stdout"]);
-    cli(&config, &["events"])
-        .success()
-        .stdout_eq(file!["golden/events/all.stdout"]);
-    cli(&config, &["events", "--state", "parked", "--json"])
-        .success()
-        .stdout_eq(file!["golden/events/parked.json.stdout"]);
-    cli(&config, &["events", "--subscription", "oms", "--state", "pending"])
-        .success()
-        .stdout_eq(file!["golden/events/oms-pending.stdout"]);
-    cli(&config, &["show", "sale-0042-000122"])
-        .success()
-        .stdout_eq(file!["golden/show/parked.stdout"]);
-    cli(&config, &["show", "sale-0042-000122", "--json"])
-        .success()
-        .stdout_eq(file!["golden/show/parked.json.stdout"]);
-    cli(&config, &["show", "nope"])
-        .failure()
-        .stderr_eq(file!["golden/show/missing.stderr"]);
-    cli(&config, &["check-config"])
-        .success()
-        .stdout_eq(file!["golden/check-config/ok.stdout"]);
-    cli(&config, &["resend", "--parked"])
-        .success()
-        .stdout_eq(file!["golden/resend/parked.stdout"]);
-    cli(&config, &["resend", "nope"])
-        .code(1)
-        .stdout_eq(file!["golden/resend/unknown.stdout"])
-        .stderr_eq(file!["golden/resend/unknown.stderr"]);
+fn every_golden_command_has_its_test() {
+    let mut found: Vec<String> = std::fs::read_dir(golden_dir())
+        .expect("tests/golden")
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, COMMANDS, "tests/golden/<command>/ and the tests below");
+}
+
+#[test]
+fn golden_status() {
+    check_cases("status");
+}
+
+#[test]
+fn golden_events() {
+    check_cases("events");
+}
+
+#[test]
+fn golden_show() {
+    check_cases("show");
+}
+
+#[test]
+fn golden_check_config() {
+    check_cases("check-config");
+}
+
+#[test]
+fn golden_resend() {
+    check_cases("resend");
 }

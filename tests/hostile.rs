@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -72,17 +72,7 @@ fn hostile_endpoints_do_not_hold_up_others_or_break_order() {
     let mut agent = Agent::new(&subs);
     agent.start();
     let started = Instant::now();
-    let lines: Vec<String> = (0..200)
-        .map(|i| {
-            event(
-                &format!("h-{i}"),
-                &format!("order:{}", i % 20),
-                "CustomerOrderUpdated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    assert!(send_lines(&agent.socket(), &lines).iter().all(|r| r["ok"] == true));
+    agent.send_events(&Events::new("h", 0..200, "CustomerOrderUpdated").spread_over("order", 20));
 
     wait_until(Duration::from_secs(60), "healthy got everything", || {
         healthy.delivered_ids().len() == 200
@@ -317,7 +307,8 @@ fn serve(stream: TcpStream, fault: &AtomicU8, faults: &AtomicU64, requests: &Mut
 /// A TLS webhook endpoint: Python's `http.server` behind `ssl`, one JSON body
 /// a line on stdout, recorded once the 200 went out.
 struct TlsEndpoint {
-    child: Child,
+    /// Killed on drop.
+    _server: Process,
 }
 
 const TLS_SERVER_PY: &str = r#"
@@ -370,14 +361,9 @@ impl TlsEndpoint {
                     .push(to_request(HashMap::new(), line.into_bytes(), 200));
             }
         });
-        TlsEndpoint { child }
-    }
-}
-
-impl Drop for TlsEndpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        TlsEndpoint {
+            _server: Process(child),
+        }
     }
 }
 
@@ -385,34 +371,24 @@ impl Drop for TlsEndpoint {
 /// self-signed `rogue.pem`/`rogue.key` for 127.0.0.1 the agent does not trust.
 fn make_certs(dir: &Path) {
     ca_and_server_cert(dir);
-    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut rogue = vec!["req", "-x509"];
-    rogue.extend(key);
-    rogue.extend([
-        "-keyout",
-        "rogue.key",
-        "-out",
-        "rogue.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-        "-addext",
-        "basicConstraints=critical,CA:FALSE",
-    ]);
-    openssl(dir, &rogue);
-}
-
-fn sub_status(agent: &Agent, name: &str) -> serde_json::Value {
-    agent.status()["subscriptions"]
-        .as_array()
-        .expect("subs")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("subscription {name}"))
-        .clone()
+    openssl_new_key(
+        dir,
+        &[
+            "-x509",
+            "-keyout",
+            "rogue.key",
+            "-out",
+            "rogue.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+    );
 }
 
 /// Rows of `deliveries` of subscription `name` in `state` (1 delivered).
@@ -474,17 +450,7 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
     let mut agent = Agent::new(&subs);
     agent.start();
     let started = Instant::now();
-    let lines: Vec<String> = (0..EVENTS)
-        .map(|i| {
-            event(
-                &format!("t-{i}"),
-                &format!("order:{}", i % ENTITIES),
-                "CustomerOrderUpdated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    assert!(send_lines(&agent.socket(), &lines).iter().all(|r| r["ok"] == true));
+    agent.send_events(&Events::new("t", 0..EVENTS, "CustomerOrderUpdated").spread_over("order", ENTITIES));
 
     // The healthy subscription is not held up by the faulty ones.
     wait_until(Duration::from_secs(60), "healthy got everything", || {
@@ -499,7 +465,7 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
     let faulty = ["reset-mid-body", "reset-mid-request", "slow-loris", "tls"];
     let mut errors = Vec::new();
     for name in faulty {
-        let s = sub_status(&agent, name);
+        let s = agent.sub_status(name);
         assert_eq!(s["pending"], EVENTS, "{name} keeps everything: {s}");
         assert_eq!(s["delivered_total"], 0, "{name}: nothing delivered: {s}");
         assert_eq!(
@@ -578,7 +544,7 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
     ] {
         duplicates += assert_complete_in_order(name, &requests, EVENTS, ENTITIES);
         wait_until(Duration::from_secs(30), "status shows it drained", || {
-            let s = sub_status(&agent, name);
+            let s = agent.sub_status(name);
             s["pending"] == 0 && s["delivered_total"] == EVENTS
         });
     }

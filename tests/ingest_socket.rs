@@ -198,17 +198,9 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
         ),
     )
     .expect("config");
-    let out = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
+    let out = cli_with_config("run", &config);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another store-outbox"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(stderr(&out).contains("another store-outbox"), "{}", stderr(&out));
     // The first one is undisturbed.
     assert_eq!(
         send_lines(&agent.socket(), &[event("x", "t", "T", serde_json::json!(1))])[0]["ok"],
@@ -223,13 +215,13 @@ fn one_data_directory_one_agent() {
     let text = std::fs::read_to_string(&agent.config).expect("config");
     let second = agent.dir.path().join("second.toml");
     std::fs::write(&second, text.replace("ingest.sock", "other.sock")).expect("config");
-    let out = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&second)
-        .output()
-        .expect("run");
+    let out = cli_with_config("run", &second);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already runs on this data directory"));
+    assert!(
+        stderr(&out).contains("already runs on this data directory"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -241,26 +233,18 @@ fn check_config_names_file_line_and_key() {
         "[agent]\nstore_id = \"1\"\n\n[storage]\nretain_delivered = \"a week\"\n",
     )
     .expect("write");
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = cli_with_config("check-config", &path);
     assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.contains(&path.display().to_string()) && err.contains("line 5") && err.contains("a week"),
         "{err}"
     );
 
     std::fs::write(&path, "[agent]\nstore_id = \"1\"\nstoreid = \"2\"\n").expect("write");
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = cli_with_config("check-config", &path);
     assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("line 3") && err.contains("storeid"), "{err}");
 
     std::fs::write(
@@ -276,12 +260,9 @@ fn check_config_names_file_line_and_key() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 subscription"));
 
-    let missing = Command::new(binary())
-        .args(["check-config", "--config", "/nonexistent/c.toml"])
-        .output()
-        .expect("run");
+    let missing = cli_with_config("check-config", std::path::Path::new("/nonexistent/c.toml"));
     assert_eq!(missing.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/c.toml"));
+    assert!(stderr(&missing).contains("/nonexistent/c.toml"), "{}", stderr(&missing));
 }
 
 #[test]

@@ -915,9 +915,11 @@ impl Harness {
         Ok(())
     }
 
-    fn ingest_again(&mut self, pick: usize) -> Result<(), String> {
+    /// One of the events ingested so far (`pick` modulo their number), its
+    /// entity and its `entity_seq`; `None` before the first ingest.
+    fn pick_event(&self, pick: usize) -> Result<Option<(NewEvent, usize, i64)>, String> {
         if self.model.events.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let (event, entity) = self.model.events[pick % self.model.events.len()].clone();
         let seq = self.model.ids[entity]
@@ -925,6 +927,13 @@ impl Harness {
             .position(|id| *id == event.event_id)
             .ok_or("picked event is not in the model")? as i64
             + 1;
+        Ok(Some((event, entity, seq)))
+    }
+
+    fn ingest_again(&mut self, pick: usize) -> Result<(), String> {
+        let Some((event, _, seq)) = self.pick_event(pick)? else {
+            return Ok(());
+        };
         let agent = self.agent.as_ref().ok_or("no agent running")?;
         match agent.ingest(vec![event.clone()]).as_slice() {
             [Reply::Accepted {
@@ -965,15 +974,9 @@ impl Harness {
     }
 
     fn resend_one(&mut self, pick: usize, sub: Option<usize>) -> Result<(), String> {
-        if self.model.events.is_empty() {
+        let Some((event, entity, seq)) = self.pick_event(pick)? else {
             return Ok(());
-        }
-        let (event, entity) = self.model.events[pick % self.model.events.len()].clone();
-        let seq = self.model.ids[entity]
-            .iter()
-            .position(|id| *id == event.event_id)
-            .ok_or("picked event is not in the model")? as i64
-            + 1;
+        };
         let subs: Vec<usize> = sub.map_or_else(|| (0..SUBS.len()).collect(), |s| vec![s]);
         let request = ResendRequest {
             event_ids: vec![event.event_id.clone()],

@@ -26,17 +26,9 @@ fn delivered(db: &std::path::Path) -> Vec<(i64, i64)> {
     rows
 }
 
+/// A 2xx for event `seq`.
 fn outcome(sub_id: i64, seq: i64) -> Outcome {
-    Outcome {
-        sub_id,
-        event_seq: seq,
-        at_ms: store_outbox::outbox::now_ms(),
-        status: Some(200),
-        error: None,
-        duration_ms: 1,
-        decision: Decision::Delivered,
-        resends: 0,
-    }
+    common::outcome(sub_id, seq, 200, Decision::Delivered, 0)
 }
 
 #[test]
@@ -48,11 +40,7 @@ fn a_request_that_never_answers_holds_back_no_commit() {
         writer,
         thread,
     } = common::library_outbox(dir.path(), "");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::multi_thread_runtime();
     let events: Vec<_> = (1..=40)
         .map(|i| common::new_event(&format!("ev-{i}"), &format!("till:{:02}", i % 8)))
         .collect();

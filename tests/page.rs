@@ -30,15 +30,12 @@ impl Drop for Driver {
 impl Driver {
     fn start(profile: &std::path::Path) -> Driver {
         let port = free_port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver must be installed (Debian package chromium-driver; .ci/run installs it)");
-        wait_until(Duration::from_secs(30), "chromedriver listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let child = spawn_listening(
+            Command::new("chromedriver").arg(format!("--port={port}")),
+            Stdio::null(),
+            port,
+            "chromedriver (Debian package chromium-driver; .ci/run installs it)",
+        );
         let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
@@ -110,43 +107,30 @@ impl Driver {
 #[test]
 fn the_page_shows_a_parked_event_and_resend_with_the_token_queues_it_again() {
     let rx = Receiver::start();
-    rx.answer_with(|r| {
-        if r.id == "sale-0042-000123" {
-            Answer::status(422)
-        } else {
-            Answer::ok()
-        }
-    });
-    let admin_port = free_port();
-    let retry = "retry = { initial = \"100ms\", max = \"200ms\", give_up_after = \"300ms\" }";
-    let mut agent = Agent::configured(
-        "",
-        &format!("listen = \"127.0.0.1:{admin_port}\"\ntoken_file = \"token\"\n"),
+    rx.refuse_event("sale-0042-000123", 422);
+    let (mut agent, admin_port) = Agent::with_admin_token(
+        TOKEN,
         &format!(
             "{}{}",
-            subscription("erp", &rx.url(), retry),
+            subscription("erp", &rx.url(), PARK_FAST),
             subscription("oms", &rx.url(), "")
         ),
     );
-    std::fs::write(agent.dir.path().join("token"), TOKEN).expect("token");
     agent.start();
-    send_lines(
-        &agent.socket(),
-        &[
-            event(
-                "sale-0042-000123",
-                "order:4711",
-                "SaleCreated",
-                serde_json::json!({"total": 9.5}),
-            ),
-            event(
-                "sale-0042-000124",
-                "order:4712",
-                "SaleCreated",
-                serde_json::json!({"total": 3.2}),
-            ),
-        ],
-    );
+    agent.send_all(&[
+        event(
+            "sale-0042-000123",
+            "order:4711",
+            "SaleCreated",
+            serde_json::json!({"total": 9.5}),
+        ),
+        event(
+            "sale-0042-000124",
+            "order:4712",
+            "SaleCreated",
+            serde_json::json!({"total": 3.2}),
+        ),
+    ]);
     wait_until(Duration::from_secs(30), "parked", || {
         agent.status()["subscriptions"][0]["parked"] == 1
     });

@@ -13,7 +13,7 @@ mod common;
 use store_outbox::event::Reply;
 use store_outbox::outbox::read;
 use store_outbox::outbox::resend::{resend, ResendRequest};
-use store_outbox::outbox::writer::{Decision, Outcome};
+use store_outbox::outbox::writer::Decision;
 
 fn state_of(db: &std::path::Path, seq: i64) -> (i64, i64, i64) {
     let conn = rusqlite::Connection::open(db).expect("open");
@@ -35,25 +35,10 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
         thread,
     } = common::library_outbox(dir.path(), r#"retry = { give_up_after = "0s" }"#);
     let reader = store_outbox::outbox::open_reader(&db).expect("reader");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::current_thread_runtime();
     let record = |seq: i64, resends: i64, status: u16, decision: Decision| {
-        rt.block_on(writer.record_and_wait(
-            Outcome {
-                sub_id,
-                event_seq: seq,
-                at_ms: store_outbox::outbox::now_ms(),
-                status: Some(status),
-                error: (status >= 300).then(|| format!("HTTP {status}")),
-                duration_ms: 5,
-                decision,
-                resends,
-            },
-            None,
-        ))
-        .expect("record");
+        rt.block_on(writer.record_and_wait(common::outcome(sub_id, seq, status, decision, resends), None))
+            .expect("record");
     };
 
     let replies = rt.block_on(writer.ingest(vec![
@@ -86,7 +71,7 @@ fn an_outcome_committed_after_a_resend_does_not_undo_it() {
     };
 
     // The request for `id` is on the wire, the operator resends `id`, then
-    // the request's outcome (`status`, `verdict`) is committed: it must count
+    // the request's outcome (`status`, `decision`) is committed: it must count
     // as an attempt and change nothing. The event goes again (before any
     // later one), and that attempt's same outcome applies; `then` is the
     // state it leaves.

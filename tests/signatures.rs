@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -24,16 +24,9 @@ fn verify_with_python(rx: &Receiver, dir: &std::path::Path, secrets: &[&str]) ->
     let path = dir.join("capture.json");
     std::fs::write(&path, serde_json::to_vec(&capture).expect("json")).expect("write capture");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/verify_standardwebhooks.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(&path)
-        .args(secrets)
-        .output()
-        .expect("python3 must be installed (see .ci/run)");
-    assert!(
-        out.status.success(),
-        "the official verifier refused our signatures (is `pip install standardwebhooks` done?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("python3").arg(script).arg(&path).args(secrets),
+        "the official verifier (python3 and `pip install standardwebhooks`, see .ci/run) on our signatures",
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -43,20 +36,12 @@ fn the_official_standard_webhooks_library_verifies_our_signatures() {
     let rx = Receiver::start();
     let mut agent = Agent::new(&subscription("erp", &rx.url(), ""));
     agent.start();
-    let lines: Vec<String> = (0..5)
-        .map(|i| {
-            event(
-                &format!("sw-{i}"),
-                "order:1",
-                "SaleCreated",
-                serde_json::json!({"unicode": "Grüße €", "i": i}),
-            )
-        })
-        .chain(std::iter::once(
-            r#"{"type":"PosLog","entity":"pos:1/2","payload":"<Transaction/>"}"#.to_string(),
-        ))
-        .collect();
-    send_lines(&agent.socket(), &lines);
+    let mut lines = Events::new("sw", 0..5, "SaleCreated")
+        .entity("order:1")
+        .payload(|i| serde_json::json!({"unicode": "Grüße €", "i": i}))
+        .lines();
+    lines.push(r#"{"type":"PosLog","entity":"pos:1/2","payload":"<Transaction/>"}"#.to_string());
+    agent.send_all(&lines);
     wait_until(Duration::from_secs(30), "6 delivered", || rx.delivered_ids().len() == 6);
     assert_eq!(verify_with_python(&rx, agent.dir.path(), &[SECRET]), "verified 6");
 }
@@ -86,35 +71,16 @@ fn during_rotation_each_secret_verifies() {
 #[test]
 fn the_receive_command_verifies_and_checks_order() {
     let port = free_port();
-    let receiver = Command::new(binary())
-        .args([
-            "receive",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--secret",
-            SECRET,
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("receive");
-    wait_until(Duration::from_secs(20), "receiver listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let listen = format!("127.0.0.1:{port}");
+    let receiver = spawn_listening(
+        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", SECRET, "--json"]),
+        Stdio::piped(),
+        port,
+        "store-outbox receive",
+    );
     let mut agent = Agent::new(&subscription("erp", &format!("http://127.0.0.1:{port}/hooks"), ""));
     agent.start();
-    let lines: Vec<String> = (0..10)
-        .map(|i| {
-            event(
-                &format!("rc-{i}"),
-                &format!("till:{}", i % 2),
-                "SaleCreated",
-                serde_json::json!(i),
-            )
-        })
-        .collect();
-    send_lines(&agent.socket(), &lines);
+    agent.send_events(&Events::new("rc", 0..10, "SaleCreated").spread_over("till", 2));
     wait_until(Duration::from_secs(30), "delivered", || {
         agent.status()["subscriptions"][0]["delivered_total"] == 10
     });
@@ -136,21 +102,13 @@ fn the_receive_command_verifies_and_checks_order() {
 #[test]
 fn the_receive_command_refuses_a_wrong_signature() {
     let port = free_port();
-    let mut receiver = Command::new(binary())
-        .args([
-            "receive",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--secret",
-            NEW_SECRET,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("receive");
-    wait_until(Duration::from_secs(20), "receiver listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let listen = format!("127.0.0.1:{port}");
+    let _receiver = Process(spawn_listening(
+        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", NEW_SECRET]),
+        Stdio::null(),
+        port,
+        "store-outbox receive",
+    ));
     let mut agent = Agent::new(&subscription(
         "erp",
         &format!("http://127.0.0.1:{port}/hooks"),
@@ -166,6 +124,4 @@ fn the_receive_command_refuses_a_wrong_signature() {
             .as_str()
             .is_some_and(|e| e.contains("401"))
     });
-    let _ = receiver.kill();
-    let _ = receiver.wait();
 }

@@ -3,9 +3,10 @@
 //! Answered only after commit. An array's valid events are committed together
 //! in one transaction; an invalid event in an array gets its error in its place
 //! in `results` and does not stop the others (the same as a bad line on the
-//! socket). Status codes: 200 results, 400 body not JSON or not readable to
-//! its end (`unreadable_body`), 413 too large, 507 storage full, 503 shutting
-//! down.
+//! socket). Status codes: 200 results, 400 body not JSON, or not readable to
+//! its end (`invalid_json`, the contract's code for a malformed body, with a
+//! message that says so), 413 too large (only a body over the limit), 507
+//! storage full, 503 shutting down.
 
 use std::sync::Arc;
 
@@ -143,11 +144,11 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
         Ok(b) => b,
         Err(BodyError::TooLarge) => return too_large(format!("more than {}", state.max_request_bytes)),
         Err(BodyError::Unreadable(reason)) => {
-            state.writer.count_rejected(ErrorCode::UnreadableBody);
+            state.writer.count_rejected(ErrorCode::InvalidJson);
             return error(
                 StatusCode::BAD_REQUEST,
                 IngestError::new(
-                    ErrorCode::UnreadableBody,
+                    ErrorCode::InvalidJson,
                     format!("the request body could not be read to its end: {reason}"),
                 ),
             );

@@ -37,12 +37,102 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, for a server a test starts later (the agent's
+/// ingest and admin, chromedriver, `receive`, s_server).
+///
+/// Not one the kernel hands out for port 0: that range is also where every
+/// outgoing connection takes its local port, so between this call and the
+/// server's bind a client connection (of this or a parallel test) could take
+/// it ("Address already in use"). Instead a port below the ephemeral range,
+/// never the same one twice in a test process, checked free by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000; // 20000-31999, below Linux's 32768-60999
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test process starts somewhere else in the span (suites of other
+    // checkouts may run at the same time), then walks through it.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(2_654_435_761) ^ rand_seed()) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}-{}", LOW + SPAN - 1)
+}
+
+fn rand_seed() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
+/// Waits until something accepts connections on `port` (a server a test
+/// started).
+pub fn wait_for_port(port: u16, what: &str) {
+    wait_until(Duration::from_secs(30), what, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// A child process that is killed when it drops (servers a test starts).
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns a server that is to listen on `port` (stdin and stderr closed,
+/// stdout as given) and waits until it does.
+pub fn spawn_listening(cmd: &mut Command, stdout: Stdio, port: u16, what: &str) -> Child {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start {:?}: {e}", cmd.get_program()));
+    wait_for_port(port, &format!("{what} listening on {port}"));
+    child
+}
+
+/// Runs a command that must succeed; a failure fails the test with the
+/// command's own message (stderr).
+pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {:?}: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `store-outbox <command> --config <config>` in the foreground (`run` that
+/// is to fail at start, `check-config`), to its exit.
+pub fn cli_with_config(command: &str, config: &Path) -> std::process::Output {
+    Command::new(binary())
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run the binary")
+}
+
+/// A process's stderr, as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 // ---- the agent ---------------------------------------------------------------
@@ -91,6 +181,19 @@ impl Agent {
         agent
     }
 
+    /// Like [`Agent::new`], with the admin API on a free port (returned) and a
+    /// `token_file` holding `token_file_text`.
+    pub fn with_admin_token(token_file_text: &str, extra: &str) -> (Agent, u16) {
+        let port = free_port();
+        let agent = Agent::configured(
+            "",
+            &format!("listen = \"127.0.0.1:{port}\"\ntoken_file = \"token\"\n"),
+            extra,
+        );
+        std::fs::write(agent.dir.path().join("token"), token_file_text).expect("token file");
+        (agent, port)
+    }
+
     /// Rewrites the config with other subscriptions.
     pub fn write_config(&self, extra: &str) {
         let d = self.dir.path().display();
@@ -134,6 +237,20 @@ impl Agent {
         self.open_db()
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .expect("count")
+    }
+
+    /// Sends `lines` over the agent's socket and asserts it acknowledged every
+    /// one (`"ok": true`); returns the replies, in order.
+    pub fn send_all(&self, lines: &[String]) -> Vec<serde_json::Value> {
+        let replies = send_lines(&self.socket(), lines);
+        let refused: Vec<&serde_json::Value> = replies.iter().filter(|r| r["ok"] != true).collect();
+        assert!(refused.is_empty(), "every event acknowledged, but: {refused:?}");
+        replies
+    }
+
+    /// Builds `events` and sends them with [`Agent::send_all`].
+    pub fn send_events(&self, events: &Events) -> Vec<serde_json::Value> {
+        self.send_all(&events.lines())
     }
 
     /// `POST /v1/events` on the HTTP ingest: (status, JSON body).
@@ -235,6 +352,17 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// The subscription `name` in `status --json`.
+    pub fn sub_status(&self, name: &str) -> serde_json::Value {
+        self.status()["subscriptions"]
+            .as_array()
+            .expect("subscriptions")
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("subscription {name} in status"))
+            .clone()
+    }
+
     /// A read-only connection to the agent's database.
     pub fn open_db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open db")
@@ -252,25 +380,77 @@ pub fn subscription(name: &str, url: &str, extra: &str) -> String {
     format!("[[subscription]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n")
 }
 
+/// Retries that park a failing event within about a second.
+pub const PARK_FAST: &str = "retry = { initial = \"100ms\", max = \"200ms\", give_up_after = \"300ms\" }";
+
 // ---- producers ---------------------------------------------------------------
 
 /// A minimal HTTP/1.1 request over loopback: (status, JSON body or Null).
 /// Reads exactly `content-length` bytes, so servers that keep the connection
 /// open despite `connection: close` do not hang it.
 pub fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    try_http_request(port, method, path, body).unwrap_or_else(|e| panic!("{method} {path} on port {port}: {e}"))
+    let r = http(port, method, path, &[], body);
+    (r.status, r.json())
 }
 
 /// Like [`http_request`], with connection errors returned (the agent may be
 /// killed mid-request in crash tests).
 pub fn try_http_request(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, serde_json::Value)> {
+    let r = try_http(port, method, path, &[], body)?;
+    Ok((r.status, r.json()))
+}
+
+/// An HTTP response as [`http`] read it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON, or Null when it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 request over loopback with extra `headers` (a
+/// `content-type` among them replaces the default `application/json`).
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    try_http(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path} on port {port}: {e}"))
+}
+
+/// Like [`http`], with connection errors returned.
+pub fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        head.push_str("content-type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()));
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
     let mut reader = BufReader::new(stream);
@@ -281,18 +461,20 @@ pub fn try_http_request(port: u16, method: &str, path: &str, body: &[u8]) -> std
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status line: {status_line:?}")))?;
-    let mut length: Option<usize> = None;
+    let mut headers = Vec::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
         if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().ok();
-            }
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
+    let length: Option<usize> = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok());
     let mut body = Vec::new();
     match length {
         Some(n) => {
@@ -303,7 +485,7 @@ pub fn try_http_request(port: u16, method: &str, path: &str, body: &[u8]) -> std
             reader.read_to_end(&mut body)?;
         }
     }
-    Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+    Ok(HttpResponse { status, headers, body })
 }
 
 /// Sends lines over one connection, pipelined, and returns one reply per line.
@@ -337,6 +519,66 @@ pub fn event(id: &str, entity: &str, event_type: &str, payload: serde_json::Valu
     serde_json::json!({"event_id": id, "type": event_type, "entity": entity,
         "attributes": {"terminal": "03"}, "payload": payload})
     .to_string()
+}
+
+/// Numbered events of one type, to send in one go: ids `{ids}-{i}` for each
+/// number `i`, the number as the payload and one entity (`till:1`) unless
+/// [`Events::spread_over`], [`Events::entity`] or [`Events::payload`] say
+/// otherwise. Each entity's events come in the order of their numbers.
+pub struct Events {
+    ids: String,
+    numbers: Vec<usize>,
+    event_type: String,
+    entity: Box<dyn Fn(usize) -> String>,
+    payload: Box<dyn Fn(usize) -> serde_json::Value>,
+}
+
+impl Events {
+    /// Events `{ids}-{i}` of `event_type` for every `i` of `numbers`.
+    pub fn new(ids: &str, numbers: impl IntoIterator<Item = usize>, event_type: &str) -> Events {
+        Events {
+            ids: ids.to_string(),
+            numbers: numbers.into_iter().collect(),
+            event_type: event_type.to_string(),
+            entity: Box::new(|_| "till:1".to_string()),
+            payload: Box::new(|i| serde_json::json!(i)),
+        }
+    }
+
+    /// All of entity `entity`.
+    pub fn entity(mut self, entity: &str) -> Events {
+        let entity = entity.to_string();
+        self.entity = Box::new(move |_| entity.clone());
+        self
+    }
+
+    /// Round-robin over `count` entities: event `i` is of `{prefix}:{i % count}`.
+    pub fn spread_over(mut self, prefix: &str, count: usize) -> Events {
+        let prefix = prefix.to_string();
+        self.entity = Box::new(move |i| format!("{prefix}:{}", i % count));
+        self
+    }
+
+    /// Event `i`'s payload is `payload(i)`.
+    pub fn payload(mut self, payload: impl Fn(usize) -> serde_json::Value + 'static) -> Events {
+        self.payload = Box::new(payload);
+        self
+    }
+
+    /// The event lines, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.numbers
+            .iter()
+            .map(|&i| {
+                event(
+                    &format!("{}-{i}", self.ids),
+                    &(self.entity)(i),
+                    &self.event_type,
+                    (self.payload)(i),
+                )
+            })
+            .collect()
+    }
 }
 
 // ---- the receiver --------------------------------------------------------------
@@ -374,6 +616,16 @@ impl Answer {
             delay: Duration::ZERO,
             headers: vec![],
         }
+    }
+    /// The same answer, given after `delay`.
+    pub fn after(mut self, delay: Duration) -> Answer {
+        self.delay = delay;
+        self
+    }
+    /// The same answer with one more header.
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -497,6 +749,24 @@ impl Receiver {
     /// Sets how requests are answered.
     pub fn answer_with(&self, rule: impl FnMut(&Request) -> Answer + Send + 'static) {
         *self.inner.rule.lock().unwrap() = Box::new(rule);
+    }
+
+    /// Answers `status` to every request for event `id`, 2xx to the rest.
+    pub fn refuse_event(&self, id: &str, status: u16) {
+        let id = id.to_string();
+        self.answer_with(move |r| {
+            if r.id == id {
+                Answer::status(status)
+            } else {
+                Answer::ok()
+            }
+        });
+    }
+
+    /// Answers the first request with `first`, every later one with 200.
+    pub fn answer_first(&self, first: Answer) {
+        let mut first = Some(first);
+        self.answer_with(move |_| first.take().unwrap_or_else(Answer::ok));
     }
 
     /// Closes the port (connections refused) until [`Receiver::restart`].
@@ -659,16 +929,25 @@ impl Drop for TmpfsMount {
 /// Runs `openssl` in `dir` (certificates for the TLS tests); fails the test
 /// with openssl's own message.
 pub fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {args:?} (openssl must be installed)"),
     );
+}
+
+/// `openssl req` with a new EC P-256 key (no passphrase), then `args`
+/// (`-x509` for a self-signed certificate, `-keyout`, `-out`, `-subj`, …).
+pub fn openssl_new_key(dir: &Path, args: &[&str]) {
+    let mut all = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    all.extend(args);
+    openssl(dir, &all);
 }
 
 /// sd_notify datagrams received on `sock` until one matches `until`, or the
@@ -740,6 +1019,45 @@ pub fn library_outbox(dir: &Path, subscription_extra: &str) -> LibraryOutbox {
     }
 }
 
+/// The outcome of an attempt at event `seq` for `sub_id`, now: `status`
+/// (an error `HTTP <status>` unless 2xx) and the scheduler's `decision`, for
+/// a delivery resent `resends` times when it was read.
+pub fn outcome(
+    sub_id: i64,
+    seq: i64,
+    status: u16,
+    decision: store_outbox::outbox::writer::Decision,
+    resends: i64,
+) -> store_outbox::outbox::writer::Outcome {
+    store_outbox::outbox::writer::Outcome {
+        sub_id,
+        event_seq: seq,
+        at_ms: store_outbox::outbox::now_ms(),
+        status: Some(status),
+        error: (status >= 300).then(|| format!("HTTP {status}")),
+        duration_ms: 5,
+        decision,
+        resends,
+    }
+}
+
+/// A tokio runtime on this thread (for `block_on` in library tests).
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A tokio runtime with two worker threads (for tasks that run at once).
+pub fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A small event of `entity`, as a producer hands it over.
 pub fn new_event(id: &str, entity: &str) -> store_outbox::event::NewEvent {
     store_outbox::event::NewEvent {
@@ -758,24 +1076,24 @@ pub fn new_event(id: &str, entity: &str) -> store_outbox::event::NewEvent {
 /// 127.0.0.1 (`server.pem`, `server.key`), written into `dir` with the
 /// `openssl` command (EC P-256, valid two days).
 pub fn ca_and_server_cert(dir: &Path) {
-    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(key);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=store-outbox test CA",
-    ]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req"];
-    csr.extend(key);
-    csr.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-    openssl(dir, &csr);
+    openssl_new_key(
+        dir,
+        &[
+            "-x509",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=store-outbox test CA",
+        ],
+    );
+    openssl_new_key(
+        dir,
+        &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+    );
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",

@@ -1,5 +1,6 @@
 //! The HTTP ingest tells a body it cannot read (broken chunked encoding) from
-//! a body over the limit: 400 with its own code and count, not 413.
+//! a body over the limit: 400 `invalid_json` (the contract's code for a
+//! malformed body) with a message that says so, not 413 `too_large`.
 
 mod common;
 
@@ -42,7 +43,7 @@ fn counter(agent: &Agent, name: &str) -> i64 {
 }
 
 #[test]
-fn a_broken_chunked_body_is_a_400_of_its_own_not_too_large() {
+fn a_broken_chunked_body_is_a_400_invalid_json_not_too_large() {
     let mut agent = Agent::with_ingest("max_request_bytes = 4096\nmax_event_bytes = 2048\n", "");
     agent.start();
     let port = agent.http_port.get();
@@ -54,11 +55,11 @@ fn a_broken_chunked_body_is_a_400_of_its_own_not_too_large() {
         b"5\r\n{\"typ\r\nzz\r\nxx\r\n0\r\n\r\n",
     );
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "unreadable_body", "{body}");
+    assert_eq!(body["error"]["code"], "invalid_json", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("request body"), "{message}");
+    assert!(message.contains("could not be read to its end"), "{message}");
     wait_until(Duration::from_secs(10), "the unreadable body counted", || {
-        counter(&agent, "rejected_total:unreadable_body") == 1
+        counter(&agent, "rejected_total:invalid_json") == 1
     });
     assert_eq!(counter(&agent, "rejected_total:too_large"), 0);
 
@@ -71,7 +72,7 @@ fn a_broken_chunked_body_is_a_400_of_its_own_not_too_large() {
     wait_until(Duration::from_secs(10), "the large body counted", || {
         counter(&agent, "rejected_total:too_large") == 1
     });
-    assert_eq!(counter(&agent, "rejected_total:unreadable_body"), 1);
+    assert_eq!(counter(&agent, "rejected_total:invalid_json"), 1);
 
     // And the ingest still works.
     let (status, _) = agent.http_post(event("b-1", "order:1", "SaleCreated", serde_json::json!(1)).as_bytes());
