@@ -331,16 +331,33 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         println!("FAILED {e}");
     }
 
-    let git = |a: &[&str]| {
+    let git = |dir: &Path, a: &[&str]| {
         std::process::Command::new("git")
             .args(a)
-            .current_dir(&main_dir)
+            .current_dir(dir)
             .output()
             .ok()
+            .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     };
-    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let commit_of = |dir: &Path| {
+        let commit = git(dir, &["rev-parse", "HEAD"]);
+        let dirty = !commit.is_empty() && !git(dir, &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+        (commit, dirty)
+    };
+    // The agent's commit is that of the checkout holding the binary
+    // (--agent-bin /other/worktree/target/release/store-outbox), empty if it
+    // is in none; the harness's is that of this checkout.
+    let agent_dir = match &args.agent_bin {
+        Some(bin) => std::fs::canonicalize(bin)
+            .ok()
+            .and_then(|b| b.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("/")),
+        None => main_dir.clone(),
+    };
+    let (agent_commit, agent_dirty) = commit_of(&agent_dir);
+    let (harness_commit, harness_dirty) = commit_of(&main_dir);
     let doc = json!({
         "tool": "outbox-bench",
         "date": started_at,
@@ -358,8 +375,12 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         "agent": {
             "binary": built.display().to_string(),
             "build": build_note,
-            "git_commit": git(&["rev-parse", "HEAD"]),
-            "git_dirty": dirty,
+            "git_commit": agent_commit,
+            "git_dirty": agent_dirty,
+        },
+        "harness": {
+            "git_commit": harness_commit,
+            "git_dirty": harness_dirty,
         },
         "sizes": sizes,
         "settings": {
