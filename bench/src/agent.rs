@@ -135,6 +135,34 @@ impl Agent {
         sys::mem(self.pid)
     }
 
+    /// VmRSS once it has settled: read every 500 ms for at least `min`,
+    /// until four readings in a row lie within 1 % of each other, for at
+    /// most `max`. None if the memory cannot be read.
+    pub async fn settled_rss(&self, min: Duration, max: Duration) -> Option<Settled> {
+        let t0 = Instant::now();
+        let mut recent: Vec<u64> = Vec::with_capacity(5);
+        loop {
+            let mem = self.mem()?;
+            recent.push(mem.rss_kib);
+            if recent.len() > 4 {
+                recent.remove(0);
+            }
+            let waited = t0.elapsed();
+            let lo = recent.iter().copied().min().unwrap_or(0);
+            let hi = recent.iter().copied().max().unwrap_or(0);
+            let settled = recent.len() == 4 && hi - lo <= hi / 100;
+            if (settled && waited >= min) || waited >= max {
+                return Some(Settled {
+                    rss_kib: mem.rss_kib,
+                    hwm_kib: mem.hwm_kib,
+                    waited,
+                    settled,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; how long the stop took and
     /// whether the exit was clean.
     pub fn stop(&mut self, grace: Duration) -> (Duration, bool) {
@@ -160,6 +188,16 @@ impl Drop for Agent {
             sys::forget(child.id());
         }
     }
+}
+
+/// A settled VmRSS reading (`Agent::settled_rss`).
+pub struct Settled {
+    pub rss_kib: u64,
+    /// VmHWM at the same moment: the peak since the agent started.
+    pub hwm_kib: u64,
+    pub waited: Duration,
+    /// False if it was still moving when `max` ran out.
+    pub settled: bool,
 }
 
 /// Samples a process's VmRSS in the background; keeps the maximum.

@@ -8,10 +8,12 @@
 //! Phases, in order: binary size; raw SQLite baselines; agent A (idle memory,
 //! socket ingest, HTTP ingest, ack latency at a steady rate); agent B
 //! (backlog ingested while the receiver is down, restart, start-up to the
-//! first delivery, drain with order checks); raw requests to the same
-//! receiver; the naive loop. Everything runs on loopback, every loop is
-//! bounded in count and time, and every process started is killed at the end
-//! (and dies with the harness, PR_SET_PDEATHSIG).
+//! first delivery, drain with order checks); agent C, the same over as many
+//! entities as events (`drain_many`, issue 14 item 7: memory by backlog
+//! shape); raw requests to the same receiver; the naive loop. Everything
+//! runs on loopback, every loop is bounded in count and time, and every
+//! process started is killed at the end (and dies with the harness,
+//! PR_SET_PDEATHSIG).
 
 mod agent;
 mod events;
@@ -48,6 +50,14 @@ struct Args {
     /// Events in the backlog drain (default 1,000,000; --quick 50,000).
     #[arg(long)]
     drain_events: Option<u64>,
+    /// Events in the many-entities drain, `drain_many` (default 1,000,000;
+    /// --quick 50,000).
+    #[arg(long)]
+    drain_many_events: Option<u64>,
+    /// Entities of the many-entities drain (default: as many as its events,
+    /// one event each).
+    #[arg(long)]
+    drain_many_entities: Option<u64>,
     /// Events in the socket ingest run and the raw group-commit runs
     /// (default 200,000; --quick 50,000).
     #[arg(long)]
@@ -73,7 +83,7 @@ struct Args {
     /// Events per HTTP request.
     #[arg(long, default_value_t = 100)]
     http_batch: u64,
-    /// Entities the events are spread over.
+    /// Entities the events are spread over (every phase but `drain_many`).
     #[arg(long, default_value_t = 10_000)]
     entities: u64,
     /// Size of one event line, bytes.
@@ -104,7 +114,7 @@ struct Args {
     /// Keep the work directory (databases, agent logs) afterwards.
     #[arg(long)]
     keep: bool,
-    /// Run only these phases: size,raw,ingest,drain,requests,naive.
+    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -117,6 +127,8 @@ struct Sizes {
     latency_secs: f64,
     single_commits: u64,
     drain: u64,
+    drain_many: u64,
+    drain_many_entities: u64,
     raw_requests: u64,
     naive: u64,
     /// Cap on any one load phase, seconds.
@@ -128,12 +140,15 @@ struct Sizes {
 impl Sizes {
     fn of(args: &Args) -> Sizes {
         let q = args.quick;
+        let drain_many = args.drain_many_events.unwrap_or(if q { 50_000 } else { 1_000_000 });
         Sizes {
             ingest: args.ingest_events.unwrap_or(if q { 50_000 } else { 200_000 }),
             http: args.http_events.unwrap_or(if q { 30_000 } else { 100_000 }),
             latency_secs: args.latency_secs.unwrap_or(if q { 8.0 } else { 30.0 }),
             single_commits: if q { 500 } else { 2_000 },
             drain: args.drain_events.unwrap_or(if q { 50_000 } else { 1_000_000 }),
+            drain_many,
+            drain_many_entities: args.drain_many_entities.unwrap_or(drain_many),
             raw_requests: if q { 30_000 } else { 100_000 },
             naive: if q { 500 } else { 2_000 },
             phase_limit_s: if q { 30 } else { 180 },
@@ -278,11 +293,12 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 
     type PhaseFn =
         for<'a> fn(&'a mut Run) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
-    let phases: [(&str, PhaseFn); 6] = [
+    let phases: [(&str, PhaseFn); 7] = [
         ("size", |r| Box::pin(phase_size(r))),
         ("raw", |r| Box::pin(phase_raw(r))),
         ("ingest", |r| Box::pin(phase_ingest(r))),
-        ("drain", |r| Box::pin(phase_drain(r))),
+        ("drain", |r| Box::pin(phase_drain(r, DrainCase::spread(r)))),
+        ("drain_many", |r| Box::pin(phase_drain(r, DrainCase::many(r)))),
         ("requests", |r| Box::pin(phase_requests_and_naive(r, true, false))),
         ("naive", |r| Box::pin(phase_requests_and_naive(r, false, true))),
     ];
@@ -315,16 +331,33 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         println!("FAILED {e}");
     }
 
-    let git = |a: &[&str]| {
+    let git = |dir: &Path, a: &[&str]| {
         std::process::Command::new("git")
             .args(a)
-            .current_dir(&main_dir)
+            .current_dir(dir)
             .output()
             .ok()
+            .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     };
-    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let commit_of = |dir: &Path| {
+        let commit = git(dir, &["rev-parse", "HEAD"]);
+        let dirty = !commit.is_empty() && !git(dir, &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+        (commit, dirty)
+    };
+    // The agent's commit is that of the checkout holding the binary
+    // (--agent-bin /other/worktree/target/release/store-outbox), empty if it
+    // is in none; the harness's is that of this checkout.
+    let agent_dir = match &args.agent_bin {
+        Some(bin) => std::fs::canonicalize(bin)
+            .ok()
+            .and_then(|b| b.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("/")),
+        None => main_dir.clone(),
+    };
+    let (agent_commit, agent_dirty) = commit_of(&agent_dir);
+    let (harness_commit, harness_dirty) = commit_of(&main_dir);
     let doc = json!({
         "tool": "outbox-bench",
         "date": started_at,
@@ -342,8 +375,12 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         "agent": {
             "binary": built.display().to_string(),
             "build": build_note,
-            "git_commit": git(&["rev-parse", "HEAD"]),
-            "git_dirty": dirty,
+            "git_commit": agent_commit,
+            "git_dirty": agent_dirty,
+        },
+        "harness": {
+            "git_commit": harness_commit,
+            "git_dirty": harness_dirty,
         },
         "sizes": sizes,
         "settings": {
@@ -434,24 +471,45 @@ fn rows(run: &Run) -> Vec<Row> {
         .vs("p99, alone", n("commit_p99_us"))
         .no_ratio(),
     );
+    let (many, many_entities) = (run.sizes.drain_many, run.sizes.drain_many_entities);
+    let raw_requests_label = format!("raw keep-alive requests, conc. {}", run.args.concurrency);
     rows.push(
         Row::new(
             "drain",
-            format!("4. backlog drain, {} events", run.sizes.drain),
+            format!(
+                "4. backlog drain, {} events over {} entities",
+                run.sizes.drain, run.args.entities
+            ),
             n("drain_eps"),
             "ev/s",
         )
-        .vs(
-            format!("raw keep-alive requests, conc. {}", run.args.concurrency),
-            n("raw_requests_rps"),
+        .vs(&raw_requests_label, n("raw_requests_rps"))
+        .ratio_at_least(0.5),
+    );
+    rows.push(
+        Row::new(
+            "drain_many",
+            format!("4. backlog drain, {many} events over {many_entities} entities"),
+            n("many_drain_eps"),
+            "ev/s",
         )
+        .vs(&raw_requests_label, n("raw_requests_rps"))
         .ratio_at_least(0.5),
     );
     rows.push(
         Row::new(
             "bulk_ingest",
-            "4. backlog ingest (receiver down)",
+            format!("4. backlog ingest, {} entities (receiver down)", run.args.entities),
             n("bulk_ingest_eps"),
+            "ev/s",
+        )
+        .vs(&raw_label, best_raw),
+    );
+    rows.push(
+        Row::new(
+            "bulk_ingest_many",
+            format!("4. backlog ingest, {many_entities} entities"),
+            n("many_bulk_ingest_eps"),
             "ev/s",
         )
         .vs(&raw_label, best_raw),
@@ -468,11 +526,23 @@ fn rows(run: &Run) -> Vec<Row> {
     rows.push(
         Row::new(
             "cpu_drain",
-            "agent CPU per event, drain",
+            format!("agent CPU per event, drain, {} entities", run.args.entities),
             n("cpu_us_per_event_drain"),
             "µs",
         )
         .vs("per event, socket ingest", n("cpu_us_per_event_socket")),
+    );
+    rows.push(
+        Row::new(
+            "cpu_drain_many",
+            format!("agent CPU per event, drain, {many_entities} entities"),
+            n("many_cpu_us_per_event_drain"),
+            "µs",
+        )
+        .vs(
+            format!("per event, drain, {} entities", run.args.entities),
+            n("cpu_us_per_event_drain"),
+        ),
     );
     rows.push(Row::new("rss_idle", "5. RSS idle", mib("rss_idle_kib"), "MiB").at_most(12.0));
     rows.push(
@@ -502,18 +572,86 @@ fn rows(run: &Run) -> Vec<Row> {
         )
         .vs("RSS idle", mib("rss_idle_kib")),
     );
+    // Issue 14 item 7: at most 64 MiB whatever the backlog's size and shape.
+    const BACKLOG_RSS_MIB: f64 = 64.0;
+    let spread = run.args.entities;
     rows.push(
-        Row::new("rss_drain", "5. RSS peak, drain", mib("rss_drain_peak_kib"), "MiB")
-            .vs("RSS idle", mib("rss_idle_kib")),
+        Row::new(
+            "rss_backlog_idle",
+            format!("5. RSS idle with the backlog, {spread} entities"),
+            mib("rss_backlog_idle_kib"),
+            "MiB",
+        )
+        .vs("RSS idle", mib("rss_idle_kib"))
+        .at_most(BACKLOG_RSS_MIB),
     );
     rows.push(
         Row::new(
+            "rss_backlog_ingest",
+            format!("5. RSS peak, backlog ingest, {spread} entities"),
+            mib("rss_backlog_ingest_peak_kib"),
+            "MiB",
+        )
+        .vs("RSS idle", mib("rss_idle_kib"))
+        .at_most(BACKLOG_RSS_MIB),
+    );
+    rows.push(
+        Row::new(
+            "rss_drain",
+            format!("5. RSS peak, drain, {spread} entities"),
+            mib("rss_drain_peak_kib"),
+            "MiB",
+        )
+        .vs("RSS idle", mib("rss_idle_kib"))
+        .at_most(BACKLOG_RSS_MIB),
+    );
+    for (key, label, fig) in [
+        (
+            "rss_backlog_idle_many",
+            "5. RSS idle with the backlog",
+            "rss_backlog_idle_kib",
+        ),
+        (
+            "rss_backlog_ingest_many",
+            "5. RSS peak, backlog ingest",
+            "rss_backlog_ingest_peak_kib",
+        ),
+        ("rss_drain_many", "5. RSS peak, drain", "rss_drain_peak_kib"),
+    ] {
+        rows.push(
+            Row::new(
+                key,
+                format!("{label}, {many_entities} entities"),
+                mib(&format!("many_{fig}")),
+                "MiB",
+            )
+            .vs(format!("same, {spread} entities"), mib(fig))
+            .at_most(BACKLOG_RSS_MIB),
+        );
+    }
+    rows.push(
+        Row::new(
             "startup",
-            format!("6. start-up to first delivery, {} backlog", run.sizes.drain),
+            format!(
+                "6. start-up to first delivery, {} backlog over {spread} entities",
+                run.sizes.drain
+            ),
             n("startup_first_delivery_s"),
             "s",
         )
         .vs("start-up to ready, empty outbox", n("startup_empty_ready_s")),
+    );
+    rows.push(
+        Row::new(
+            "startup_many",
+            format!("6. start-up to first delivery, {many} backlog over {many_entities} entities"),
+            n("many_startup_first_delivery_s"),
+            "s",
+        )
+        .vs(
+            format!("same, {} over {spread} entities", run.sizes.drain),
+            n("startup_first_delivery_s"),
+        ),
     );
     rows.push(
         Row::new(
@@ -845,45 +983,121 @@ async fn phase_ingest(run: &mut Run) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Agent B: a backlog ingested while the receiver is down, a restart with
-/// the receiver up, start-up to the first delivery, and the drain.
-async fn phase_drain(run: &mut Run) -> anyhow::Result<()> {
-    let n = run.sizes.drain;
+/// One backlog drain: its size and shape, and the names of its figures.
+struct DrainCase {
+    /// Its name in `--only`.
+    name: &'static str,
+    events: u64,
+    entities: u64,
+    /// Prefix of its figure keys: "" for `drain` (the keys of earlier runs),
+    /// "many_" for `drain_many`.
+    key: &'static str,
+    /// Event id prefix, and the agent directory and logs (`agent-<dir>1.log`
+    /// with the receiver down, `agent-<dir>2.log` for the drain).
+    ids: &'static str,
+    dir: &'static str,
+}
+
+impl DrainCase {
+    /// The backlog drain of issue 8: N events over `--entities` (10,000).
+    fn spread(run: &Run) -> DrainCase {
+        DrainCase {
+            name: "drain",
+            events: run.sizes.drain,
+            entities: run.args.entities,
+            key: "",
+            ids: "drain",
+            dir: "b",
+        }
+    }
+
+    /// Issue 14 item 7: as many entities as events (one order, one event).
+    fn many(run: &Run) -> DrainCase {
+        DrainCase {
+            name: "drain_many",
+            events: run.sizes.drain_many,
+            entities: run.sizes.drain_many_entities,
+            key: "many_",
+            ids: "many",
+            dir: "c",
+        }
+    }
+
+    fn k(&self, base: &str) -> String {
+        format!("{}{base}", self.key)
+    }
+}
+
+/// Agent B (`drain`) or C (`drain_many`): a backlog ingested while the
+/// receiver is down, the agent's memory idle with that backlog, a restart
+/// with the receiver up, start-up to the first delivery, and the drain.
+async fn phase_drain(run: &mut Run, case: DrainCase) -> anyhow::Result<()> {
+    let (n, entities) = (case.events, case.entities);
+    let k = |base: &str| case.k(base);
     run.phase(&format!(
-        "4. backlog: {n} events over {} entities, receiver down",
-        run.args.entities
+        "4. {}: backlog of {n} events over {entities} entities, receiver down",
+        case.name
     ));
-    let dir = AgentDir::new(run.work.join("agent-b"))?;
+    let dir = AgentDir::new(run.work.join(format!("agent-{}", case.dir)))?;
     let port = agent::free_port()?;
     let sub = Sub {
         url: format!("http://127.0.0.1:{port}/hook"),
         max_in_flight: run.args.concurrency,
     };
     dir.write_config(Some(&sub))?;
-    let mut a = Agent::spawn(&run.bin, &dir, "agent-b1.log")?;
+    let mut a = Agent::spawn(&run.bin, &dir, &format!("agent-{}1.log", case.dir))?;
     a.wait_ready(&dir, Duration::from_secs(30)).await?;
+    let sampler = RssSampler::start(a.pid, Duration::from_millis(100));
+    let cpu0 = sys::cpu_ticks(a.pid).unwrap_or(0);
     let load = ingest::socket_load(
         &dir.socket,
         n,
         run.args.producers,
         run.args.pipeline,
-        ingest::line_fn("drain", run.args.entities, run.args.event_bytes),
+        ingest::line_fn(case.ids, entities, run.args.event_bytes),
         Duration::from_secs(run.sizes.drain_limit_s),
     )
-    .await?;
+    .await;
+    let ingest_peak = sampler.finish().await;
+    let load = load?;
+    let cpu1 = sys::cpu_ticks(a.pid).unwrap_or(0);
+    let ingest_hwm = a.mem().map(|m| m.hwm_kib).unwrap_or(0);
     eprintln!(
-        "backlog ingest: {} acked in {:.2} s = {:.0} events/s ({} errors)",
+        "backlog ingest: {} acked in {:.2} s = {:.0} events/s ({} errors); RSS peak {ingest_peak} KiB (sampled), \
+         VmHWM {ingest_hwm} KiB",
         load.acked, load.elapsed_s, load.rate, load.errors
     );
-    run.set("bulk_ingest_eps", load.rate);
-    run.set("bulk_ingest", &load);
+    run.set(&k("bulk_ingest_eps"), load.rate);
+    run.set(&k("bulk_ingest"), &load);
+    run.set(&k("cpu_us_per_event_backlog_ingest"), cpu_us(cpu1 - cpu0, load.acked));
+    run.set(&k("rss_backlog_ingest_peak_kib"), ingest_peak.max(ingest_hwm));
+    run.set(&k("rss_backlog_ingest_sampled_max_kib"), ingest_peak);
+    // The agent left alone with its backlog, the receiver still down (it
+    // probes at the backoff pace): what it holds for a backlog of this shape.
+    let idle = a.settled_rss(Duration::from_secs(3), Duration::from_secs(15)).await;
+    let cpu2 = sys::cpu_ticks(a.pid).unwrap_or(0);
+    if let Some(idle) = &idle {
+        let cpu_pct = (cpu2 - cpu1) as f64 / sys::ticks_per_second() as f64 / idle.waited.as_secs_f64().max(1e-9);
+        eprintln!(
+            "idle with the backlog: VmRSS {} KiB after {:.1} s ({}), VmHWM {} KiB",
+            idle.rss_kib,
+            idle.waited.as_secs_f64(),
+            if idle.settled { "settled" } else { "still moving" },
+            idle.hwm_kib
+        );
+        run.set(&k("rss_backlog_idle_kib"), idle.rss_kib);
+        run.set(&k("rss_backlog_idle_settled"), idle.settled);
+        run.set(&k("rss_backlog_idle_wait_s"), idle.waited.as_secs_f64());
+        run.set(&k("rss_backlog_hwm_kib"), idle.hwm_kib);
+        run.set(&k("cpu_backlog_idle_pct"), cpu_pct * 100.0);
+    }
     let (stop, clean) = a.stop(Duration::from_secs(60));
     eprintln!("agent stopped in {:.2} s (clean: {clean})", stop.as_secs_f64());
-    run.set("stop_with_backlog_s", stop.as_secs_f64());
+    run.set(&k("stop_with_backlog_s"), stop.as_secs_f64());
     drop(a);
     let backlog = load.acked;
     let db_bytes = std::fs::metadata(dir.db()).map(|m| m.len()).unwrap_or(0);
-    run.set("backlog_db_bytes", db_bytes);
+    run.set(&k("backlog_db_bytes"), db_bytes);
     if load.errors > 0 {
         return Err(anyhow!(
             "backlog ingest: {} errors, first: {:?}",
@@ -891,10 +1105,13 @@ async fn phase_drain(run: &mut Run) -> anyhow::Result<()> {
             load.first_error
         ));
     }
+    if idle.is_none() {
+        return Err(anyhow!("cannot read the agent's memory with the backlog"));
+    }
 
-    run.phase("4. restart with the receiver up, drain");
+    run.phase(&format!("4. {}: restart with the receiver up, drain", case.name));
     let recv = receiver::Receiver::start(([127, 0, 0, 1], port).into(), agent::SECRET).await?;
-    let mut a = Agent::spawn(&run.bin, &dir, "agent-b2.log")?;
+    let mut a = Agent::spawn(&run.bin, &dir, &format!("agent-{}2.log", case.dir))?;
     let spawned = a.spawned_at;
     let sampler = RssSampler::start(a.pid, Duration::from_millis(100));
     let deadline = Instant::now() + Duration::from_secs(run.sizes.drain_limit_s);
@@ -911,12 +1128,16 @@ async fn phase_drain(run: &mut Run) -> anyhow::Result<()> {
             }
             if Instant::now() > deadline {
                 eprintln!("drain cut short by the time limit at {} of {backlog}", stats.in_order);
-                run.set("drain_cut_short", true);
+                run.set(&k("drain_cut_short"), true);
                 break;
             }
             if progress_at.elapsed() > Duration::from_secs(10) {
                 progress_at = Instant::now();
-                eprintln!("  drain: {} / {backlog} delivered", stats.in_order);
+                eprintln!(
+                    "  drain: {} / {backlog} delivered; VmRSS {} KiB",
+                    stats.in_order,
+                    a.mem().map(|m| m.rss_kib).unwrap_or(0)
+                );
             }
             tokio::time::sleep(Duration::from_millis(if stats.first_at.is_some() { 20 } else { 2 })).await;
         }
@@ -927,7 +1148,7 @@ async fn phase_drain(run: &mut Run) -> anyhow::Result<()> {
     let hwm = a.mem().map(|m| m.hwm_kib).unwrap_or(0);
     let drain_cpu = sys::cpu_ticks(a.pid).unwrap_or(0);
     let (stop, _) = a.stop(Duration::from_secs(20));
-    run.set("stop_after_drain_s", stop.as_secs_f64());
+    run.set(&k("stop_after_drain_s"), stop.as_secs_f64());
     result?;
     let stats = recv.shared.stats();
     recv.stop().await;
@@ -952,19 +1173,19 @@ async fn phase_drain(run: &mut Run) -> anyhow::Result<()> {
         peak,
         hwm
     );
-    run.set("startup_first_delivery_s", startup.as_secs_f64());
-    run.set("startup_backlog_ready_s", ready_at.map(|d| d.as_secs_f64()));
-    run.set("drain_eps", rate);
+    run.set(&k("startup_first_delivery_s"), startup.as_secs_f64());
+    run.set(&k("startup_backlog_ready_s"), ready_at.map(|d| d.as_secs_f64()));
+    run.set(&k("drain_eps"), rate);
     run.set(
-        "drain_end_to_end_eps",
+        &k("drain_end_to_end_eps"),
         stats.in_order as f64 / (last - spawned).as_secs_f64().max(1e-9),
     );
-    run.set("drain_delivered", stats.in_order);
-    run.set("cpu_us_per_event_drain", cpu_us(drain_cpu, stats.in_order));
-    run.set("drain_missing", backlog.saturating_sub(stats.in_order));
-    run.set("drain_receiver", &stats);
-    run.set("rss_drain_peak_kib", peak.max(hwm));
-    run.set("rss_drain_sampled_max_kib", peak);
+    run.set(&k("drain_delivered"), stats.in_order);
+    run.set(&k("cpu_us_per_event_drain"), cpu_us(drain_cpu, stats.in_order));
+    run.set(&k("drain_missing"), backlog.saturating_sub(stats.in_order));
+    run.set(&k("drain_receiver"), &stats);
+    run.set(&k("rss_drain_peak_kib"), peak.max(hwm));
+    run.set(&k("rss_drain_sampled_max_kib"), peak);
     if stats.order_violations > 0 || stats.bad_signatures > 0 || stats.invalid > 0 {
         return Err(anyhow!(
             "the receiver saw {} order violations (first: {:?}), {} bad signatures, {} invalid bodies",
