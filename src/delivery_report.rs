@@ -55,6 +55,11 @@ pub struct EventDelivery {
     pub state: DeliveryState,
     /// Every attempt, oldest first.
     pub attempts: Vec<AttemptRow>,
+    /// When the next attempt is planned, for a pending delivery that failed
+    /// before; RFC 3339.
+    pub next_attempt_at: Option<String>,
+    /// The same, in seconds from now (0 when due).
+    pub next_attempt_in_s: Option<i64>,
 }
 
 /// An event with its deliveries, for `show`.

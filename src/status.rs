@@ -85,6 +85,11 @@ pub struct SubscriptionStatus {
     pub configured: bool,
     /// Endpoint, as last configured.
     pub url: Option<String>,
+    /// When the running agent plans the next attempt, while it waits
+    /// (offline: the next probe; online: the earliest backoff); RFC 3339.
+    pub next_attempt_at: Option<String>,
+    /// The same, in seconds from now (0 when due).
+    pub next_attempt_in_s: Option<i64>,
 }
 
 /// Files in the spool directory.
@@ -117,6 +122,8 @@ pub fn report(config: &crate::config::Config) -> Result<StatusReport, String> {
         for s in subscriptions.iter_mut().filter(|s| s.configured) {
             s.state = SubscriptionState::Stopped;
             s.in_flight = 0;
+            s.next_attempt_at = None;
+            s.next_attempt_in_s = None;
         }
     }
     Ok(StatusReport {

@@ -143,6 +143,44 @@ fn outage_probes_at_backoff_pace_then_drains_in_order() {
 }
 
 #[test]
+fn status_and_show_say_when_the_next_attempt_is_planned() {
+    let rx = Receiver::start();
+    rx.answer_with(|_| Answer::status(503));
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        "retry = { initial = \"60s\", max = \"120s\" }",
+    ));
+    agent.start();
+    agent.send_events(&Events::new("n", 0..1, "SaleCreated"));
+    // The scheduler writes its plan on its 2-second tick.
+    wait_until(Duration::from_secs(20), "the next probe in status", || {
+        agent.sub_status("erp")["next_attempt_at"].is_string()
+    });
+    let sub = agent.sub_status("erp");
+    assert_eq!(sub["state"], "offline", "{sub}");
+    let in_s = sub["next_attempt_in_s"].as_i64().unwrap_or(-1);
+    // A 503 without Retry-After: the backoff, at least `initial`, at most `max`.
+    assert!((1..=120).contains(&in_s), "{sub}");
+    let table = String::from_utf8_lossy(&agent.cli(&["status"]).stdout).into_owned();
+    assert!(table.contains("NEXT TRY") && table.contains(" in "), "{table}");
+
+    let out = agent.cli(&["show", "n-0"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("erp: pending (1 attempts), next attempt in "), "{text}");
+    let json: serde_json::Value = serde_json::from_slice(&agent.cli(&["show", "n-0", "--json"]).stdout).expect("JSON");
+    let delivery = &json["deliveries"][0];
+    assert!(delivery["next_attempt_at"].is_string(), "{json}");
+    assert!(
+        (1..=120).contains(&delivery["next_attempt_in_s"].as_i64().unwrap_or(-1)),
+        "{json}"
+    );
+
+    rx.answer_with(|_| Answer::ok());
+    drop(agent);
+}
+
+#[test]
 fn closed_port_then_back_drains_everything() {
     let mut rx = Receiver::start();
     rx.shut();

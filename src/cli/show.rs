@@ -4,6 +4,7 @@ use clap::Args;
 
 use super::{load_config, CliError, CliResult};
 use crate::outbox::{self, read};
+use crate::timefmt::human_duration;
 
 /// Arguments of `show`.
 #[derive(Args, Debug)]
@@ -37,7 +38,16 @@ pub fn run(path: Option<&std::path::Path>, args: ShowArgs) -> CliResult {
     println!("attributes  {}", detail.attributes);
     println!("payload     {}", detail.payload);
     for d in &detail.deliveries {
-        println!("\n{}: {} ({} attempts)", d.subscription, d.state, d.attempts.len());
+        let next = match (&d.next_attempt_at, d.next_attempt_in_s) {
+            (Some(at), Some(secs)) => format!(", next attempt in {} ({at})", human_duration(secs)),
+            _ => String::new(),
+        };
+        println!(
+            "\n{}: {} ({} attempts){next}",
+            d.subscription,
+            d.state,
+            d.attempts.len()
+        );
         for a in &d.attempts {
             let status = a.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
             println!(

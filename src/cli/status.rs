@@ -69,18 +69,30 @@ pub fn render(r: &StatusReport) -> String {
         return out;
     }
     out += &format!(
-        "{:<16} {:<13} {:>8} {:>9} {:>6} {:>8} {:>10}  {:<20}  {}\n",
-        "SUBSCRIPTION", "STATE", "PENDING", "IN FLIGHT", "PARKED", "OLDEST", "DELIVERED", "LAST SUCCESS", "LAST ERROR"
+        "{:<16} {:<13} {:>8} {:>9} {:>6} {:>8} {:>8} {:>10}  {:<20}  {}\n",
+        "SUBSCRIPTION",
+        "STATE",
+        "PENDING",
+        "IN FLIGHT",
+        "PARKED",
+        "OLDEST",
+        "NEXT TRY",
+        "DELIVERED",
+        "LAST SUCCESS",
+        "LAST ERROR"
     );
     for s in &r.subscriptions {
         out += &format!(
-            "{:<16} {:<13} {:>8} {:>9} {:>6} {:>8} {:>10}  {:<20}  {}\n",
+            "{:<16} {:<13} {:>8} {:>9} {:>6} {:>8} {:>8} {:>10}  {:<20}  {}\n",
             s.name,
             s.state,
             s.pending,
             s.in_flight,
             s.parked,
             s.oldest_pending_age_s.map(human_duration).unwrap_or_else(|| "-".into()),
+            s.next_attempt_in_s
+                .map(|secs| format!("in {}", human_duration(secs)))
+                .unwrap_or_else(|| "-".into()),
             s.delivered_total,
             s.last_success_at.as_deref().unwrap_or("-"),
             s.last_error.as_deref().unwrap_or("-"),

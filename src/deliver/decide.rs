@@ -285,6 +285,22 @@ pub fn next_wake(
     }
 }
 
+/// When a waiting subscription plans its next attempt, for people: while
+/// offline the next probe; online, with nothing on the wire, the earliest
+/// backoff of its entities. `None` while requests are out or something is
+/// ready now.
+pub fn planned_attempt(ready: &BTreeSet<ReadyKey>, link: &Link, in_flight: bool, now: Instant) -> Option<Instant> {
+    if in_flight || ready.is_empty() {
+        return None;
+    }
+    let at = if link.online {
+        ready.first().map(|(due, _, _)| *due)?
+    } else {
+        link.next_probe_at
+    };
+    (at > now).then_some(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,5 +536,25 @@ mod tests {
         let ready = BTreeSet::from([(now, 1, 1)]);
         let until = now + Duration::from_secs(3);
         assert_eq!(next_wake(&ready, &link, true, false, Some(until), now), Some(until));
+    }
+
+    #[test]
+    fn the_planned_attempt_is_the_next_probe_offline_and_the_first_backoff_online() {
+        let now = Instant::now();
+        let mut link = Link::new(now);
+        let later = now + Duration::from_secs(40);
+        let ready = BTreeSet::from([(later, 1, 1)]);
+        assert_eq!(planned_attempt(&ready, &link, false, now), Some(later));
+        assert_eq!(planned_attempt(&ready, &link, true, now), None, "requests are out");
+        assert_eq!(
+            planned_attempt(&BTreeSet::new(), &link, false, now),
+            None,
+            "nothing waits"
+        );
+        link.online = false;
+        link.next_probe_at = now + Duration::from_secs(8);
+        assert_eq!(planned_attempt(&ready, &link, false, now), Some(link.next_probe_at));
+        link.next_probe_at = now;
+        assert_eq!(planned_attempt(&ready, &link, false, now), None, "due now");
     }
 }

@@ -46,7 +46,7 @@ use crate::metrics::Metrics;
 use crate::outbox::read::{self, Head};
 use crate::outbox::state::{DeliveryState, SubscriptionState};
 use crate::outbox::writer::{Recorded, Starving, Writer};
-use crate::outbox::Subscription;
+use crate::outbox::{now_ms, Subscription};
 use crate::shutdown::Shutdown;
 
 /// How often `resend_generation` is looked at while nothing is sent (an
@@ -174,8 +174,9 @@ pub struct Scheduler<D> {
     unrecorded_in_a_row: u32,
     /// See `unrecorded_in_a_row`.
     storage_pause_until: Option<Instant>,
-    /// (online, deliveries in flight) as last written for `status`.
-    persisted: (bool, usize),
+    /// (online, deliveries in flight, next planned attempt) as last written
+    /// for `status`.
+    persisted: (bool, usize, Option<Instant>),
     /// `resend_generation` when the open entities were last read; `None`
     /// until they were read once.
     resend_generation: Option<Option<String>>,
@@ -235,7 +236,7 @@ impl<D: Destination> Scheduler<D> {
             probe_in_flight: false,
             unrecorded_in_a_row: 0,
             storage_pause_until: None,
-            persisted: (false, usize::MAX),
+            persisted: (false, usize::MAX, None),
             resend_generation: None,
             heartbeat,
             starving,
@@ -374,7 +375,7 @@ impl<D: Destination> Scheduler<D> {
                 _ = tick.tick() => {
                     self.heartbeat.beat();
                     self.catch_up_resends(Instant::now());
-                    if self.persisted != (self.link.online, self.flights.len()) {
+                    if self.persisted != self.state_to_persist(Instant::now()) {
                         self.persist_state();
                     }
                 }
@@ -434,15 +435,27 @@ impl<D: Destination> Scheduler<D> {
         }
     }
 
-    /// Writes online/offline and deliveries in flight for `status`.
+    /// What `status` should say: online, deliveries in flight, and when the
+    /// next attempt is planned if the subscription is waiting.
+    fn state_to_persist(&self, now: Instant) -> (bool, usize, Option<Instant>) {
+        let next = decide::planned_attempt(&self.ready, &self.link, !self.flights.is_empty(), now);
+        (self.link.online, self.flights.len(), next)
+    }
+
+    /// Writes online/offline, deliveries in flight and the next planned
+    /// attempt (as wall-clock time, for people) for `status`.
     fn persist_state(&mut self) {
-        let state = if self.link.online {
+        let now = Instant::now();
+        let persisted = self.state_to_persist(now);
+        let (online, in_flight, next) = persisted;
+        let state = if online {
             SubscriptionState::Online
         } else {
             SubscriptionState::Offline
         };
-        if self.writer.set_sub_state(self.sub.id, state, self.flights.len() as i64) {
-            self.persisted = (self.link.online, self.flights.len());
+        let next_ms = next.map(|at| now_ms() + at.saturating_duration_since(now).as_millis() as i64);
+        if self.writer.set_sub_state(self.sub.id, state, in_flight as i64, next_ms) {
+            self.persisted = persisted;
         }
     }
 

@@ -252,7 +252,7 @@ pub fn register_subscriptions(
 ) -> rusqlite::Result<Vec<Subscription>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
-        "UPDATE subscriptions SET configured = 0, state = ?1, in_flight = 0",
+        "UPDATE subscriptions SET configured = 0, state = ?1, in_flight = 0, next_attempt_at = NULL",
         [SubscriptionState::Unconfigured],
     )?;
     let max_seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;

@@ -157,7 +157,8 @@ pub fn each_open(conn: &Connection, sub_id: i64, mut each: impl FnMut(i64, i64, 
 /// Per-subscription figures straight from the database.
 pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStatus>> {
     let mut stmt = conn.prepare(
-        "SELECT id, name, state, in_flight, delivered_total, last_success_at, last_error, last_error_at, configured, url
+        "SELECT id, name, state, in_flight, delivered_total, last_success_at, last_error, last_error_at, configured, url,
+                next_attempt_at
          FROM subscriptions ORDER BY configured DESC, name",
     )?;
     let rows: Vec<(i64, SubscriptionStatus)> = stmt
@@ -177,6 +178,8 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
                     last_error_at: r.get::<_, Option<i64>>(7)?.map(ms_to_rfc3339),
                     configured: r.get(8)?,
                     url: r.get(9)?,
+                    next_attempt_at: r.get::<_, Option<i64>>(10)?.map(ms_to_rfc3339),
+                    next_attempt_in_s: r.get::<_, Option<i64>>(10)?.map(|at| ((at - now_ms()) / 1000).max(0)),
                 },
             ))
         })?
@@ -185,7 +188,9 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
     let mut out = Vec::with_capacity(rows.len());
     for (id, mut s) in rows {
         let count = |state: DeliveryState| {
-            conn.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE sub_id = ?1 AND state = ?2")?
+            // `state <> 1` is the partial index's WHERE: with it SQLite counts
+            // in `deliveries_waiting` instead of walking delivered rows.
+            conn.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE sub_id = ?1 AND state <> 1 AND state = ?2")?
                 .query_row(params![id, state], |r| r.get::<_, i64>(0))
         };
         s.pending = count(DeliveryState::Pending)?;
@@ -193,7 +198,7 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
         let oldest: Option<i64> = conn
             .prepare_cached(
                 "SELECT e.ingested_at FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                 WHERE d.sub_id = ?1 AND d.state = ?2 ORDER BY d.event_seq LIMIT 1",
+                 WHERE d.sub_id = ?1 AND d.state <> 1 AND d.state = ?2 ORDER BY d.event_seq LIMIT 1",
             )?
             .query_row(params![id, DeliveryState::Pending], |r| r.get(0))
             .optional()?;
@@ -341,16 +346,17 @@ pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Optio
         return Ok(None);
     };
     let mut subs = conn.prepare(
-        "SELECT d.sub_id, s.name, d.state FROM deliveries d JOIN subscriptions s ON s.id = d.sub_id
+        "SELECT d.sub_id, s.name, d.state, d.next_attempt_at FROM deliveries d JOIN subscriptions s ON s.id = d.sub_id
          WHERE d.event_seq = ?1 ORDER BY s.name",
     )?;
-    let rows: Vec<(i64, String, DeliveryState)> = subs
-        .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    let rows: Vec<(i64, String, DeliveryState, Option<i64>)> = subs
+        .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut attempts = conn.prepare(
         "SELECT at, status, error, duration_ms FROM attempts WHERE event_seq = ?1 AND sub_id = ?2 ORDER BY id",
     )?;
-    for (sub_id, name, state) in rows {
+    for (sub_id, name, state, next_attempt_at) in rows {
+        let planned = next_attempt_at.filter(|_| state == DeliveryState::Pending);
         let list = attempts
             .query_map(params![seq, sub_id], |r| {
                 Ok(AttemptRow {
@@ -365,6 +371,9 @@ pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Optio
             subscription: name,
             state,
             attempts: list,
+            // Only a pending delivery has a next attempt planned.
+            next_attempt_at: planned.map(ms_to_rfc3339),
+            next_attempt_in_s: planned.map(|at| ((at - now_ms()) / 1000).max(0)),
         });
     }
     Ok(Some(detail))

@@ -100,8 +100,11 @@ const MIGRATIONS: &[&str] = &[
     // entities in memory and finds the rest by scanning pending rows in
     // ingest order; this tells it, in one probe, whether an entity it finds
     // is blocked behind a parked event. Only a park or a resend writes it.
+    // And when a subscription's scheduler plans its next attempt (the next
+    // probe while offline), for `status`.
     r#"
     CREATE INDEX deliveries_parked ON deliveries(sub_id, entity_id, entity_seq) WHERE state = 2;
+    ALTER TABLE subscriptions ADD COLUMN next_attempt_at INTEGER;
     "#,
 ];
 

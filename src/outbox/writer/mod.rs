@@ -66,6 +66,8 @@ enum WriteOp {
         state: SubscriptionState,
         /// Requests in flight.
         in_flight: i64,
+        /// When it plans its next attempt, wall-clock ms, if it waits.
+        next_attempt_at_ms: Option<i64>,
     },
     /// Count an event refused before it reached storage.
     Rejected(ErrorCode),
@@ -234,14 +236,22 @@ impl Writer {
         }
     }
 
-    /// Records a subscription's state and requests in flight. Best effort:
-    /// when the queue is full the caller's next update wins.
-    pub fn set_sub_state(&self, sub_id: i64, state: SubscriptionState, in_flight: i64) -> bool {
+    /// Records a subscription's state, requests in flight and next planned
+    /// attempt, for `status`. Best effort: when the queue is full the
+    /// caller's next update wins.
+    pub fn set_sub_state(
+        &self,
+        sub_id: i64,
+        state: SubscriptionState,
+        in_flight: i64,
+        next_attempt_at_ms: Option<i64>,
+    ) -> bool {
         self.tx
             .try_send(WriteOp::SubState {
                 sub_id,
                 state,
                 in_flight,
+                next_attempt_at_ms,
             })
             .is_ok()
     }
@@ -416,7 +426,8 @@ impl WriterState {
                     sub_id,
                     state,
                     in_flight,
-                } => sql::set_sub_state(&tx, *sub_id, *state, *in_flight)?,
+                    next_attempt_at_ms,
+                } => sql::set_sub_state(&tx, *sub_id, *state, *in_flight, *next_attempt_at_ms)?,
                 WriteOp::Rejected(code) => effects.reject(*code, 1),
                 WriteOp::Prune {
                     older_than_ms,

@@ -209,15 +209,17 @@ fn count_voided_attempt(tx: &Connection, o: &Outcome) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Records a subscription's state and requests in flight, for `status`.
+/// Records a subscription's state, requests in flight and next planned
+/// attempt, for `status`.
 pub(super) fn set_sub_state(
     tx: &Connection,
     sub_id: i64,
     state: SubscriptionState,
     in_flight: i64,
+    next_attempt_at_ms: Option<i64>,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached("UPDATE subscriptions SET state = ?2, in_flight = ?3 WHERE id = ?1")?
-        .execute(params![sub_id, state, in_flight])?;
+    tx.prepare_cached("UPDATE subscriptions SET state = ?2, in_flight = ?3, next_attempt_at = ?4 WHERE id = ?1")?
+        .execute(params![sub_id, state, in_flight, next_attempt_at_ms])?;
     Ok(())
 }
 
