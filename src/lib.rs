@@ -23,8 +23,8 @@
 //! - [`notify`]: systemd readiness, status and watchdog (sd_notify).
 //! - [`signing`]: Standard Webhooks signatures, shared by sender and receiver.
 //! - [`receiver`]: a checking webhook receiver (`receive`, `demo`).
+//! - [`report`]: the shapes of the reports (`events` rows, `show`, status figures).
 //! - [`status`]: the status report (CLI, admin API, page).
-//! - [`delivery_report`]: the `events` rows and `show`'s event detail.
 //! - [`admin`]: admin HTTP: status page, JSON API, `/metrics`, `/healthz`.
 //! - [`agent`]: wires the parts together and stops them in order.
 //! - [`shutdown`]: the shutdown signal.
@@ -36,13 +36,13 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod deliver;
-pub mod delivery_report;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod receiver;
+pub mod report;
 pub mod shutdown;
 pub mod signing;
 pub mod status;

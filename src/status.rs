@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::outbox::state::SubscriptionState;
 use crate::outbox::{self, read};
+pub use crate::report::{IngestCounters, SubscriptionStatus};
 
 /// The `status --json` document.
 #[derive(Debug, Serialize)]
@@ -45,51 +46,6 @@ pub struct DbStatus {
     pub full: bool,
     /// The filesystem holding the database has less than 1 MiB free.
     pub disk_full: bool,
-}
-
-/// Ingest counters since the database was created.
-#[derive(Debug, Clone, Serialize)]
-pub struct IngestCounters {
-    /// Events stored.
-    pub accepted_total: i64,
-    /// Events acknowledged again as duplicates.
-    pub duplicate_total: i64,
-    /// Events refused.
-    pub rejected_total: i64,
-}
-
-/// One subscription in `status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SubscriptionStatus {
-    /// Its name.
-    pub name: String,
-    /// online, offline, stopped (agent not running) or unconfigured.
-    pub state: SubscriptionState,
-    /// Deliveries waiting (not parked).
-    pub pending: i64,
-    /// Requests in flight at the last update.
-    pub in_flight: i64,
-    /// Deliveries parked after `give_up_after`.
-    pub parked: i64,
-    /// Age of the oldest pending event, seconds.
-    pub oldest_pending_age_s: Option<i64>,
-    /// Deliveries that got a 2xx.
-    pub delivered_total: i64,
-    /// Time of the last 2xx.
-    pub last_success_at: Option<String>,
-    /// The last failure's message.
-    pub last_error: Option<String>,
-    /// Time of the last failure.
-    pub last_error_at: Option<String>,
-    /// Whether it is in the current config.
-    pub configured: bool,
-    /// Endpoint, as last configured.
-    pub url: Option<String>,
-    /// When the running agent plans the next attempt, while it waits
-    /// (offline: the next probe; online: the earliest backoff); RFC 3339.
-    pub next_attempt_at: Option<String>,
-    /// The same, in seconds from now (0 when due).
-    pub next_attempt_in_s: Option<i64>,
 }
 
 /// Files in the spool directory.

@@ -116,13 +116,13 @@ use rusqlite::Connection;
 use store_outbox::config::{PayloadMode, RetryConfig, SubscriptionConfig};
 use store_outbox::deliver::scheduler::Scheduler;
 use store_outbox::deliver::webhook::{Source, Webhook};
-use store_outbox::delivery_report::DeliveryRow;
 use store_outbox::event::{now_rfc3339, NewEvent, Reply};
 use store_outbox::metrics::Metrics;
 use store_outbox::outbox::read::{list_deliveries, DeliveryFilter};
 use store_outbox::outbox::resend::{resend, ResendOutcome, ResendRequest};
 use store_outbox::outbox::writer::Writer;
 use store_outbox::outbox::{open_reader, open_writer, register_subscriptions};
+use store_outbox::report::DeliveryRow;
 use store_outbox::shutdown;
 
 use common::{Answer, Receiver, Request};

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::delivery_report::DeliveryRow;
+use crate::report::DeliveryRow;
 use crate::status::StatusReport;
 use crate::timefmt::human_duration;
 

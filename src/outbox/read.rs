@@ -8,8 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::now_ms;
 use super::state::DeliveryState;
-use crate::delivery_report::{AttemptRow, DeliveryRow, EventDelivery, EventDetail};
-use crate::status::{IngestCounters, SubscriptionStatus};
+use crate::report::{AttemptRow, DeliveryRow, EventDelivery, EventDetail};
+use crate::report::{IngestCounters, SubscriptionStatus};
 use crate::timefmt::ms_to_rfc3339;
 
 /// An event as stored, with what its webhook body needs.

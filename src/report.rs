@@ -1,11 +1,13 @@
-//! The delivery reports: the `events` listing (one row per subscription and
-//! event) and `show`'s one event with every delivery attempt. Shared by the
-//! CLI and the admin API (`/v1/events`, `/v1/events/{id}`) and the page; the
-//! queries that fill them are in `outbox::read`.
+//! The shapes of what people and scripts read, filled by the queries in
+//! `outbox::read`: the `events` listing (one row per subscription and event),
+//! `show`'s one event with every delivery attempt, and the per-subscription
+//! and ingest figures of `status` (assembled in [`crate::status`]). Shared by
+//! the CLI, the admin API and the page. A leaf: it depends on nothing but the
+//! states, so the outbox can fill it without depending on a report.
 
 use serde::Serialize;
 
-use crate::outbox::state::DeliveryState;
+use crate::outbox::state::{DeliveryState, SubscriptionState};
 
 /// One delivery, as `events` lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -88,4 +90,49 @@ pub struct EventDetail {
     pub payload: serde_json::Value,
     /// Per subscription.
     pub deliveries: Vec<EventDelivery>,
+}
+
+/// Ingest counters since the database was created.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestCounters {
+    /// Events stored.
+    pub accepted_total: i64,
+    /// Events acknowledged again as duplicates.
+    pub duplicate_total: i64,
+    /// Events refused.
+    pub rejected_total: i64,
+}
+
+/// One subscription in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionStatus {
+    /// Its name.
+    pub name: String,
+    /// online, offline, stopped (agent not running) or unconfigured.
+    pub state: SubscriptionState,
+    /// Deliveries waiting (not parked).
+    pub pending: i64,
+    /// Requests in flight at the last update.
+    pub in_flight: i64,
+    /// Deliveries parked after `give_up_after`.
+    pub parked: i64,
+    /// Age of the oldest pending event, seconds.
+    pub oldest_pending_age_s: Option<i64>,
+    /// Deliveries that got a 2xx.
+    pub delivered_total: i64,
+    /// Time of the last 2xx.
+    pub last_success_at: Option<String>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// Time of the last failure.
+    pub last_error_at: Option<String>,
+    /// Whether it is in the current config.
+    pub configured: bool,
+    /// Endpoint, as last configured.
+    pub url: Option<String>,
+    /// When the running agent plans the next attempt, while it waits
+    /// (offline: the next probe; online: the earliest backoff); RFC 3339.
+    pub next_attempt_at: Option<String>,
+    /// The same, in seconds from now (0 when due).
+    pub next_attempt_in_s: Option<i64>,
 }
