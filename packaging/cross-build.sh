@@ -108,14 +108,15 @@ fi
 # ---- step: install ----------------------------------------------------------
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep '^install ok installed$' >/dev/null; }
 
-# one_version <pkg[:arch]>...: all installed, at one version.
-one_version() {
+# one_wanted_version <pkg[:arch]>...: all installed, at one version, and that
+# version is Rust $WANT_RUST_MINOR.x.
+one_wanted_version() {
   local p versions=()
   for p in "$@"; do
     pkg_installed "$p" || return 1
     versions+=("$(dpkg-query -W -f='${Version}' "$p")")
   done
-  [[ $(printf '%s\n' "${versions[@]}" | sort -u | wc -l) -eq 1 ]]
+  [[ $(printf '%s\n' "${versions[@]}" | sort -u | wc -l) -eq 1 && ${versions[0]} == "$WANT_RUST_MINOR".* ]]
 }
 
 # offered_versions <pkg[:arch]>: the versions apt offers for it, one a line.
@@ -128,7 +129,7 @@ offered_versions() {
 newest_common_version() {
   local p common="" first=1 versions
   for p in "$@"; do
-    versions=$(offered_versions "$p")
+    versions=$(offered_versions "$p" | grep "^${PREFIX:-}" || true)
     if [[ $first -eq 1 ]]; then
       common=$versions; first=0
     else
@@ -136,6 +137,12 @@ newest_common_version() {
     fi
   done
   printf '%s\n' "$common" | grep . | sort -V | tail -n 1 || true
+}
+
+# newest_common_rust <pkg[:arch]>...: the same, among the versions of Rust
+# $WANT_RUST_MINOR.x only.
+newest_common_rust() {
+  PREFIX="$WANT_RUST_MINOR." newest_common_version "$@"
 }
 
 # lockstep_pins <version of the Rust packages>: pins (pkg:arch=version) for
@@ -156,6 +163,8 @@ lockstep_pins() {
       --no-replaces --no-enhances "${roots[@]}" 2>/dev/null | grep -v '^ ' | grep -v '^<' \
       | sed 's/:[a-z0-9]*$//' | sort -u))
   for base in "${names[@]}"; do
+    # The Rust packages themselves are pinned by the caller.
+    [[ $base == libstd-rust-web-dev ]] && continue
     [[ $(dpkg-query -W -f='${db:Status-Status} ${Multi-Arch}' "$base:$HOST_DEBARCH" 2>/dev/null) == "installed same" ]] \
       || continue
     installed=$(dpkg-query -W -f='${Version}' "$base:$HOST_DEBARCH")
@@ -197,15 +206,18 @@ step_install() {
   pkgs=($(printf '%s\n' "${pkgs[@]}" | awk '!seen[$0]++'))
   for p in "${pkgs[@]}"; do pkg_installed "$p" || missing+=("$p"); done
   # The host's rustc-web and every target's libstd-rust-web-dev must be one
-  # version, and a Debian update can reach one architecture's index before
+  # version, of Rust $WANT_RUST_MINOR (the crate's rust-version, which this
+  # build checks): a Debian update can reach one architecture's index before
   # another's (2026-11-30: bookworm-security had 1.96 for amd64 while arm64
-  # and armhf had only 1.85): install the newest version all of them have.
+  # and armhf had only 1.85), and bookworm-security now offers 1.96 on every
+  # architecture (2026-12-01), which apt would take by default. Install the
+  # newest $WANT_RUST_MINOR.x that all of them have (bookworm's own 1.85).
   local rust_pkgs=() pinned_rust=0
-  [[ ${#ARM_TRIPLES[@]} -gt 0 ]] && for p in "${pkgs[@]}"; do
+  for p in "${pkgs[@]}"; do
     [[ $p == rustc-web || $p == cargo-web || $p == libstd-rust-web-dev:* ]] && rust_pkgs+=("$p")
   done
-  [[ ${#rust_pkgs[@]} -gt 0 ]] && rust_pkgs+=("libstd-rust-web-dev:$HOST_DEBARCH")
-  if [[ ${#rust_pkgs[@]} -gt 0 ]] && ! one_version "${rust_pkgs[@]}"; then
+  [[ ${#ARM_TRIPLES[@]} -gt 0 ]] && rust_pkgs+=("libstd-rust-web-dev:$HOST_DEBARCH")
+  if ! one_wanted_version "${rust_pkgs[@]}"; then
     pinned_rust=1
   fi
   if [[ ${#missing[@]} -eq 0 && $need_update -eq 0 && $pinned_rust -eq 0 ]]; then
@@ -219,9 +231,9 @@ step_install() {
     fi
     local install=() rust_version=""
     if [[ $pinned_rust -eq 1 ]]; then
-      rust_version=$(newest_common_version "${rust_pkgs[@]}")
-      [[ -n $rust_version ]] || die "no version of rustc-web is available for every architecture (${rust_pkgs[*]}): apt-cache madison ${rust_pkgs[*]}"
-      info "Rust packages pinned to $rust_version, the newest version every architecture has"
+      rust_version=$(newest_common_rust "${rust_pkgs[@]}")
+      [[ -n $rust_version ]] || die "no version $WANT_RUST_MINOR.x of rustc-web is available for every architecture (${rust_pkgs[*]}): apt-cache madison ${rust_pkgs[*]}"
+      info "Rust packages pinned to $rust_version, the newest $WANT_RUST_MINOR.x every architecture has"
       for p in "${missing[@]}"; do
         [[ " ${rust_pkgs[*]} " == *" $p "* ]] || install+=("$p")
       done
