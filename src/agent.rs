@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use crate::admin;
 use crate::config::Config;
 use crate::deliver::destination::Destination;
+use crate::deliver::nats::Nats;
 use crate::deliver::scheduler::Scheduler;
 use crate::deliver::webhook::{Source, Webhook};
 use crate::ingest;
@@ -173,6 +174,8 @@ async fn open_storage_once_disk_has_space(
 enum Built {
     /// `http://` and `https://`: signed webhooks.
     Webhook(Arc<Webhook>),
+    /// `nats://` and `tls://`: JetStream publishes, acknowledged.
+    Nats(Arc<Nats>),
 }
 
 /// One destination per subscription, in the same order.
@@ -183,9 +186,12 @@ fn build_destinations(config: &Config, subs: &[outbox::Subscription]) -> anyhow:
     };
     subs.iter()
         .map(|sub| {
-            Webhook::new(sub.config.clone(), source.clone())
-                .map(|webhook| Built::Webhook(Arc::new(webhook)))
-                .map_err(|e| anyhow!("subscription {:?}: {e}", sub.config.name))
+            let built = if sub.config.nats.is_some() {
+                Nats::new(sub.config.clone(), source.clone()).map(|nats| Built::Nats(Arc::new(nats)))
+            } else {
+                Webhook::new(sub.config.clone(), source.clone()).map(|webhook| Built::Webhook(Arc::new(webhook)))
+            };
+            built.map_err(|e| anyhow!("subscription {:?}: {e}", sub.config.name))
         })
         .collect()
 }
@@ -350,6 +356,7 @@ impl Wiring {
         for (sub, destination) in subs.iter().zip(destinations) {
             let beat = match destination {
                 Built::Webhook(webhook) => self.spawn_scheduler(tasks, sub, webhook)?,
+                Built::Nats(nats) => self.spawn_scheduler(tasks, sub, nats)?,
             };
             heartbeats.push((sub.config.name.clone(), beat));
         }
