@@ -146,7 +146,8 @@ impl Nats {
                         async_nats::Event::Disconnected => {
                             tracing::warn!(subscription = %name, "NATS: connection lost, reconnecting")
                         }
-                        other => tracing::warn!(subscription = %name, "NATS: {other}"),
+                        // The client logs the others itself.
+                        other => tracing::debug!(subscription = %name, "NATS: {other}"),
                     }
                 }
             }))
