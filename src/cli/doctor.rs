@@ -468,6 +468,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_nats_subscription_is_checked_for_dns_and_tcp_of_its_first_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let text = format!(
+            "[[subscription]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:{port},nats://127.0.0.1:9\"\n\
+             subject = \"pos.{{type}}\"\n"
+        );
+        let sub = crate::config::parse(&text, None)
+            .expect("valid")
+            .subscriptions
+            .remove(0);
+        let steps = run_steps(&sub).await;
+        let got: Vec<(&str, Verdict)> = steps.iter().map(|s| (s.step, s.verdict)).collect();
+        assert_eq!(
+            got,
+            [
+                ("dns", Verdict::Ok),
+                ("tcp", Verdict::Ok),
+                ("tls", Verdict::Skip),
+                ("http", Verdict::Skip),
+                ("clock", Verdict::Skip),
+            ]
+        );
+        assert!(steps[1].detail.contains(&port.to_string()), "{}", steps[1].detail);
+        drop(listener);
+    }
+
+    #[tokio::test]
     async fn a_check_that_panicked_is_reported_as_failed() {
         let reports = check_all(subs(&["a", "boom", "c"]), fine_or_panic).await;
         let names: Vec<&str> = reports.iter().map(|r| r.subscription.as_str()).collect();

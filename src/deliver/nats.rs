@@ -410,6 +410,36 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_or_damaged_credentials_file_stops_the_start_with_its_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let creds = dir.path().join("bus.creds");
+        let config = |extra: &str| {
+            let text = format!(
+                "[[subscription]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:9\"\nsubject = \"pos.{{type}}\"\n{extra}"
+            );
+            Arc::new(
+                crate::config::parse(&text, None)
+                    .expect("valid")
+                    .subscriptions
+                    .remove(0),
+            )
+        };
+        let with_creds = config(&format!("credentials_file = \"{}\"\n", creds.display()));
+        let missing = Nats::new(with_creds.clone(), source()).err().expect("refused");
+        assert!(
+            missing.contains("cannot read") && missing.contains("bus.creds"),
+            "{missing}"
+        );
+        std::fs::write(&creds, "not a creds file").expect("write");
+        let damaged = Nats::new(with_creds, source()).err().expect("refused");
+        assert!(damaged.contains("not a NATS credentials file"), "{damaged}");
+        assert!(
+            Nats::new(config("token = \"t\"\n"), source()).is_ok(),
+            "no connection at start"
+        );
+    }
+
+    #[test]
     fn a_missing_stream_names_the_subject_and_is_retried_not_dropped() {
         let e = jetstream::context::PublishError::new(PublishErrorKind::StreamNotFound);
         let answer = classify(&e, "pos.0042.SaleCreated", Duration::from_secs(30));
