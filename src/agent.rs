@@ -19,6 +19,8 @@ use tokio::task::JoinSet;
 use crate::admin;
 use crate::config::Config;
 use crate::deliver::destination::Destination;
+#[cfg(feature = "nats")]
+use crate::deliver::nats::Nats;
 use crate::deliver::scheduler::Scheduler;
 use crate::deliver::webhook::{Source, Webhook};
 use crate::ingest;
@@ -173,6 +175,22 @@ async fn open_storage_once_disk_has_space(
 enum Built {
     /// `http://` and `https://`: signed webhooks.
     Webhook(Arc<Webhook>),
+    /// `nats://` and `tls://`: JetStream publishes, acknowledged.
+    #[cfg(feature = "nats")]
+    Nats(Arc<Nats>),
+}
+
+/// A NATS JetStream destination.
+#[cfg(feature = "nats")]
+fn build_nats(sub: &outbox::Subscription, source: &Source) -> Result<Built, String> {
+    Nats::new(sub.config.clone(), source.clone()).map(|nats| Built::Nats(Arc::new(nats)))
+}
+
+/// Without the `nats` feature a NATS subscription cannot start: say so,
+/// rather than fail later.
+#[cfg(not(feature = "nats"))]
+fn build_nats(_sub: &outbox::Subscription, _source: &Source) -> Result<Built, String> {
+    Err("this build of store-outbox has no NATS support (build it with `cargo build --release --features nats`)".into())
 }
 
 /// One destination per subscription, in the same order.
@@ -183,9 +201,12 @@ fn build_destinations(config: &Config, subs: &[outbox::Subscription]) -> anyhow:
     };
     subs.iter()
         .map(|sub| {
-            Webhook::new(sub.config.clone(), source.clone())
-                .map(|webhook| Built::Webhook(Arc::new(webhook)))
-                .map_err(|e| anyhow!("subscription {:?}: {e}", sub.config.name))
+            let built = if sub.config.nats.is_some() {
+                build_nats(sub, &source)
+            } else {
+                Webhook::new(sub.config.clone(), source.clone()).map(|webhook| Built::Webhook(Arc::new(webhook)))
+            };
+            built.map_err(|e| anyhow!("subscription {:?}: {e}", sub.config.name))
         })
         .collect()
 }
@@ -350,6 +371,8 @@ impl Wiring {
         for (sub, destination) in subs.iter().zip(destinations) {
             let beat = match destination {
                 Built::Webhook(webhook) => self.spawn_scheduler(tasks, sub, webhook)?,
+                #[cfg(feature = "nats")]
+                Built::Nats(nats) => self.spawn_scheduler(tasks, sub, nats)?,
             };
             heartbeats.push((sub.config.name.clone(), beat));
         }

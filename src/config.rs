@@ -115,9 +115,11 @@ pub struct RetryConfig {
 pub struct SubscriptionConfig {
     /// Unique name, the key of its delivery state in the database.
     pub name: String,
-    /// Endpoint receiving the POSTs.
+    /// Endpoint receiving the POSTs; for a NATS subscription the first
+    /// server of `url` (all of them are in [`NatsConfig::servers`]).
     pub url: reqwest::Url,
-    /// Signing keys (already base64-decoded); the first is the newest.
+    /// Signing keys (already base64-decoded); the first is the newest. Empty
+    /// only for a NATS subscription without `secret` (no signature headers).
     pub secrets: Vec<Vec<u8>>,
     /// Event types wanted; `None` means all (no `events` key, or `"*"`).
     /// Ask [`SubscriptionConfig::takes`] rather than reading this.
@@ -138,11 +140,62 @@ pub struct SubscriptionConfig {
     pub client_cert: Option<PathBuf>,
     /// Client key (PEM) for mTLS.
     pub client_key: Option<PathBuf>,
+    /// Set for `nats://` and `tls://` URLs: the subscription publishes to
+    /// NATS JetStream instead of POSTing.
+    pub nats: Option<NatsConfig>,
 }
 
+/// The NATS side of a subscription whose `url` is `nats://` or `tls://`.
+#[derive(Clone)]
+pub struct NatsConfig {
+    /// The servers of `url`, as written (comma-separated in the file).
+    pub servers: Vec<String>,
+    /// `subject`: the subject template, with `{store_id}`, `{agent_id}`,
+    /// `{type}` and `{entity}` placeholders.
+    pub subject: String,
+    /// `credentials_file`: a NATS `.creds` file (JWT and NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// `token`: a token for token authentication.
+    pub token: Option<String>,
+    /// `user` and `password`, which go together.
+    pub user_password: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    /// Like the derived one, without the token and password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("servers", &self.servers)
+            .field("subject", &self.subject)
+            .field("credentials_file", &self.credentials_file)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("user", &self.user_password.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+/// The placeholders a NATS `subject` may hold.
+pub const SUBJECT_PLACEHOLDERS: [&str; 4] = ["{store_id}", "{agent_id}", "{type}", "{entity}"];
+
 impl SubscriptionConfig {
-    /// The URL without credentials or query string, safe to log and show.
+    /// The URL without credentials or query string, safe to log and show
+    /// (for NATS every server, comma-separated).
     pub fn url_for_logs(&self) -> String {
+        if let Some(nats) = &self.nats {
+            return nats
+                .servers
+                .iter()
+                .map(|s| match reqwest::Url::parse(s) {
+                    Ok(mut url) => {
+                        let _ = url.set_username("");
+                        let _ = url.set_password(None);
+                        url.to_string()
+                    }
+                    Err(_) => s.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+        }
         let mut url = self.url.clone();
         let _ = url.set_username("");
         let _ = url.set_password(None);
@@ -225,6 +278,11 @@ struct FileSubscription {
     ca_file: Option<PathBuf>,
     client_cert: Option<Spanned<PathBuf>>,
     client_key: Option<Spanned<PathBuf>>,
+    subject: Option<Spanned<String>>,
+    credentials_file: Option<Spanned<PathBuf>>,
+    token: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -672,8 +730,19 @@ fn subscription_section(
 ) -> Result<SubscriptionConfig, ConfigError> {
     let key = |k: &str| table.key(k);
     let name = subscription_name(src, &key("name"), &sub.name, earlier)?;
-    let url = endpoint_url(src, &key("url"), &sub.url)?;
-    let secrets = subscription_secrets(src, table, &sub)?;
+    let (url, nats) = if is_nats_url(sub.url.get_ref()) {
+        let (first, servers) = nats_servers(src, &key("url"), &sub.url)?;
+        (first, Some(nats_settings(src, table, &sub, servers)?))
+    } else {
+        refuse_nats_keys(src, table, &sub)?;
+        (endpoint_url(src, &key("url"), &sub.url)?, None)
+    };
+    // A bus message is signed only if asked to: `secret` is optional there.
+    let secrets = if nats.is_some() && sub.secret.is_none() && sub.secret_file.is_none() {
+        Vec::new()
+    } else {
+        subscription_secrets(src, table, &sub)?
+    };
     let events = event_filter(src, &key("events"), sub.events)?;
     let max_in_flight = match sub.max_in_flight {
         None => 16,
@@ -702,7 +771,139 @@ fn subscription_section(
         ca_file: sub.ca_file.map(|p| src.resolve(p)),
         client_cert: sub.client_cert.map(|p| src.resolve(p.into_inner())),
         client_key: sub.client_key.map(|p| src.resolve(p.into_inner())),
+        nats,
     })
+}
+
+/// Whether `url` names NATS servers (`nats://` or `tls://`) rather than a
+/// webhook endpoint.
+fn is_nats_url(url: &str) -> bool {
+    let first = url.split(',').next().unwrap_or_default().trim().to_ascii_lowercase();
+    first.starts_with("nats://") || first.starts_with("tls://")
+}
+
+/// `url` of a NATS subscription: one or more comma-separated `nats://` or
+/// `tls://` servers. Returns the first, parsed, and all of them as written.
+fn nats_servers(src: &Source, key: &str, url: &Spanned<String>) -> Result<(reqwest::Url, Vec<String>), ConfigError> {
+    let mut servers = Vec::new();
+    let mut first = None;
+    for part in url.get_ref().split(',').map(str::trim) {
+        let parsed = reqwest::Url::parse(part).map_err(|e| src.at(url.span(), key, format!("{part:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "nats" | "tls") || parsed.host_str().is_none_or(str::is_empty) {
+            return Err(src.at(
+                url.span(),
+                key,
+                format!("{part:?}: every server must be nats://host:port or tls://host:port"),
+            ));
+        }
+        first.get_or_insert(parsed);
+        servers.push(part.to_string());
+    }
+    match first {
+        Some(first) => Ok((first, servers)),
+        None => Err(src.at(url.span(), key, "no server given".into())),
+    }
+}
+
+/// The keys of a NATS subscription: `subject` (required) and at most one way
+/// to authenticate (`credentials_file`, `token`, or `user` + `password`).
+fn nats_settings(
+    src: &Source,
+    table: &Table,
+    sub: &FileSubscription,
+    servers: Vec<String>,
+) -> Result<NatsConfig, ConfigError> {
+    let Some(subject) = &sub.subject else {
+        return Err(src.at(
+            table.span.clone(),
+            &table.key("subject"),
+            "missing: a nats:// or tls:// url needs a subject, e.g. subject = \"pos.{store_id}.{type}\"".into(),
+        ));
+    };
+    check_subject_template(subject.get_ref()).map_err(|e| src.at(subject.span(), &table.key("subject"), e))?;
+    let user_password = match (&sub.user, &sub.password) {
+        (Some(u), Some(p)) => Some((u.get_ref().clone(), p.get_ref().clone())),
+        (None, None) => None,
+        (Some(given), None) | (None, Some(given)) => {
+            let which = if sub.user.is_some() { "user" } else { "password" };
+            return Err(src.at(given.span(), &table.key(which), "user and password go together".into()));
+        }
+    };
+    let methods = [
+        sub.credentials_file.as_ref().map(|c| (c.span(), "credentials_file")),
+        sub.token.as_ref().map(|t| (t.span(), "token")),
+        sub.user.as_ref().map(|u| (u.span(), "user")),
+    ];
+    if let Some((span, which)) = methods.into_iter().flatten().nth(1) {
+        return Err(src.at(
+            span,
+            &table.key(which),
+            "give one of credentials_file, token or user + password".into(),
+        ));
+    }
+    Ok(NatsConfig {
+        servers,
+        subject: subject.get_ref().clone(),
+        credentials_file: sub.credentials_file.as_ref().map(|c| src.resolve(c.get_ref().clone())),
+        token: sub.token.as_ref().map(|t| t.get_ref().clone()),
+        user_password,
+    })
+}
+
+/// A subject template is valid if, with every placeholder filled in, it is a
+/// subject one can publish to: dot-separated tokens, none empty, no
+/// whitespace, no wildcard (`*`, `>`). Placeholder values are encoded to one
+/// token each when an event is sent (`deliver::nats::subject_token`).
+pub fn check_subject_template(template: &str) -> Result<(), String> {
+    let mut filled = template.to_string();
+    for placeholder in SUBJECT_PLACEHOLDERS {
+        filled = filled.replace(placeholder, "x");
+    }
+    if let Some(start) = filled.find('{') {
+        let rest = &filled[start..];
+        let unknown = rest.find('}').map_or(rest, |end| &rest[..=end]);
+        return Err(format!(
+            "{template:?}: unknown placeholder {unknown}; use {}",
+            SUBJECT_PLACEHOLDERS.join(" ")
+        ));
+    }
+    if filled.contains('}') {
+        return Err(format!("{template:?}: a }} without its {{"));
+    }
+    if filled.split('.').any(str::is_empty) {
+        return Err(format!(
+            "{template:?}: an empty token (a leading, trailing or double dot)"
+        ));
+    }
+    if let Some(c) = filled
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "*>".contains(*c))
+    {
+        return Err(format!(
+            "{template:?}: {c:?} is not allowed in a subject to publish to (no whitespace, no wildcards)"
+        ));
+    }
+    Ok(())
+}
+
+/// `subject`, `credentials_file`, `token`, `user` and `password` belong to
+/// NATS subscriptions only.
+fn refuse_nats_keys(src: &Source, table: &Table, sub: &FileSubscription) -> Result<(), ConfigError> {
+    let given = [
+        sub.subject.as_ref().map(|v| (v.span(), "subject")),
+        sub.credentials_file.as_ref().map(|v| (v.span(), "credentials_file")),
+        sub.token.as_ref().map(|v| (v.span(), "token")),
+        sub.user.as_ref().map(|v| (v.span(), "user")),
+        sub.password.as_ref().map(|v| (v.span(), "password")),
+    ];
+    match given.into_iter().flatten().next() {
+        Some((span, which)) => Err(src.at(
+            span,
+            &table.key(which),
+            "only for nats:// and tls:// urls; an http(s) subscription does not take it".into(),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `retry`: backoff from `initial` (1s) to `max` (5m), parked after
@@ -763,7 +964,11 @@ fn endpoint_url(src: &Source, key: &str, url: &Spanned<String>) -> Result<reqwes
     let parsed =
         reqwest::Url::parse(url.get_ref()).map_err(|e| src.at(url.span(), key, format!("{:?}: {e}", url.get_ref())))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(src.at(url.span(), key, "must be an http:// or https:// URL".into()));
+        return Err(src.at(
+            url.span(),
+            key,
+            "must be an http:// or https:// URL (or nats:// and tls:// servers for NATS JetStream)".into(),
+        ));
     }
     Ok(parsed)
 }
@@ -1101,6 +1306,59 @@ mod line_tests {
         );
         assert_names(&error_of("[storage]\nmax_db_bytez = 1\n"), 2, "storage.max_db_bytez");
         assert_names(&error_of("[agent]\nstore_id = 42\n"), 2, "agent.store_id");
+    }
+    /// A NATS subscription on lines 2-4 (header on line 1), then `extra`.
+    fn nats_sub(extra: &str) -> String {
+        format!(
+            "[[subscription]]\nname = \"bus\"\nurl = \"nats://n1:4222, nats://n2:4222\"\nsubject = \"pos.{{store_id}}.{{type}}\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn a_nats_url_takes_several_servers_a_subject_and_no_secret() {
+        let config = parse(&nats_sub("token = \"t0k\"\n"), None).expect("valid");
+        let first = &config.subscriptions[0];
+        let nats = first.nats.as_ref().expect("a NATS subscription");
+        assert_eq!(nats.servers, ["nats://n1:4222", "nats://n2:4222"]);
+        assert_eq!(nats.subject, "pos.{store_id}.{type}");
+        assert_eq!(nats.token.as_deref(), Some("t0k"));
+        assert!(first.secrets.is_empty(), "secret is optional for NATS");
+        assert_eq!(first.url_for_logs(), "nats://n1:4222,nats://n2:4222");
+        assert!(!format!("{nats:?}").contains("t0k"), "the token is not in Debug output");
+        let signed = parse(&nats_sub(&format!("secret = \"{SECRET}\"\n")), None).expect("valid");
+        assert_eq!(signed.subscriptions[0].secrets.len(), 1);
+        assert!(parse(&sub(""), None).expect("valid").subscriptions[0].nats.is_none());
+    }
+
+    #[test]
+    fn nats_keys_are_checked_and_named_with_their_line() {
+        let missing = error_of("[[subscription]]\nname = \"bus\"\nurl = \"nats://n1:4222\"\n");
+        assert_names(&missing, 1, "subscription[0].subject");
+        assert_names(&error_of(&sub("\nsubject = \"pos.x\"\n")), 6, "subscription[0].subject");
+        assert_names(&error_of(&sub("token = \"t\"\n")), 5, "subscription[0].token");
+        assert_names(&error_of(&nats_sub("\nuser = \"u\"\n")), 6, "subscription[0].user");
+        assert_names(
+            &error_of(&nats_sub("token = \"t\"\nuser = \"u\"\npassword = \"p\"\n")),
+            6,
+            "subscription[0].user",
+        );
+        assert_names(
+            &error_of("[[subscription]]\nname = \"bus\"\nurl = \"nats://n1:4222,http://x\"\nsubject = \"a\"\n"),
+            3,
+            "subscription[0].url",
+        );
+        for (subject, why) in [
+            ("pos.{store}.x", "unknown placeholder {store}"),
+            ("pos..x", "empty token"),
+            ("pos.*", "'*'"),
+            ("pos.>", "'>'"),
+            ("pos. x", "' '"),
+        ] {
+            let text = format!("[[subscription]]\nname = \"bus\"\nurl = \"nats://n1:4222\"\nsubject = \"{subject}\"\n");
+            let e = error_of(&text);
+            assert_names(&e, 4, "subscription[0].subject");
+            assert!(e.contains(why), "want {why}: {e}");
+        }
     }
 }
 

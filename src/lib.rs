@@ -2,8 +2,8 @@
 //!
 //! Point-of-sale software hands events to the agent (Unix socket, loopback
 //! HTTP, spool directory); the agent commits each one to SQLite before saying
-//! "ok", then forwards it to central systems as signed webhooks, in order per
-//! entity, retrying through outages.
+//! "ok", then forwards it to central systems as signed webhooks (or publishes
+//! it to NATS JetStream), in order per entity, retrying through outages.
 //!
 //! # Layout
 //!
@@ -17,7 +17,7 @@
 //! - [`deliver`]: per-subscription schedulers (per-entity order, a bounded
 //!   window of entities, backoff, offline probing, parking), their rules
 //!   (`deliver::decide`), the couriers, and the destinations behind
-//!   `deliver::destination::Destination` (today the webhook). A new kind of
+//!   `deliver::destination::Destination` (the webhook and NATS JetStream). A new kind of
 //!   destination is a module there plus one arm in [`agent`].
 //! - [`metrics`]: Prometheus metrics, from the database and from delivery.
 //! - [`notify`]: systemd readiness, status and watchdog (sd_notify).

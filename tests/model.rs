@@ -656,6 +656,7 @@ impl Harness {
                 ca_file: None,
                 client_cert: None,
                 client_key: None,
+                nats: None,
             })
             .collect()
     }

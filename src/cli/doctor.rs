@@ -118,11 +118,27 @@ async fn run_steps(sub: &SubscriptionConfig) -> Vec<Step> {
 async fn try_steps(sub: &SubscriptionConfig, steps: &mut Vec<Step>) -> Result<(), Vec<Step>> {
     let url = &sub.url;
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
-    let port = url.port_or_known_default().unwrap_or(443);
+    let port = match (&sub.nats, url.port_or_known_default()) {
+        (Some(_), port) => port.unwrap_or(4222),
+        (None, port) => port.unwrap_or(443),
+    };
     let budget = sub.timeout.min(Duration::from_secs(10));
     let (addrs, found) = dns_step(&host, port, budget).await.map_err(|s| vec![s])?;
     steps.push(found);
     steps.push(tcp_step(&addrs, budget).await.map_err(|s| vec![s])?);
+    if sub.nats.is_some() {
+        // A NATS subscription: DNS and TCP of its first server only; the
+        // agent's status shows whether publishing works.
+        for name in ["tls", "http", "clock"] {
+            steps.push(step(
+                name,
+                Verdict::Skip,
+                "not checked for NATS (DNS and TCP of the first server only)",
+                None,
+            ));
+        }
+        return Ok(());
+    }
     // TLS + HTTP, with delivery's own client.
     let client = crate::deliver::webhook::build_client(sub).map_err(|e| {
         vec![step(
@@ -449,6 +465,34 @@ mod tests {
                 ("clock", Verdict::Skip),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_nats_subscription_is_checked_for_dns_and_tcp_of_its_first_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let text = format!(
+            "[[subscription]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:{port},nats://127.0.0.1:9\"\n\
+             subject = \"pos.{{type}}\"\n"
+        );
+        let sub = crate::config::parse(&text, None)
+            .expect("valid")
+            .subscriptions
+            .remove(0);
+        let steps = run_steps(&sub).await;
+        let got: Vec<(&str, Verdict)> = steps.iter().map(|s| (s.step, s.verdict)).collect();
+        assert_eq!(
+            got,
+            [
+                ("dns", Verdict::Ok),
+                ("tcp", Verdict::Ok),
+                ("tls", Verdict::Skip),
+                ("http", Verdict::Skip),
+                ("clock", Verdict::Skip),
+            ]
+        );
+        assert!(steps[1].detail.contains(&port.to_string()), "{}", steps[1].detail);
+        drop(listener);
     }
 
     #[tokio::test]

@@ -9,6 +9,8 @@
 //! - [`destination`]: the seam: the [`destination::Destination`] trait a
 //!   destination implements (send one unit, classify the answer).
 //! - [`webhook`]: the webhook destination (HTTP, Standard Webhooks).
+//! - [`nats`]: the NATS JetStream destination (the webhook body, published
+//!   and acknowledged).
 //! - [`backoff`]: retry delays with jitter and `Retry-After`.
 //!
 //! To add a kind of destination: a module beside `webhook.rs` with a type
@@ -21,5 +23,7 @@ pub mod backoff;
 pub mod courier;
 pub mod decide;
 pub mod destination;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod scheduler;
 pub mod webhook;
