@@ -686,6 +686,12 @@ mod tests {
             "payload.a: duplicate key",
             Some("payload"),
         );
+        // Keys are compared decoded: `"\u0061"` is `"a"`.
+        refused(
+            &with_payload(r#"{"\u0061":1,"a":2}"#),
+            "payload.a: duplicate key",
+            Some("payload"),
+        );
         // Which copy would count is exactly the ambiguity: not in the
         // attributes either, nor among the event's own fields.
         refused(
