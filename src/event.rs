@@ -213,6 +213,197 @@ fn as_string(field: &str, raw: &RawValue) -> Result<String, IngestError> {
     serde_json::from_str::<String>(raw.get()).map_err(|_| IngestError::at_field(field, "must be a string"))
 }
 
+// ---- I-JSON (RFC 7493) ---------------------------------------------------------
+//
+// The contract: "A payload must be I-JSON: numbers within IEEE 754 double
+// range, no duplicate object keys, no lone surrogates." The event is parsed
+// with `RawValue`s, which only skip over values, so `1e400` or `"\ud800"`
+// were stored and forwarded, and a strict receiver then refused the event
+// forever, holding its entity behind it. The whole event is walked once more
+// with serde_json parsing every value (not only `payload`: `attributes` would
+// merge duplicate keys silently, and a duplicate top-level field is as
+// ambiguous).
+//
+// Decided, beyond the three rules: integers beyond ±(2^53 - 1) and
+// decimals with more digits than a double keeps are accepted (RFC 7493 has
+// only a SHOULD NOT for them; they are within the double range, and ids of
+// that size are common); a number too small for a double (`1e-400`) is
+// within range too (it rounds to 0). Noncharacters (U+FFFF) are accepted:
+// the contract does not list them and every JSON parser decodes them.
+
+/// One step of a path into the event: an object member or an array index.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// Longest object key a path shows in full: a message must stay readable
+/// whatever the producer sent.
+const PATH_KEY_MAX: usize = 64;
+
+fn is_plain_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    key.len() <= PATH_KEY_MAX
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The path as people read it: `payload.lines[3].price`, `payload["a b"]`;
+/// the event itself is `event`.
+fn path_text(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) if is_plain_key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Step::Key(k) => {
+                let shown: String = k.chars().take(PATH_KEY_MAX).collect();
+                let more = if shown.len() < k.len() { "…" } else { "" };
+                let quoted = serde_json::to_string(&shown).unwrap_or_default();
+                out.push_str(&format!("[{quoted}{more}]"));
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    if out.is_empty() {
+        out.push_str("event");
+    }
+    out
+}
+
+/// Where the walk stands. It is not unwound on an error, so after one it
+/// still names the value (or the object whose key) that failed: serde's
+/// errors carry no path of their own.
+#[derive(Default)]
+struct Walk {
+    path: Vec<Step>,
+    /// A key is being read (its object is `path`).
+    in_key: bool,
+    /// A violation found by the walk itself (serde_json does not see it).
+    found: Option<&'static str>,
+}
+
+type Shared<'w> = &'w std::cell::RefCell<Walk>;
+
+/// Visits one value at the walk's current path.
+struct ValueSeed<'w>(Shared<'w>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValueSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    // Scalars: serde_json has parsed them by now, which is the check (a
+    // number beyond the double range or a lone surrogate fails the parse).
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for index in 0.. {
+            self.0.borrow_mut().path.push(Step::Index(index));
+            let more = seq.next_element_seed(ValueSeed(self.0))?;
+            self.0.borrow_mut().path.pop();
+            if more.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            self.0.borrow_mut().in_key = true;
+            let Some(key) = map.next_key::<String>()? else {
+                break;
+            };
+            let mut walk = self.0.borrow_mut();
+            walk.in_key = false;
+            let fresh = seen.insert(key.clone());
+            walk.path.push(Step::Key(key));
+            if !fresh {
+                walk.found = Some("duplicate key");
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            drop(walk);
+            map.next_value_seed(ValueSeed(self.0))?;
+            self.0.borrow_mut().path.pop();
+        }
+        self.0.borrow_mut().in_key = false;
+        Ok(())
+    }
+}
+
+/// Checks that `text`, already known to be a JSON object, is I-JSON; the
+/// error names the path and the problem. A syntax error the walk meets is
+/// not its business (the caller reports those).
+fn check_ijson(text: &[u8]) -> Result<(), IngestError> {
+    use serde::de::DeserializeSeed;
+    let walk = std::cell::RefCell::new(Walk::default());
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let Err(e) = ValueSeed(&walk).deserialize(&mut de) else {
+        return Ok(());
+    };
+    let walk = walk.into_inner();
+    // serde_json's own wording for the two rules it enforces when it parses
+    // a value: "number out of range"; "lone leading surrogate in hex escape"
+    // (also said of a lone trailing one) and "unexpected end of hex escape"
+    // (a leading one followed by anything but `\u`), the only places it
+    // says either (serde_json 1.0.154, read.rs).
+    let message = e.to_string();
+    let problem = match walk.found {
+        Some(found) => found,
+        None if message.starts_with("number out of range") => "number out of range",
+        None if message.contains("surrogate") || message.starts_with("unexpected end of hex escape") => {
+            if walk.in_key {
+                "key with a lone surrogate"
+            } else {
+                "lone surrogate"
+            }
+        }
+        None => return Ok(()),
+    };
+    let field = match walk.path.first() {
+        Some(Step::Key(k)) => Some(k.clone()),
+        _ => None,
+    };
+    Err(IngestError {
+        code: ErrorCode::InvalidEvent,
+        message: format!("{}: {problem} (I-JSON, RFC 7493)", path_text(&walk.path)),
+        field,
+    })
+}
+
 /// Parses and validates one event's JSON text; an event without `event_id`
 /// gets a new UUIDv7.
 pub fn parse_event(text: &[u8], max_bytes: u64) -> Result<NewEvent, IngestError> {
@@ -236,9 +427,16 @@ pub fn parse_event_with(
         if e.classify() == serde_json::error::Category::Data {
             IngestError::new(ErrorCode::InvalidEvent, "event must be a JSON object")
         } else {
-            IngestError::new(ErrorCode::InvalidJson, e.to_string())
+            // A lone surrogate in a top-level key fails this parse; the walk
+            // tells it from broken JSON.
+            check_ijson(text)
+                .err()
+                .unwrap_or_else(|| IngestError::new(ErrorCode::InvalidJson, e.to_string()))
         }
     })?;
+    // Before any field is read: a duplicate field must not be resolved by
+    // whichever copy the map kept.
+    check_ijson(text)?;
     let mut unknown: Vec<&str> = fields
         .keys()
         .map(String::as_str)
@@ -412,6 +610,169 @@ mod tests {
         let big = format!(r#"{{"type":"T","entity":"e","payload":"{}"}}"#, "x".repeat(300));
         assert_eq!(parse_event(big.as_bytes(), 256).unwrap_err().field, None);
         assert_eq!(check_entity("").unwrap_err().field.as_deref(), Some("entity"));
+    }
+
+    /// The event around a payload.
+    fn with_payload(payload: &str) -> String {
+        format!(r#"{{"type":"T","entity":"e","payload":{payload}}}"#)
+    }
+
+    /// Asserts `text` is refused as not I-JSON with a message starting
+    /// `want` and the top-level field `field`.
+    fn refused(text: &str, want: &str, field: Option<&str>) {
+        let err = parse(text).expect_err(text);
+        assert_eq!(err.code, ErrorCode::InvalidEvent, "{text}: {}", err.message);
+        assert!(err.message.starts_with(want), "{text}: {}", err.message);
+        assert!(err.message.ends_with("(I-JSON, RFC 7493)"), "{text}: {}", err.message);
+        assert_eq!(err.field.as_deref(), field, "{text}");
+    }
+
+    #[test]
+    fn numbers_beyond_the_double_range_are_refused_naming_their_path() {
+        refused(
+            &with_payload(r#"{"lines":[{},{"price":1},{},{"price":1e999999}]}"#),
+            "payload.lines[3].price: number out of range",
+            Some("payload"),
+        );
+        refused(&with_payload("-1e400"), "payload: number out of range", Some("payload"));
+        refused(
+            &with_payload("[1.7976931348623159e308]"),
+            "payload[0]: number out of range",
+            Some("payload"),
+        );
+        // An integer literal too long for any double.
+        refused(
+            &with_payload(&format!("{{\"n\":1{}}}", "0".repeat(400))),
+            "payload.n: number out of range",
+            Some("payload"),
+        );
+        // Keys that are not plain names are quoted.
+        refused(
+            &with_payload(r#"{"unit price":{"x.y":[0,1e309]}}"#),
+            r#"payload["unit price"]["x.y"][1]: number out of range"#,
+            Some("payload"),
+        );
+    }
+
+    #[test]
+    fn numbers_within_the_double_range_are_kept_verbatim_whatever_their_precision() {
+        // Big integers and long decimals: within range, only their exactness
+        // is at stake (RFC 7493 SHOULD NOT; accepted, see the module's notes).
+        for payload in [
+            "18446744073709551616",
+            "-9007199254740993",
+            "3.141592653589793238462643383279",
+            "1.7976931348623157e308",
+            "-1.7976931348623157E+308",
+            "1e-400",
+            "-0",
+            r#"{"a":{"x":1},"b":{"x":1},"c":[{"x":1},{"x":1}]}"#,
+            r#""\ud83d\ude00 \uFFFF""#,
+        ] {
+            let e = parse(&with_payload(payload)).expect(payload);
+            assert_eq!(e.payload, payload);
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        refused(
+            &with_payload(r#"{"a":1,"b":{"c":1,"d":[{"c":1,"c":2}]}}"#),
+            "payload.b.d[0].c: duplicate key",
+            Some("payload"),
+        );
+        refused(
+            &with_payload(r#"{"a":1,"a":1}"#),
+            "payload.a: duplicate key",
+            Some("payload"),
+        );
+        // Keys are compared decoded: `"\u0061"` is `"a"`.
+        refused(
+            &with_payload(r#"{"\u0061":1,"a":2}"#),
+            "payload.a: duplicate key",
+            Some("payload"),
+        );
+        // Which copy would count is exactly the ambiguity: not in the
+        // attributes either, nor among the event's own fields.
+        refused(
+            r#"{"type":"T","entity":"e","attributes":{"terminal":"03","terminal":"04"},"payload":1}"#,
+            "attributes.terminal: duplicate key",
+            Some("attributes"),
+        );
+        refused(
+            r#"{"type":"T","entity":"e","entity":"f","payload":1}"#,
+            "entity: duplicate key",
+            Some("entity"),
+        );
+        refused(
+            r#"{"type":"T","entity":"e","payload":1,"payload":2}"#,
+            "payload: duplicate key",
+            Some("payload"),
+        );
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_in_values_and_keys() {
+        for s in [
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""a\ud800b""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800\n""#,
+        ] {
+            refused(
+                &with_payload(&format!("[1,{s}]")),
+                "payload[1]: lone surrogate",
+                Some("payload"),
+            );
+        }
+        refused(
+            &with_payload(r#"{"ok":{"\udfff":1}}"#),
+            "payload.ok: key with a lone surrogate",
+            Some("payload"),
+        );
+        refused(
+            r#"{"type":"T","entity":"\ud800","payload":1}"#,
+            "entity: lone surrogate",
+            Some("entity"),
+        );
+        refused(
+            r#"{"type":"T","attributes":{"t":"\ud800"},"entity":"e","payload":1}"#,
+            "attributes.t: lone surrogate",
+            Some("attributes"),
+        );
+        // A top-level key fails the first parse already; still invalid_event.
+        refused(
+            r#"{"\ud800":1,"type":"T","entity":"e","payload":1}"#,
+            "event: key with a lone surrogate",
+            None,
+        );
+    }
+
+    #[test]
+    fn broken_json_stays_invalid_json_and_a_non_object_stays_that() {
+        for text in [
+            r#"{"type":"T","payload":[1,}"#,
+            r#"{"payload":"\u12"}"#,
+            r#"{"payload":1e}"#,
+        ] {
+            assert_eq!(parse(text).unwrap_err().code, ErrorCode::InvalidJson, "{text}");
+        }
+        let e = parse("[1e999]").unwrap_err();
+        assert_eq!(e.message, "event must be a JSON object");
+    }
+
+    #[test]
+    fn long_keys_are_cut_in_the_path() {
+        let key = "k".repeat(300);
+        let err = parse(&with_payload(&format!(r#"{{"{key}":1,"{key}":2}}"#))).unwrap_err();
+        assert!(err.message.len() < 150, "{}", err.message);
+        assert!(
+            err.message
+                .starts_with(&format!(r#"payload["{}"…]: duplicate key"#, "k".repeat(64))),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -168,10 +168,34 @@ fn every_target_has_its_replay_and_every_regression_directory_a_target() {
 fn event_json_regressions() {
     replay(
         "event_json",
-        &[(
-            "occurred-at-past-year-9999.json",
-            Refused(&["invalid_event", "occurred_at"]),
-        )],
+        &[
+            (
+                "occurred-at-past-year-9999.json",
+                Refused(&["invalid_event", "occurred_at"]),
+            ),
+            // I-JSON (RFC 7493): each refusal names the path.
+            (
+                "field-given-twice.json",
+                Refused(&["invalid_event: entity: duplicate key"]),
+            ),
+            (
+                "payload-duplicate-key.json",
+                Refused(&["invalid_event: payload.items[0].sku: duplicate key"]),
+            ),
+            (
+                "payload-lone-surrogate.json",
+                Refused(&["invalid_event: payload.name[1]: lone surrogate"]),
+            ),
+            (
+                "payload-number-out-of-range.json",
+                Refused(&["invalid_event: payload.lines[3].price: number out of range"]),
+            ),
+            (
+                "top-level-key-lone-surrogate.json",
+                Refused(&["invalid_event: event: key with a lone surrogate"]),
+            ),
+            ("within-double-range-accepted.json", Accepted(1)),
+        ],
         |name, bytes| match store_outbox::event::parse_event(bytes, 1 << 20) {
             Ok(e) => {
                 assert_contract(std::slice::from_ref(&e), name);
@@ -189,10 +213,16 @@ fn event_json_regressions() {
 fn ndjson_file_regressions() {
     replay(
         "ndjson_file",
-        &[(
-            "occurred-at-past-year-9999.ndjson",
-            Refused(&["f.ndjson line 2 field occurred_at invalid_event"]),
-        )],
+        &[
+            (
+                "occurred-at-past-year-9999.ndjson",
+                Refused(&["f.ndjson line 2 field occurred_at invalid_event"]),
+            ),
+            (
+                "payload-number-out-of-range.ndjson",
+                Refused(&["f.ndjson line 2 field payload invalid_event: payload.price: number out of range"]),
+            ),
+        ],
         |name, bytes| spool_file("f.ndjson", name, bytes),
     );
 }
@@ -203,6 +233,10 @@ fn json_file_regressions() {
         "json_file",
         &[
             ("array-in-an-array.json", Refused(&["f.json index 0 invalid_event"])),
+            (
+                "attributes-duplicate-key.json",
+                Refused(&["f.json index 1 field attributes invalid_event: attributes.terminal: duplicate key"]),
+            ),
             // A byte-order mark is not JSON: the file is refused at its first byte.
             (
                 "bom-then-array.json",

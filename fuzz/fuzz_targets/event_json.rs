@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use store_outbox::event::{parse_event, ErrorCode};
-use store_outbox_fuzz::check_event;
+use store_outbox_fuzz::{check_event, ijson_violation, IJSON_MARK};
 
 const MAX_EVENT_BYTES: u64 = 1024 * 1024;
 
@@ -15,11 +15,28 @@ fuzz_target!(|data: &[u8]| {
             // The payload is the producer's text, verbatim: it must occur in the input.
             let text = std::str::from_utf8(data).expect("accepted input is UTF-8");
             assert!(text.contains(&event.payload), "payload is not verbatim");
+            // The whole event is I-JSON too (no field given twice).
+            if let Some(why) = ijson_violation(text) {
+                panic!("accepted event is not I-JSON ({why}): {text:?}");
+            }
         }
         Err(e) => {
             assert!(!e.message.is_empty(), "error without a message");
+            // Refused as not I-JSON only when it is not.
+            if e.message.ends_with(IJSON_MARK) {
+                assert_eq!(e.code, ErrorCode::InvalidEvent, "{}", e.message);
+                let text = String::from_utf8_lossy(data);
+                assert!(
+                    ijson_violation(&text).is_some(),
+                    "refused as not I-JSON but it is ({}): {text:?}",
+                    e.message
+                );
+            }
             assert!(
-                matches!(e.code, ErrorCode::InvalidJson | ErrorCode::InvalidEvent | ErrorCode::TooLarge),
+                matches!(
+                    e.code,
+                    ErrorCode::InvalidJson | ErrorCode::InvalidEvent | ErrorCode::TooLarge
+                ),
                 "unexpected error code {:?}",
                 e.code
             );

@@ -48,6 +48,73 @@ pub fn is_json_value(text: &str) -> bool {
     serde_json::from_str::<&RawValue>(text).is_ok()
 }
 
+/// How the library ends the message of an event refused as not I-JSON.
+pub const IJSON_MARK: &str = "(I-JSON, RFC 7493)";
+
+/// Why `text` is not I-JSON (RFC 7493, the contract's three rules), or
+/// `None` if it is. Written apart from the library's check (a serde visitor
+/// in `event.rs`) so the two can disagree: `serde_json::Value` refuses a
+/// number beyond the double range and a lone surrogate when it parses, and
+/// a scan of the text finds a key twice in one object (a `Value` would keep
+/// only the last copy). Anything that does not parse is "not I-JSON" too.
+pub fn ijson_violation(text: &str) -> Option<String> {
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+        return Some(format!("does not parse as a serde_json::Value: {e}"));
+    }
+    duplicate_key(text).map(|k| format!("key {k:?} twice in one object"))
+}
+
+/// The first key found twice in one object of `text`, which must be valid
+/// JSON: a scan of its tokens with one key set per open object.
+fn duplicate_key(text: &str) -> Option<String> {
+    enum Open {
+        Array,
+        Object {
+            keys: std::collections::HashSet<String>,
+            want_key: bool,
+        },
+    }
+    let bytes = text.as_bytes();
+    let mut open: Vec<Open> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => open.push(Open::Object {
+                keys: Default::default(),
+                want_key: true,
+            }),
+            b'[' => open.push(Open::Array),
+            b'}' | b']' => {
+                open.pop();
+            }
+            b',' => {
+                if let Some(Open::Object { want_key, .. }) = open.last_mut() {
+                    *want_key = true;
+                }
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                while bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                if let Some(Open::Object { keys, want_key }) = open.last_mut() {
+                    if *want_key {
+                        *want_key = false;
+                        let key: String = serde_json::from_str(&text[start..=i]).expect("a valid key");
+                        if !keys.insert(key.clone()) {
+                            return Some(key);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Every field of an accepted event.
 pub fn check_event(e: &NewEvent) {
     check_event_id(&e.event_id);
@@ -58,6 +125,9 @@ pub fn check_event(e: &NewEvent) {
         "payload is not one JSON value: {:?}",
         e.payload
     );
+    if let Some(why) = ijson_violation(&e.payload) {
+        panic!("accepted payload is not I-JSON ({why}): {:?}", e.payload);
+    }
     assert!(
         e.occurred_at.ends_with('Z') && e.occurred_at.len() >= 20,
         "occurred_at is not RFC 3339 UTC: {:?}",

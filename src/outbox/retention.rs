@@ -3,10 +3,12 @@
 //!
 //! Every minute, delivered events older than `storage.retain_delivered` go.
 //! When the database nears `storage.max_db_bytes` (90%), or the writer had to
-//! refuse an event, delivered events go oldest first whatever their age; if
-//! that is not enough, new events are refused with `storage_full` until
-//! deliveries make room. Freed pages are reused by SQLite, so "used bytes"
-//! drop at once without a VACUUM.
+//! refuse an event or ran out of its turn's pruning budget, delivered events
+//! go oldest first whatever their age. At the cap itself the writer does not
+//! wait for this task: it deletes delivered events in its own turn, before
+//! the batch (`WriterState::make_room`), and refuses with `storage_full` only
+//! when nothing delivered is left. Freed pages are reused by SQLite, so
+//! "used bytes" drop at once without a VACUUM.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -302,6 +302,13 @@ impl Writer {
     }
 }
 
+/// Delivered events deleted per transaction when an ingest finds the outbox
+/// at its cap: small, so one commit stays short.
+const ROOM_CHUNK: usize = 200;
+/// At most this many such transactions per writer turn, so one turn never
+/// stalls the queue for long (about 1,600 events, a few tens of ms).
+const ROOM_CHUNKS: usize = 8;
+
 /// The writer thread's own state.
 struct WriterState {
     /// The only write connection.
@@ -339,7 +346,7 @@ impl WriterState {
 
     fn process(&mut self, mut batch: Vec<WriteOp>) {
         let ingests = batch.iter().any(|op| matches!(op, WriteOp::Ingest { .. }));
-        let full = ingests && super::read::used_bytes(&self.conn).unwrap_or(0) >= self.max_db_bytes;
+        let full = ingests && self.over_cap() && !self.make_room();
         if ingests && full != self.full {
             self.full = full;
             if full {
@@ -385,6 +392,63 @@ impl WriterState {
                 }
             }
         }
+    }
+
+    /// Whether the database's used size reached `storage.max_db_bytes`.
+    fn over_cap(&self) -> bool {
+        super::read::used_bytes(&self.conn).unwrap_or(0) >= self.max_db_bytes
+    }
+
+    /// The outbox is at its cap and a batch brings events: deletes delivered
+    /// events, oldest first, in short transactions of [`ROOM_CHUNK`] events
+    /// right before the batch, until the cap is kept. The contract lets
+    /// delivered events go before a new one is refused, so the refusal must
+    /// not wait for the pruner task. Returns whether the batch may be
+    /// stored: true once under the cap, and also when the turn's budget
+    /// ([`ROOM_CHUNKS`]) ran out with delivered events still left (the cap
+    /// is checked per batch, so it may be passed by one batch; the next turn
+    /// and the woken pruner go on deleting). False only when nothing
+    /// delivered is left, or the deletion itself failed.
+    fn make_room(&mut self) -> bool {
+        let mut pruned = 0;
+        for _ in 0..ROOM_CHUNKS {
+            let chunk = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .and_then(|tx| {
+                    let n = sql::prune(&tx, None, ROOM_CHUNK)?;
+                    tx.commit()?;
+                    Ok(n)
+                });
+            let n = match chunk {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prune delivered events to make room");
+                    return false;
+                }
+            };
+            pruned += n;
+            // Freed pages go to the freelist at once, so the used size
+            // drops as soon as whole pages are empty.
+            if !self.over_cap() {
+                // Debug: at the cap this happens on every ingest batch.
+                tracing::debug!(
+                    events = pruned,
+                    "outbox at storage.max_db_bytes: pruned delivered events to make room"
+                );
+                return true;
+            }
+            if n < ROOM_CHUNK {
+                // Nothing delivered is left: refuse.
+                return false;
+            }
+        }
+        tracing::info!(
+            events = pruned,
+            "outbox at storage.max_db_bytes: pruned delivered events, more go in the next turns"
+        );
+        self.storage_full.notify_one();
+        true
     }
 
     /// Logs a change of the disk-full state once, not once per batch.
