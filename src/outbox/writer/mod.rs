@@ -171,6 +171,7 @@ impl Writer {
             max_db_bytes,
             full: false,
             disk_full: false,
+            nothing_to_prune: false,
             storage_full,
         };
         let handle = std::thread::Builder::new()
@@ -323,6 +324,10 @@ struct WriterState {
     full: bool,
     /// Whether the last commit failed because the disk is full (logged once).
     disk_full: bool,
+    /// The last [`WriterState::make_room`] found no delivered event to
+    /// delete, and none was delivered since: ingest at the cap is refused
+    /// without scanning the outbox again for every batch.
+    nothing_to_prune: bool,
     /// Woken when ingest is refused, so the pruner makes room.
     storage_full: Arc<tokio::sync::Notify>,
 }
@@ -364,6 +369,7 @@ impl WriterState {
         match self.apply_all(&mut batch, full) {
             Ok(effects) => {
                 self.set_disk_full(false);
+                self.note_deliveries(&effects);
                 self.finish(batch, effects)
             }
             Err(e) if e.sqlite_error_code() == Some(SqliteCode::DiskFull) => {
@@ -386,7 +392,10 @@ impl WriterState {
                 for op in batch {
                     let mut one = vec![op];
                     match self.apply_all(&mut one, full) {
-                        Ok(effects) => self.finish(one, effects),
+                        Ok(effects) => {
+                            self.note_deliveries(&effects);
+                            self.finish(one, effects)
+                        }
                         Err(e) => self.fail(one, &e),
                     }
                 }
@@ -410,6 +419,9 @@ impl WriterState {
     /// and the woken pruner go on deleting). False only when nothing
     /// delivered is left, or the deletion itself failed.
     fn make_room(&mut self) -> bool {
+        if self.nothing_to_prune {
+            return false;
+        }
         let mut pruned = 0;
         for _ in 0..ROOM_CHUNKS {
             let chunk = self
@@ -439,7 +451,9 @@ impl WriterState {
                 return true;
             }
             if n < ROOM_CHUNK {
-                // Nothing delivered is left: refuse.
+                // Nothing delivered is left: refuse, and do not look again
+                // before something is delivered.
+                self.nothing_to_prune = true;
                 return false;
             }
         }
@@ -449,6 +463,13 @@ impl WriterState {
         );
         self.storage_full.notify_one();
         true
+    }
+
+    /// A committed delivery may have made an event prunable.
+    fn note_deliveries(&mut self, effects: &Effects) {
+        if !effects.delivered_by_sub.is_empty() {
+            self.nothing_to_prune = false;
+        }
     }
 
     /// Logs a change of the disk-full state once, not once per batch.
