@@ -9,8 +9,8 @@
 //! - [`destination`]: the seam: the [`destination::Destination`] trait a
 //!   destination implements (send one unit, classify the answer).
 //! - [`webhook`]: the webhook destination (HTTP, Standard Webhooks).
-//! - [`nats`]: the NATS JetStream destination (the webhook body, published
-//!   and acknowledged).
+//! - `nats` (with the cargo feature `nats`): the NATS JetStream destination
+//!   (the webhook body, published and acknowledged).
 //! - [`backoff`]: retry delays with jitter and `Retry-After`.
 //!
 //! To add a kind of destination: a module beside `webhook.rs` with a type
