@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::backoff;
 use super::destination::{Answer, AnswerKind};
 use crate::config::RetryConfig;
+use crate::outbox::read::StoredEvent;
 use crate::outbox::writer::Decision;
 
 /// Failures in a row, of any kind, after which the endpoint counts as down
@@ -30,6 +31,20 @@ pub struct Position {
 }
 
 impl Position {
+    /// Where a stored event stands in its entity.
+    pub fn of(event: &StoredEvent) -> Self {
+        Position {
+            seq: event.seq,
+            entity_seq: event.entity_seq,
+        }
+    }
+
+    /// Where an entity goes on from after `self`: here, or back at an
+    /// earlier event a resend reopened meanwhile (`rewind`).
+    pub fn or_earlier(self, rewind: Option<Position>) -> Self {
+        rewind.map_or(self, |r| r.min(self))
+    }
+
     /// A lower bound of the entity's next event.
     pub fn next(self) -> Self {
         Position {
@@ -115,12 +130,11 @@ pub fn entity_after(
     rewind: Option<Position>,
     now: Instant,
 ) -> EntityNext {
-    let from = |p: Position| rewind.map_or(p, |r| r.min(p));
     match decision {
         // The next event of this entity is strictly later.
         Decision::Delivered => EntityNext::Ready {
             due: now,
-            from: from(sent.next()),
+            from: sent.next().or_earlier(rewind),
         },
         Decision::Park => match rewind {
             None => EntityNext::Parked { at: sent },
@@ -133,7 +147,7 @@ pub fn entity_after(
         },
         Decision::Retry { .. } => EntityNext::Ready {
             due: now + wait,
-            from: from(sent),
+            from: sent.or_earlier(rewind),
         },
     }
 }
@@ -262,16 +276,22 @@ pub fn next_pick(
 }
 
 /// When the scheduler should look again if nothing wakes it first.
+/// `more_backlog`: the window has room and the backlog scan has more to
+/// take in, so it goes on at once (unless paused).
 pub fn next_wake(
     ready: &BTreeSet<ReadyKey>,
     link: &Link,
     slot_free: bool,
     probe_in_flight: bool,
     paused_until: Option<Instant>,
+    more_backlog: bool,
     now: Instant,
 ) -> Option<Instant> {
     if let Some(until) = paused_until.filter(|until| *until > now) {
         return Some(until);
+    }
+    if more_backlog {
+        return Some(now);
     }
     if !slot_free {
         return None;
@@ -501,7 +521,7 @@ mod tests {
         ready.remove(&(now, 9, 200));
         assert_eq!(next_pick(&ready, &link, true, false, now), None, "not due yet");
         assert_eq!(
-            next_wake(&ready, &link, true, false, None, now),
+            next_wake(&ready, &link, true, false, None, false, now),
             Some(now + Duration::from_secs(5))
         );
     }
@@ -517,7 +537,7 @@ mod tests {
         ready.insert((now + Duration::from_secs(60), 1, 100));
         assert_eq!(next_pick(&ready, &link, true, false, now), None, "probe not due");
         assert_eq!(
-            next_wake(&ready, &link, true, false, None, now),
+            next_wake(&ready, &link, true, false, None, false, now),
             Some(link.next_probe_at)
         );
         let later = now + Duration::from_secs(2);
@@ -535,7 +555,29 @@ mod tests {
         let link = Link::new(now);
         let ready = BTreeSet::from([(now, 1, 1)]);
         let until = now + Duration::from_secs(3);
-        assert_eq!(next_wake(&ready, &link, true, false, Some(until), now), Some(until));
+        assert_eq!(
+            next_wake(&ready, &link, true, false, Some(until), true, now),
+            Some(until)
+        );
+    }
+
+    #[test]
+    fn more_backlog_to_scan_is_taken_in_at_once_when_not_paused() {
+        let now = Instant::now();
+        let link = Link::new(now);
+        let ready = BTreeSet::from([(now + Duration::from_secs(9), 1, 1)]);
+        assert_eq!(next_wake(&ready, &link, false, false, None, true, now), Some(now));
+        assert_eq!(
+            next_wake(&ready, &link, false, false, None, false, now),
+            None,
+            "no slot"
+        );
+        let over = Some(now);
+        assert_eq!(
+            next_wake(&ready, &link, false, false, over, true, now),
+            Some(now),
+            "pause over"
+        );
     }
 
     #[test]

@@ -343,20 +343,15 @@ impl<D: Destination> Scheduler<D> {
         loop {
             self.dispatch();
             self.starving.set(self.is_starving());
-            let now = Instant::now();
-            let wake = if self.wants_scan() && self.storage_pause_until.is_none_or(|until| until <= now) {
-                // More of the backlog to take in: go on in the next round.
-                Some(now)
-            } else {
-                decide::next_wake(
-                    &self.ready,
-                    &self.link,
-                    self.slot_free(),
-                    self.probe_in_flight,
-                    self.storage_pause_until,
-                    now,
-                )
-            };
+            let wake = decide::next_wake(
+                &self.ready,
+                &self.link,
+                self.slot_free(),
+                self.probe_in_flight,
+                self.storage_pause_until,
+                self.wants_scan(),
+                Instant::now(),
+            );
             tokio::select! {
                 // A group commit reports many outcomes at once: take them
                 // all before the next round of lookups (one read transaction
@@ -592,10 +587,7 @@ impl<D: Destination> Scheduler<D> {
                     return;
                 }
             };
-            let at = Position {
-                seq: head.event.seq,
-                entity_seq: head.event.entity_seq,
-            };
+            let at = Position::of(&head.event);
             if head.state == DeliveryState::Parked {
                 self.forget(entity_id);
                 continue;
@@ -619,10 +611,7 @@ impl<D: Destination> Scheduler<D> {
             return false;
         };
         let ticket = self.next_ticket;
-        let sent = Position {
-            seq: head.event.seq,
-            entity_seq: head.event.entity_seq,
-        };
+        let sent = Position::of(&head.event);
         let job = Job {
             ticket,
             head,
@@ -664,11 +653,7 @@ impl<D: Destination> Scheduler<D> {
             // the event is simply sent again.
             tracing::error!(subscription = %self.sub.config.name, "an outcome without its answer; the event goes again");
             self.requests = self.requests.saturating_sub(1);
-            self.set_ready(
-                flight.entity_id,
-                now,
-                rewind.map_or(flight.sent, |r| r.min(flight.sent)),
-            );
+            self.set_ready(flight.entity_id, now, flight.sent.or_earlier(rewind));
             return;
         };
         if answer.kind != AnswerKind::Delivered {
@@ -714,8 +699,7 @@ impl<D: Destination> Scheduler<D> {
         }
         let pause = decide::storage_pause(self.unrecorded_in_a_row);
         self.storage_pause_until = Some(now + pause);
-        let from = rewind.map_or(flight.sent, |r| r.min(flight.sent));
-        self.set_ready(flight.entity_id, now + pause, from);
+        self.set_ready(flight.entity_id, now + pause, flight.sent.or_earlier(rewind));
     }
 
     /// Logs and records a change of the link; a link back up makes every
@@ -783,7 +767,7 @@ impl<D: Destination> Scheduler<D> {
             match self.entities.get_mut(&entity_id) {
                 None => {}
                 Some(entity) if entity.state == EntityState::InFlight => {
-                    entity.rewind = Some(entity.rewind.map_or(first, |r| r.min(first)));
+                    entity.rewind = Some(first.or_earlier(entity.rewind));
                 }
                 // Its head may now be an earlier, resent event.
                 Some(entity) => {

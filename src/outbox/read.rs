@@ -161,8 +161,10 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
                 next_attempt_at
          FROM subscriptions ORDER BY configured DESC, name",
     )?;
+    let now = now_ms();
     let rows: Vec<(i64, SubscriptionStatus)> = stmt
         .query_map([], |r| {
+            let next_attempt_at: Option<i64> = r.get(10)?;
             Ok((
                 r.get(0)?,
                 SubscriptionStatus {
@@ -178,13 +180,12 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
                     last_error_at: r.get::<_, Option<i64>>(7)?.map(ms_to_rfc3339),
                     configured: r.get(8)?,
                     url: r.get(9)?,
-                    next_attempt_at: r.get::<_, Option<i64>>(10)?.map(ms_to_rfc3339),
-                    next_attempt_in_s: r.get::<_, Option<i64>>(10)?.map(|at| ((at - now_ms()) / 1000).max(0)),
+                    next_attempt_at: next_attempt_at.map(ms_to_rfc3339),
+                    next_attempt_in_s: next_attempt_at.map(|at| ((at - now) / 1000).max(0)),
                 },
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let now = now_ms();
     let mut out = Vec::with_capacity(rows.len());
     for (id, mut s) in rows {
         let count = |state: DeliveryState| {

@@ -369,7 +369,6 @@ impl WriterState {
         match self.apply_all(&mut batch, full) {
             Ok(effects) => {
                 self.set_disk_full(false);
-                self.note_deliveries(&effects);
                 self.finish(batch, effects)
             }
             Err(e) if e.sqlite_error_code() == Some(SqliteCode::DiskFull) => {
@@ -392,10 +391,7 @@ impl WriterState {
                 for op in batch {
                     let mut one = vec![op];
                     match self.apply_all(&mut one, full) {
-                        Ok(effects) => {
-                            self.note_deliveries(&effects);
-                            self.finish(one, effects)
-                        }
+                        Ok(effects) => self.finish(one, effects),
                         Err(e) => self.fail(one, &e),
                     }
                 }
@@ -465,13 +461,6 @@ impl WriterState {
         true
     }
 
-    /// A committed delivery may have made an event prunable.
-    fn note_deliveries(&mut self, effects: &Effects) {
-        if !effects.delivered_by_sub.is_empty() {
-            self.nothing_to_prune = false;
-        }
-    }
-
     /// Logs a change of the disk-full state once, not once per batch.
     fn set_disk_full(&mut self, disk_full: bool) {
         if disk_full != self.disk_full {
@@ -538,7 +527,11 @@ impl WriterState {
     }
 
     /// Sends the answers of a committed batch and wakes the schedulers.
-    fn finish(&self, batch: Vec<WriteOp>, effects: Effects) {
+    fn finish(&mut self, batch: Vec<WriteOp>, effects: Effects) {
+        // A committed delivery may have made an event prunable.
+        if !effects.delivered_by_sub.is_empty() {
+            self.nothing_to_prune = false;
+        }
         for op in batch {
             match op {
                 WriteOp::Ingest { replies, reply, .. } => {
