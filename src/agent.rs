@@ -299,6 +299,13 @@ impl Wiring {
             }
             .run(),
         );
+        // The agent's own AgentHeartbeat events (`agent.heartbeat`; not the
+        // watchdog's heartbeats below).
+        tasks.spawn(crate::heartbeat::run(
+            Arc::new(self.config.clone()),
+            self.writer.clone(),
+            self.shutdown.clone(),
+        ));
         let heartbeats = self.spawn_schedulers(&mut tasks, subs, destinations)?;
         tasks.spawn(
             crate::notify::Supervisor {

@@ -55,6 +55,9 @@ pub struct AgentConfig {
     pub agent_id: String,
     /// Directory holding `outbox.db`.
     pub data_dir: PathBuf,
+    /// `heartbeat`: how often the agent enqueues its own `AgentHeartbeat`
+    /// event; `None` (the default, or "off") sends none.
+    pub heartbeat: Option<Duration>,
 }
 
 /// `[ingest]`
@@ -124,6 +127,9 @@ pub struct SubscriptionConfig {
     /// Event types wanted; `None` means all (no `events` key, or `"*"`).
     /// Ask [`SubscriptionConfig::takes`] rather than reading this.
     pub events: Option<HashSet<String>>,
+    /// Whether `events` names `AgentHeartbeat` itself (`"*"` alone does not
+    /// take the agent's heartbeats).
+    pub heartbeats: bool,
     /// Body with or without `data`.
     pub payload: PayloadMode,
     /// Per-request timeout.
@@ -206,6 +212,9 @@ impl SubscriptionConfig {
     /// Whether events of this type go to this subscription: THE event-type
     /// filter (exact, case-sensitive names; absent `events` or `"*"` takes all).
     pub fn takes(&self, event_type: &str) -> bool {
+        if event_type == crate::heartbeat::EVENT_TYPE {
+            return self.heartbeats;
+        }
         self.events.as_ref().is_none_or(|types| types.contains(event_type))
     }
 }
@@ -233,6 +242,7 @@ struct FileAgent {
     store_id: Option<String>,
     agent_id: Option<String>,
     data_dir: Option<PathBuf>,
+    heartbeat: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -323,6 +333,13 @@ impl OneOrMany {
     fn into_vec(self) -> Vec<String> {
         match self {
             OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+
+    fn as_slice(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
             OneOrMany::Many(v) => v,
         }
     }
@@ -504,7 +521,7 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
     let src = Source::new(text, path);
     let file: FileConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
-    let agent = agent_section(&src, file.agent);
+    let agent = agent_section(&src, file.agent)?;
     let ingest = ingest_section(&src, file.ingest, &agent.data_dir)?;
     let storage = storage_section(file.storage);
     let admin = admin_section(&src, file.admin)?;
@@ -588,12 +605,30 @@ impl<'a> Source<'a> {
     }
 }
 
-fn agent_section(src: &Source, file: FileAgent) -> AgentConfig {
-    AgentConfig {
+fn agent_section(src: &Source, file: FileAgent) -> Result<AgentConfig, ConfigError> {
+    Ok(AgentConfig {
         store_id: file.store_id.unwrap_or_else(|| "unset".to_string()),
         agent_id: file.agent_id.unwrap_or_else(default_agent_id),
         data_dir: src.resolve(file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))),
+        heartbeat: heartbeat_period(src, file.heartbeat)?,
+    })
+}
+
+/// `agent.heartbeat`: a duration of at least a second, or "off".
+fn heartbeat_period(src: &Source, value: Option<Spanned<String>>) -> Result<Option<Duration>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let span = value.span();
+    let text = value.into_inner();
+    if text.trim() == "off" {
+        return Ok(None);
     }
+    let period = parse_duration(&text).map_err(|e| src.at(span.clone(), "agent.heartbeat", e))?;
+    if period < Duration::from_secs(1) {
+        return Err(src.at(span, "agent.heartbeat", "must be at least 1s, or \"off\"".into()));
+    }
+    Ok(Some(period))
 }
 
 /// An address key: absent means `default`, "off" means none.
@@ -743,6 +778,7 @@ fn subscription_section(
     } else {
         subscription_secrets(src, table, &sub)?
     };
+    let heartbeats = names_heartbeats(&sub.events);
     let events = event_filter(src, &key("events"), sub.events)?;
     let max_in_flight = match sub.max_in_flight {
         None => 16,
@@ -760,6 +796,7 @@ fn subscription_section(
         url,
         secrets,
         events,
+        heartbeats,
         payload: match sub.payload {
             Some(PayloadSetting::Thin) => PayloadMode::Thin,
             _ => PayloadMode::Full,
@@ -1070,6 +1107,17 @@ fn subscription_secrets(src: &Source, table: &Table, sub: &FileSubscription) -> 
         .collect()
 }
 
+/// Whether `events` names `AgentHeartbeat` (the agent's own events are
+/// never taken by `"*"` alone).
+fn names_heartbeats(events: &Option<serde_spanned::Spanned<OneOrMany>>) -> bool {
+    events.as_ref().is_some_and(|list| {
+        list.get_ref()
+            .as_slice()
+            .iter()
+            .any(|t| t == crate::heartbeat::EVENT_TYPE)
+    })
+}
+
 /// `events`: absent or `"*"` means every type.
 fn event_filter(
     src: &Source,
@@ -1376,7 +1424,38 @@ mod filter_tests {
     #[test]
     fn without_events_every_type_is_taken() {
         let s = with_events("");
-        assert!(s.takes("SaleCreated") && s.takes("AgentHeartbeat"));
+        assert!(s.takes("SaleCreated") && s.takes("StockMovementCreated"));
+    }
+
+    #[test]
+    fn the_agents_heartbeats_are_taken_only_when_named() {
+        for events in ["", "events = \"*\"", "events = [\"SaleCreated\"]"] {
+            assert!(!with_events(events).takes("AgentHeartbeat"), "{events}");
+        }
+        let both = with_events("events = [\"*\", \"AgentHeartbeat\"]");
+        assert!(both.takes("AgentHeartbeat") && both.takes("SaleCreated"));
+        let only = with_events("events = [\"AgentHeartbeat\"]");
+        assert!(only.takes("AgentHeartbeat") && !only.takes("SaleCreated"));
+    }
+
+    #[test]
+    fn heartbeat_is_off_by_default_and_checked() {
+        assert_eq!(parse("", None).expect("valid").agent.heartbeat, None);
+        let on = parse("[agent]\nheartbeat = \"5m\"\n", None).expect("valid");
+        assert_eq!(on.agent.heartbeat, Some(Duration::from_secs(300)));
+        assert_eq!(
+            parse("[agent]\nheartbeat = \"off\"\n", None)
+                .expect("valid")
+                .agent
+                .heartbeat,
+            None
+        );
+        for (text, says) in [("\"soon\"", "invalid duration"), ("\"100ms\"", "at least 1s")] {
+            let e = parse(&format!("[agent]\nheartbeat = {text}\n"), None)
+                .expect_err(text)
+                .to_string();
+            assert!(e.contains("line 2: agent.heartbeat") && e.contains(says), "{e}");
+        }
     }
 
     #[test]

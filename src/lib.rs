@@ -37,6 +37,8 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod event;
+pub mod fleet;
+pub mod heartbeat;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;

@@ -59,12 +59,18 @@ pub struct SpoolStatus {
     pub failed: usize,
 }
 
-/// Builds the report from the database.
+/// Builds the report from the database; the agent counts as running when
+/// it answers on its ingest socket.
 pub fn report(config: &crate::config::Config) -> Result<StatusReport, String> {
+    report_with(config, UnixStream::connect(&config.ingest.socket).is_ok())
+}
+
+/// Builds the report from the database, told whether the agent runs (the
+/// agent itself knows, for its heartbeats).
+pub fn report_with(config: &crate::config::Config, agent_running: bool) -> Result<StatusReport, String> {
     let db_path = config.db_path();
     let conn = outbox::open_reader(&db_path).map_err(|e| e.to_string())?;
     let db_err = |e: rusqlite::Error| format!("{}: {e}", db_path.display());
-    let agent_running = UnixStream::connect(&config.ingest.socket).is_ok();
     let uptime_s = if agent_running {
         read::meta(&conn, "started_at")
             .map_err(db_err)?

@@ -644,6 +644,7 @@ impl Harness {
                 url: self.urls[i].clone(),
                 secrets: vec![b"model-test-secret".to_vec()],
                 events: None,
+                heartbeats: false,
                 payload: PayloadMode::Full,
                 timeout: Duration::from_secs(30),
                 max_in_flight: 4,

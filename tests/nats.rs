@@ -371,3 +371,101 @@ fn no_stream_for_the_subject_is_named_retried_and_delivered_once_created() {
     let messages = bus.messages("POS");
     assert_stream_holds_once_in_order(&messages, &ids_of(&[&events]));
 }
+
+/// `store-outbox fleet` against the cluster; its stdout (asserting exit 0).
+fn fleet(cluster: &NatsCluster, args: &[&str]) -> String {
+    let out = std::process::Command::new(binary())
+        .args(["fleet", "--nats", &cluster.url(), "--stream", "FLEET"])
+        .args(args)
+        .output()
+        .expect("run fleet");
+    assert!(out.status.success(), "fleet failed: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Heartbeats go to their own subject per agent: `fleet.<store>.<agent>`.
+const FLEET_SUBSCRIPTION: &str = "[[subscription]]\nname = \"fleet\"\nurl = \"{url}\"\n\
+     subject = \"fleet.{store_id}.{agent_id}\"\nevents = [\"AgentHeartbeat\"]\n\
+     timeout = \"2s\"\nretry = { initial = \"100ms\", max = \"1s\" }\n";
+
+#[test]
+fn an_agent_killed_mid_drain_loses_nothing_and_fleet_shows_every_agent_worst_first() {
+    let cluster = NatsCluster::start(3);
+    let bus = Bus::connect(&cluster.url());
+    bus.create_stream("POS", &["pos.>"]);
+    bus.create_stream("FLEET", &["fleet.>"]);
+    let heartbeats = FLEET_SUBSCRIPTION.replace("{url}", &cluster.url());
+    let dead_erp = format!("http://127.0.0.1:{}/hook", free_port());
+    let mut till1 = Agent::with_agent_keys(
+        "agent_id = \"till-01\"\nheartbeat = \"1s\"",
+        &format!(
+            "{}{heartbeats}{}",
+            nats_subscription("bus", &cluster.url(), "pos.{store_id}.{type}", ""),
+            subscription("erp", &dead_erp, "retry = { initial = \"100ms\", max = \"1s\" }")
+        ),
+    );
+    let mut till2 = Agent::with_agent_keys("agent_id = \"till-02\"\nheartbeat = \"1s\"", &heartbeats);
+    till1.start();
+    till2.start();
+    wait_until(Duration::from_secs(60), "both agents' heartbeats on the stream", || {
+        let json = fleet(&cluster, &["--json"]);
+        serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            == Some(2)
+    });
+    // till-02 stops for good: it goes stale after three periods.
+    till2.stop();
+
+    // till-01 is killed with SIGKILL mid-drain and restarted.
+    let sales = Events::new("fleet-sale", 0..1000, "SaleCreated").spread_over("order", 20);
+    till1.send_events(&sales);
+    wait_until(Duration::from_secs(60), "part of the drain done", || {
+        till1.sub_status("bus")["delivered_total"].as_u64().unwrap_or(0) >= 100
+    });
+    till1.kill9();
+    till1.start();
+    wait_drained(&till1, &cluster, "bus", 1000, Duration::from_secs(120));
+    assert_stream_holds_once_in_order(&bus.messages("POS"), &ids_of(&[&sales]));
+
+    // Heartbeats are on their stream, in order per agent, with the status.
+    let beats = bus.messages("FLEET");
+    assert!(beats.len() >= 3, "{} heartbeats", beats.len());
+    for agent in ["till-01", "till-02"] {
+        let seqs: Vec<i64> = beats
+            .iter()
+            .filter(|m| m.subject == format!("fleet.0042.{agent}"))
+            .map(|m| m.json["entity_seq"].as_i64().expect("entity_seq"))
+            .collect();
+        assert!(!seqs.is_empty(), "heartbeats of {agent}");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{agent} in order: {seqs:?}");
+    }
+    assert!(beats.iter().all(|m| m.json["type"] == "AgentHeartbeat"));
+    assert_eq!(
+        beats[0].headers.get("Nats-Msg-Id"),
+        beats[0].json["id"].as_str().map(str::to_string).as_ref()
+    );
+
+    // The central view: till-02 stale first, till-01 with erp offline.
+    wait_until(
+        Duration::from_secs(60),
+        "till-02 stale and erp offline in fleet",
+        || {
+            let json: serde_json::Value = serde_json::from_str(&fleet(&cluster, &["--json"])).expect("fleet --json");
+            let agents = json.as_array().cloned().unwrap_or_default();
+            agents.len() == 2
+                && agents[0]["agent_id"] == "till-02"
+                && agents[0]["stale"] == true
+                && agents[1]["stale"] == false
+                && agents[1]["subscriptions"]
+                    .as_array()
+                    .is_some_and(|subs| subs.iter().any(|s| s["name"] == "erp" && s["state"] == "offline"))
+        },
+    );
+    let table = fleet(&cluster, &[]);
+    let golden = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/fleet/two-agents/stdout"),
+    )
+    .expect("golden file");
+    snapbox::assert_data_eq!(table, snapbox::Data::text(golden));
+}

@@ -7,6 +7,7 @@ mod check_config;
 mod demo;
 mod doctor;
 mod events;
+mod fleet;
 mod receive;
 mod resend;
 mod run;
@@ -86,6 +87,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// A webhook receiver that verifies signatures and per-entity order.
     Receive(receive::ReceiveArgs),
+    /// Central view: the newest heartbeat of every agent on a NATS stream.
+    Fleet(fleet::FleetArgs),
 }
 
 /// Runs the parsed command.
@@ -101,6 +104,7 @@ pub fn main(cli: Cli) -> CliResult {
         Command::CheckConfig => check_config::run(cli.config.as_deref()),
         Command::Receive(args) => receive::run(args),
         Command::Doctor(args) => doctor::run(cli.config.as_deref(), args),
+        Command::Fleet(args) => fleet::run(args),
     }
 }
 

@@ -7,7 +7,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::now_ms;
-use super::state::DeliveryState;
+use super::state::{DeliveryState, SubscriptionState};
 use crate::report::{AttemptRow, DeliveryRow, EventDelivery, EventDetail};
 use crate::report::{IngestCounters, SubscriptionStatus};
 use crate::timefmt::ms_to_rfc3339;
@@ -207,6 +207,20 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
         out.push(s);
     }
     Ok(out)
+}
+
+/// What a heartbeat watches for changes, per configured subscription: its
+/// name, its state and whether it has parked deliveries. Cheap (no counts),
+/// so it can be read every few seconds whatever the backlog.
+pub fn subscription_signals(conn: &Connection) -> rusqlite::Result<Vec<(String, SubscriptionState, bool)>> {
+    // `d.state = 2` is the partial index `deliveries_parked`'s WHERE: one probe.
+    conn.prepare_cached(
+        "SELECT s.name, s.state,
+                EXISTS (SELECT 1 FROM deliveries d WHERE d.sub_id = s.id AND d.state = 2)
+         FROM subscriptions s WHERE s.configured = 1 ORDER BY s.name",
+    )?
+    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    .collect()
 }
 
 /// The ingest counters.

@@ -147,6 +147,8 @@ pub struct Agent {
     ingest: String,
     /// Extra `[admin]` keys.
     admin: String,
+    /// Extra `[agent]` keys (with `agent_id`, it replaces the default).
+    agent_keys: String,
     /// Port of the HTTP ingest in the current config.
     pub http_port: std::cell::Cell<u16>,
 }
@@ -175,6 +177,7 @@ impl Agent {
             starts: 0,
             ingest: ingest.to_string(),
             admin: admin.to_string(),
+            agent_keys: String::new(),
             http_port: std::cell::Cell::new(0),
         };
         agent.write_config(extra);
@@ -194,14 +197,29 @@ impl Agent {
         (agent, port)
     }
 
+    /// Like [`Agent::new`], with more keys in `[agent]` (`heartbeat`, or an
+    /// `agent_id` in place of `till-03`).
+    pub fn with_agent_keys(agent_keys: &str, extra: &str) -> Agent {
+        let mut agent = Agent::configured("", "", extra);
+        agent.agent_keys = agent_keys.to_string();
+        agent.write_config(extra);
+        agent
+    }
+
     /// Rewrites the config with other subscriptions.
     pub fn write_config(&self, extra: &str) {
         let d = self.dir.path().display();
         self.http_port.set(free_port());
+        let agent_id = if self.agent_keys.contains("agent_id") {
+            String::new()
+        } else {
+            "agent_id = \"till-03\"\n".to_string()
+        };
         let text = format!(
-            "[agent]\nstore_id = \"0042\"\nagent_id = \"till-03\"\ndata_dir = \"{d}/data\"\n\
+            "[agent]\nstore_id = \"0042\"\n{agent_id}{}\ndata_dir = \"{d}/data\"\n\
              [ingest]\nsocket = \"{d}/ingest.sock\"\nhttp_listen = \"127.0.0.1:{}\"\nspool_dir = \"{d}/spool\"\n{}\n\
              [admin]\n{}{}\n{extra}\n",
+            self.agent_keys,
             self.http_port.get(),
             self.ingest,
             if self.admin.contains("listen") {

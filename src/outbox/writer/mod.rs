@@ -46,6 +46,9 @@ enum WriteOp {
     Ingest {
         /// The validated events, in the producer's order.
         events: Vec<NewEvent>,
+        /// The agent's own heartbeat: once stored, it supersedes the older
+        /// heartbeats of its entity that are not delivered yet.
+        supersedes: bool,
         /// Their replies, filled by `apply_all`.
         replies: Vec<Reply>,
         /// Where the replies go after the commit.
@@ -190,10 +193,25 @@ impl Writer {
     /// replies. Requests are stored in the order they were submitted, so a
     /// producer that pipelines submits in line order and awaits later.
     pub async fn submit(&self, events: Vec<NewEvent>) -> Ticket {
+        self.submit_ingest(events, false).await
+    }
+
+    /// Stores the agent's own heartbeat event; once committed, the older
+    /// heartbeats of its entity that no subscription has delivered yet are
+    /// dropped (superseded: the newest one says all they would).
+    pub async fn ingest_heartbeat(&self, event: NewEvent) -> Reply {
+        let mut replies = self.submit_ingest(vec![event], true).await.wait().await;
+        replies
+            .pop()
+            .unwrap_or_else(|| IngestError::new(ErrorCode::Internal, "the writer gave no reply").into())
+    }
+
+    async fn submit_ingest(&self, events: Vec<NewEvent>, supersedes: bool) -> Ticket {
         let n = events.len();
         let (reply, rx) = oneshot::channel();
         let op = WriteOp::Ingest {
             events,
+            supersedes,
             replies: Vec::new(),
             reply,
         };
@@ -483,7 +501,12 @@ impl WriterState {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for op in batch.iter_mut() {
             match op {
-                WriteOp::Ingest { events, replies, .. } => {
+                WriteOp::Ingest {
+                    events,
+                    supersedes,
+                    replies,
+                    ..
+                } => {
                     *replies = if full {
                         effects.reject(ErrorCode::StorageFull, events.len() as i64);
                         let msg = format!("the outbox reached storage.max_db_bytes ({} bytes)", self.max_db_bytes);
@@ -494,6 +517,13 @@ impl WriterState {
                             .map(|e| sql::insert_event(&tx, &self.fanout, e, &mut effects))
                             .collect::<rusqlite::Result<Vec<_>>>()?
                     };
+                    if *supersedes {
+                        for (e, reply) in events.iter().zip(replies.iter()) {
+                            if let Reply::Accepted { entity_seq, .. } = reply {
+                                sql::supersede_heartbeats(&tx, &e.entity, *entity_seq)?;
+                            }
+                        }
+                    }
                 }
                 WriteOp::Outcome { outcome, .. } => sql::apply_outcome(&tx, outcome, &mut effects)?,
                 WriteOp::SubState {

@@ -135,6 +135,24 @@ pub(super) fn prune(tx: &Connection, older_than_ms: Option<i64>, limit: usize) -
     Ok(seqs.len())
 }
 
+/// Drops the deliveries of the agent's own heartbeats of `entity` before
+/// `entity_seq` that are not delivered yet (pending or parked), for every
+/// subscription: a newer heartbeat supersedes them. The events themselves
+/// stay until pruning, like delivered ones, so an attempt in flight for one
+/// of them is recorded against an event that still exists (its delivery row
+/// is gone, so the outcome changes nothing). Only events of the heartbeat
+/// type go: a producer's events are never dropped.
+pub(super) fn supersede_heartbeats(tx: &Connection, entity: &str, entity_seq: i64) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "DELETE FROM deliveries
+         WHERE state <> 1
+           AND event_seq IN (
+               SELECT e.seq FROM events e JOIN entities n ON n.id = e.entity_id
+               WHERE n.entity = ?1 AND e.entity_seq < ?2 AND e.type = ?3)",
+    )?
+    .execute(params![entity, entity_seq, crate::heartbeat::EVENT_TYPE])
+}
+
 /// Records one attempt and moves the delivery to its new state.
 pub(super) fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects) -> rusqlite::Result<()> {
     tx.prepare_cached(
