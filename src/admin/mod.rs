@@ -25,6 +25,10 @@ use crate::outbox::writer::Writer;
 use crate::outbox::{self, read, resend};
 use crate::timefmt;
 
+/// The OpenAPI 3.1 document of the ingest and admin HTTP APIs, as committed
+/// in `docs/schema/openapi.json` (served at `GET /v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../docs/schema/openapi.json");
+
 /// What the handlers share.
 pub struct Admin {
     /// The agent's configuration.
@@ -77,6 +81,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/v1/events/{id}/resend", post(api_resend))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi))
         .with_state(admin)
 }
 
@@ -325,6 +330,10 @@ async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<
     }
 }
 
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
     let writable = tokio::time::timeout(std::time::Duration::from_secs(5), admin.writer.ping())
         .await
@@ -339,4 +348,22 @@ async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The OpenAPI document carries the event schema as its `Event`
+    /// component; both are committed files, so they are compared here.
+    #[test]
+    fn the_openapi_event_is_the_published_event_schema() {
+        let api: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        let mut event: serde_json::Value = serde_json::from_str(include_str!("../../docs/schema/event.schema.json"))
+            .expect("event.schema.json is JSON");
+        let object = event.as_object_mut().expect("an object");
+        object.remove("$schema");
+        object.remove("$id");
+        assert_eq!(api["components"]["schemas"]["Event"], event);
+        assert_eq!(api["openapi"], "3.1.0");
+        assert_eq!(api["info"]["version"], env!("CARGO_PKG_VERSION"));
+    }
 }

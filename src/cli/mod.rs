@@ -10,6 +10,7 @@ mod events;
 mod receive;
 mod resend;
 mod run;
+mod schema;
 mod send;
 mod show;
 mod status;
@@ -86,6 +87,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// A webhook receiver that verifies signatures and per-entity order.
     Receive(receive::ReceiveArgs),
+    /// Print the JSON Schema of the event, or the OpenAPI document of the HTTP APIs.
+    Schema(schema::SchemaArgs),
 }
 
 /// Runs the parsed command.
@@ -101,6 +104,7 @@ pub fn main(cli: Cli) -> CliResult {
         Command::CheckConfig => check_config::run(cli.config.as_deref()),
         Command::Receive(args) => receive::run(args),
         Command::Doctor(args) => doctor::run(cli.config.as_deref(), args),
+        Command::Schema(args) => schema::run(args),
     }
 }
 
