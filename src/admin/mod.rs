@@ -5,6 +5,7 @@
 //! `admin.token_file`: `Authorization: Bearer <token>` on the API, a password
 //! field on the page. Without a token file, mutations are off.
 
+mod chart;
 mod page;
 
 use std::path::PathBuf;
@@ -82,6 +83,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/history", get(history))
         .with_state(admin)
 }
 
@@ -276,7 +278,10 @@ struct PageQuery {
 async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery>) -> Result<Html<String>, ApiError> {
     let config = admin.config.clone();
     let path = admin.db_path();
-    let (report, parked) = blocking(move || {
+    let period = crate::history::period();
+    let period_ms = period.as_millis() as i64;
+    let now_ms = outbox::now_ms();
+    let (report, parked, history) = blocking(move || {
         let report = crate::status::report(&config)?;
         let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
         let filter = read::DeliveryFilter {
@@ -285,7 +290,12 @@ async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery
             ..Default::default()
         };
         let parked = read::list_deliveries(&conn, &filter).map_err(|e| e.to_string())?;
-        Ok((report, parked))
+        let since = now_ms - crate::history::KEPT_PERIODS * period_ms;
+        let history = crate::history::read(&conn, None, since, period)
+            .map_err(|e| e.to_string())?
+            .map(|h| h.subscriptions)
+            .unwrap_or_default();
+        Ok((report, parked, history))
     })
     .await?;
     let view = page::View {
@@ -294,6 +304,9 @@ async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery
         message: q.msg.as_deref(),
         refresh: q.pause.is_none(),
         mutations: admin.token_digest.is_some(),
+        history: &history,
+        period_ms,
+        now_ms,
     };
     Ok(Html(page::render(&view)))
 }
@@ -327,6 +340,42 @@ async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<
             classic,
         )
             .into_response())
+    }
+}
+
+/// Query of `GET /v1/history`.
+#[derive(Deserialize, Default)]
+struct HistoryQuery {
+    /// Only this subscription (configured or not); default: every
+    /// configured one.
+    subscription: Option<String>,
+    /// An RFC 3339 time or a duration ago; default: the 24 h kept.
+    since: Option<String>,
+}
+
+async fn history(State(admin): State<Arc<Admin>>, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
+    let period = crate::history::period();
+    let now = outbox::now_ms();
+    let since_ms = match q.since.as_deref() {
+        None => now - crate::history::KEPT_PERIODS * period.as_millis() as i64,
+        Some(t) => timefmt::parse_since(t, now).map_err(|e| (StatusCode::BAD_REQUEST, format!("since={e}")))?,
+    };
+    let path = admin.db_path();
+    let only = q.subscription.clone();
+    let history = blocking(move || {
+        let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
+        crate::history::read(&conn, only.as_deref(), since_ms, period).map_err(|e| e.to_string())
+    })
+    .await?;
+    match history {
+        Some(h) => Ok(Json(h).into_response()),
+        None => Ok((
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": format!("no such subscription: {:?}", q.subscription.unwrap_or_default())
+            })),
+        )
+            .into_response()),
     }
 }
 

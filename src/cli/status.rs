@@ -95,8 +95,21 @@ pub fn render(r: &StatusReport) -> String {
                 .unwrap_or_else(|| "-".into()),
             s.delivered_total,
             s.last_success_at.as_deref().unwrap_or("-"),
-            s.last_error.as_deref().unwrap_or("-"),
+            last_error(s),
         );
     }
     out
+}
+
+/// The last error with its age; "past" once a delivery succeeded after it.
+fn last_error(s: &crate::report::SubscriptionStatus) -> String {
+    let Some(error) = s.last_error.as_deref() else {
+        return "-".into();
+    };
+    let age = s.last_error_age_s.map(human_duration).unwrap_or_else(|| "?".into());
+    if s.last_error_past {
+        format!("past, {age} ago: {error}")
+    } else {
+        format!("{age} ago: {error}")
+    }
 }
