@@ -58,50 +58,73 @@ fn clock(ms: i64) -> String {
     t.get(11..16).map(str::to_string).unwrap_or(t)
 }
 
+/// The subscription as it is now (the samples lag by up to a period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Wall-clock ms.
+    pub at_ms: i64,
+    /// Whether it is online now.
+    pub online: bool,
+    /// Deliveries waiting now.
+    pub pending: i64,
+}
+
 /// The latest outage told in one line, or `None` when there was none in
-/// the window.
-pub fn outage_summary(points: &[Point], period_ms: i64, now_ms: i64) -> Option<String> {
-    let run = *outages(points, period_ms).last()?;
-    // Still offline in the newest period: the outage goes on.
-    let ongoing = points
+/// the window. The samples tell the past; `now` tells whether it still
+/// goes on (an outage that ended since the last sample ended "now").
+pub fn outage_summary(points: &[Point], period_ms: i64, now: Now) -> Option<String> {
+    let Some(mut run) = outages(points, period_ms).last().copied() else {
+        return (!now.online).then(|| format!("Offline now; {} pending", now.pending));
+    };
+    // Offline in the newest period: the outage went on to the last sample.
+    let to_the_last = points
         .last()
         .is_some_and(|p| p.offline_s > 0 && p.at_ms + period_ms == run.to_ms);
+    let ongoing = to_the_last && !now.online;
+    if to_the_last && now.online {
+        run.to_ms = now.at_ms;
+    }
     let peak = points
         .iter()
         .filter(|p| p.at_ms >= run.from_ms)
         .map(|p| p.pending)
+        .chain([now.pending])
         .max()
         .unwrap_or(0);
-    let mut text = if ongoing {
-        format!(
-            "Offline since {} UTC ({} so far); backlog {} and growing at most to {peak} pending",
+    if ongoing {
+        return Some(format!(
+            "Offline since {} UTC ({} so far); {} pending now (peak {peak})",
             clock(run.from_ms),
-            human_duration((now_ms - run.from_ms) / 1000),
-            points.last().map(|p| p.pending).unwrap_or(0)
-        )
-    } else {
-        format!(
-            "Last outage {}–{} UTC ({}); backlog peaked at {peak} pending",
-            clock(run.from_ms),
-            clock(run.to_ms),
-            human_duration((run.to_ms - run.from_ms) / 1000)
-        )
-    };
-    if !ongoing {
-        let drained = points
-            .iter()
-            .find(|p| p.at_ms >= run.to_ms - period_ms && p.pending == 0);
-        match drained {
-            Some(p) => {
-                let _ = write!(
-                    text,
-                    ", drained by {} UTC ({} after the link came back)",
-                    clock(p.at_ms + period_ms),
-                    human_duration((p.at_ms + period_ms - run.to_ms).max(0) / 1000)
-                );
-            }
-            None => text.push_str(", still draining"),
+            human_duration((now.at_ms - run.from_ms) / 1000),
+            now.pending
+        ));
+    }
+    let mut text = format!(
+        "Last outage {}–{} UTC ({}); backlog peaked at {peak} pending",
+        clock(run.from_ms),
+        clock(run.to_ms),
+        human_duration((run.to_ms - run.from_ms) / 1000)
+    );
+    let drained_at = points
+        .iter()
+        .find(|p| p.at_ms >= run.to_ms - period_ms && p.pending == 0)
+        .map(|p| p.at_ms + period_ms)
+        .or((now.pending == 0).then_some(now.at_ms));
+    match drained_at {
+        Some(at) => {
+            let _ = write!(
+                text,
+                ", drained by {} UTC ({} after the link came back)",
+                clock(at),
+                human_duration((at - run.to_ms).max(0) / 1000)
+            );
         }
+        None => {
+            let _ = write!(text, ", still draining: {} pending", now.pending);
+        }
+    }
+    if !now.online {
+        text = format!("Offline now; {} pending. {text}", now.pending);
     }
     Some(text)
 }
@@ -246,16 +269,44 @@ mod tests {
                 to_ms: points[10].at_ms
             }]
         );
+        let online = |at_ms, pending| Now {
+            at_ms,
+            online: true,
+            pending,
+        };
         assert_eq!(
-            outage_summary(&points, MIN, now).as_deref(),
+            outage_summary(&points, MIN, online(now, 0)).as_deref(),
             Some("Last outage 10:05–10:10 UTC (5m00s); backlog peaked at 50 pending, drained by 10:13 UTC (3m00s after the link came back)")
         );
-        assert_eq!(outage_summary(&points[..4], MIN, now), None);
+        assert_eq!(outage_summary(&points[..4], MIN, online(now, 0)), None);
+        let down_now = Now {
+            online: false,
+            ..online(now, 3)
+        };
+        assert_eq!(
+            outage_summary(&points[..4], MIN, down_now).as_deref(),
+            Some("Offline now; 3 pending")
+        );
+        // Still offline at the last sample, and now.
         let ongoing = &points[..8];
-        let summary = outage_summary(ongoing, MIN, ongoing[7].at_ms + MIN).expect("ongoing");
+        let at = ongoing[7].at_ms + MIN;
+        let still = Now {
+            online: false,
+            ..online(at, 45)
+        };
+        assert_eq!(
+            outage_summary(ongoing, MIN, still).as_deref(),
+            Some("Offline since 10:05 UTC (3m00s so far); 45 pending now (peak 45)")
+        );
+        // Back online since the last sample: the outage ended now.
+        assert_eq!(
+            outage_summary(ongoing, MIN, online(at + 20_000, 12)).as_deref(),
+            Some("Last outage 10:05–10:08 UTC (3m20s); backlog peaked at 30 pending, still draining: 12 pending")
+        );
+        let drained = outage_summary(ongoing, MIN, online(at + 20_000, 0)).expect("drained");
         assert!(
-            summary.starts_with("Offline since 10:05 UTC (3m00s so far)"),
-            "{summary}"
+            drained.ends_with("drained by 10:08 UTC (0s after the link came back)"),
+            "{drained}"
         );
     }
 

@@ -254,7 +254,13 @@ fn history_section(h: &mut String, v: &View<'_>) {
     );
     for series in v.history {
         let _ = write!(h, "<h3>{}</h3>", esc(&series.subscription));
-        let summary = super::chart::outage_summary(&series.samples, v.period_ms, v.now_ms)
+        let current = v.report.subscriptions.iter().find(|s| s.name == series.subscription);
+        let now = super::chart::Now {
+            at_ms: v.now_ms,
+            online: !current.is_some_and(|s| s.state == crate::outbox::state::SubscriptionState::Offline),
+            pending: current.map(|s| s.pending).unwrap_or(0),
+        };
+        let summary = super::chart::outage_summary(&series.samples, v.period_ms, now)
             .unwrap_or_else(|| format!("No outage in the last {span}."));
         let _ = write!(h, "<p class=outage-summary>{}</p>", esc(&summary));
         if series.samples.is_empty() {
