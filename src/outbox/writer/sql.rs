@@ -260,21 +260,19 @@ pub(super) fn add_totals(tx: &Connection, effects: &Effects, sub_ids: &[i64]) ->
         )?
         .execute(params![sub_id, delivered, last_at])?;
     }
-    // Deliveries fanned out per subscription, for the history's ingest rate.
-    let mut ingested = vec![0i64; sub_ids.len()];
-    for (index, ..) in &effects.touched {
-        ingested[*index] += 1;
-    }
-    for (id, n) in sub_ids.iter().zip(ingested) {
-        if n > 0 {
-            tx.prepare_cached("UPDATE subscriptions SET ingested_total = ingested_total + ?2 WHERE id = ?1")?
-                .execute(params![id, n])?;
-        }
-    }
     if effects.accepted > 0 {
-        for id in sub_ids {
-            tx.prepare_cached("UPDATE subscriptions SET covered_seq = MAX(covered_seq, ?2) WHERE id = ?1")?
-                .execute(params![id, effects.max_seq])?;
+        // Deliveries fanned out per subscription (the history's ingest
+        // rate), in the statement that moves its coverage anyway.
+        let mut ingested = vec![0i64; sub_ids.len()];
+        for (index, ..) in &effects.touched {
+            ingested[*index] += 1;
+        }
+        for (id, n) in sub_ids.iter().zip(ingested) {
+            tx.prepare_cached(
+                "UPDATE subscriptions SET covered_seq = MAX(covered_seq, ?2), ingested_total = ingested_total + ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, effects.max_seq, n])?;
         }
     }
     Ok(())
