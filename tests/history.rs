@@ -150,3 +150,63 @@ fn last_error_shows_its_age_and_is_past_after_a_later_success() {
     let page = http(admin, "GET", "/", &[], b"").text();
     assert!(page.contains("<span class=past"), "{page}");
 }
+
+/// The writer's part, on the library: ingest counts per subscription, a
+/// period stored twice keeps one row, samples older than the kept window go.
+#[test]
+fn the_writer_counts_ingest_per_subscription_and_keeps_only_the_window() {
+    use store_outbox::history::Sample;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outbox = library_outbox(dir.path(), "");
+    let rt = current_thread_runtime();
+    let replies = rt.block_on(outbox.writer.ingest(vec![
+        new_event("h-1", "till:01"),
+        new_event("h-2", "till:01"),
+        new_event("h-3", "till:02"),
+    ]));
+    assert_eq!(replies.len(), 3);
+    let db = rusqlite::Connection::open(&outbox.db).expect("open");
+    let ingested: i64 = db
+        .query_row(
+            "SELECT ingested_total FROM subscriptions WHERE id = ?1",
+            [outbox.sub_id],
+            |r| r.get(0),
+        )
+        .expect("ingested_total");
+    assert_eq!(ingested, 3);
+
+    let sample = |at_ms: i64, pending: i64| Sample {
+        sub_id: outbox.sub_id,
+        at_ms,
+        period_ms: 60_000,
+        pending,
+        parked: 0,
+        delivered_total: 0,
+        ingested_total: 3,
+        offline_ms: 0,
+    };
+    let minute = 60_000;
+    assert!(rt.block_on(
+        outbox
+            .writer
+            .record_history(vec![sample(10 * minute, 1), sample(11 * minute, 2)], 0)
+    ));
+    // The same period again replaces its sample; the window moves on.
+    assert!(rt.block_on(
+        outbox
+            .writer
+            .record_history(vec![sample(12 * minute, 3), sample(11 * minute, 5)], 11 * minute)
+    ));
+    // The queue is FIFO: once a later ping is committed, so are the samples.
+    assert!(rt.block_on(outbox.writer.ping()));
+    let rows: Vec<(i64, i64)> = db
+        .prepare("SELECT at, pending FROM history ORDER BY at")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows, [(11 * minute, 5), (12 * minute, 3)]);
+    drop(outbox.writer);
+    outbox.thread.join().expect("writer thread");
+}
