@@ -306,6 +306,15 @@ impl Wiring {
             self.writer.clone(),
             self.shutdown.clone(),
         ));
+        tasks.spawn(
+            crate::history::Sampler {
+                db_path: self.db_path.clone(),
+                writer: self.writer.clone(),
+                period: crate::history::period(),
+                shutdown: self.shutdown.clone(),
+            }
+            .run(),
+        );
         let heartbeats = self.spawn_schedulers(&mut tasks, subs, destinations)?;
         tasks.spawn(
             crate::notify::Supervisor {

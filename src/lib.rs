@@ -25,6 +25,8 @@
 //! - [`receiver`]: a checking webhook receiver (`receive`, `demo`).
 //! - [`report`]: the shapes of the reports (`events` rows, `show`, status figures).
 //! - [`status`]: the status report (CLI, admin API, page).
+//! - [`history`]: a sample a minute per subscription, kept 24 h in the
+//!   outbox (the page's charts, `/v1/history`).
 //! - [`admin`]: admin HTTP: status page, JSON API, `/metrics`, `/healthz`.
 //! - [`agent`]: wires the parts together and stops them in order.
 //! - [`shutdown`]: the shutdown signal.
@@ -39,6 +41,7 @@ pub mod deliver;
 pub mod event;
 pub mod fleet;
 pub mod heartbeat;
+pub mod history;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;

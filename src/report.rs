@@ -126,6 +126,10 @@ pub struct SubscriptionStatus {
     pub last_error: Option<String>,
     /// Time of the last failure.
     pub last_error_at: Option<String>,
+    /// Seconds since the last failure.
+    pub last_error_age_s: Option<i64>,
+    /// The last failure is past: a delivery succeeded after it.
+    pub last_error_past: bool,
     /// Whether it is in the current config.
     pub configured: bool,
     /// Endpoint, as last configured.

@@ -1,7 +1,8 @@
 //! The status page in a real browser: headless Chromium driven through
 //! chromedriver (WebDriver). Needs Debian's `chromium` and `chromium-driver`
-//! (.ci/run installs them). The screenshot is kept in
-//! `target/test-artifacts/status-page.png`.
+//! (scripts/install-test-peers installs them). Screenshots are kept in
+//! `target/test-artifacts/` (`status-page*.png`); the checks read the page
+//! as Chromium rendered it (boxes, computed styles, visible text).
 
 mod common;
 
@@ -29,6 +30,11 @@ impl Drop for Driver {
 
 impl Driver {
     fn start(profile: &std::path::Path) -> Driver {
+        Driver::start_sized(profile, "1024,768")
+    }
+
+    /// A browser window of `size` ("width,height").
+    fn start_sized(profile: &std::path::Path, size: &str) -> Driver {
         let port = free_port();
         let child = spawn_listening(
             Command::new("chromedriver").arg(format!("--port={port}")),
@@ -41,7 +47,7 @@ impl Driver {
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-quic", "--window-size=1024,768",
+                "--disable-quic", format!("--window-size={size}"),
                 format!("--user-data-dir={}", profile.display()),
             ]}
         }}});
@@ -91,6 +97,15 @@ impl Driver {
             serde_json::json!({"script": "return document.body.innerText", "args": []}),
         );
         v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Runs `script` in the page and returns its value.
+    fn eval(&self, script: &str) -> serde_json::Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({"script": script, "args": []}),
+        )
     }
 
     fn screenshot(&self, name: &str) {
@@ -175,4 +190,214 @@ fn the_page_shows_a_parked_event_and_resend_with_the_token_queues_it_again() {
     wait_until(Duration::from_secs(30), "nothing parked", || {
         agent.status()["subscriptions"][0]["parked"] == 0
     });
+}
+
+const MINUTE_MS: i64 = 60_000;
+
+/// Stores a made-up history of `minutes` minutes ending now for `sub`, as
+/// the sampler would have (cumulative totals; `at(i)` gives pending,
+/// delivered, ingested and offline seconds of the minute `i` minutes ago).
+/// The agent runs meanwhile: its own samples join these.
+fn seed_history(agent: &Agent, sub: &str, minutes: i64, at: impl Fn(i64) -> (i64, i64, i64, i64)) {
+    let db = rusqlite::Connection::open(agent.db()).expect("open db");
+    db.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    let sub_id: i64 = db
+        .query_row("SELECT id FROM subscriptions WHERE name = ?1", [sub], |r| r.get(0))
+        .expect("subscription row");
+    let now_minute = store_outbox::outbox::now_ms() / MINUTE_MS;
+    let (mut delivered_total, mut ingested_total) = (0, 0);
+    for ago in (1..=minutes).rev() {
+        let (pending, delivered, ingested, offline_s) = at(ago);
+        delivered_total += delivered;
+        ingested_total += ingested;
+        db.execute(
+            "INSERT OR REPLACE INTO history(sub_id, at, period_ms, pending, parked, delivered_total, ingested_total, offline_ms)
+             VALUES (?1, ?2, 60000, ?3, 0, ?4, ?5, ?6)",
+            rusqlite::params![
+                sub_id,
+                (now_minute - ago) * MINUTE_MS,
+                pending,
+                delivered_total,
+                ingested_total,
+                offline_s * 1000
+            ],
+        )
+        .expect("sample");
+    }
+}
+
+/// A store's day: a few sales a minute, more around midday.
+fn traffic(ago: i64) -> i64 {
+    4 + (ago * 7 % 5) + if (200..500).contains(&(ago % 1440)) { 8 } else { 0 }
+}
+
+/// What Chromium drew of each history chart: its box, its outage bands
+/// (position within the chart, width, painted fill) and its bars.
+fn charts(driver: &Driver) -> Vec<serde_json::Value> {
+    driver
+        .eval(
+            "return [...document.querySelectorAll('svg.history')].map(svg => {
+               const b = svg.getBoundingClientRect();
+               const band = r => { const rb = r.getBoundingClientRect(); const st = getComputedStyle(r);
+                 return {x: rb.x - b.x, w: rb.width, fill: st.fill, opacity: Number(st.fillOpacity)}; };
+               return {sub: svg.dataset.subscription, w: b.width, h: b.height,
+                 outages: [...svg.querySelectorAll('rect.outage')].map(band),
+                 bars: [...svg.querySelectorAll('.series rect')].filter(r => r.getBoundingClientRect().height > 0).length};
+             })",
+        )
+        .as_array()
+        .expect("charts")
+        .clone()
+}
+
+fn chart<'a>(charts: &'a [serde_json::Value], sub: &str) -> &'a serde_json::Value {
+    charts
+        .iter()
+        .find(|c| c["sub"] == sub)
+        .unwrap_or_else(|| panic!("no chart for {sub}: {charts:?}"))
+}
+
+/// Asserts a chart was drawn, with at least one painted outage band;
+/// returns the bands.
+fn drawn_with_outage(c: &serde_json::Value) -> Vec<serde_json::Value> {
+    assert!(
+        c["w"].as_f64() > Some(300.0) && c["h"].as_f64() > Some(100.0),
+        "chart not drawn: {c}"
+    );
+    assert!(c["bars"].as_u64() > Some(100), "bars drawn: {c}");
+    let bands = c["outages"].as_array().expect("outages").clone();
+    assert!(!bands.is_empty(), "no shaded outage: {c}");
+    for b in &bands {
+        assert!(b["w"].as_f64() > Some(1.0), "band has width: {b}");
+        assert!(
+            b["fill"] != "none" && b["opacity"].as_f64() > Some(0.05),
+            "band painted: {b}"
+        );
+    }
+    bands
+}
+
+#[test]
+fn chromium_shows_health_an_outage_with_its_growing_backlog_and_parked_events() {
+    let mut erp_rx = Receiver::start();
+    let oms_rx = Receiver::start();
+    let (mut agent, admin_port) = Agent::with_admin_token(
+        TOKEN,
+        &format!(
+            "{}{}",
+            subscription("erp", &erp_rx.url(), "retry = { initial = \"200ms\", max = \"1s\" }"),
+            subscription("oms", &oms_rx.url(), PARK_FAST)
+        ),
+    );
+    agent.start();
+    let profile = agent.dir.path().join("chromium-profile");
+    let driver = Driver::start_sized(&profile, "1200,1340");
+    let page = format!("http://127.0.0.1:{admin_port}/?pause=1");
+
+    // 1. Healthy: traffic delivered; the day's history has one outage in
+    // the morning, drained since.
+    agent.send_events(&Events::new("sale", 0..40, "SaleCreated").spread_over("order", 8));
+    wait_until(Duration::from_secs(30), "delivered to both", || {
+        erp_rx.delivered_count() == 40 && oms_rx.delivered_count() == 40
+    });
+    seed_history(&agent, "erp", 1439, |ago| {
+        let down = (270..420).contains(&ago); // 7 h to 4.5 h ago
+        let pending = if down {
+            (420 - ago) * 9
+        } else if (250..270).contains(&ago) {
+            (ago - 250) * 60
+        } else {
+            0
+        };
+        let delivered = if down {
+            0
+        } else if (250..270).contains(&ago) {
+            90
+        } else {
+            traffic(ago)
+        };
+        (pending, delivered, traffic(ago), if down { 60 } else { 0 })
+    });
+    seed_history(&agent, "oms", 1439, |ago| (0, traffic(ago), traffic(ago), 0));
+    driver.open(&page);
+    let text = driver.text();
+    assert!(text.contains("History, last 24 h"), "{text}");
+    assert!(text.contains("Last outage ") && text.contains("drained by"), "{text}");
+    assert!(text.contains("No outage in the last 24 h."), "oms had none:\n{text}");
+    let drawn = charts(&driver);
+    let bands = drawn_with_outage(chart(&drawn, "erp"));
+    let w = chart(&drawn, "erp")["w"].as_f64().expect("width");
+    assert!(
+        bands[0]["x"].as_f64().expect("x") < w * 0.9,
+        "the morning's outage is not at the end: {bands:?}"
+    );
+    assert!(chart(&drawn, "oms")["outages"].as_array().expect("bands").is_empty());
+    driver.screenshot("status-page-healthy.png");
+
+    // 2. The erp endpoint goes away: offline, the backlog grows, the last
+    // error is current and has an age; the outage band reaches now.
+    erp_rx.shut();
+    agent.send_events(&Events::new("down", 0..25, "SaleCreated").spread_over("order", 8));
+    wait_until(Duration::from_secs(30), "erp offline with a backlog", || {
+        let s = agent.sub_status("erp");
+        s["state"] == "offline" && s["pending"] == 25
+    });
+    seed_history(&agent, "erp", 35, |ago| {
+        let down = ago <= 30;
+        // Growing towards the 25 events really waiting.
+        let pending = if down { (31 - ago) * 24 / 30 } else { 0 };
+        (
+            pending,
+            if down { 0 } else { traffic(ago) },
+            traffic(ago),
+            if down { 60 } else { 0 },
+        )
+    });
+    driver.open(&page);
+    let text = driver.text();
+    assert!(text.contains("Offline since "), "{text}");
+    assert!(text.contains(" ago: cannot connect"), "the error's age:\n{text}");
+    assert!(!text.contains("past, "), "the error is not past yet:\n{text}");
+    let drawn = charts(&driver);
+    let bands = drawn_with_outage(chart(&drawn, "erp"));
+    let last = bands.last().expect("band");
+    let end = last["x"].as_f64().expect("x") + last["w"].as_f64().expect("w");
+    let w = chart(&drawn, "erp")["w"].as_f64().expect("width");
+    assert!(end > w * 0.97, "the current outage reaches now: {last} of {w}");
+    driver.screenshot("status-page-outage.png");
+
+    // 3. The link is back and drains; meanwhile oms refuses one event for
+    // good: it is parked, listed with its Resend button, and the erp error
+    // is shown as past.
+    oms_rx.refuse_event("sale-0042-000123", 422);
+    erp_rx.restart();
+    agent.send_all(&[event(
+        "sale-0042-000123",
+        "order:4711",
+        "SaleCreated",
+        serde_json::json!({"total": 9.5}),
+    )]);
+    wait_until(Duration::from_secs(60), "erp drained and oms parked", || {
+        let erp = agent.sub_status("erp");
+        erp["pending"] == 0 && erp["last_error_past"] == true && agent.sub_status("oms")["parked"] == 1
+    });
+    driver.open(&page);
+    let text = driver.text();
+    assert!(
+        text.contains("Parked events") && text.contains("sale-0042-000123"),
+        "{text}"
+    );
+    assert!(text.contains("HTTP 422"), "{text}");
+    assert!(
+        text.contains("past, ") && text.contains(" ago: cannot connect"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Last outage ") && text.contains("drained by"),
+        "the outage ended and drained:\n{text}"
+    );
+    let buttons = driver.eval("return document.querySelectorAll('button[name=delivery]').length");
+    assert_eq!(buttons, 1, "one Resend button for the parked event");
+    drawn_with_outage(chart(&charts(&driver), "erp"));
+    driver.screenshot("status-page-parked.png");
 }

@@ -5,6 +5,7 @@
 //! `admin.token_file`: `Authorization: Bearer <token>` on the API, a password
 //! field on the page. Without a token file, mutations are off.
 
+mod chart;
 mod page;
 
 use std::path::PathBuf;
@@ -24,6 +25,10 @@ use crate::outbox::state::DeliveryState;
 use crate::outbox::writer::Writer;
 use crate::outbox::{self, read, resend};
 use crate::timefmt;
+
+/// The OpenAPI 3.1 document of the ingest and admin HTTP APIs, as committed
+/// in `docs/schema/openapi.json` (served at `GET /v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../docs/schema/openapi.json");
 
 /// What the handlers share.
 pub struct Admin {
@@ -77,6 +82,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/v1/events/{id}/resend", post(api_resend))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/history", get(history))
         .with_state(admin)
 }
 
@@ -271,7 +278,10 @@ struct PageQuery {
 async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery>) -> Result<Html<String>, ApiError> {
     let config = admin.config.clone();
     let path = admin.db_path();
-    let (report, parked) = blocking(move || {
+    let period = crate::history::period();
+    let period_ms = period.as_millis() as i64;
+    let now_ms = outbox::now_ms();
+    let (report, parked, history) = blocking(move || {
         let report = crate::status::report(&config)?;
         let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
         let filter = read::DeliveryFilter {
@@ -280,7 +290,12 @@ async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery
             ..Default::default()
         };
         let parked = read::list_deliveries(&conn, &filter).map_err(|e| e.to_string())?;
-        Ok((report, parked))
+        let since = now_ms - crate::history::KEPT_PERIODS * period_ms;
+        let history = crate::history::read(&conn, None, since, period)
+            .map_err(|e| e.to_string())?
+            .map(|h| h.subscriptions)
+            .unwrap_or_default();
+        Ok((report, parked, history))
     })
     .await?;
     let view = page::View {
@@ -289,6 +304,9 @@ async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery
         message: q.msg.as_deref(),
         refresh: q.pause.is_none(),
         mutations: admin.token_digest.is_some(),
+        history: &history,
+        period_ms,
+        now_ms,
     };
     Ok(Html(page::render(&view)))
 }
@@ -325,6 +343,46 @@ async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<
     }
 }
 
+/// Query of `GET /v1/history`.
+#[derive(Deserialize, Default)]
+struct HistoryQuery {
+    /// Only this subscription (configured or not); default: every
+    /// configured one.
+    subscription: Option<String>,
+    /// An RFC 3339 time or a duration ago; default: the 24 h kept.
+    since: Option<String>,
+}
+
+async fn history(State(admin): State<Arc<Admin>>, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
+    let period = crate::history::period();
+    let now = outbox::now_ms();
+    let since_ms = match q.since.as_deref() {
+        None => now - crate::history::KEPT_PERIODS * period.as_millis() as i64,
+        Some(t) => timefmt::parse_since(t, now).map_err(|e| (StatusCode::BAD_REQUEST, format!("since={e}")))?,
+    };
+    let path = admin.db_path();
+    let only = q.subscription.clone();
+    let history = blocking(move || {
+        let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
+        crate::history::read(&conn, only.as_deref(), since_ms, period).map_err(|e| e.to_string())
+    })
+    .await?;
+    match history {
+        Some(h) => Ok(Json(h).into_response()),
+        None => Ok((
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": format!("no such subscription: {:?}", q.subscription.unwrap_or_default())
+            })),
+        )
+            .into_response()),
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
     let writable = tokio::time::timeout(std::time::Duration::from_secs(5), admin.writer.ping())
         .await
@@ -339,4 +397,22 @@ async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The OpenAPI document carries the event schema as its `Event`
+    /// component; both are committed files, so they are compared here.
+    #[test]
+    fn the_openapi_event_is_the_published_event_schema() {
+        let api: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        let mut event: serde_json::Value = serde_json::from_str(include_str!("../../docs/schema/event.schema.json"))
+            .expect("event.schema.json is JSON");
+        let object = event.as_object_mut().expect("an object");
+        object.remove("$schema");
+        object.remove("$id");
+        assert_eq!(api["components"]["schemas"]["Event"], event);
+        assert_eq!(api["openapi"], "3.1.0");
+        assert_eq!(api["info"]["version"], env!("CARGO_PKG_VERSION"));
+    }
 }

@@ -19,10 +19,16 @@ pub struct View<'a> {
     pub refresh: bool,
     /// Whether resend is possible (a token file is configured).
     pub mutations: bool,
+    /// Per configured subscription, its history (oldest first).
+    pub history: &'a [crate::history::Series],
+    /// The history's sample period, ms.
+    pub period_ms: i64,
+    /// Now, wall-clock ms (the charts end here).
+    pub now_ms: i64,
 }
 
 /// Escapes text for HTML.
-fn esc(text: &str) -> String {
+pub(super) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -56,6 +62,17 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .bar span{display:block;height:100%;background:#3b6fd4}
 .full .bar span{background:#c4302b}
 button{padding:4px 10px}
+.past{color:#7a8194}
+.past b{font-weight:600}
+svg.history{display:block;max-width:720px;font-size:11px;margin:4px 0 2px}
+svg.history .label,svg.history .tick{fill:#5a6275}
+svg.history .axis{stroke:#c9ccd4;stroke-width:1}
+svg.history .pending rect{fill:#e08a00}
+svg.history .delivered rect{fill:#1f8a4c}
+svg.history .ingested rect{fill:#3b6fd4}
+svg.history rect.outage{fill:#c4302b;fill-opacity:.16}
+svg.history rect.gap{fill:#7a8194;fill-opacity:.14}
+.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px;vertical-align:-1px}
 small{color:#5a6275}
 ";
 
@@ -115,10 +132,11 @@ pub fn render(v: &View<'_>) -> String {
             s.oldest_pending_age_s.map(human_duration).unwrap_or_else(|| "-".into()),
             s.delivered_total,
             esc(s.last_success_at.as_deref().unwrap_or("-")),
-            esc(s.last_error.as_deref().unwrap_or("-")),
+            last_error_cell(s),
         );
     }
     let _ = write!(h, "</table></section>");
+    history_section(&mut h, v);
 
     let _ = write!(h, "<section><h2>Parked events</h2>");
     if v.parked.is_empty() {
@@ -202,6 +220,63 @@ pub fn render(v: &View<'_>) -> String {
         if v.refresh { "Refreshes every 10 s" } else { "Auto-refresh paused: <a href=/>resume</a>" }
     );
     h
+}
+
+/// The last error with its age; marked as past once a delivery succeeded
+/// after it (the subscription recovered since).
+fn last_error_cell(s: &crate::report::SubscriptionStatus) -> String {
+    let Some(error) = s.last_error.as_deref() else {
+        return "-".into();
+    };
+    let age = s
+        .last_error_age_s
+        .map(|a| format!("{} ago", human_duration(a)))
+        .unwrap_or_default();
+    if s.last_error_past {
+        format!(
+            "<span class=past title=\"a delivery succeeded after it\"><b>past</b>, {age}: {}</span>",
+            esc(error)
+        )
+    } else {
+        format!("<span class=warn>{age}</span>: {}", esc(error))
+    }
+}
+
+/// Per configured subscription: the last outage in words and the chart.
+fn history_section(h: &mut String, v: &View<'_>) {
+    if v.history.is_empty() {
+        return;
+    }
+    let span = super::chart::span_label(crate::history::KEPT_PERIODS * v.period_ms / 1000);
+    let _ = write!(
+        h,
+        "<section><h2>History, last {span}</h2><p class=legend><small><span style=\"background:#e08a00\"></span>pending<span style=\"background:#1f8a4c\"></span>delivered / min<span style=\"background:#3b6fd4\"></span>ingest / min<span style=\"background:#c4302b55\"></span>offline<span style=\"background:#7a819433\"></span>no samples (agent not running)</small></p>"
+    );
+    for series in v.history {
+        let _ = write!(h, "<h3>{}</h3>", esc(&series.subscription));
+        let current = v.report.subscriptions.iter().find(|s| s.name == series.subscription);
+        let now = super::chart::Now {
+            at_ms: v.now_ms,
+            online: !current.is_some_and(|s| s.state == crate::outbox::state::SubscriptionState::Offline),
+            pending: current.map(|s| s.pending).unwrap_or(0),
+        };
+        let summary = super::chart::outage_summary(&series.samples, v.period_ms, now)
+            .unwrap_or_else(|| format!("No outage in the last {span}."));
+        let _ = write!(h, "<p class=outage-summary>{}</p>", esc(&summary));
+        if series.samples.is_empty() {
+            let _ = write!(h, "<p><small>No samples yet: one is taken every minute.</small></p>");
+        }
+        h.push_str(&super::chart::render(
+            &series.subscription,
+            &series.samples,
+            v.period_ms,
+            v.now_ms,
+        ));
+    }
+    let _ = write!(
+        h,
+        "<p><small>JSON: <a href=/v1/history>/v1/history</a></small></p></section>"
+    );
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod fleet;
 mod receive;
 mod resend;
 mod run;
+mod schema;
 mod send;
 mod show;
 mod status;
@@ -89,6 +90,8 @@ pub enum Command {
     Receive(receive::ReceiveArgs),
     /// Central view: the newest heartbeat of every agent on a NATS stream.
     Fleet(fleet::FleetArgs),
+    /// Print the JSON Schema of the event, or the OpenAPI document of the HTTP APIs.
+    Schema(schema::SchemaArgs),
 }
 
 /// Runs the parsed command.
@@ -105,6 +108,7 @@ pub fn main(cli: Cli) -> CliResult {
         Command::Receive(args) => receive::run(args),
         Command::Doctor(args) => doctor::run(cli.config.as_deref(), args),
         Command::Fleet(args) => fleet::run(args),
+        Command::Schema(args) => schema::run(args),
     }
 }
 

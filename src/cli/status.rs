@@ -1,5 +1,11 @@
 //! `status`: delivery state per subscription, database size and ingest
 //! counters, read from the database (works while the agent runs).
+//! `--watch` refreshes it every 2 s (in place on a terminal, one report
+//! after the other otherwise) with the backlog's trend since the watch
+//! began.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
@@ -10,14 +16,28 @@ use crate::timefmt::human_duration;
 /// Arguments of `status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Print JSON (the shape of the contract) instead of a table.
+    /// Print JSON (the shape of the contract) instead of a table; with
+    /// --watch, one compact document a line.
     #[arg(long)]
     pub json: bool,
+    /// Refresh every 2 s until interrupted (Ctrl-C), with the backlog's
+    /// trend since the watch began; in place on a terminal.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: stop after this many reports.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
 }
+
+/// How often --watch refreshes.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// Prints the status.
 pub fn run(path: Option<&std::path::Path>, args: StatusArgs) -> CliResult {
     let config = load_config(path)?;
+    if args.watch {
+        return watch(&config, &args);
+    }
     let report = report(&config).map_err(CliError::runtime)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
@@ -25,6 +45,109 @@ pub fn run(path: Option<&std::path::Path>, args: StatusArgs) -> CliResult {
     }
     print!("{}", render(&report));
     Ok(())
+}
+
+/// `--watch`: a report every [`WATCH_EVERY`]. On a terminal each one
+/// replaces the last (cursor home, clear); otherwise (a pipe, a log) they
+/// follow each other, each headed by its time, without escape codes.
+fn watch(config: &crate::config::Config, args: &StatusArgs) -> CliResult {
+    let terminal = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let started_at = crate::outbox::now_ms();
+    let mut first: Option<Backlog> = None;
+    let mut shown = 0u64;
+    loop {
+        let now_text = crate::timefmt::ms_to_rfc3339(crate::outbox::now_ms());
+        let mut frame = String::new();
+        match report(config) {
+            Ok(r) if args.json => {
+                frame = serde_json::to_string(&r).unwrap_or_default();
+                frame.push('\n');
+            }
+            Ok(r) => {
+                let backlog = Backlog::of(&r);
+                let base = first.get_or_insert_with(|| backlog.clone());
+                frame += &render(&r);
+                frame += &trend(base, &backlog, started.elapsed(), started_at);
+            }
+            // The outbox may be briefly unreadable (a restart, an
+            // upgrade): say so and keep watching.
+            Err(e) => frame += &format!("cannot read the status: {e}\n"),
+        }
+        let mut out = std::io::stdout().lock();
+        let written = if args.json {
+            out.write_all(frame.as_bytes())
+        } else if terminal {
+            write!(
+                out,
+                "\x1b[H\x1b[2J{frame}\nrefreshing every {}s; Ctrl-C to stop ({now_text})\n",
+                WATCH_EVERY.as_secs()
+            )
+        } else {
+            write!(out, "--- {now_text} ---\n{frame}\n")
+        };
+        // A closed pipe (`| head`) ends the watch quietly.
+        if written.and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+        drop(out);
+        shown += 1;
+        if args.count.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(WATCH_EVERY);
+    }
+}
+
+/// Pending deliveries per subscription, to compare over time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Backlog(Vec<(String, i64)>);
+
+impl Backlog {
+    fn of(r: &StatusReport) -> Backlog {
+        Backlog(r.subscriptions.iter().map(|s| (s.name.clone(), s.pending)).collect())
+    }
+}
+
+/// The backlog's trend since the watch began, one line per subscription:
+/// where it stood, where it stands, how fast it moves and, while it
+/// drains, about when it is empty.
+fn trend(first: &Backlog, now: &Backlog, elapsed: Duration, started_at_ms: i64) -> String {
+    let since = crate::timefmt::ms_to_rfc3339(started_at_ms);
+    let secs = elapsed.as_secs_f64();
+    if now.0.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nbacklog since the watch began ({since}, {} ago):\n",
+        human_duration(elapsed.as_secs() as i64)
+    );
+    for (name, pending) in &now.0 {
+        let Some(start) = first.0.iter().find(|(n, _)| n == name).map(|(_, p)| *p) else {
+            out += &format!("  {name:<16} pending {pending} (new since the watch began)\n");
+            continue;
+        };
+        let change = pending - start;
+        let per_min = if secs >= 1.0 { change as f64 * 60.0 / secs } else { 0.0 };
+        let how = if secs < 1.0 {
+            "the trend shows from the next refresh".to_string()
+        } else if change == 0 {
+            "steady".to_string()
+        } else if change > 0 {
+            format!("growing {:.0}/min", per_min.abs().max(1.0))
+        } else if *pending == 0 {
+            format!("drained ({:.0}/min)", per_min.abs())
+        } else {
+            let left_s = (*pending as f64 / (per_min.abs() / 60.0)).round() as i64;
+            format!(
+                "draining {:.0}/min, empty in about {}",
+                per_min.abs().max(1.0),
+                human_duration(left_s)
+            )
+        };
+        out += &format!("  {name:<16} pending {start} -> {pending} ({change:+}): {how}\n");
+    }
+    out
 }
 
 fn size(bytes: u64) -> String {
@@ -95,8 +218,61 @@ pub fn render(r: &StatusReport) -> String {
                 .unwrap_or_else(|| "-".into()),
             s.delivered_total,
             s.last_success_at.as_deref().unwrap_or("-"),
-            s.last_error.as_deref().unwrap_or("-"),
+            last_error(s),
         );
     }
     out
+}
+
+/// The last error with its age; "past" once a delivery succeeded after it.
+fn last_error(s: &crate::report::SubscriptionStatus) -> String {
+    let Some(error) = s.last_error.as_deref() else {
+        return "-".into();
+    };
+    let age = s.last_error_age_s.map(human_duration).unwrap_or_else(|| "?".into());
+    if s.last_error_past {
+        format!("past, {age} ago: {error}")
+    } else {
+        format!("{age} ago: {error}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backlog(items: &[(&str, i64)]) -> Backlog {
+        Backlog(items.iter().map(|(n, p)| (n.to_string(), *p)).collect())
+    }
+
+    #[test]
+    fn the_trend_says_growing_draining_steady_and_new() {
+        let first = backlog(&[("erp", 120), ("oms", 0), ("pos", 3)]);
+        let now = backlog(&[("erp", 60), ("oms", 20), ("pos", 3), ("bus", 7)]);
+        let text = trend(&first, &now, Duration::from_secs(60), 0);
+        assert!(
+            text.contains("since the watch began (1970-01-01T00:00:00Z, 1m00s ago)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("erp              pending 120 -> 60 (-60): draining 60/min, empty in about 1m00s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oms              pending 0 -> 20 (+20): growing 20/min"),
+            "{text}"
+        );
+        assert!(text.contains("pos              pending 3 -> 3 (+0): steady"), "{text}");
+        assert!(
+            text.contains("bus              pending 7 (new since the watch began)"),
+            "{text}"
+        );
+        let drained = trend(&first, &backlog(&[("erp", 0)]), Duration::from_secs(30), 0);
+        assert!(
+            drained.contains("pending 120 -> 0 (-120): drained (240/min)"),
+            "{drained}"
+        );
+        let at_once = trend(&first, &first, Duration::ZERO, 0);
+        assert!(at_once.contains("the trend shows from the next refresh"), "{at_once}");
+    }
 }

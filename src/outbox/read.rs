@@ -165,6 +165,8 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
     let rows: Vec<(i64, SubscriptionStatus)> = stmt
         .query_map([], |r| {
             let next_attempt_at: Option<i64> = r.get(10)?;
+            let last_success_at: Option<i64> = r.get(5)?;
+            let last_error_at: Option<i64> = r.get(7)?;
             Ok((
                 r.get(0)?,
                 SubscriptionStatus {
@@ -175,9 +177,11 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
                     parked: 0,
                     oldest_pending_age_s: None,
                     delivered_total: r.get(4)?,
-                    last_success_at: r.get::<_, Option<i64>>(5)?.map(ms_to_rfc3339),
+                    last_success_at: last_success_at.map(ms_to_rfc3339),
                     last_error: r.get(6)?,
-                    last_error_at: r.get::<_, Option<i64>>(7)?.map(ms_to_rfc3339),
+                    last_error_at: last_error_at.map(ms_to_rfc3339),
+                    last_error_age_s: last_error_at.map(|at| ((now - at) / 1000).max(0)),
+                    last_error_past: matches!((last_error_at, last_success_at), (Some(e), Some(s)) if s >= e),
                     configured: r.get(8)?,
                     url: r.get(9)?,
                     next_attempt_at: next_attempt_at.map(ms_to_rfc3339),

@@ -106,6 +106,26 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_parked ON deliveries(sub_id, entity_id, entity_seq) WHERE state = 2;
     ALTER TABLE subscriptions ADD COLUMN next_attempt_at INTEGER;
     "#,
+    // Version 5: history for the status page and `/v1/history`. One row per
+    // subscription and sample period (a minute), written by the writer from
+    // the sampler (`crate::history`), at most 1,440 periods kept (24 h).
+    // Totals are stored as counters, so a per-minute count is the
+    // difference of two rows and a missed sample loses nothing;
+    // `ingested_total` counts the deliveries fanned out to the subscription.
+    r#"
+    ALTER TABLE subscriptions ADD COLUMN ingested_total INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE history (
+        sub_id INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        period_ms INTEGER NOT NULL,
+        pending INTEGER NOT NULL,
+        parked INTEGER NOT NULL,
+        delivered_total INTEGER NOT NULL,
+        ingested_total INTEGER NOT NULL,
+        offline_ms INTEGER NOT NULL,
+        PRIMARY KEY (sub_id, at)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -170,6 +190,10 @@ mod tests {
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL ORDER BY name")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(|e| e.to_string())?;
+        let history: i64 = conn
+            .query_row("SELECT COUNT(*) FROM history", [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        assert_eq!(history, 0, "version 5: an empty history");
         assert_eq!(
             indexes,
             [

@@ -90,6 +90,13 @@ enum WriteOp {
         /// Where that number goes after the commit.
         reply: oneshot::Sender<usize>,
     },
+    /// Store a period's history samples (best effort, no answer).
+    History {
+        /// One per configured subscription.
+        samples: Vec<crate::history::Sample>,
+        /// Samples from before this (wall-clock ms) go.
+        keep_from_ms: i64,
+    },
     /// Queue deliveries again (operator action).
     Resend {
         /// What to queue again.
@@ -312,6 +319,12 @@ impl Writer {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+
+    /// Queues a period's history samples; samples from before `keep_from_ms`
+    /// are dropped in the same transaction. False when the writer is gone.
+    pub async fn record_history(&self, samples: Vec<crate::history::Sample>, keep_from_ms: i64) -> bool {
+        self.tx.send(WriteOp::History { samples, keep_from_ms }).await.is_ok()
     }
 
     /// Counts an event rejected before reaching storage, by error code.
@@ -540,6 +553,7 @@ impl WriterState {
                     ..
                 } => *pruned = sql::prune(&tx, *older_than_ms, *limit)?,
                 WriteOp::Ping { .. } => sql::ping(&tx)?,
+                WriteOp::History { samples, keep_from_ms } => sql::record_history(&tx, samples, *keep_from_ms)?,
                 WriteOp::Resend { request, result, .. } => {
                     *result = match resend::apply(&tx, request) {
                         // The whole batch rolls back and is retried request
@@ -577,7 +591,7 @@ impl WriterState {
                 WriteOp::Resend { result, reply, .. } => {
                     let _ = reply.send(result.unwrap_or(Err(ResendError::Stopped)));
                 }
-                WriteOp::SubState { .. } | WriteOp::Rejected(_) => {}
+                WriteOp::SubState { .. } | WriteOp::Rejected(_) | WriteOp::History { .. } => {}
             }
         }
         let mut per_sub: Vec<Vec<(i64, i64, i64)>> = vec![Vec::new(); self.fanout.len()];
@@ -612,7 +626,7 @@ impl WriterState {
                 WriteOp::Resend { reply, .. } => {
                     let _ = reply.send(Err(ResendError::NotStored(err.message.clone())));
                 }
-                WriteOp::SubState { .. } | WriteOp::Rejected(_) => {}
+                WriteOp::SubState { .. } | WriteOp::Rejected(_) | WriteOp::History { .. } => {}
             }
         }
     }

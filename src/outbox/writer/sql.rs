@@ -279,10 +279,47 @@ pub(super) fn add_totals(tx: &Connection, effects: &Effects, sub_ids: &[i64]) ->
         .execute(params![sub_id, delivered, last_at])?;
     }
     if effects.accepted > 0 {
-        for id in sub_ids {
-            tx.prepare_cached("UPDATE subscriptions SET covered_seq = MAX(covered_seq, ?2) WHERE id = ?1")?
-                .execute(params![id, effects.max_seq])?;
+        // Deliveries fanned out per subscription (the history's ingest
+        // rate), in the statement that moves its coverage anyway.
+        let mut ingested = vec![0i64; sub_ids.len()];
+        for (index, ..) in &effects.touched {
+            ingested[*index] += 1;
+        }
+        for (id, n) in sub_ids.iter().zip(ingested) {
+            tx.prepare_cached(
+                "UPDATE subscriptions SET covered_seq = MAX(covered_seq, ?2), ingested_total = ingested_total + ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, effects.max_seq, n])?;
         }
     }
+    Ok(())
+}
+
+/// Stores one period's history samples (a sample taken again for the same
+/// period replaces the first) and drops samples from before `keep_from_ms`.
+pub(super) fn record_history(
+    tx: &Connection,
+    samples: &[crate::history::Sample],
+    keep_from_ms: i64,
+) -> rusqlite::Result<()> {
+    for s in samples {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO history(sub_id, at, period_ms, pending, parked, delivered_total, ingested_total, offline_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            s.sub_id,
+            s.at_ms,
+            s.period_ms,
+            s.pending,
+            s.parked,
+            s.delivered_total,
+            s.ingested_total,
+            s.offline_ms
+        ])?;
+    }
+    tx.prepare_cached("DELETE FROM history WHERE at < ?1")?
+        .execute([keep_from_ms])?;
     Ok(())
 }
