@@ -470,3 +470,57 @@ fn an_agent_killed_mid_drain_loses_nothing_and_fleet_shows_every_agent_worst_fir
     .expect("golden file");
     snapbox::assert_data_eq!(table, snapbox::Data::text(golden));
 }
+
+#[test]
+fn doctor_connects_to_the_cluster_and_names_the_stream_for_each_subject_or_its_absence() {
+    let cluster = NatsCluster::start(3);
+    let bus = Bus::connect(&cluster.url());
+    // JetStream answers once the cluster has elected its leader: a stream
+    // for other subjects waits for that.
+    bus.create_stream("OTHER", &["other.>"]);
+    let agent = Agent::new(&nats_subscription(
+        "bus",
+        &cluster.url(),
+        "pos.{store_id}.{type}",
+        "events = [\"SaleCreated\", \"AgentHeartbeat\"]",
+    ));
+    let doctor = || {
+        let out = agent.cli(&["doctor", "--json"]);
+        let reports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+        (out.status.code(), reports[0]["steps"].clone())
+    };
+    let verdicts = |steps: &serde_json::Value| -> Vec<(String, String)> {
+        steps
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|s| {
+                (
+                    s["step"].as_str().unwrap_or("").into(),
+                    s["verdict"].as_str().unwrap_or("").into(),
+                )
+            })
+            .collect()
+    };
+    // No stream yet: connected, but the stream step fails and names the subject.
+    let (code, steps) = doctor();
+    assert_eq!(code, Some(1), "{steps}");
+    let names: Vec<(String, String)> = verdicts(&steps);
+    assert_eq!(names[2], ("nats".into(), "ok".into()), "{steps}");
+    assert_eq!(names[3], ("stream".into(), "fail".into()), "{steps}");
+    assert!(
+        steps[3]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no stream takes pos.0042.")),
+        "{steps}"
+    );
+
+    bus.create_stream("POS", &["pos.>"]);
+    let (code, steps) = doctor();
+    assert_eq!(code, Some(0), "{steps}");
+    let detail = steps[3]["detail"].as_str().unwrap_or("").to_string();
+    assert!(
+        detail.contains("stream POS takes pos.0042.SaleCreated") && detail.contains("pos.0042.AgentHeartbeat"),
+        "{detail}"
+    );
+}

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::{init_logging, load_config, runtime, CliError, CliResult};
 use crate::config::SubscriptionConfig;
+use crate::deliver::webhook::Source;
 
 /// Arguments of `doctor`.
 #[derive(Args, Debug)]
@@ -49,7 +50,8 @@ pub enum Verdict {
 /// One step's line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// dns, tcp, tls, http, clock; `check` when the check itself broke.
+    /// dns, tcp, tls, http, clock (webhooks); dns, tcp, nats, stream (NATS);
+    /// `check` when the check itself broke.
     pub step: &'static str,
     /// Outcome.
     pub verdict: Verdict,
@@ -89,8 +91,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-async fn check(sub: SubscriptionConfig) -> Report {
-    let steps = run_steps(&sub).await;
+async fn check(sub: SubscriptionConfig, source: Source) -> Report {
+    let steps = run_steps(&sub, &source).await;
     Report {
         subscription: sub.name.clone(),
         url: sub.url_for_logs(),
@@ -98,15 +100,22 @@ async fn check(sub: SubscriptionConfig) -> Report {
     }
 }
 
-/// The steps, in the order they run.
+/// The steps of a webhook, in the order they run.
 const STEP_NAMES: [&str; 5] = ["dns", "tcp", "tls", "http", "clock"];
+/// The steps of a NATS subscription (its first server), in order.
+const NATS_STEP_NAMES: [&str; 4] = ["dns", "tcp", "nats", "stream"];
 
 /// The steps in order; after a failure the rest are skipped.
-async fn run_steps(sub: &SubscriptionConfig) -> Vec<Step> {
+async fn run_steps(sub: &SubscriptionConfig, source: &Source) -> Vec<Step> {
     let mut steps = Vec::new();
-    if let Err(failed) = try_steps(sub, &mut steps).await {
+    if let Err(failed) = try_steps(sub, source, &mut steps).await {
         steps.extend(failed);
-        for name in STEP_NAMES.into_iter().skip(steps.len()) {
+        let names: &[&'static str] = if sub.nats.is_some() {
+            &NATS_STEP_NAMES
+        } else {
+            &STEP_NAMES
+        };
+        for name in names.iter().copied().skip(steps.len()) {
             steps.push(step(name, Verdict::Skip, "not run", None));
         }
     }
@@ -115,7 +124,7 @@ async fn run_steps(sub: &SubscriptionConfig) -> Vec<Step> {
 
 /// Runs the steps into `steps` until one fails; `Err` holds the steps that
 /// end the check (the failed one, and a skipped one before it).
-async fn try_steps(sub: &SubscriptionConfig, steps: &mut Vec<Step>) -> Result<(), Vec<Step>> {
+async fn try_steps(sub: &SubscriptionConfig, source: &Source, steps: &mut Vec<Step>) -> Result<(), Vec<Step>> {
     let url = &sub.url;
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
     let port = match (&sub.nats, url.port_or_known_default()) {
@@ -127,16 +136,7 @@ async fn try_steps(sub: &SubscriptionConfig, steps: &mut Vec<Step>) -> Result<()
     steps.push(found);
     steps.push(tcp_step(&addrs, budget).await.map_err(|s| vec![s])?);
     if sub.nats.is_some() {
-        // A NATS subscription: DNS and TCP of its first server only; the
-        // agent's status shows whether publishing works.
-        for name in ["tls", "http", "clock"] {
-            steps.push(step(
-                name,
-                Verdict::Skip,
-                "not checked for NATS (DNS and TCP of the first server only)",
-                None,
-            ));
-        }
+        steps.extend(nats_steps(sub, source).await?);
         return Ok(());
     }
     // TLS + HTTP, with delivery's own client.
@@ -150,6 +150,97 @@ async fn try_steps(sub: &SubscriptionConfig, steps: &mut Vec<Step>) -> Result<()
     })?;
     steps.extend(http_steps(sub, &client).await?);
     Ok(())
+}
+
+/// `nats` and `stream`: connect as the agent does (every server of `url`,
+/// authentication, TLS), then ask JetStream which stream takes the subject of
+/// each event type the subscription names (`SaleCreated` as a sample when it
+/// takes every type).
+#[cfg(feature = "nats")]
+async fn nats_steps(sub: &SubscriptionConfig, source: &Source) -> Result<Vec<Step>, Vec<Step>> {
+    let nats = crate::deliver::nats::Nats::new(std::sync::Arc::new(sub.clone()), source.clone()).map_err(|e| {
+        vec![step(
+            "nats",
+            Verdict::Fail,
+            e,
+            Some("fix credentials_file in the config"),
+        )]
+    })?;
+    let mut types: Vec<String> = sub.events.iter().flatten().cloned().collect();
+    if sub.heartbeats {
+        types.push(crate::heartbeat::EVENT_TYPE.to_string());
+    }
+    types.sort();
+    if types.is_empty() {
+        types.push("SaleCreated".to_string());
+    }
+    let started = std::time::Instant::now();
+    let mut found = Vec::new();
+    for event_type in &types {
+        let subject = nats.subject_of(event_type, "doctor:check");
+        match nats.stream_for(&subject).await {
+            Ok(Some(stream)) => found.push(format!("stream {stream} takes {subject}")),
+            Ok(None) => {
+                return Err(vec![
+                    connected_step(sub, started),
+                    step(
+                        "stream",
+                        Verdict::Fail,
+                        format!("no stream takes {subject}"),
+                        Some("central IT must create a stream whose subjects take it (README: NATS JetStream); events wait until then"),
+                    ),
+                ])
+            }
+            Err(e) if found.is_empty() => return Err(vec![nats_failed_step(e)]),
+            Err(e) => return Err(vec![connected_step(sub, started), step("stream", Verdict::Fail, e, None)]),
+        }
+    }
+    Ok(vec![
+        connected_step(sub, started),
+        step("stream", Verdict::Ok, found.join("; "), None),
+    ])
+}
+
+/// Without the `nats` feature a NATS subscription cannot be checked.
+#[cfg(not(feature = "nats"))]
+async fn nats_steps(_sub: &SubscriptionConfig, _source: &Source) -> Result<Vec<Step>, Vec<Step>> {
+    Err(vec![step(
+        "nats",
+        Verdict::Fail,
+        "this build of store-outbox has no NATS support",
+        Some("build it with `cargo build --release --features nats`"),
+    )])
+}
+
+/// `nats` passed: connected (and authenticated) within the time shown.
+#[cfg(feature = "nats")]
+fn connected_step(sub: &SubscriptionConfig, started: std::time::Instant) -> Step {
+    step(
+        "nats",
+        Verdict::Ok,
+        format!(
+            "connected to {} ({} ms)",
+            sub.url_for_logs(),
+            started.elapsed().as_millis()
+        ),
+        None,
+    )
+}
+
+/// `nats` failed: the connection, the login or TLS; the hint says which.
+#[cfg(feature = "nats")]
+fn nats_failed_step(e: String) -> Step {
+    let lower = e.to_ascii_lowercase();
+    let hint = if lower.contains("authoriz") || lower.contains("authentic") || lower.contains("credentials") {
+        "the servers refused the login: check credentials_file, token or user + password"
+    } else if lower.contains("tls") || lower.contains("certificate") {
+        "TLS failed: check tls:// against the servers' config, ca_file, client_cert and client_key"
+    } else if lower.contains("jetstream") || lower.contains("no responders") {
+        "the servers answer but JetStream does not: is it enabled for this account?"
+    } else {
+        "check the servers and ports in url, and that nats-server runs there"
+    };
+    step("nats", Verdict::Fail, e, Some(hint))
 }
 
 /// `dns`: the host's addresses.
@@ -329,7 +420,11 @@ pub fn run(path: Option<&std::path::Path>, args: DoctorArgs) -> CliResult {
         };
     }
     let rt = runtime()?;
-    let reports: Vec<Report> = rt.block_on(check_all(subs, check));
+    let source = Source {
+        store_id: config.agent.store_id.clone(),
+        agent_id: config.agent.agent_id.clone(),
+    };
+    let reports: Vec<Report> = rt.block_on(check_all(subs, move |sub| check(sub, source.clone())));
     let failed = any_failed(&reports);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
@@ -453,7 +548,7 @@ mod tests {
         });
         let mut sub = subs(&["a"]).remove(0);
         sub.url = format!("http://127.0.0.1:{port}/").parse().expect("url");
-        let steps = run_steps(&sub).await;
+        let steps = run_steps(&sub, &test_source()).await;
         let got: Vec<(&str, Verdict)> = steps.iter().map(|s| (s.step, s.verdict)).collect();
         assert_eq!(
             got,
@@ -467,28 +562,35 @@ mod tests {
         );
     }
 
+    fn test_source() -> Source {
+        Source {
+            store_id: "0042".into(),
+            agent_id: "till-03".into(),
+        }
+    }
+
     #[tokio::test]
-    async fn a_nats_subscription_is_checked_for_dns_and_tcp_of_its_first_server() {
+    async fn a_nats_server_that_does_not_speak_nats_fails_at_nats_after_dns_and_tcp() {
+        // Accepts connections and says nothing: no NATS INFO ever comes.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let text = format!(
-            "[[subscription]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:{port},nats://127.0.0.1:9\"\n\
-             subject = \"pos.{{type}}\"\n"
+            "[[subscription]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:{port}\"\n\
+             subject = \"pos.{{type}}\"\ntimeout = \"1s\"\n"
         );
         let sub = crate::config::parse(&text, None)
             .expect("valid")
             .subscriptions
             .remove(0);
-        let steps = run_steps(&sub).await;
+        let steps = run_steps(&sub, &test_source()).await;
         let got: Vec<(&str, Verdict)> = steps.iter().map(|s| (s.step, s.verdict)).collect();
         assert_eq!(
             got,
             [
                 ("dns", Verdict::Ok),
                 ("tcp", Verdict::Ok),
-                ("tls", Verdict::Skip),
-                ("http", Verdict::Skip),
-                ("clock", Verdict::Skip),
+                ("nats", Verdict::Fail),
+                ("stream", Verdict::Skip),
             ]
         );
         assert!(steps[1].detail.contains(&port.to_string()), "{}", steps[1].detail);

@@ -159,10 +159,18 @@ impl Nats {
         if let Some(context) = guard.as_ref() {
             return Ok(context.clone());
         }
-        let client = self
-            .options()?
-            .connect(self.nats.servers.as_slice())
+        // The client's connection timeout covers the TCP connect, not a
+        // server that accepts and never speaks NATS: bound the whole of it.
+        let connecting = self.options()?.connect(self.nats.servers.as_slice());
+        let client = tokio::time::timeout(self.config.timeout, connecting)
             .await
+            .map_err(|_| {
+                format!(
+                    "cannot connect to {}: no NATS handshake within the timeout ({})",
+                    self.config.url_for_logs(),
+                    humantime::format_duration(self.config.timeout)
+                )
+            })?
             .map_err(|e| format!("cannot connect to {}: {e}", self.config.url_for_logs()))?;
         let context = jetstream::ContextBuilder::new()
             .timeout(self.config.timeout)
@@ -170,6 +178,22 @@ impl Nats {
             .build(client);
         *guard = Some(context.clone());
         Ok(context)
+    }
+
+    /// For `doctor`: connects (servers, authentication, TLS) and names the
+    /// stream that takes `subject`; `Ok(None)` when no stream does.
+    pub async fn stream_for(&self, subject: &str) -> Result<Option<String>, String> {
+        let context = self.context().await?;
+        match context.stream_by_subject(subject).await {
+            Ok(name) => Ok(Some(name)),
+            Err(e) if matches!(e.kind(), jetstream::context::GetStreamByNameErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(format!("cannot ask JetStream which stream takes {subject}: {e}")),
+        }
+    }
+
+    /// The subject an event of `event_type` (entity `entity`) goes to.
+    pub fn subject_of(&self, event_type: &str, entity: &str) -> String {
+        fill_subject(&self.nats.subject, &self.source, event_type, entity)
     }
 
     /// The subject of one event.
