@@ -21,7 +21,10 @@
 #            is ok, every handed-over spool file is stored exactly once
 #   final    the same checks, then the subscription drains to a receiver on
 #            the host (`store-outbox receive`, which checks signatures and
-#            per-entity order across every power cut)
+#            per-entity order across every power cut); then a second agent on
+#            a small real ext4 disk fills it: storage_full, still running,
+#            nothing refused stored, everything acknowledged kept, events
+#            taken again once space is freed
 #
 # Run as root on Debian bookworm (x86-64), from anywhere:
 #
@@ -219,6 +222,10 @@ IMG=$WORK/disk.img
 qemu-img create -q -f raw "$IMG" 3G
 mkfs.ext4 -q -F -L vmroot -d "$root" "$IMG"
 rm -rf "$root"
+# A small data disk for the full-disk check (/dev/vdb in the guest).
+DATA_IMG=$WORK/data.img
+qemu-img create -q -f raw "$DATA_IMG" 24M
+mkfs.ext4 -q -F -L vmdata "$DATA_IMG"
 # cache=none (O_DIRECT): what the guest flushed is on the host disk; never
 # unsafe (which would ignore the guest's flushes). writeback where the
 # host's filesystem refuses O_DIRECT: the guest's flushes still reach it.
@@ -260,6 +267,7 @@ boot() {
     -kernel "$WORK/vmlinuz" -initrd "$WORK/initrd.img" \
     -append "root=/dev/vda rw console=ttyS0 quiet loglevel=3 systemd.show_status=false vmcheck.phase=$phase vmcheck.receiver=http://10.0.2.2:$RECV_PORT/hooks vmcheck.acks=http://10.0.2.2:$ACK_PORT/acks.txt $*" \
     -drive "file=$IMG,format=raw,if=virtio,cache=$CACHE_MODE" \
+    -drive "file=$DATA_IMG,format=raw,if=virtio,cache=$CACHE_MODE" \
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
     -serial "file:$serial" -serial "file:$out" &
   QEMU_PID=$!

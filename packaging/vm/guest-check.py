@@ -17,7 +17,8 @@ The phase comes from the kernel command line (vmcheck.phase=...):
     reboot    the backlog and the journal survived the reboot, then produce
               until the host cuts power
     cut       check every earlier acknowledgement, then produce again
-    final     check, then wait for the subscription to drain
+    final     check, then wait for the subscription to drain; then a second
+              agent on a small ext4 disk (/dev/vdb) filled up
 The host serves what it collected (acks.txt) on 10.0.2.2 (vmcheck.acks=URL).
 """
 
@@ -397,6 +398,71 @@ def phase_final(args):
     central = sub_status("central")
     check(central["pending"] == 0 and central["parked"] == 0, "the subscription drained after the power cuts",
           f"delivered_total {central['delivered_total']}")
+    full_data_disk()
+
+
+def full_data_disk():
+    """A second agent on a small real ext4 disk (/dev/vdb), filled up: the
+    agent keeps running, refuses with storage_full, stores nothing it
+    refused, keeps everything it acknowledged, and takes events again once
+    space is freed."""
+    os.makedirs("/mnt/full", exist_ok=True)
+    sh("mount", "/dev/vdb", "/mnt/full")
+    # As the service's user, so ext4's blocks reserved for root are not its.
+    sh("chown", "store-outbox:store-outbox", "/mnt/full")
+    # Ballast, freed at the end to make room again.
+    with open("/mnt/full/ballast", "wb") as f:
+        f.write(os.urandom(4 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    config = "/mnt/full/config.toml"
+    with open(config, "w") as f:
+        f.write('[agent]\nstore_id = "vm"\nagent_id = "full-disk"\ndata_dir = "/mnt/full/data"\n'
+                '[ingest]\nsocket = "/mnt/full/ingest.sock"\nspool_dir = "/mnt/full/spool"\nhttp_listen = "off"\n'
+                '[storage]\nmax_db_bytes = "1GiB"\n[admin]\nlisten = "off"\n')
+    log = open("/root/vm/full-agent.log", "w")
+    os.chmod(config, 0o644)
+    agent = subprocess.Popen(["setpriv", "--reuid=store-outbox", "--regid=store-outbox", "--init-groups",
+                              "store-outbox", "run", "--config", config], stderr=log, stdout=log)
+    global SOCK
+    packaged_sock, SOCK = SOCK, "/mnt/full/ingest.sock"
+    try:
+        wait("the second agent's socket", lambda: os.path.exists(SOCK), 60)
+        filler = "x" * 16000
+        acked, refused, n = [], [], 0
+        while len(refused) < 60 and n < 20000:
+            batch = [{"event_id": f"full-{n + i}", "type": "Fill", "entity": f"full:{(n + i) % 4}",
+                      "payload": {"fill": filler}} for i in range(20)]
+            for e, r in zip(batch, socket_send(batch)):
+                if r.get("ok"):
+                    acked.append(e["event_id"])
+                elif r.get("error", {}).get("code") == "storage_full":
+                    refused.append(e["event_id"])
+                else:
+                    raise RuntimeError(f"unexpected reply {r}")
+            n += 20
+        st = json.loads(sh("store-outbox", "status", "--json", "--config", config).stdout)
+        df = sh("df", "-k", "/mnt/full").stdout.splitlines()[-1]
+        check(agent.poll() is None and refused and st["db"]["full"], "a full ext4 data disk: storage_full, the agent keeps running",
+              f"{len(acked)} acknowledged, then storage_full; status full={st['db']['full']} disk_full={st['db']['disk_full']}; df: {df}")
+        conn = sqlite3.connect(f"file:/mnt/full/data/outbox.db?mode=ro", uri=True, timeout=30)
+        stored = {r[0] for r in conn.execute("SELECT event_id FROM events")}
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        conn.close()
+        check(set(acked) <= stored and not (set(refused) & stored) and integrity == "ok",
+              "a full ext4 data disk: every acknowledged event kept, nothing refused stored",
+              f"{len(stored)} stored, {len(set(refused) & stored)} refused ones stored, integrity_check {integrity}")
+        os.remove("/mnt/full/ballast")
+        fsync_dir("/mnt/full")
+        again = wait("events taken again after freeing space",
+                     lambda: socket_send([event(f"after-full-{time.monotonic_ns()}", "full:after", 0)])[0].get("ok"), 120, 2)
+        check(bool(again), "a full ext4 data disk: space freed, events taken again", "without a restart")
+    finally:
+        SOCK = packaged_sock
+        agent.terminate()
+        rc = agent.wait(60)
+        check(rc == 0, "a full ext4 data disk: the agent stops cleanly", f"exit {rc}")
+        sh("umount", "/mnt/full", check_rc=False)
 
 
 def main():
