@@ -1,9 +1,16 @@
 //! The agent as a whole: opens the outbox, starts the writer, the ways in and
-//! one scheduler per subscription, and stops them in the right order.
+//! one scheduler per subscription, applies reloads to the schedulers, and
+//! stops everything in the right order.
 //!
 //! Shutdown order matters for the promises: ingest stops first (new events get
 //! `shutting_down`), commits already queued finish, in-flight requests get a
 //! bounded time, and only then the writer thread drains and exits.
+//!
+//! A reload ([`Deliveries::reload`]) never stops ingest: the schedulers of
+//! changed and removed subscriptions stop once their requests in flight are
+//! recorded, the writer takes the new list between two batches, and the new
+//! schedulers start from the committed state, so nothing in flight is lost
+//! or overtaken.
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
@@ -14,10 +21,10 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, SubscriptionConfig};
 use crate::deliver::destination::Destination;
 #[cfg(feature = "nats")]
 use crate::deliver::nats::Nats;
@@ -25,9 +32,10 @@ use crate::deliver::scheduler::Scheduler;
 use crate::deliver::webhook::{Source, Webhook};
 use crate::ingest;
 use crate::metrics::Metrics;
-use crate::notify::Heartbeat;
+use crate::notify::Heartbeats;
 use crate::outbox::{self, writer::Writer};
-use crate::shutdown::Shutdown;
+use crate::reload;
+use crate::shutdown::{Shutdown, Trigger};
 
 /// How long in-flight deliveries may finish after a stop request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -79,15 +87,28 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
 /// How often a start blocked by a full disk tries again.
 const DISK_FULL_RETRY: Duration = Duration::from_secs(10);
 
-/// Runs the agent until `shutdown` fires. `started` is told once every
-/// listener is bound and the schedulers are running.
-pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Sender<Started>>) -> anyhow::Result<()> {
+/// Runs the agent until `shutdown` fires, reloading the config file at each
+/// of `reloads`. `started` is told once every listener is bound and the
+/// schedulers are running.
+pub async fn run(
+    config: Config,
+    shutdown: Shutdown,
+    reloads: reload::Requests,
+    started: Option<oneshot::Sender<Started>>,
+) -> anyhow::Result<()> {
     let lock = lock_data_dir(&config.agent.data_dir)?;
     let db_path = config.db_path();
     let Some((conn, subs)) = open_storage_once_disk_has_space(&config, &db_path, &shutdown).await? else {
         return Ok(());
     };
-    let destinations = build_destinations(&config, &subs)?;
+    let source = Source {
+        store_id: config.agent.store_id.clone(),
+        agent_id: config.agent.agent_id.clone(),
+    };
+    let destinations = subs
+        .iter()
+        .map(|sub| build_destination(&sub.config, &source).map_err(|e| anyhow!(e)))
+        .collect::<anyhow::Result<Vec<Built>>>()?;
     let storage_full = Arc::new(tokio::sync::Notify::new());
     let (writer, writer_thread) = Writer::start(conn, &subs, config.storage.max_db_bytes, storage_full.clone());
     let listeners = Listeners::bind(&config).await?;
@@ -98,8 +119,17 @@ pub async fn run(config: Config, shutdown: Shutdown, started: Option<oneshot::Se
         metrics: Metrics::default(),
         shutdown,
     };
-    let tasks = wiring.spawn_tasks(listeners, &subs, destinations, storage_full)?;
+    let tasks = wiring.spawn_tasks(
+        listeners,
+        subs.iter().cloned().zip(destinations),
+        source,
+        reloads,
+        storage_full,
+    )?;
     log_started(&wiring.config, &wiring.db_path, subs.len());
+    if wiring.config.source.is_some() {
+        tracing::info!("systemctl reload store-outbox (SIGHUP) re-reads the [[subscription]] sections of the config file; other keys need a restart");
+    }
     if let Some(tx) = started {
         let _ = tx.send(Started {
             socket: wiring.config.ingest.socket.clone(),
@@ -169,9 +199,9 @@ async fn open_storage_once_disk_has_space(
 }
 
 /// A subscription's destination, of the kind its URL names. A new kind of
-/// destination is one more variant here, built in [`build_destinations`]
-/// and started in [`Wiring::spawn_schedulers`]; the scheduler is the same
-/// for all (`deliver::destination`).
+/// destination is one more variant here, built in [`build_destination`]
+/// and started in [`Deliveries::start`]; the scheduler is the same for all
+/// (`deliver::destination`).
 enum Built {
     /// `http://` and `https://`: signed webhooks.
     Webhook(Arc<Webhook>),
@@ -182,33 +212,25 @@ enum Built {
 
 /// A NATS JetStream destination.
 #[cfg(feature = "nats")]
-fn build_nats(sub: &outbox::Subscription, source: &Source) -> Result<Built, String> {
-    Nats::new(sub.config.clone(), source.clone()).map(|nats| Built::Nats(Arc::new(nats)))
+fn build_nats(config: &Arc<SubscriptionConfig>, source: &Source) -> Result<Built, String> {
+    Nats::new(config.clone(), source.clone()).map(|nats| Built::Nats(Arc::new(nats)))
 }
 
 /// Without the `nats` feature a NATS subscription cannot start: say so,
 /// rather than fail later.
 #[cfg(not(feature = "nats"))]
-fn build_nats(_sub: &outbox::Subscription, _source: &Source) -> Result<Built, String> {
+fn build_nats(_config: &Arc<SubscriptionConfig>, _source: &Source) -> Result<Built, String> {
     Err("this build of store-outbox has no NATS support (build it with `cargo build --release --features nats`)".into())
 }
 
-/// One destination per subscription, in the same order.
-fn build_destinations(config: &Config, subs: &[outbox::Subscription]) -> anyhow::Result<Vec<Built>> {
-    let source = Source {
-        store_id: config.agent.store_id.clone(),
-        agent_id: config.agent.agent_id.clone(),
+/// The destination of one subscription; the error names the subscription.
+fn build_destination(config: &Arc<SubscriptionConfig>, source: &Source) -> Result<Built, String> {
+    let built = if config.nats.is_some() {
+        build_nats(config, source)
+    } else {
+        Webhook::new(config.clone(), source.clone()).map(|webhook| Built::Webhook(Arc::new(webhook)))
     };
-    subs.iter()
-        .map(|sub| {
-            let built = if sub.config.nats.is_some() {
-                build_nats(sub, &source)
-            } else {
-                Webhook::new(sub.config.clone(), source.clone()).map(|webhook| Built::Webhook(Arc::new(webhook)))
-            };
-            built.map_err(|e| anyhow!("subscription {:?}: {e}", sub.config.name))
-        })
-        .collect()
+    built.map_err(|e| format!("subscription {:?}: {e}", config.name))
 }
 
 /// Every socket the agent listens on, bound before any task starts, and the
@@ -278,12 +300,14 @@ struct Wiring {
 
 impl Wiring {
     /// Starts every task: the ways in, retention, one scheduler per
-    /// subscription, the systemd supervisor and admin HTTP.
+    /// subscription (and their reloads), the systemd supervisor and admin
+    /// HTTP.
     fn spawn_tasks(
         &self,
         listeners: Listeners,
-        subs: &[outbox::Subscription],
-        destinations: Vec<Built>,
+        subs: impl IntoIterator<Item = (outbox::Subscription, Built)>,
+        source: Source,
+        reloads: reload::Requests,
         storage_full: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<JoinSet<()>> {
         let mut tasks = JoinSet::new();
@@ -315,7 +339,21 @@ impl Wiring {
             }
             .run(),
         );
-        let heartbeats = self.spawn_schedulers(&mut tasks, subs, destinations)?;
+        let heartbeats = Heartbeats::default();
+        let mut deliveries = Deliveries {
+            config: self.config.clone(),
+            source,
+            db_path: self.db_path.clone(),
+            writer: self.writer.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            heartbeats: heartbeats.clone(),
+            running: Vec::new(),
+        };
+        for (sub, built) in subs {
+            deliveries.start(sub, built)?;
+        }
+        tasks.spawn(deliveries.run(reloads));
         tasks.spawn(
             crate::notify::Supervisor {
                 writer: self.writer.clone(),
@@ -375,48 +413,6 @@ impl Wiring {
         Ok(())
     }
 
-    /// One scheduler per subscription, each on its own read connection;
-    /// returns their heartbeats for the watchdog.
-    fn spawn_schedulers(
-        &self,
-        tasks: &mut JoinSet<()>,
-        subs: &[outbox::Subscription],
-        destinations: Vec<Built>,
-    ) -> anyhow::Result<Vec<(String, Heartbeat)>> {
-        let mut heartbeats = Vec::with_capacity(subs.len());
-        for (sub, destination) in subs.iter().zip(destinations) {
-            let beat = match destination {
-                Built::Webhook(webhook) => self.spawn_scheduler(tasks, sub, webhook)?,
-                #[cfg(feature = "nats")]
-                Built::Nats(nats) => self.spawn_scheduler(tasks, sub, nats)?,
-            };
-            heartbeats.push((sub.config.name.clone(), beat));
-        }
-        Ok(heartbeats)
-    }
-
-    /// Starts the scheduler of one subscription on its own read connection.
-    fn spawn_scheduler<D: Destination>(
-        &self,
-        tasks: &mut JoinSet<()>,
-        sub: &outbox::Subscription,
-        destination: Arc<D>,
-    ) -> anyhow::Result<Heartbeat> {
-        let reader = outbox::open_reader(&self.db_path)?;
-        let scheduler = Scheduler::new(
-            sub.clone(),
-            destination,
-            self.writer.clone(),
-            reader,
-            self.shutdown.clone(),
-            SHUTDOWN_GRACE,
-            self.metrics.clone(),
-        );
-        let beat = scheduler.heartbeat();
-        tasks.spawn(scheduler.run());
-        Ok(beat)
-    }
-
     /// Waits for the stop signal, then stops in order: every task (ingest
     /// first refuses new events, requests in flight get their grace), then
     /// the writer thread drains its queue and exits.
@@ -436,6 +432,208 @@ impl Wiring {
             .ok()
             .and_then(Result::ok)
             .ok_or_else(|| anyhow!("the outbox writer thread failed"))
+    }
+}
+
+/// The schedulers, one per configured subscription, and what starts and
+/// stops them: at start, on a reload, at shutdown.
+struct Deliveries {
+    /// The config the agent runs on: as read at start, with the
+    /// subscriptions of the last applied reload.
+    config: Config,
+    /// Store and agent in every body (as at start: a restart-only key).
+    source: Source,
+    /// The database file (each scheduler opens its read connection).
+    db_path: PathBuf,
+    /// The single writer.
+    writer: Writer,
+    /// In-memory delivery metrics.
+    metrics: Metrics,
+    /// The agent's stop signal.
+    shutdown: Shutdown,
+    /// What the watchdog checks: the running schedulers' heartbeats.
+    heartbeats: Heartbeats,
+    /// The running schedulers, in the config's order.
+    running: Vec<RunningScheduler>,
+}
+
+/// One running scheduler.
+struct RunningScheduler {
+    /// Its subscription (row id, settings, inbox).
+    sub: outbox::Subscription,
+    /// Stops it alone (a reload); the agent's shutdown stops it too.
+    stop: Trigger,
+    /// Ends once its requests in flight are recorded (or given up at
+    /// shutdown).
+    task: JoinHandle<()>,
+}
+
+impl Deliveries {
+    /// Starts the scheduler of `sub` on its own read connection.
+    fn start(&mut self, sub: outbox::Subscription, built: Built) -> anyhow::Result<()> {
+        let (stop, shutdown) = self.shutdown.with_own_stop();
+        let task = match built {
+            Built::Webhook(webhook) => self.spawn_scheduler(&sub, webhook, shutdown)?,
+            #[cfg(feature = "nats")]
+            Built::Nats(nats) => self.spawn_scheduler(&sub, nats, shutdown)?,
+        };
+        self.running.push(RunningScheduler { sub, stop, task });
+        Ok(())
+    }
+
+    fn spawn_scheduler<D: Destination>(
+        &self,
+        sub: &outbox::Subscription,
+        destination: Arc<D>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<JoinHandle<()>> {
+        let reader = outbox::open_reader(&self.db_path)?;
+        let scheduler = Scheduler::new(
+            sub.clone(),
+            destination,
+            self.writer.clone(),
+            reader,
+            shutdown,
+            SHUTDOWN_GRACE,
+            self.metrics.clone(),
+        );
+        self.heartbeats.insert(&sub.config.name, scheduler.heartbeat());
+        Ok(tokio::spawn(scheduler.run()))
+    }
+
+    /// Stops the schedulers `which` picks and waits until each ended: its
+    /// requests in flight answered and their outcomes committed. Returns
+    /// their subscriptions.
+    async fn stop(&mut self, which: impl Fn(&str) -> bool) -> Vec<outbox::Subscription> {
+        let (stopping, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|r| which(&r.sub.config.name));
+        self.running = kept;
+        for r in &stopping {
+            // Not watched while it finishes its requests (up to its timeout).
+            self.heartbeats.remove(&r.sub.config.name);
+            r.stop.fire();
+        }
+        let mut subs = Vec::with_capacity(stopping.len());
+        for r in stopping {
+            if let Err(e) = r.task.await {
+                tracing::error!(subscription = %r.sub.config.name, error = %e, "the scheduler failed");
+            }
+            subs.push(r.sub);
+        }
+        subs
+    }
+
+    /// Applies reloads until shutdown, then waits for every scheduler.
+    async fn run(mut self, mut reloads: reload::Requests) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = reloads.next() => self.reload().await,
+                _ = shutdown.wait() => break,
+            }
+        }
+        self.stop(|_| true).await;
+    }
+
+    /// Re-reads the config file and applies it (see the module doc); a
+    /// config that does not validate, or a subscription that cannot be
+    /// built, leaves everything as it was. The outcome goes to the log, to
+    /// systemd and to `status` (a failure, until a reload or start works).
+    async fn reload(&mut self) {
+        crate::notify::reloading();
+        tracing::info!("reloading the config file");
+        let (meta, ok) = match self.try_reload().await {
+            Ok(()) => (
+                vec![(outbox::META_RELOAD_FAILED_AT, None), (outbox::META_RELOAD_ERROR, None)],
+                true,
+            ),
+            Err(error) => {
+                tracing::error!(%error, "config reload failed: the agent runs on as before");
+                (
+                    vec![
+                        (outbox::META_RELOAD_FAILED_AT, Some(outbox::now_ms().to_string())),
+                        (outbox::META_RELOAD_ERROR, Some(error)),
+                    ],
+                    false,
+                )
+            }
+        };
+        if !self.writer.set_meta(meta).await {
+            tracing::warn!(applied = ok, "could not record the reload's outcome for status");
+        }
+        let db_path = self.db_path.clone();
+        let line = tokio::task::spawn_blocking(move || crate::notify::status_line(&db_path))
+            .await
+            .unwrap_or_default();
+        crate::notify::ready(&line);
+    }
+
+    async fn try_reload(&mut self) -> Result<(), String> {
+        let source = self.config.source.clone();
+        let new = tokio::task::spawn_blocking(move || reload::read_config(source.as_deref()))
+            .await
+            .map_err(|e| format!("reading the config failed: {e}"))??;
+        let restart_only = reload::restart_only_changes(&self.config, &new);
+        if !restart_only.is_empty() {
+            tracing::warn!(
+                keys = %restart_only.join(", "),
+                "changed in the config file, but only a restart applies them (systemctl restart store-outbox); running on their old values"
+            );
+        }
+        let changes = reload::subscription_changes(&self.config.subscriptions, &new.subscriptions);
+        if changes.is_empty() {
+            tracing::info!(subscriptions = %changes.summary(), "config reloaded: no subscription changed");
+            return Ok(());
+        }
+        // Every new destination is built before anything stops: one that
+        // cannot be (an unreadable CA file) fails the reload as a whole.
+        let mut built = Vec::new();
+        for config in new.subscriptions.iter().filter(|c| changes.starts(&c.name)) {
+            built.push((
+                config.name.clone(),
+                build_destination(&Arc::new(config.clone()), &self.source)?,
+            ));
+        }
+        let stopped = self.stop(|name| changes.stops(name)).await;
+        let subs = match self.writer.reconfigure(new.subscriptions.clone()).await {
+            Ok(subs) => subs,
+            Err(error) => {
+                self.restart_stopped(stopped);
+                return Err(error);
+            }
+        };
+        self.config.subscriptions = new.subscriptions;
+        let mut not_started = Vec::new();
+        for (name, destination) in built {
+            if let Some(sub) = subs.iter().find(|s| s.config.name == name) {
+                if let Err(e) = self.start(sub.clone(), destination) {
+                    not_started.push(format!("subscription {name:?}: cannot start its scheduler: {e:#}"));
+                }
+            }
+        }
+        // Keep the config's order (status and logs follow it).
+        self.running
+            .sort_by_key(|r| subs.iter().position(|s| s.id == r.sub.id).unwrap_or(usize::MAX));
+        if !not_started.is_empty() {
+            return Err(format!("{}; restart the agent", not_started.join("; ")));
+        }
+        tracing::info!(subscriptions = %changes.summary(), "config reloaded");
+        Ok(())
+    }
+
+    /// The writer could not take the new subscriptions: the stopped
+    /// schedulers go on with their old settings.
+    fn restart_stopped(&mut self, stopped: Vec<outbox::Subscription>) {
+        for sub in stopped {
+            let name = sub.config.name.clone();
+            let restarted = build_destination(&sub.config, &self.source)
+                .map_err(|e| anyhow!(e))
+                .and_then(|built| self.start(sub, built));
+            if let Err(e) = restarted {
+                tracing::error!(subscription = %name, error = %e, "could not start the scheduler again: restart the agent");
+            }
+        }
     }
 }
 

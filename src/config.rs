@@ -47,7 +47,7 @@ pub struct Config {
 }
 
 /// `[agent]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     /// Store number as central systems know it.
     pub store_id: String,
@@ -61,7 +61,7 @@ pub struct AgentConfig {
 }
 
 /// `[ingest]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IngestConfig {
     /// Unix socket path for NDJSON producers.
     pub socket: PathBuf,
@@ -76,7 +76,7 @@ pub struct IngestConfig {
 }
 
 /// `[storage]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StorageConfig {
     /// Size cap of the database; new events are refused past it.
     pub max_db_bytes: u64,
@@ -85,7 +85,7 @@ pub struct StorageConfig {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     /// Address of the status page and admin API; `None` when "off".
     pub listen: Option<SocketAddr>,
@@ -103,7 +103,7 @@ pub enum PayloadMode {
 }
 
 /// Backoff and give-up policy of one subscription.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryConfig {
     /// First retry delay.
     pub initial: Duration,
@@ -114,7 +114,7 @@ pub struct RetryConfig {
 }
 
 /// One `[[subscription]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SubscriptionConfig {
     /// Unique name, the key of its delivery state in the database.
     pub name: String,
@@ -152,7 +152,7 @@ pub struct SubscriptionConfig {
 }
 
 /// The NATS side of a subscription whose `url` is `nats://` or `tls://`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct NatsConfig {
     /// The servers of `url`, as written (comma-separated in the file).
     pub servers: Vec<String>,

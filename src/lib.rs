@@ -28,8 +28,9 @@
 //! - [`history`]: a sample a minute per subscription, kept 24 h in the
 //!   outbox (the page's charts, `/v1/history`).
 //! - [`admin`]: admin HTTP: status page, JSON API, `/metrics`, `/healthz`.
-//! - [`agent`]: wires the parts together and stops them in order.
-//! - [`shutdown`]: the shutdown signal.
+//! - [`agent`]: wires the parts together, applies reloads, stops them in order.
+//! - [`reload`]: reload requests (SIGHUP) and what a re-read config changes.
+//! - [`shutdown`]: the shutdown signal, and the stop of one scheduler alone.
 //! - [`timefmt`]: times and durations as people read and write them.
 //! - [`cli`]: one module per subcommand; thin, on top of the above.
 
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod receiver;
+pub mod reload;
 pub mod report;
 pub mod shutdown;
 pub mod signing;

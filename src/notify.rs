@@ -1,12 +1,13 @@
 //! systemd integration (`Type=notify`): `READY=1` once the database is open
 //! and every listener is bound, `STATUS=` lines with the backlog,
-//! `WATCHDOG=1` only while the writer commits and every scheduler loops, and
-//! `STOPPING=1` on shutdown. Without `NOTIFY_SOCKET` (not under systemd)
-//! every call is a no-op.
+//! `WATCHDOG=1` only while the writer commits and every scheduler loops,
+//! `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` on
+//! shutdown. Without `NOTIFY_SOCKET` (not under systemd) every call is a
+//! no-op.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -99,12 +100,52 @@ pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
+/// Tells systemd a reload began (`RELOADING=1` with the monotonic time, as
+/// systemd 253 and later require).
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading the config")]),
+        Err(_) => send(&[NotifyState::Reloading, NotifyState::Status("reloading the config")]),
+    }
+}
+
+/// The heartbeats of the running schedulers, by subscription: a reload
+/// adds and removes schedulers while the supervisor reads them.
+#[derive(Clone, Default)]
+pub struct Heartbeats(Arc<Mutex<Vec<(String, Heartbeat)>>>);
+
+impl Heartbeats {
+    /// Watches the scheduler of `name` (replacing one of the same name).
+    pub fn insert(&self, name: &str, beat: Heartbeat) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|(n, _)| n != name);
+        all.push((name.to_string(), beat));
+    }
+
+    /// Stops watching the scheduler of `name`: it is stopping on purpose,
+    /// and may take its time with requests in flight.
+    pub fn remove(&self, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, _)| n != name);
+    }
+
+    /// The first scheduler whose loop has not turned for too long.
+    fn stuck(&self) -> Option<String> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter()
+            .find(|(_, beat)| beat.age_ms() > SCHEDULER_STALE_MS)
+            .map(|(name, _)| name.clone())
+    }
+}
+
 /// Status lines and the watchdog, until shutdown.
 pub struct Supervisor {
     /// Pinged: a committed write proves the writer and the disk work.
     pub writer: Writer,
-    /// One per scheduler.
-    pub heartbeats: Vec<(String, Heartbeat)>,
+    /// One per running scheduler.
+    pub heartbeats: Heartbeats,
     /// For the backlog figure.
     pub db_path: PathBuf,
     /// Stop signal.
@@ -144,11 +185,9 @@ impl Supervisor {
             tracing::error!("watchdog: the outbox writer did not commit in time; not petting the watchdog");
             return false;
         }
-        for (name, beat) in &self.heartbeats {
-            if beat.age_ms() > SCHEDULER_STALE_MS {
-                tracing::error!(subscription = %name, "watchdog: the scheduler is stuck; not petting the watchdog");
-                return false;
-            }
+        if let Some(name) = self.heartbeats.stuck() {
+            tracing::error!(subscription = %name, "watchdog: the scheduler is stuck; not petting the watchdog");
+            return false;
         }
         true
     }

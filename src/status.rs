@@ -29,8 +29,20 @@ pub struct StatusReport {
     pub ingest: IngestCounters,
     /// The spool directory.
     pub spool: SpoolStatus,
+    /// The last reload of the config, if it failed (the agent runs on the
+    /// config it had); `null` once a reload or a restart applied the file.
+    pub reload_failed: Option<ReloadFailure>,
     /// Per subscription.
     pub subscriptions: Vec<SubscriptionStatus>,
+}
+
+/// A reload that was not applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadFailure {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Why: the config error, naming file, line and key.
+    pub error: String,
 }
 
 /// Database size figures.
@@ -79,6 +91,15 @@ pub fn report_with(config: &crate::config::Config, agent_running: bool) -> Resul
     } else {
         None
     };
+    let reload_failed = match read::meta(&conn, outbox::META_RELOAD_FAILED_AT).map_err(db_err)? {
+        Some(at) => Some(ReloadFailure {
+            at: crate::timefmt::ms_to_rfc3339(at.parse::<i64>().unwrap_or(0)),
+            error: read::meta(&conn, outbox::META_RELOAD_ERROR)
+                .map_err(db_err)?
+                .unwrap_or_default(),
+        }),
+        None => None,
+    };
     let mut subscriptions = read::subscriptions(&conn).map_err(db_err)?;
     if !agent_running {
         for s in subscriptions.iter_mut().filter(|s| s.configured) {
@@ -114,6 +135,7 @@ pub fn report_with(config: &crate::config::Config, agent_running: bool) -> Resul
                 failed,
             }
         },
+        reload_failed,
         subscriptions,
     })
 }

@@ -109,6 +109,14 @@ pub fn render(v: &View<'_>) -> String {
     if let Some(m) = v.message {
         let _ = write!(h, "<div class=msg>{}</div>", esc(m));
     }
+    if let Some(failed) = &r.reload_failed {
+        let _ = write!(
+            h,
+            "<div class=msg><span class=warn>Reload failed at {}: {}</span> (the agent runs on its previous config)</div>",
+            esc(&failed.at),
+            esc(&failed.error)
+        );
+    }
 
     let _ = write!(h, "<section><h2>Subscriptions</h2><table><tr><th>Name</th><th>State</th><th>Pending</th><th>In flight</th><th>Parked</th><th>Oldest pending</th><th>Delivered</th><th>Last success</th><th>Last error</th></tr>");
     if r.subscriptions.is_empty() {

@@ -134,7 +134,12 @@ retry = {{ initial = "200ms", max = "1s" }}
 
     let (trigger, shutdown) = shutdown::channel();
     let (started_tx, started_rx) = oneshot::channel();
-    let agent = tokio::spawn(crate::agent::run(config, shutdown, Some(started_tx)));
+    let agent = tokio::spawn(crate::agent::run(
+        config,
+        shutdown,
+        crate::reload::Requests::none(),
+        Some(started_tx),
+    ));
     let started = started_rx
         .await
         .map_err(|_| CliError::runtime("the agent did not start (see the log above)"))?;

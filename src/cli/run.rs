@@ -1,4 +1,5 @@
-//! `run`: the service. SIGTERM or SIGINT stops it cleanly (exit 0).
+//! `run`: the service. SIGTERM or SIGINT stops it cleanly (exit 0); SIGHUP
+//! reloads the config file (`crate::reload`).
 
 use super::{init_logging, load_config, runtime, CliError, CliResult};
 use crate::shutdown;
@@ -9,12 +10,15 @@ pub fn run(path: Option<&std::path::Path>) -> CliResult {
     init_logging("info");
     let rt = runtime()?;
     rt.block_on(async move {
+        // First thing: from here on a hangup is a reload, never the end of
+        // the process (SIGHUP's default action).
+        let reloads = crate::reload::Requests::sighup().map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
         let (trigger, shutdown) = shutdown::channel();
         tokio::spawn(async move {
             wait_for_stop_signal().await;
             trigger.fire();
         });
-        crate::agent::run(config, shutdown, None).await
+        crate::agent::run(config, shutdown, reloads, None).await
     })
     .map_err(|e| CliError::runtime(format!("{e:#}")))
 }

@@ -187,6 +187,12 @@ pub fn render(r: &StatusReport) -> String {
         "spool      {}  waiting {}  failed {}\n\n",
         r.spool.dir, r.spool.incoming, r.spool.failed
     );
+    if let Some(failed) = &r.reload_failed {
+        out += &format!(
+            "reload failed at {}: {} (the agent runs on its previous config)\n\n",
+            failed.at, failed.error
+        );
+    }
     if r.subscriptions.is_empty() {
         out += "no subscriptions: events are stored and wait for one\n";
         return out;

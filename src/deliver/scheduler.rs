@@ -378,14 +378,27 @@ impl<D: Destination> Scheduler<D> {
             }
         }
         // Give requests in flight a bounded time; what does not finish is
-        // simply sent again after the restart (at least once).
-        let deadline = Instant::now() + self.grace;
+        // simply sent again after the restart (at least once). A stop of
+        // this scheduler alone (a reload replaces or removes it) waits for
+        // every request: each ends within the timeout, and the scheduler
+        // that follows starts from their committed outcomes. The agent
+        // stopping meanwhile cuts that to the grace.
+        let mut agent = self.shutdown.agent();
+        let mut agent_stopping = agent.is_started();
+        let mut deadline = Instant::now() + self.grace;
+        if !agent_stopping {
+            deadline += self.sub.config.timeout;
+        }
         while !self.flights.is_empty() {
             tokio::select! {
                 Some(sent) = self.sent_rx.recv() => self.on_sent(sent),
                 Some(recorded) = self.recorded_rx.recv() => {
                     self.take_sent();
                     self.on_recorded(recorded);
+                }
+                _ = agent.wait(), if !agent_stopping => {
+                    agent_stopping = true;
+                    deadline = deadline.min(Instant::now() + self.grace);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(subscription = %self.sub.config.name, requests = self.flights.len(), "stopping with requests in flight; they will be sent again");

@@ -240,8 +240,20 @@ pub fn record_start(conn: &Connection, started_at_ms: i64, version: &str) -> rus
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         params![started_at_ms.to_string(), version],
     )?;
+    // A start runs on the file as it reads now: an earlier failed reload
+    // no longer describes the running agent.
+    conn.execute(
+        "DELETE FROM meta WHERE key IN (?1, ?2)",
+        params![META_RELOAD_FAILED_AT, META_RELOAD_ERROR],
+    )?;
     Ok(())
 }
+
+/// `meta` key: when the last reload failed (wall-clock ms); absent when the
+/// last reload was applied or none failed since the start.
+pub const META_RELOAD_FAILED_AT: &str = "reload_failed_at";
+/// `meta` key: why the last reload failed (the config error).
+pub const META_RELOAD_ERROR: &str = "reload_error";
 
 /// Records the configured subscriptions: new ones get the retained events
 /// that match their filter (oldest first, by creating their delivery rows),
@@ -255,31 +267,91 @@ pub fn register_subscriptions(
         "UPDATE subscriptions SET configured = 0, state = ?1, in_flight = 0, next_attempt_at = NULL",
         [SubscriptionState::Unconfigured],
     )?;
-    let max_seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    let max_seq = max_event_seq(&tx)?;
     let mut out = Vec::new();
     for sub in subs {
-        tx.execute(
-            "INSERT INTO subscriptions(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
-            params![sub.name, now_ms()],
-        )?;
-        let (id, covered): (i64, i64) = tx.query_row(
-            "SELECT id, covered_seq FROM subscriptions WHERE name = ?1",
-            [&sub.name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        // Events stored while this subscription was absent from the config,
-        // through the subscription's own filter (`SubscriptionConfig::takes`,
-        // the one the writer fans out with).
-        backfill(&tx, id, covered, sub)?;
-        tx.execute(
-            "UPDATE subscriptions SET configured = 1, covered_seq = ?2, url = ?3, state = ?4 WHERE id = ?1",
-            params![id, max_seq, sub.url_for_logs(), SubscriptionState::Online],
-        )?;
         out.push(Subscription {
-            id,
+            id: register_one(&tx, sub, max_seq)?,
             config: Arc::new(sub.clone()),
             inbox: Arc::new(Inbox::default()),
         });
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// The newest event's `seq` (0 when there is none).
+fn max_event_seq(tx: &Connection) -> rusqlite::Result<i64> {
+    tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+}
+
+/// Records one configured subscription (a new name gets a row) and creates
+/// the delivery rows it lacks; returns its row id.
+fn register_one(tx: &Connection, sub: &SubscriptionConfig, max_seq: i64) -> rusqlite::Result<i64> {
+    tx.execute(
+        "INSERT INTO subscriptions(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+        params![sub.name, now_ms()],
+    )?;
+    let (id, covered): (i64, i64) = tx.query_row(
+        "SELECT id, covered_seq FROM subscriptions WHERE name = ?1",
+        [&sub.name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    // Events stored while this subscription was absent from the config,
+    // through the subscription's own filter (`SubscriptionConfig::takes`,
+    // the one the writer fans out with).
+    backfill(tx, id, covered, sub)?;
+    tx.execute(
+        "UPDATE subscriptions SET configured = 1, covered_seq = ?2, url = ?3, state = ?4 WHERE id = ?1",
+        params![id, max_seq, sub.url_for_logs(), SubscriptionState::Online],
+    )?;
+    Ok(id)
+}
+
+/// Applies a reloaded list of subscriptions while the agent runs (in the
+/// writer's thread, between two batches, so no event is fanned out
+/// half-way): names not in `running` are registered as at a start
+/// (backfilled from where they stopped), running names no longer
+/// configured keep their rows and are marked unconfigured, the others keep
+/// their state and their inbox and only take the new settings. Returns the
+/// subscriptions in `configs`' order.
+pub fn reconfigure_subscriptions(
+    conn: &mut Connection,
+    running: &[Subscription],
+    configs: &[SubscriptionConfig],
+) -> rusqlite::Result<Vec<Subscription>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let max_seq = max_event_seq(&tx)?;
+    for gone in running
+        .iter()
+        .filter(|r| !configs.iter().any(|c| c.name == r.config.name))
+    {
+        tx.execute(
+            "UPDATE subscriptions SET configured = 0, state = ?2, in_flight = 0, next_attempt_at = NULL WHERE id = ?1",
+            params![gone.id, SubscriptionState::Unconfigured],
+        )?;
+    }
+    let mut out = Vec::with_capacity(configs.len());
+    for config in configs {
+        let sub = match running.iter().find(|r| r.config.name == config.name) {
+            Some(kept) => {
+                tx.execute(
+                    "UPDATE subscriptions SET url = ?2 WHERE id = ?1",
+                    params![kept.id, config.url_for_logs()],
+                )?;
+                Subscription {
+                    id: kept.id,
+                    config: Arc::new(config.clone()),
+                    inbox: kept.inbox.clone(),
+                }
+            }
+            None => Subscription {
+                id: register_one(&tx, config, max_seq)?,
+                config: Arc::new(config.clone()),
+                inbox: Arc::new(Inbox::default()),
+            },
+        };
+        out.push(sub);
     }
     tx.commit()?;
     Ok(out)

@@ -151,6 +151,9 @@ pub struct Agent {
     agent_keys: String,
     /// Port of the HTTP ingest in the current config.
     pub http_port: std::cell::Cell<u16>,
+    /// Port of the admin HTTP in the current config (0 when `admin` names
+    /// its own `listen`).
+    pub admin_port: std::cell::Cell<u16>,
 }
 
 impl Agent {
@@ -179,6 +182,7 @@ impl Agent {
             admin: admin.to_string(),
             agent_keys: String::new(),
             http_port: std::cell::Cell::new(0),
+            admin_port: std::cell::Cell::new(0),
         };
         agent.write_config(extra);
         agent
@@ -208,8 +212,15 @@ impl Agent {
 
     /// Rewrites the config with other subscriptions.
     pub fn write_config(&self, extra: &str) {
-        let d = self.dir.path().display();
         self.http_port.set(free_port());
+        self.admin_port.set(free_port());
+        self.write_config_keeping_ports(extra);
+    }
+
+    /// Rewrites the config with other sections in `extra`, on the same
+    /// ports (a reload does not move listeners).
+    pub fn write_config_keeping_ports(&self, extra: &str) {
+        let d = self.dir.path().display();
         let agent_id = if self.agent_keys.contains("agent_id") {
             String::new()
         } else {
@@ -225,7 +236,7 @@ impl Agent {
             if self.admin.contains("listen") {
                 String::new()
             } else {
-                format!("listen = \"127.0.0.1:{}\"\n", free_port())
+                format!("listen = \"127.0.0.1:{}\"\n", self.admin_port.get())
             },
             self.admin,
         );
@@ -339,6 +350,41 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGHUP to the running agent.
+    pub fn sighup(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    }
+
+    /// Rewrites the config (same ports) with `extra`, sends SIGHUP and waits
+    /// for the agent to log the reload's outcome; returns that log line
+    /// ("config reloaded ..." or "config reload failed ...").
+    pub fn reload(&self, extra: &str) -> String {
+        self.write_config_keeping_ports(extra);
+        let outcomes = |log: &str| -> Vec<String> {
+            log.lines()
+                .filter(|l| l.contains("config reloaded") || l.contains("config reload failed"))
+                .map(str::to_string)
+                .collect()
+        };
+        let before = outcomes(&self.log()).len();
+        self.sighup();
+        let mut line = String::new();
+        wait_until(
+            Duration::from_secs(60),
+            "the reload's outcome in the log",
+            || match outcomes(&self.log()).get(before) {
+                Some(l) => {
+                    line = l.clone();
+                    true
+                }
+                None => false,
+            },
+        );
+        line
     }
 
     /// All agent logs so far.

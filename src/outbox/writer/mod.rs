@@ -97,6 +97,22 @@ enum WriteOp {
         /// Samples from before this (wall-clock ms) go.
         keep_from_ms: i64,
     },
+    /// Set (or, with `None`, delete) `meta` entries.
+    Meta {
+        /// Key and value pairs.
+        entries: Vec<(&'static str, Option<String>)>,
+        /// True once committed.
+        reply: oneshot::Sender<bool>,
+    },
+    /// Take a reloaded list of subscriptions: register the new ones, mark
+    /// the dropped ones, fan out with the new list from the next batch on.
+    /// Always runs alone, between two batches.
+    Reconfigure {
+        /// The subscriptions as the reloaded config has them.
+        configs: Vec<SubscriptionConfig>,
+        /// The subscriptions with their row ids, or why it failed.
+        reply: oneshot::Sender<Result<Vec<Subscription>, String>>,
+    },
     /// Queue deliveries again (operator action).
     Resend {
         /// What to queue again.
@@ -156,6 +172,16 @@ pub(crate) struct Fanout {
     inbox: Arc<Inbox>,
 }
 
+impl Fanout {
+    fn of(sub: &Subscription) -> Fanout {
+        Fanout {
+            id: sub.id,
+            config: sub.config.clone(),
+            inbox: sub.inbox.clone(),
+        }
+    }
+}
+
 impl Writer {
     /// Starts the writer thread on an open, migrated connection.
     pub fn start(
@@ -165,14 +191,7 @@ impl Writer {
         storage_full: Arc<tokio::sync::Notify>,
     ) -> (Writer, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(8192);
-        let fanout = subs
-            .iter()
-            .map(|s| Fanout {
-                id: s.id,
-                config: s.config.clone(),
-                inbox: s.inbox.clone(),
-            })
-            .collect();
+        let fanout = subs.iter().map(Fanout::of).collect();
         let flow = Arc::new(Flow::default());
         let mut state = WriterState {
             conn,
@@ -312,6 +331,32 @@ impl Writer {
         rx.await.unwrap_or(0)
     }
 
+    /// Sets (`Some`) or deletes (`None`) entries of the `meta` table in one
+    /// transaction; true once committed.
+    pub async fn set_meta(&self, entries: Vec<(&'static str, Option<String>)>) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(WriteOp::Meta { entries, reply }).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Replaces the subscriptions events are fanned out to (a reload):
+    /// names new to the running agent are registered and backfilled, names
+    /// gone keep their rows and are marked unconfigured. Returns the
+    /// subscriptions in `configs`' order, each with its row id and inbox.
+    /// The schedulers of changed and removed subscriptions must have stopped
+    /// before, so none records a state after this.
+    pub async fn reconfigure(&self, configs: Vec<SubscriptionConfig>) -> Result<Vec<Subscription>, String> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || "the outbox writer stopped".to_string();
+        self.tx
+            .send(WriteOp::Reconfigure { configs, reply })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
     /// Commits a tiny write; true if the database took it (for `/healthz`).
     pub async fn ping(&self) -> bool {
         let (reply, rx) = oneshot::channel();
@@ -381,6 +426,21 @@ impl WriterState {
     }
 
     fn process(&mut self, mut batch: Vec<WriteOp>) {
+        // A reconfiguration runs alone: what was queued before it is fanned
+        // out with the old subscriptions, what came after with the new.
+        if let Some(at) = batch.iter().position(|op| matches!(op, WriteOp::Reconfigure { .. })) {
+            let after = batch.split_off(at + 1);
+            if let Some(WriteOp::Reconfigure { configs, reply }) = batch.pop() {
+                if !batch.is_empty() {
+                    self.process(batch);
+                }
+                let _ = reply.send(self.reconfigure(&configs));
+            }
+            if !after.is_empty() {
+                self.process(after);
+            }
+            return;
+        }
         let ingests = batch.iter().any(|op| matches!(op, WriteOp::Ingest { .. }));
         let full = ingests && self.over_cap() && !self.make_room();
         if ingests && full != self.full {
@@ -428,6 +488,26 @@ impl WriterState {
                 }
             }
         }
+    }
+
+    /// Registers a reloaded list of subscriptions and fans out to it from
+    /// now on.
+    fn reconfigure(&mut self, configs: &[SubscriptionConfig]) -> Result<Vec<Subscription>, String> {
+        let running: Vec<Subscription> = self
+            .fanout
+            .iter()
+            .map(|f| Subscription {
+                id: f.id,
+                config: f.config.clone(),
+                inbox: f.inbox.clone(),
+            })
+            .collect();
+        let subs = super::reconfigure_subscriptions(&mut self.conn, &running, configs).map_err(|e| {
+            tracing::error!(error = %e, "could not record the reloaded subscriptions");
+            format!("cannot record the subscriptions: {e}")
+        })?;
+        self.fanout = subs.iter().map(Fanout::of).collect();
+        Ok(subs)
     }
 
     /// Whether the database's used size reached `storage.max_db_bytes`.
@@ -554,6 +634,9 @@ impl WriterState {
                 } => *pruned = sql::prune(&tx, *older_than_ms, *limit)?,
                 WriteOp::Ping { .. } => sql::ping(&tx)?,
                 WriteOp::History { samples, keep_from_ms } => sql::record_history(&tx, samples, *keep_from_ms)?,
+                WriteOp::Meta { entries, .. } => sql::set_meta(&tx, entries)?,
+                // Split off by `process`: never in a batch.
+                WriteOp::Reconfigure { .. } => {}
                 WriteOp::Resend { request, result, .. } => {
                     *result = match resend::apply(&tx, request) {
                         // The whole batch rolls back and is retried request
@@ -585,8 +668,11 @@ impl WriterState {
                 WriteOp::Prune { pruned, reply, .. } => {
                     let _ = reply.send(pruned);
                 }
-                WriteOp::Ping { reply } => {
+                WriteOp::Ping { reply } | WriteOp::Meta { reply, .. } => {
                     let _ = reply.send(true);
+                }
+                WriteOp::Reconfigure { reply, .. } => {
+                    let _ = reply.send(Err("not applied".into()));
                 }
                 WriteOp::Resend { result, reply, .. } => {
                     let _ = reply.send(result.unwrap_or(Err(ResendError::Stopped)));
@@ -620,8 +706,11 @@ impl WriterState {
                 WriteOp::Prune { reply, .. } => {
                     let _ = reply.send(0);
                 }
-                WriteOp::Ping { reply } => {
+                WriteOp::Ping { reply } | WriteOp::Meta { reply, .. } => {
                     let _ = reply.send(false);
+                }
+                WriteOp::Reconfigure { reply, .. } => {
+                    let _ = reply.send(Err(err.message.clone()));
                 }
                 WriteOp::Resend { reply, .. } => {
                     let _ = reply.send(Err(ResendError::NotStored(err.message.clone())));

@@ -323,3 +323,18 @@ pub(super) fn record_history(
         .execute([keep_from_ms])?;
     Ok(())
 }
+
+/// Sets (`Some`) or deletes (`None`) entries of `meta`.
+pub(super) fn set_meta(tx: &Connection, entries: &[(&'static str, Option<String>)]) -> rusqlite::Result<()> {
+    for (key, value) in entries {
+        match value {
+            Some(value) => tx
+                .prepare_cached(
+                    "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![key, value])?,
+            None => tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?.execute([key])?,
+        };
+    }
+    Ok(())
+}
