@@ -24,6 +24,14 @@ pub enum AnswerKind {
     /// The destination answered but refused this event (other failures):
     /// the event is retried with its own backoff.
     Refused,
+    /// The destination asks the whole subscription to slow down (HTTP 429,
+    /// 503): every entity pauses until `retry_after`, or the backoff
+    /// without it; requests already on the wire finish.
+    Throttled,
+    /// The destination says it is gone for good (HTTP 410): the
+    /// subscription stops sending (nothing is dropped or parked) until its
+    /// config changes or an operator resumes it.
+    Gone,
 }
 
 /// The destination's answer to one send.
@@ -67,6 +75,8 @@ impl Answer {
             AnswerKind::Delivered => "delivered",
             AnswerKind::Refused => "refused",
             AnswerKind::Unavailable => "unreachable",
+            AnswerKind::Throttled => "throttled",
+            AnswerKind::Gone => "gone",
         }
     }
 }

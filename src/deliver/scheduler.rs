@@ -28,6 +28,12 @@
 //!   depend on how many entities the producers use. An entity leaves the
 //!   window once it has nothing left to send (drained, or blocked behind a
 //!   parked event, which the outbox finds again in one probe).
+//! - **The endpoint's word is for the whole subscription**: a 429 or 503
+//!   pauses every entity (until `Retry-After`, or the backoff), taken in as
+//!   soon as the answer is in; a 410 stops the subscription, across
+//!   restarts, until its config changes or `store-outbox resume`
+//!   (`outbox::gone`). Requests already on the wire finish; nothing is
+//!   dropped or parked.
 //! - Timers use `Instant` (monotonic): wall-clock jumps do not move them.
 
 use std::collections::{BTreeSet, HashMap};
@@ -40,9 +46,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::courier::{Crew, Job, Sent};
-use super::decide::{self, EntityNext, Link, LinkChange, Plan, Position, ReadyKey};
+use super::decide::{self, EntityNext, Heeded, Link, LinkChange, Plan, Position, ReadyKey};
 use super::destination::{Answer, AnswerKind, Destination};
 use crate::metrics::Metrics;
+use crate::outbox::gone::{self, Marker};
 use crate::outbox::read::{self, Head};
 use crate::outbox::state::{DeliveryState, SubscriptionState};
 use crate::outbox::writer::{Recorded, Starving, Writer};
@@ -174,9 +181,15 @@ pub struct Scheduler<D> {
     unrecorded_in_a_row: u32,
     /// See `unrecorded_in_a_row`.
     storage_pause_until: Option<Instant>,
-    /// (online, deliveries in flight, next planned attempt) as last written
+    /// (state, deliveries in flight, next planned attempt) as last written
     /// for `status`.
-    persisted: (bool, usize, Option<Instant>),
+    persisted: (SubscriptionState, usize, Option<Instant>),
+    /// The fingerprint of the subscription's config, kept with a 410's
+    /// marker: a changed config resumes.
+    fingerprint: String,
+    /// Stopped by a 410: its marker, and whether the outbox was seen to
+    /// hold it (only then does its absence mean `resume`).
+    gone: Option<(Marker, bool)>,
     /// `resend_generation` when the open entities were last read; `None`
     /// until they were read once.
     resend_generation: Option<Option<String>>,
@@ -213,6 +226,7 @@ impl<D: Destination> Scheduler<D> {
             recorded: recorded_tx,
         };
         let starving = writer.starving();
+        let fingerprint = config_fingerprint(&sub.config);
         let heartbeat = crate::notify::Heartbeat::default();
         heartbeat.beat();
         Scheduler {
@@ -236,7 +250,9 @@ impl<D: Destination> Scheduler<D> {
             probe_in_flight: false,
             unrecorded_in_a_row: 0,
             storage_pause_until: None,
-            persisted: (false, usize::MAX, None),
+            persisted: (SubscriptionState::Stopped, usize::MAX, None),
+            fingerprint,
+            gone: None,
             resend_generation: None,
             heartbeat,
             starving,
@@ -267,6 +283,8 @@ impl<D: Destination> Scheduler<D> {
     /// deliveries are under way: the next events wait for their commits.
     fn is_starving(&self) -> bool {
         self.link.online
+            && !self.link.gone
+            && self.link.paused_at(Instant::now()).is_none()
             && !self.flights.is_empty()
             && self.slot_free()
             && self.ready.first().is_none_or(|(due, _, _)| *due > Instant::now())
@@ -335,6 +353,7 @@ impl<D: Destination> Scheduler<D> {
 
     /// Runs until shutdown.
     pub async fn run(mut self) {
+        self.check_gone_at_start();
         self.catch_up_resends(Instant::now());
         let mut couriers = self.start_couriers();
         let mut tick = tokio::time::interval(RESYNC_EVERY);
@@ -369,6 +388,7 @@ impl<D: Destination> Scheduler<D> {
                 _ = sleep_until_opt(wake) => {}
                 _ = tick.tick() => {
                     self.heartbeat.beat();
+                    self.check_resumed(Instant::now());
                     self.catch_up_resends(Instant::now());
                     if self.persisted != self.state_to_persist(Instant::now()) {
                         self.persist_state();
@@ -425,16 +445,116 @@ impl<D: Destination> Scheduler<D> {
         if sent.answer.kind == AnswerKind::Delivered {
             self.requests = self.requests.saturating_sub(1);
         }
+        let now = Instant::now();
+        let heeded = self
+            .link
+            .heed(&sent.answer, &self.sub.config.retry, rand::random::<f64>(), now);
+        self.on_heeded(heeded, &sent.answer, now);
         if let Some(flight) = self.flights.get_mut(&sent.ticket) {
             flight.answered = Some((sent.answer, sent.plan));
         }
     }
 
-    /// What `status` should say: online, deliveries in flight, and when the
-    /// next attempt is planned if the subscription is waiting.
-    fn state_to_persist(&self, now: Instant) -> (bool, usize, Option<Instant>) {
+    /// Acts on what an answer means for the whole subscription (a pause, a
+    /// stop); requests already on the wire go on.
+    fn on_heeded(&mut self, heeded: Heeded, answer: &Answer, now: Instant) {
+        let name = &self.sub.config.name;
+        match heeded {
+            Heeded::Nothing => {}
+            Heeded::Paused { until } | Heeded::PauseLonger { until } => {
+                let wait = humantime::format_duration(Duration::from_secs(
+                    until.saturating_duration_since(now).as_secs_f64().ceil() as u64,
+                ));
+                if matches!(heeded, Heeded::Paused { .. }) && self.link.throttles_in_a_row == 1 {
+                    tracing::info!(subscription = %name, error = ?answer.error, pause = %wait,
+                        "the endpoint asks to slow down: every entity of the subscription waits");
+                } else {
+                    tracing::debug!(subscription = %name, error = ?answer.error, pause = %wait, "throttled again");
+                }
+                self.persist_state();
+            }
+            Heeded::WentGone => {
+                tracing::warn!(subscription = %name, url = %self.sub.config.url_for_logs(), error = ?answer.error,
+                    "the endpoint answered 410 Gone: the subscription stops sending (nothing is dropped) until its config changes or `store-outbox resume {name}`");
+                let marker = Marker {
+                    fingerprint: self.fingerprint.clone(),
+                    since_ms: now_ms(),
+                };
+                self.writer.set_gone(self.sub.id, Some(marker.clone()));
+                self.gone = Some((marker, false));
+                self.persist_state();
+            }
+        }
+    }
+
+    /// At start: a 410's marker from before stops the subscription again if
+    /// its config is the same; a changed config clears it.
+    fn check_gone_at_start(&mut self) {
+        let name = &self.sub.config.name;
+        match gone::marker(&self.reader, self.sub.id) {
+            Ok(None) => {}
+            Ok(Some(marker)) if marker.fingerprint == self.fingerprint => {
+                tracing::warn!(subscription = %name, since = %crate::timefmt::ms_to_rfc3339(marker.since_ms),
+                    "stopped since its endpoint answered 410 Gone; nothing is sent until its config changes or `store-outbox resume {name}`");
+                self.link.gone = true;
+                self.gone = Some((marker, true));
+            }
+            Ok(Some(_)) => {
+                tracing::info!(subscription = %name, "its config changed since the endpoint answered 410 Gone: sending again");
+                self.writer.set_gone(self.sub.id, None);
+            }
+            Err(e) => {
+                tracing::error!(subscription = %name, error = %e, "cannot read the outbox");
+            }
+        }
+    }
+
+    /// While stopped by a 410: resumes once `store-outbox resume` deleted
+    /// the marker (seen in the outbox before), or stores the marker again if
+    /// the writer did not take it yet.
+    fn check_resumed(&mut self, now: Instant) {
+        let Some((marker, seen)) = self.gone.clone() else {
+            return;
+        };
+        match gone::marker(&self.reader, self.sub.id) {
+            Ok(Some(_)) if !seen => self.gone = Some((marker, true)),
+            Ok(Some(_)) => {}
+            Ok(None) if !seen => {
+                self.writer.set_gone(self.sub.id, Some(marker));
+            }
+            Ok(None) => {
+                tracing::info!(subscription = %self.sub.config.name, "resumed after 410 Gone: sending again");
+                self.gone = None;
+                self.link.resume(now);
+                self.make_every_entity_due(now);
+                self.persist_state();
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the 410 marker"),
+        }
+    }
+
+    /// Every waiting entity may go now (the link came back, or resumed).
+    fn make_every_entity_due(&mut self, now: Instant) {
+        let keys: Vec<_> = self.ready.iter().copied().collect();
+        for (_, _, id) in keys {
+            if let Some(at) = self.entities.get(&id).map(|e| e.at) {
+                self.set_ready(id, now, at);
+            }
+        }
+    }
+
+    /// What `status` should say: the state, deliveries in flight, and when
+    /// the next attempt is planned if the subscription is waiting.
+    fn state_to_persist(&self, now: Instant) -> (SubscriptionState, usize, Option<Instant>) {
         let next = decide::planned_attempt(&self.ready, &self.link, !self.flights.is_empty(), now);
-        (self.link.online, self.flights.len(), next)
+        let state = if self.link.gone {
+            SubscriptionState::Gone
+        } else if self.link.online {
+            SubscriptionState::Online
+        } else {
+            SubscriptionState::Offline
+        };
+        (state, self.flights.len(), next)
     }
 
     /// Writes online/offline, deliveries in flight and the next planned
@@ -442,12 +562,7 @@ impl<D: Destination> Scheduler<D> {
     fn persist_state(&mut self) {
         let now = Instant::now();
         let persisted = self.state_to_persist(now);
-        let (online, in_flight, next) = persisted;
-        let state = if online {
-            SubscriptionState::Online
-        } else {
-            SubscriptionState::Offline
-        };
+        let (state, in_flight, next) = persisted;
         let next_ms = next.map(|at| now_ms() + at.saturating_duration_since(now).as_millis() as i64);
         if self.writer.set_sub_state(self.sub.id, state, in_flight as i64, next_ms) {
             self.persisted = persisted;
@@ -717,12 +832,7 @@ impl<D: Destination> Scheduler<D> {
                 tracing::info!(subscription = %name, offline_for = %humantime::format_duration(Duration::from_secs(down_for.as_secs())),
                     waiting_entities = self.ready.len() + 1, "endpoint is up again, draining the backlog");
                 self.persist_state();
-                let keys: Vec<_> = self.ready.iter().copied().collect();
-                for (_, _, id) in keys {
-                    if let Some(at) = self.entities.get(&id).map(|e| e.at) {
-                        self.set_ready(id, now, at);
-                    }
-                }
+                self.make_every_entity_due(now);
             }
         }
     }
@@ -785,4 +895,13 @@ async fn sleep_until_opt(when: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
+}
+
+/// A fingerprint of a subscription's whole config (SHA-256 of its settings,
+/// secrets included, never shown): kept with a 410's marker, so that any
+/// change of the subscription in the config resumes it.
+fn config_fingerprint(config: &crate::config::SubscriptionConfig) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{config:?}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -148,8 +148,9 @@ impl Destination for Webhook {
     }
 }
 
-/// What an HTTP answer means: 2xx delivered; 408, 429, 502-504 the endpoint
-/// is unavailable; anything else refuses this event.
+/// What an HTTP answer means: 2xx delivered; 429 and 503 throttle the whole
+/// subscription; 410 says the endpoint is gone; 408, 502 and 504 the
+/// endpoint is unavailable; anything else refuses this event.
 async fn classify(response: reqwest::Response) -> Answer {
     let status = response.status();
     let retry_after = response
@@ -180,7 +181,9 @@ async fn classify(response: reqwest::Response) -> Answer {
         return Answer::delivered(Some(code));
     }
     let kind = match code {
-        408 | 429 | 502 | 503 | 504 => AnswerKind::Unavailable,
+        429 | 503 => AnswerKind::Throttled,
+        410 => AnswerKind::Gone,
+        408 | 502 | 504 => AnswerKind::Unavailable,
         _ => AnswerKind::Refused,
     };
     let detail = match (status.is_redirection(), location) {

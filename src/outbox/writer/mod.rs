@@ -69,6 +69,14 @@ enum WriteOp {
         /// When it plans its next attempt, wall-clock ms, if it waits.
         next_attempt_at_ms: Option<i64>,
     },
+    /// Store or clear a subscription's 410 marker (`outbox::gone`; best
+    /// effort, no answer: the scheduler stores it again until it is in).
+    Gone {
+        /// Subscription row id.
+        sub_id: i64,
+        /// The marker; `None` clears it.
+        marker: Option<super::gone::Marker>,
+    },
     /// Count an event refused before it reached storage.
     Rejected(ErrorCode),
     /// A tiny write, for `/healthz`.
@@ -102,7 +110,10 @@ impl WriteOp {
     /// Whether a batch holding only such requests may wait for more
     /// outcomes ([`grouping`]): nobody waits for its answer but a scheduler.
     fn may_wait(&self) -> bool {
-        matches!(self, WriteOp::Outcome { .. } | WriteOp::SubState { .. })
+        matches!(
+            self,
+            WriteOp::Outcome { .. } | WriteOp::SubState { .. } | WriteOp::Gone { .. }
+        )
     }
 }
 
@@ -255,6 +266,13 @@ impl Writer {
                 next_attempt_at_ms,
             })
             .is_ok()
+    }
+
+    /// Stores (or with `None` clears) the marker of a subscription stopped
+    /// by a 410 (`outbox::gone`). Best effort, like [`Writer::set_sub_state`]:
+    /// false when the queue is full, and the caller tries again.
+    pub fn set_gone(&self, sub_id: i64, marker: Option<super::gone::Marker>) -> bool {
+        self.tx.try_send(WriteOp::Gone { sub_id, marker }).is_ok()
     }
 
     /// Queues deliveries again, in the writer's next transaction; the
@@ -502,6 +520,7 @@ impl WriterState {
                     in_flight,
                     next_attempt_at_ms,
                 } => sql::set_sub_state(&tx, *sub_id, *state, *in_flight, *next_attempt_at_ms)?,
+                WriteOp::Gone { sub_id, marker } => super::gone::set_marker(&tx, *sub_id, marker.as_ref())?,
                 WriteOp::Rejected(code) => effects.reject(*code, 1),
                 WriteOp::Prune {
                     older_than_ms,
@@ -547,7 +566,7 @@ impl WriterState {
                 WriteOp::Resend { result, reply, .. } => {
                     let _ = reply.send(result.unwrap_or(Err(ResendError::Stopped)));
                 }
-                WriteOp::SubState { .. } | WriteOp::Rejected(_) => {}
+                WriteOp::SubState { .. } | WriteOp::Gone { .. } | WriteOp::Rejected(_) => {}
             }
         }
         let mut per_sub: Vec<Vec<(i64, i64, i64)>> = vec![Vec::new(); self.fanout.len()];
@@ -582,7 +601,7 @@ impl WriterState {
                 WriteOp::Resend { reply, .. } => {
                     let _ = reply.send(Err(ResendError::NotStored(err.message.clone())));
                 }
-                WriteOp::SubState { .. } | WriteOp::Rejected(_) => {}
+                WriteOp::SubState { .. } | WriteOp::Gone { .. } | WriteOp::Rejected(_) => {}
             }
         }
     }
