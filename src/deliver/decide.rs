@@ -159,9 +159,10 @@ pub fn entity_after(
             due: now + wait,
             from: sent.or_earlier(rewind),
         },
-        // The same event again, once the subscription sends again.
+        // The same event again, once the subscription sends again (after
+        // `wait`: zero for a 410, a storage pause for an unrecorded outcome).
         Decision::Hold => EntityNext::Ready {
-            due: now,
+            due: now + wait,
             from: sent.or_earlier(rewind),
         },
     }

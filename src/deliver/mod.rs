@@ -12,6 +12,7 @@
 //! - `nats` (with the cargo feature `nats`): the NATS JetStream destination
 //!   (the webhook body, published and acknowledged).
 //! - [`backoff`]: retry delays with jitter and `Retry-After`.
+//! - [`batch`]: when a batch is formed, what fits in it, its id.
 //!
 //! To add a kind of destination: a module beside `webhook.rs` with a type
 //! that implements [`destination::Destination`], and one arm in
@@ -20,6 +21,7 @@
 //! see what is behind the trait.
 
 pub mod backoff;
+pub mod batch;
 pub mod courier;
 pub mod decide;
 pub mod destination;

@@ -58,6 +58,14 @@ enum WriteOp {
         /// Told after the commit (or the failure).
         receipt: Receipt,
     },
+    /// Record the attempt of a batch: one outcome per event, in the same
+    /// transaction, one receipt for all.
+    Outcomes {
+        /// What to record, one per event of the batch.
+        outcomes: Vec<Outcome>,
+        /// Told after the commit (or the failure).
+        receipt: Receipt,
+    },
     /// Record a subscription's state for `status` (best effort, no answer).
     SubState {
         /// Subscription row id.
@@ -112,7 +120,7 @@ impl WriteOp {
     fn may_wait(&self) -> bool {
         matches!(
             self,
-            WriteOp::Outcome { .. } | WriteOp::SubState { .. } | WriteOp::Gone { .. }
+            WriteOp::Outcome { .. } | WriteOp::Outcomes { .. } | WriteOp::SubState { .. } | WriteOp::Gone { .. }
         )
     }
 }
@@ -236,6 +244,13 @@ impl Writer {
         // If the writer is gone, the op and its receipt are dropped: the
         // receipt tells "the writer stopped".
         let _ = self.tx.send(WriteOp::Outcome { outcome, receipt }).await;
+    }
+
+    /// Queues the attempt of a batch (one outcome per event, committed
+    /// together), like [`Writer::record`].
+    pub async fn record_batch(&self, outcomes: Vec<Outcome>, expected: Option<ExpectedOutcome>, receipt: Receipt) {
+        drop(expected);
+        let _ = self.tx.send(WriteOp::Outcomes { outcomes, receipt }).await;
     }
 
     /// Records a delivery attempt and waits for its commit (tests, tools).
@@ -514,6 +529,11 @@ impl WriterState {
                     };
                 }
                 WriteOp::Outcome { outcome, .. } => sql::apply_outcome(&tx, outcome, &mut effects)?,
+                WriteOp::Outcomes { outcomes, .. } => {
+                    for outcome in outcomes.iter() {
+                        sql::apply_outcome(&tx, outcome, &mut effects)?;
+                    }
+                }
                 WriteOp::SubState {
                     sub_id,
                     state,
@@ -556,7 +576,7 @@ impl WriterState {
                 WriteOp::Ingest { replies, reply, .. } => {
                     let _ = reply.send(replies);
                 }
-                WriteOp::Outcome { receipt, .. } => receipt.tell(Ok(())),
+                WriteOp::Outcome { receipt, .. } | WriteOp::Outcomes { receipt, .. } => receipt.tell(Ok(())),
                 WriteOp::Prune { pruned, reply, .. } => {
                     let _ = reply.send(pruned);
                 }
@@ -591,7 +611,9 @@ impl WriterState {
                 WriteOp::Ingest { events, reply, .. } => {
                     let _ = reply.send(vec![err.clone().into(); events.len()]);
                 }
-                WriteOp::Outcome { receipt, .. } => receipt.tell(Err(err.message.clone())),
+                WriteOp::Outcome { receipt, .. } | WriteOp::Outcomes { receipt, .. } => {
+                    receipt.tell(Err(err.message.clone()))
+                }
                 WriteOp::Prune { reply, .. } => {
                     let _ = reply.send(0);
                 }
