@@ -864,13 +864,7 @@ fn delivery_shape(
     };
     let format = match sub.format.as_ref().map(|f| (f.span(), f.get_ref().as_str())) {
         None | Some((_, "webhook")) => Format::Webhook,
-        Some((span, "cloudevents")) => {
-            return Err(src.at(
-                span,
-                &table.key("format"),
-                "\"cloudevents\" is not in this build yet".into(),
-            ))
-        }
+        Some((_, "cloudevents")) => Format::CloudEvents,
         Some((span, other)) => {
             return Err(src.at(
                 span,
@@ -1380,7 +1374,7 @@ mod line_tests {
     #[test]
     fn batch_compression_and_format_take_their_defaults_and_errors_name_the_line() {
         let c = parse(
-            &sub("batch = { max_events = 100 }\ncompression = \"gzip\"\nformat = \"webhook\"\n"),
+            &sub("batch = { max_events = 100 }\ncompression = \"gzip\"\nformat = \"cloudevents\"\n"),
             None,
         )
         .expect("valid");
@@ -1393,7 +1387,7 @@ mod line_tests {
                 linger: Duration::from_millis(20)
             })
         );
-        assert_eq!((s.compression, s.format), (Compression::Gzip, Format::Webhook));
+        assert_eq!((s.compression, s.format), (Compression::Gzip, Format::CloudEvents));
         let plain = parse(&sub(""), None).expect("valid");
         let p = &plain.subscriptions[0];
         assert_eq!(

@@ -9,6 +9,8 @@
 //! - [`destination`]: the seam: the [`destination::Destination`] trait a
 //!   destination implements (send one unit, classify the answer).
 //! - [`webhook`]: the webhook destination (HTTP, Standard Webhooks).
+//! - [`cloudevents`]: CloudEvents 1.0 over HTTP for `format = "cloudevents"`
+//!   (binary mode, batched mode), sent by the webhook destination.
 //! - `nats` (with the cargo feature `nats`): the NATS JetStream destination
 //!   (the webhook body, published and acknowledged).
 //! - [`backoff`]: retry delays with jitter and `Retry-After`.
@@ -22,6 +24,7 @@
 
 pub mod backoff;
 pub mod batch;
+pub mod cloudevents;
 pub mod courier;
 pub mod decide;
 pub mod destination;

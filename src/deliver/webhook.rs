@@ -9,9 +9,13 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::backoff::parse_retry_after;
+use super::cloudevents;
 use super::destination::{Answer, AnswerKind, Destination};
-use crate::config::{Compression, PayloadMode, SubscriptionConfig};
+use crate::config::{Compression, Format, PayloadMode, SubscriptionConfig};
 use crate::outbox::read::StoredEvent;
+
+/// The content type of webhook bodies and of CloudEvents' JSON data.
+const JSON: &str = "application/json";
 
 /// `source` in every body.
 #[derive(Debug, Clone, Serialize)]
@@ -122,16 +126,28 @@ impl Webhook {
     /// POSTs one body, signed as `id` (over the body as it is, before any
     /// compression: what the receiver has after undoing the content
     /// encoding), and classifies the HTTP answer.
-    async fn post(&self, id: &str, body: Vec<u8>) -> Answer {
+    /// `content_type` is `None` for a request without a body's type (a
+    /// CloudEvent without data); `extra` are more headers (CloudEvents').
+    async fn post(
+        &self,
+        id: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+        extra: Vec<(&'static str, String)>,
+    ) -> Answer {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         let signature = crate::signing::signature_header(&self.config.secrets, id, timestamp, &body);
-        let mut request = self
-            .client
-            .post(self.config.url.clone())
-            .header("content-type", "application/json")
+        let mut request = self.client.post(self.config.url.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        for (name, value) in extra {
+            request = request.header(name, value);
+        }
+        request = request
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature);
@@ -184,19 +200,46 @@ pub fn batch_body(events: &[&StoredEvent], payload: PayloadMode, source: &Source
 impl Destination for Webhook {
     /// POSTs one event, signed, and classifies the HTTP answer.
     async fn send(&self, event: &StoredEvent) -> Answer {
-        let body = body(event, self.config.payload, &self.source);
-        self.post(&event.event_id, body).await
+        match self.config.format {
+            Format::Webhook => {
+                let body = body(event, self.config.payload, &self.source);
+                self.post(&event.event_id, body, Some(JSON), Vec::new()).await
+            }
+            Format::CloudEvents => {
+                let headers = cloudevents::binary_headers(event, &self.source);
+                match cloudevents::binary_body(event, self.config.payload) {
+                    Some(data) => self.post(&event.event_id, data, Some(JSON), headers).await,
+                    None => self.post(&event.event_id, Vec::new(), None, headers).await,
+                }
+            }
+        }
     }
 
-    /// POSTs a batch as a JSON array, signed with the batch's id.
+    /// POSTs a batch as a JSON array (of webhook envelopes, or of structured
+    /// CloudEvents), signed with the batch's id.
     async fn send_batch(&self, id: &str, events: &[&StoredEvent]) -> Answer {
-        let body = batch_body(events, self.config.payload, &self.source);
-        self.post(id, body).await
+        match self.config.format {
+            Format::Webhook => {
+                let body = batch_body(events, self.config.payload, &self.source);
+                self.post(id, body, Some(JSON), Vec::new()).await
+            }
+            Format::CloudEvents => {
+                let body = cloudevents::batch_body(events, self.config.payload, &self.source);
+                self.post(id, body, Some(cloudevents::BATCH_CONTENT_TYPE), Vec::new())
+                    .await
+            }
+        }
     }
 
-    /// The event's body and the comma before it.
+    /// The event's part of a batch body and the comma before it.
     fn batch_bytes(&self, event: &StoredEvent) -> usize {
-        body(event, self.config.payload, &self.source).len() + 1
+        let element = match self.config.format {
+            Format::Webhook => body(event, self.config.payload, &self.source).len(),
+            Format::CloudEvents => {
+                cloudevents::structured(event, self.config.payload, &cloudevents::source_of(&self.source)).len()
+            }
+        };
+        element + 1
     }
 }
 
