@@ -179,6 +179,9 @@ pub struct SubscriptionConfig {
     pub compression: Compression,
     /// `format` of what the receiver gets.
     pub format: Format,
+    /// `concurrency = "adaptive"`: requests on the wire adapt between 1 and
+    /// `max_in_flight` (AIMD); `"fixed"` (the default): up to `max_in_flight`.
+    pub adaptive_concurrency: bool,
 }
 
 /// The NATS side of a subscription whose `url` is `nats://` or `tls://`.
@@ -322,6 +325,7 @@ struct FileSubscription {
     batch: Option<Spanned<FileBatch>>,
     compression: Option<Spanned<String>>,
     format: Option<Spanned<String>>,
+    concurrency: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -791,6 +795,17 @@ fn subscription_section(
         subscription_secrets(src, table, &sub)?
     };
     let (batch, compression, format) = delivery_shape(src, table, &sub)?;
+    let adaptive_concurrency = match sub.concurrency.as_ref().map(|c| (c.span(), c.get_ref().as_str())) {
+        None | Some((_, "fixed")) => false,
+        Some((_, "adaptive")) => true,
+        Some((span, other)) => {
+            return Err(src.at(
+                span,
+                &key("concurrency"),
+                format!("{other:?}: give \"fixed\" or \"adaptive\""),
+            ))
+        }
+    };
     let events = event_filter(src, &key("events"), sub.events)?;
     let max_in_flight = match sub.max_in_flight {
         None => 16,
@@ -823,6 +838,7 @@ fn subscription_section(
         batch,
         compression,
         format,
+        adaptive_concurrency,
     })
 }
 
@@ -1419,6 +1435,13 @@ mod line_tests {
             "subscription[0].compression",
         );
         assert_names(&error_of(&sub("format = \"xml\"\n")), 5, "subscription[0].format");
+        assert_names(
+            &error_of(&sub("concurrency = \"auto\"\n")),
+            5,
+            "subscription[0].concurrency",
+        );
+        let adaptive = parse(&sub("concurrency = \"adaptive\"\n"), None).expect("valid");
+        assert!(adaptive.subscriptions[0].adaptive_concurrency && !p.adaptive_concurrency);
         let nats = "[[subscription]]\nname = \"bus\"\nurl = \"nats://n:4222\"\nsubject = \"pos\"\nbatch = {}\n";
         assert_names(&error_of(nats), 5, "subscription[0].batch");
     }

@@ -660,6 +660,7 @@ impl Harness {
                 batch: None,
                 compression: store_outbox::config::Compression::None,
                 format: store_outbox::config::Format::Webhook,
+                adaptive_concurrency: false,
             })
             .collect()
     }

@@ -53,6 +53,8 @@ pub struct Sent {
     pub answer: Answer,
     /// What that means for the delivery.
     pub plan: Plan,
+    /// How long the request took (adaptive concurrency).
+    pub elapsed: std::time::Duration,
 }
 
 /// What every courier of a subscription shares.
@@ -124,6 +126,7 @@ impl<D: Destination> Crew<D> {
             ticket,
             answer,
             plan,
+            elapsed,
         });
         self.writer
             .record(outcome, Some(expected), Receipt::new(ticket, self.recorded.clone()))
@@ -177,6 +180,7 @@ impl<D: Destination> Crew<D> {
             ticket,
             answer,
             plan,
+            elapsed,
         });
         self.writer
             .record_batch(outcomes, Some(expected), Receipt::new(ticket, self.recorded.clone()))

@@ -47,7 +47,7 @@ use tokio::time::Instant;
 
 use super::batch;
 use super::courier::{Crew, Job, Sent, Unit};
-use super::decide::{self, EntityNext, Heeded, Link, LinkChange, Plan, Position, ReadyKey};
+use super::decide::{self, Concurrency, EntityNext, Heeded, Link, LinkChange, Plan, Position, ReadyKey};
 use super::destination::{Answer, AnswerKind, Destination};
 use crate::config::BatchConfig;
 use crate::metrics::Metrics;
@@ -233,6 +233,9 @@ pub struct Scheduler<D> {
     destination: Arc<D>,
     /// Batches waiting for their retry.
     held: Vec<HeldBatch>,
+    /// How many requests may be on the wire (fixed at `max_in_flight`, or
+    /// adaptive).
+    concurrency: Concurrency,
     /// A batch that is not full waits for company until then (`linger`).
     linger_wake: Option<Instant>,
 }
@@ -262,6 +265,7 @@ impl<D: Destination> Scheduler<D> {
         };
         let starving = writer.starving();
         let fingerprint = config_fingerprint(&sub.config);
+        let (adaptive, max_in_flight) = (sub.config.adaptive_concurrency, sub.config.max_in_flight);
         let heartbeat = crate::notify::Heartbeat::default();
         heartbeat.beat();
         Scheduler {
@@ -294,6 +298,7 @@ impl<D: Destination> Scheduler<D> {
             crew: Some(Arc::new(crew)),
             destination,
             held: Vec::new(),
+            concurrency: Concurrency::new(adaptive, max_in_flight, Instant::now()),
             linger_wake: None,
         }
     }
@@ -314,7 +319,9 @@ impl<D: Destination> Scheduler<D> {
     /// delivery waiting for its commit, and an idle courier.
     fn slot_free(&self) -> bool {
         let max = self.sub.config.max_in_flight;
-        self.requests < max && self.flights.len() < max * DELIVERIES_PER_SLOT && !self.idle.is_empty()
+        self.requests < self.concurrency.limit().min(max)
+            && self.flights.len() < max * DELIVERIES_PER_SLOT
+            && !self.idle.is_empty()
     }
 
     /// A request slot is free and nothing is ready to go now, while
@@ -476,6 +483,7 @@ impl<D: Destination> Scheduler<D> {
             self.requests = self.requests.saturating_sub(1);
         }
         let now = Instant::now();
+        self.concurrency.on_answer(sent.answer.kind, sent.elapsed, now);
         let heeded = self
             .link
             .heed(&sent.answer, &self.sub.config.retry, rand::random::<f64>(), now);
@@ -1035,6 +1043,7 @@ impl<D: Destination> Scheduler<D> {
             },
         );
         self.requests += 1;
+        self.concurrency.on_start(self.requests);
         self.probe_in_flight |= was_probe;
         true
     }
