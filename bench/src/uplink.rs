@@ -276,7 +276,10 @@ async fn drain(
     }
     let c = shared.counts.lock().unwrap_or_else(|p| p.into_inner());
     let capped = c.events < n;
-    let from = c.first_at.unwrap_or(started);
+    // From the agent's start: with several large requests interleaved on
+    // the shared line, the first one completes only seconds after the
+    // line got busy, so the first arrival would start the clock too late.
+    let from = started;
     let to = if capped {
         Instant::now()
     } else {
