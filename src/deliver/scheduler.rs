@@ -5,7 +5,9 @@
 //! [`Destination`] sends, and [`super::courier`] carries each event to it.
 //!
 //! Invariants kept here:
-//! - **Order per entity**: at most one request per entity is in flight, and
+//! - **Order per entity**: at most one request per entity is in flight (with
+//!   `batch`, one batch holding consecutive events of the entity; a failed
+//!   batch is held and sent again whole), and
 //!   the next event of an entity is looked up (from the database) only after
 //!   the previous one's outcome is *committed* (the writer's [`Recorded`]).
 //!   So event n+1 is never sent before n's 2xx is durable, and after a crash
