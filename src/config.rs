@@ -102,6 +102,36 @@ pub enum PayloadMode {
     Thin,
 }
 
+/// `batch = { max_events, max_bytes, linger }`: several events per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most events in one request (default 500).
+    pub max_events: usize,
+    /// Most bytes of one body before compression (default 1 MiB); an event
+    /// larger than this goes alone.
+    pub max_bytes: u64,
+    /// How long a batch that is not full waits for more events (default 20ms).
+    pub linger: Duration,
+}
+
+/// `compression`: how request bodies are encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// As they are (the default).
+    None,
+    /// `content-encoding: gzip`.
+    Gzip,
+}
+
+/// `format`: the shape of what a receiver gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The webhook envelope of the contract (the default).
+    Webhook,
+    /// CloudEvents 1.0 over HTTP: binary mode, or the batched mode with `batch`.
+    CloudEvents,
+}
+
 /// Backoff and give-up policy of one subscription.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryConfig {
@@ -149,6 +179,15 @@ pub struct SubscriptionConfig {
     /// Set for `nats://` and `tls://` URLs: the subscription publishes to
     /// NATS JetStream instead of POSTing.
     pub nats: Option<NatsConfig>,
+    /// `batch`: several events per request; `None`: one event per request.
+    pub batch: Option<BatchConfig>,
+    /// `compression` of request bodies.
+    pub compression: Compression,
+    /// `format` of what the receiver gets.
+    pub format: Format,
+    /// `concurrency = "adaptive"`: requests on the wire adapt between 1 and
+    /// `max_in_flight` (AIMD); `"fixed"` (the default): up to `max_in_flight`.
+    pub adaptive_concurrency: bool,
 }
 
 /// The NATS side of a subscription whose `url` is `nats://` or `tls://`.
@@ -293,6 +332,18 @@ struct FileSubscription {
     token: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
+    batch: Option<Spanned<FileBatch>>,
+    compression: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    concurrency: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileBatch {
+    max_events: Option<Spanned<i64>>,
+    max_bytes: Option<Spanned<Size>>,
+    linger: Option<Spanned<Dur>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -779,6 +830,18 @@ fn subscription_section(
         subscription_secrets(src, table, &sub)?
     };
     let heartbeats = names_heartbeats(&sub.events);
+    let (batch, compression, format) = delivery_shape(src, table, &sub)?;
+    let adaptive_concurrency = match sub.concurrency.as_ref().map(|c| (c.span(), c.get_ref().as_str())) {
+        None | Some((_, "fixed")) => false,
+        Some((_, "adaptive")) => true,
+        Some((span, other)) => {
+            return Err(src.at(
+                span,
+                &key("concurrency"),
+                format!("{other:?}: give \"fixed\" or \"adaptive\""),
+            ))
+        }
+    };
     let events = event_filter(src, &key("events"), sub.events)?;
     let max_in_flight = match sub.max_in_flight {
         None => 16,
@@ -809,6 +872,103 @@ fn subscription_section(
         client_cert: sub.client_cert.map(|p| src.resolve(p.into_inner())),
         client_key: sub.client_key.map(|p| src.resolve(p.into_inner())),
         nats,
+        batch,
+        compression,
+        format,
+        adaptive_concurrency,
+    })
+}
+
+/// `batch`, `compression` and `format`: webhooks only (a NATS message is
+/// one event, as published).
+fn delivery_shape(
+    src: &Source,
+    table: &Table,
+    sub: &FileSubscription,
+) -> Result<(Option<BatchConfig>, Compression, Format), ConfigError> {
+    if is_nats_url(sub.url.get_ref()) {
+        let given = [
+            sub.batch.as_ref().map(|v| (v.span(), "batch")),
+            sub.compression.as_ref().map(|v| (v.span(), "compression")),
+            sub.format.as_ref().map(|v| (v.span(), "format")),
+        ];
+        if let Some((span, which)) = given.into_iter().flatten().next() {
+            return Err(src.at(
+                span,
+                &table.key(which),
+                "only for http(s) urls; a NATS subscription publishes one event per message".into(),
+            ));
+        }
+    }
+    let batch = match &sub.batch {
+        None => None,
+        Some(b) => Some(batch_settings(src, table, b.get_ref())?),
+    };
+    let compression = match sub.compression.as_ref().map(|c| (c.span(), c.get_ref().as_str())) {
+        None | Some((_, "none")) => Compression::None,
+        Some((_, "gzip")) => Compression::Gzip,
+        Some((span, other)) => {
+            return Err(src.at(
+                span,
+                &table.key("compression"),
+                format!("{other:?}: give \"none\" or \"gzip\""),
+            ))
+        }
+    };
+    let format = match sub.format.as_ref().map(|f| (f.span(), f.get_ref().as_str())) {
+        None | Some((_, "webhook")) => Format::Webhook,
+        Some((_, "cloudevents")) => Format::CloudEvents,
+        Some((span, other)) => {
+            return Err(src.at(
+                span,
+                &table.key("format"),
+                format!("{other:?}: give \"webhook\" or \"cloudevents\""),
+            ))
+        }
+    };
+    Ok((batch, compression, format))
+}
+
+/// `batch = { max_events = 1..10000 (500), max_bytes >= 1KiB (1MiB),
+/// linger <= 10s (20ms) }`.
+fn batch_settings(src: &Source, table: &Table, file: &FileBatch) -> Result<BatchConfig, ConfigError> {
+    let max_events = match &file.max_events {
+        None => 500,
+        Some(n) if (1..=10_000).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => {
+            return Err(src.at(
+                n.span(),
+                &table.key("batch.max_events"),
+                format!("{} is not between 1 and 10000", n.get_ref()),
+            ))
+        }
+    };
+    let max_bytes = match &file.max_bytes {
+        None => 1024 * 1024,
+        Some(b) if b.get_ref().0 >= 1024 => b.get_ref().0,
+        Some(b) => {
+            return Err(src.at(
+                b.span(),
+                &table.key("batch.max_bytes"),
+                format!("{} bytes is less than 1KiB", b.get_ref().0),
+            ))
+        }
+    };
+    let linger = match &file.linger {
+        None => Duration::from_millis(20),
+        Some(l) if l.get_ref().0 <= Duration::from_secs(10) => l.get_ref().0,
+        Some(l) => {
+            return Err(src.at(
+                l.span(),
+                &table.key("batch.linger"),
+                "more than 10s: a batch should not hold events back that long".into(),
+            ))
+        }
+    };
+    Ok(BatchConfig {
+        max_events,
+        max_bytes,
+        linger,
     })
 }
 
@@ -1275,6 +1435,65 @@ mod line_tests {
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
     /// The error of `text` (a config file `c.toml`).
+    #[test]
+    fn batch_compression_and_format_take_their_defaults_and_errors_name_the_line() {
+        let c = parse(
+            &sub("batch = { max_events = 100 }\ncompression = \"gzip\"\nformat = \"cloudevents\"\n"),
+            None,
+        )
+        .expect("valid");
+        let s = &c.subscriptions[0];
+        assert_eq!(
+            s.batch,
+            Some(BatchConfig {
+                max_events: 100,
+                max_bytes: 1024 * 1024,
+                linger: Duration::from_millis(20)
+            })
+        );
+        assert_eq!((s.compression, s.format), (Compression::Gzip, Format::CloudEvents));
+        let plain = parse(&sub(""), None).expect("valid");
+        let p = &plain.subscriptions[0];
+        assert_eq!(
+            (p.batch, p.compression, p.format),
+            (None, Compression::None, Format::Webhook)
+        );
+        assert_names(
+            &error_of(&sub("batch = { max_events = 0 }\n")),
+            5,
+            "subscription[0].batch.max_events",
+        );
+        assert_names(
+            &error_of(&sub("batch = { max_bytes = 100 }\n")),
+            5,
+            "subscription[0].batch.max_bytes",
+        );
+        assert_names(
+            &error_of(&sub("batch = { linger = \"1m\" }\n")),
+            5,
+            "subscription[0].batch.linger",
+        );
+        assert!(
+            error_of(&sub("batch = { size = 1 }\n")).contains("size"),
+            "unknown keys are errors"
+        );
+        assert_names(
+            &error_of(&sub("\ncompression = \"zstd\"\n")),
+            6,
+            "subscription[0].compression",
+        );
+        assert_names(&error_of(&sub("format = \"xml\"\n")), 5, "subscription[0].format");
+        assert_names(
+            &error_of(&sub("concurrency = \"auto\"\n")),
+            5,
+            "subscription[0].concurrency",
+        );
+        let adaptive = parse(&sub("concurrency = \"adaptive\"\n"), None).expect("valid");
+        assert!(adaptive.subscriptions[0].adaptive_concurrency && !p.adaptive_concurrency);
+        let nats = "[[subscription]]\nname = \"bus\"\nurl = \"nats://n:4222\"\nsubject = \"pos\"\nbatch = {}\n";
+        assert_names(&error_of(nats), 5, "subscription[0].batch");
+    }
+
     fn error_of(text: &str) -> String {
         parse(text, Some(Path::new("c.toml"))).expect_err(text).0
     }

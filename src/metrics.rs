@@ -123,6 +123,7 @@ impl Metrics {
         let parked: Family<SubLabel, Gauge> = Family::default();
         let in_flight: Family<SubLabel, Gauge> = Family::default();
         let up: Family<SubLabel, Gauge> = Family::default();
+        let gone: Family<SubLabel, Gauge> = Family::default();
         let oldest: Family<SubLabel, Gauge> = Family::default();
         let delivered: Family<SubLabel, Counter> = Family::default();
         for s in subs.iter().filter(|s| s.configured) {
@@ -134,6 +135,8 @@ impl Metrics {
             in_flight.get_or_create(&label).set(s.in_flight);
             up.get_or_create(&label)
                 .set(i64::from(s.state == SubscriptionState::Online));
+            gone.get_or_create(&label)
+                .set(i64::from(s.state == SubscriptionState::Gone));
             oldest.get_or_create(&label).set(s.oldest_pending_age_s.unwrap_or(0));
             delivered.get_or_create(&label).inc_by(s.delivered_total.max(0) as u64);
         }
@@ -158,6 +161,11 @@ impl Metrics {
             "subscription_up",
             "1 while the endpoint answers, 0 while it is probed",
             up,
+        );
+        registry.register(
+            "subscription_gone",
+            "1 while the endpoint's 410 Gone stops the subscription (until resumed or reconfigured)",
+            gone,
         );
         registry.register(
             "db_bytes",

@@ -1,6 +1,7 @@
 //! A checking webhook receiver: verifies Standard Webhooks signatures and
-//! per-entity order by `entity_seq`. Used by `receive` (field checks, tests)
-//! and by `demo`.
+//! per-entity order by `entity_seq`, for one event per request or a batch
+//! (a JSON array of events, signed once with the batch's id). Used by
+//! `receive` (field checks, tests) and by `demo`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,9 @@ pub struct Received {
     pub entity_seq: i64,
     /// Whether the signature was checked and valid (`None`: no secret given).
     pub signature_valid: Option<bool>,
+    /// The batch it came in (its `webhook-id`), if it came in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
     /// Order verdict.
     #[serde(flatten)]
     pub order: Order,
@@ -96,8 +100,10 @@ impl Checker {
         }
     }
 
-    /// Checks one request; `Err((status, reason))` when it must be refused.
-    pub fn check(&mut self, headers: &HeaderMap, body: &[u8]) -> Result<Received, (StatusCode, String)> {
+    /// Checks one request, with one event or a batch of them (in the order
+    /// they came); `Err((status, reason))` when it must be refused (a batch
+    /// is refused whole if one of its events is malformed).
+    pub fn check(&mut self, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Received>, (StatusCode, String)> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
         let msg_id = header("webhook-id").to_string();
         let signature_valid = if self.secrets.is_empty() {
@@ -128,23 +134,64 @@ impl Checker {
                 return Err((StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")));
             }
         };
-        let text = |k: &str| parsed.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        let (Some(id), Some(event_type), Some(entity), Some(entity_seq)) = (
-            text("id"),
-            text("type"),
-            text("entity"),
-            parsed.get("entity_seq").and_then(|v| v.as_i64()),
-        ) else {
-            self.stats.invalid += 1;
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "body lacks id, type, entity or entity_seq".into(),
-            ));
+        let (batch, events) = match parsed {
+            serde_json::Value::Array(events) => (Some(msg_id.clone()), events),
+            single => (None, vec![single]),
         };
-        if !msg_id.is_empty() && msg_id != id {
-            self.stats.invalid += 1;
-            return Err((StatusCode::BAD_REQUEST, "webhook-id differs from the body's id".into()));
+        let mut checked = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let text = |k: &str| event.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            let (Some(id), Some(event_type), Some(entity), Some(entity_seq)) = (
+                text("id"),
+                text("type"),
+                text("entity"),
+                event.get("entity_seq").and_then(|v| v.as_i64()),
+            ) else {
+                self.stats.invalid += 1;
+                let at = if batch.is_some() {
+                    format!("event [{index}] of the batch")
+                } else {
+                    "body".into()
+                };
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("{at} lacks id, type, entity or entity_seq"),
+                ));
+            };
+            if batch.as_deref() == Some(id.as_str()) {
+                self.stats.invalid += 1;
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "a batch's webhook-id is one of its event ids".into(),
+                ));
+            }
+            if batch.is_none() && !msg_id.is_empty() && msg_id != id {
+                self.stats.invalid += 1;
+                return Err((StatusCode::BAD_REQUEST, "webhook-id differs from the body's id".into()));
+            }
+            checked.push((id, event_type, entity, entity_seq));
         }
+        let mut out = Vec::with_capacity(checked.len());
+        for ((id, event_type, entity, entity_seq), body) in checked.into_iter().zip(events) {
+            let order = self.order_of(&id, &entity, entity_seq);
+            out.push(Received {
+                id,
+                event_type,
+                entity,
+                entity_seq,
+                signature_valid,
+                batch: batch.clone(),
+                order,
+                body,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The order verdict of one well-formed event, counted.
+    fn order_of(&mut self, id: &str, entity: &str, entity_seq: i64) -> Order {
+        let id = id.to_string();
+        let entity = entity.to_string();
         self.stats.received += 1;
         let order = if !self.seen.insert(id.clone()) {
             self.stats.duplicates += 1;
@@ -166,19 +213,11 @@ impl Checker {
                     Order::OutOfOrder { after: l }
                 }
             };
-            let slot = self.last_seq.entry(entity.clone()).or_insert(entity_seq);
+            let slot = self.last_seq.entry(entity).or_insert(entity_seq);
             *slot = (*slot).max(entity_seq);
             order
         };
-        Ok(Received {
-            id,
-            event_type,
-            entity,
-            entity_seq,
-            signature_valid,
-            order,
-            body: parsed,
-        })
+        order
     }
 }
 
@@ -204,6 +243,24 @@ async fn handle(
     if method != Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, "POST webhooks here\n".into());
     }
+    // Signatures are over the body after undoing its content encoding.
+    let body = match headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
+        None | Some("identity") => body.to_vec(),
+        Some(enc) if enc.eq_ignore_ascii_case("gzip") => {
+            use std::io::Read as _;
+            let mut plain = Vec::new();
+            if let Err(e) = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut plain) {
+                return (StatusCode::BAD_REQUEST, format!("body is not valid gzip: {e}\n"));
+            }
+            plain
+        }
+        Some(other) => {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content-encoding {other:?} is not supported (gzip is)\n"),
+            )
+        }
+    };
     let result = shared
         .checker
         .lock()
@@ -211,7 +268,9 @@ async fn handle(
         .check(&headers, &body);
     match result {
         Ok(received) => {
-            let _ = shared.events.send(received);
+            for event in received {
+                let _ = shared.events.send(event);
+            }
             (StatusCode::OK, "ok\n".into())
         }
         Err((status, why)) => {
@@ -237,7 +296,7 @@ mod tests {
         let mut c = Checker::new(vec![]);
         let mut verdict = |id: &str, seq| {
             let (h, b) = request(id, "e", seq);
-            c.check(&h, &b).expect("accepted").order
+            c.check(&h, &b).expect("accepted").remove(0).order
         };
         assert_eq!(verdict("a", 1), Order::InOrder);
         assert_eq!(verdict("a", 1), Order::Duplicate);
@@ -259,6 +318,24 @@ mod tests {
         assert_eq!(c.check(&h, &b).unwrap_err().0, StatusCode::UNAUTHORIZED);
         let sig = crate::signing::sign(&key, "a", ts, &b);
         h.insert("webhook-signature", sig.parse().expect("header"));
-        assert_eq!(c.check(&h, &b).expect("valid").signature_valid, Some(true));
+        assert_eq!(c.check(&h, &b).expect("valid")[0].signature_valid, Some(true));
+    }
+
+    #[test]
+    fn a_batch_is_checked_event_by_event_and_refused_whole_if_one_is_malformed() {
+        let mut c = Checker::new(vec![]);
+        let mut h = HeaderMap::new();
+        h.insert("webhook-id", "batch~1".parse().expect("header"));
+        let body = br#"[{"id":"a","type":"T","entity":"e","entity_seq":1},{"id":"b","type":"T","entity":"e","entity_seq":2},{"id":"x","type":"T","entity":"f","entity_seq":1}]"#;
+        let got = c.check(&h, body).expect("accepted");
+        assert_eq!(got.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "b", "x"]);
+        assert!(got
+            .iter()
+            .all(|r| r.order == Order::InOrder && r.batch.as_deref() == Some("batch~1")));
+        let bad = br#"[{"id":"c","type":"T","entity":"e","entity_seq":3},{"id":"d"}]"#;
+        let (status, why) = c.check(&h, bad).expect_err("malformed");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(why.contains("event [1] of the batch"), "{why}");
+        assert_eq!(c.stats.unique, 3, "nothing of the refused batch counted");
     }
 }

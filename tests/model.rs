@@ -658,6 +658,10 @@ impl Harness {
                 client_cert: None,
                 client_key: None,
                 nats: None,
+                batch: None,
+                compression: store_outbox::config::Compression::None,
+                format: store_outbox::config::Format::Webhook,
+                adaptive_concurrency: false,
             })
             .collect()
     }

@@ -22,6 +22,9 @@ mod raw;
 mod receiver;
 mod report;
 mod sys;
+mod uplink;
+#[path = "../../tests/common/wan.rs"]
+mod wan;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -108,13 +111,27 @@ struct Args {
     /// (raw SQLite only; JSON `raw_group_commit_lean_eps`).
     #[arg(long)]
     raw_lean: bool,
+    /// Events of the `uplink` phase's drains through the WAN link (issue 15).
+    #[arg(long, default_value_t = 40_000)]
+    uplink_events: u64,
+    /// Entities they are spread over.
+    #[arg(long, default_value_t = 2_000)]
+    uplink_entities: u64,
+    /// The one-event-per-request drain through the link stops after this
+    /// many seconds (it would take minutes); its rate is what it reached.
+    #[arg(long, default_value_t = 30)]
+    uplink_one_event_secs: u64,
+    /// Events of the `uplink` phase's batches + gzip drain on loopback
+    /// (default 1,000,000; --quick 100,000; 0 skips it).
+    #[arg(long)]
+    uplink_loopback_events: Option<u64>,
     /// Also write every latency sample (planned send ms, latency µs) as CSV here.
     #[arg(long)]
     latency_trace: Option<PathBuf>,
     /// Keep the work directory (databases, agent logs) afterwards.
     #[arg(long)]
     keep: bool,
-    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive.
+    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -293,7 +310,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 
     type PhaseFn =
         for<'a> fn(&'a mut Run) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
-    let phases: [(&str, PhaseFn); 7] = [
+    let phases: [(&str, PhaseFn); 8] = [
         ("size", |r| Box::pin(phase_size(r))),
         ("raw", |r| Box::pin(phase_raw(r))),
         ("ingest", |r| Box::pin(phase_ingest(r))),
@@ -301,6 +318,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         ("drain_many", |r| Box::pin(phase_drain(r, DrainCase::many(r)))),
         ("requests", |r| Box::pin(phase_requests_and_naive(r, true, false))),
         ("naive", |r| Box::pin(phase_requests_and_naive(r, false, true))),
+        ("uplink", |r| Box::pin(phase_uplink(r))),
     ];
     for (name, f) in phases {
         if !run.wants(name) {
@@ -679,6 +697,33 @@ fn rows(run: &Run) -> Vec<Row> {
 }
 
 // ---- phases -----------------------------------------------------------------
+
+/// Issue 15: backlog drains through a store's uplink (`uplink.rs`).
+async fn phase_uplink(run: &mut Run) -> anyhow::Result<()> {
+    run.phase("8. uplink: 25 ms each way, 10 Mbit/s");
+    let loopback = run
+        .args
+        .uplink_loopback_events
+        .unwrap_or(if run.args.quick { 100_000 } else { 1_000_000 });
+    let drains = uplink::phase(
+        &run.bin,
+        &run.work,
+        run.args.uplink_events,
+        run.args.uplink_entities,
+        Duration::from_secs(run.args.uplink_one_event_secs),
+        loopback,
+    )
+    .await?;
+    for d in &drains {
+        let key = format!(
+            "uplink_{}_{}",
+            d.setting,
+            if d.link == "loopback" { "loopback" } else { "wan" }
+        );
+        run.set(&key, serde_json::to_value(d)?);
+    }
+    Ok(())
+}
 
 async fn phase_size(run: &mut Run) -> anyhow::Result<()> {
     run.phase("7. binary size");

@@ -55,7 +55,7 @@ th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e3e5ea;vertical-a
 th{font-size:13px;color:#5a6275}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .state{display:inline-block;padding:2px 8px;border-radius:10px;font-weight:600;font-size:13px;color:#fff}
-.online{background:#1f8a4c}.offline{background:#c4302b}.stopped,.unconfigured{background:#7a8194}
+.online{background:#1f8a4c}.offline{background:#c4302b}.gone{background:#8a4b08}.stopped,.unconfigured{background:#7a8194}
 .warn{color:#c4302b;font-weight:600}
 .msg{background:#fff7d6;border:1px solid #e6c200;padding:8px 12px;border-radius:6px;margin-bottom:12px}
 .bar{height:10px;background:#e3e5ea;border-radius:5px;overflow:hidden;max-width:300px}

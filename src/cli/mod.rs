@@ -10,6 +10,7 @@ mod events;
 mod fleet;
 mod receive;
 mod resend;
+mod resume;
 mod run;
 mod schema;
 mod send;
@@ -82,6 +83,8 @@ pub enum Command {
     Show(show::ShowArgs),
     /// Queue deliveries again: event ids, or --parked.
     Resend(resend::ResendArgs),
+    /// Send again to a subscription stopped by its endpoint's 410 Gone.
+    Resume(resume::ResumeArgs),
     /// Validate the config file; exit 2 naming what is wrong.
     CheckConfig,
     /// Check every subscription: DNS, TCP, TLS, an HTTP answer, clock skew.
@@ -104,6 +107,7 @@ pub fn main(cli: Cli) -> CliResult {
         Command::Events(args) => events::run(cli.config.as_deref(), args),
         Command::Show(args) => show::run(cli.config.as_deref(), args),
         Command::Resend(args) => resend::run(cli.config.as_deref(), args),
+        Command::Resume(args) => resume::run(cli.config.as_deref(), args),
         Command::CheckConfig => check_config::run(cli.config.as_deref()),
         Command::Receive(args) => receive::run(args),
         Command::Doctor(args) => doctor::run(cli.config.as_deref(), args),

@@ -58,8 +58,9 @@ pub fn run(args: ReceiveArgs) -> CliResult {
                         Some(false) => "BAD SIGNATURE",
                         None => "signature not checked",
                     };
+                    let batch = ev.batch.as_deref().map(|b| format!(", in {b}")).unwrap_or_default();
                     println!(
-                        "{} {} #{} {}  [{order}, {sig}]",
+                        "{} {} #{} {}  [{order}, {sig}{batch}]",
                         ev.id, ev.entity, ev.entity_seq, ev.event_type
                     );
                 }

@@ -1,5 +1,5 @@
 //! Couriers: a subscription's request workers, one per request slot. A
-//! courier takes one event at a time from its scheduler, has the destination
+//! courier takes one unit at a time (an event, or a batch) from its scheduler, has the destination
 //! send it, decides what the answer means for the delivery
 //! ([`decide::after_answer`]), tells the scheduler ([`Sent`]) and queues the
 //! outcome with the writer, whose [`Receipt`] later tells the scheduler
@@ -18,12 +18,25 @@ use crate::outbox::now_ms;
 use crate::outbox::read::Head;
 use crate::outbox::writer::{ExpectedOutcome, Outcome, Receipt, Recorded, Writer};
 
-/// One event for a courier to send.
+/// What one request carries.
+pub enum Unit {
+    /// One event and its delivery row.
+    One(Head),
+    /// A batch: its id and its events, in the order they go.
+    Batch {
+        /// The batch's `webhook-id` (`batch::batch_id`).
+        id: String,
+        /// Its events and their delivery rows.
+        heads: Vec<Head>,
+    },
+}
+
+/// One unit for a courier to send.
 pub struct Job {
     /// The scheduler's number for this delivery.
     pub ticket: u64,
-    /// The event and its delivery row.
-    pub head: Head,
+    /// The event or the batch.
+    pub unit: Unit,
     /// Lets the writer hold a group of outcomes for this one.
     pub expected: ExpectedOutcome,
 }
@@ -40,6 +53,8 @@ pub struct Sent {
     pub answer: Answer,
     /// What that means for the delivery.
     pub plan: Plan,
+    /// How long the request took (adaptive concurrency).
+    pub elapsed: std::time::Duration,
 }
 
 /// What every courier of a subscription shares.
@@ -70,9 +85,13 @@ impl<D: Destination> Crew<D> {
         }
     }
 
-    /// Sends one event, tells the scheduler the answer, queues the outcome.
+    /// Sends one unit, tells the scheduler the answer, queues the outcome.
     async fn deliver(&self, courier: usize, job: Job) {
-        let Job { ticket, head, expected } = job;
+        let Job { ticket, unit, expected } = job;
+        let head = match unit {
+            Unit::One(head) => head,
+            Unit::Batch { id, heads } => return self.deliver_batch(courier, ticket, &id, heads, expected).await,
+        };
         let at_ms = now_ms();
         let started = std::time::Instant::now();
         let answer = self.destination.send(&head.event).await;
@@ -107,9 +126,64 @@ impl<D: Destination> Crew<D> {
             ticket,
             answer,
             plan,
+            elapsed,
         });
         self.writer
             .record(outcome, Some(expected), Receipt::new(ticket, self.recorded.clone()))
+            .await;
+    }
+
+    /// Sends a batch as one request: its answer is every event's answer, and
+    /// every event gets its outcome (its attempt recorded), committed
+    /// together. The plan is the batch's: its attempts and its give-up clock
+    /// are those of its oldest failure, so the batch parks (or retries) whole.
+    async fn deliver_batch(&self, courier: usize, ticket: u64, id: &str, heads: Vec<Head>, expected: ExpectedOutcome) {
+        let at_ms = now_ms();
+        let started = std::time::Instant::now();
+        let events: Vec<&crate::outbox::read::StoredEvent> = heads.iter().map(|h| &h.event).collect();
+        let answer = self.destination.send_batch(id, &events).await;
+        let elapsed = started.elapsed();
+        let attempts = heads.iter().map(|h| h.attempts).max().unwrap_or(0) + 1;
+        let first_failed_at = heads.iter().filter_map(|h| h.first_failed_at).min();
+        let plan = decide::after_answer(
+            &answer,
+            attempts,
+            first_failed_at,
+            at_ms,
+            &self.retry,
+            rand::random::<f64>(),
+        );
+        self.metrics
+            .attempt(&self.name, answer.result_name(), elapsed.as_secs_f64());
+        if answer.kind == AnswerKind::Delivered {
+            let now = now_ms();
+            for head in &heads {
+                self.metrics
+                    .delivered_after(&self.name, ((now - head.event.ingested_at).max(0) as f64) / 1000.0);
+            }
+        }
+        let outcomes = heads
+            .iter()
+            .map(|head| Outcome {
+                sub_id: self.sub_id,
+                event_seq: head.event.seq,
+                at_ms,
+                status: answer.status,
+                error: answer.error.clone(),
+                duration_ms: elapsed.as_millis() as i64,
+                decision: plan.decision,
+                resends: head.resends,
+            })
+            .collect();
+        let _ = self.sent.send(Sent {
+            courier,
+            ticket,
+            answer,
+            plan,
+            elapsed,
+        });
+        self.writer
+            .record_batch(outcomes, Some(expected), Receipt::new(ticket, self.recorded.clone()))
             .await;
     }
 }

@@ -76,11 +76,21 @@ pub fn after_answer(
     retry: &RetryConfig,
     jitter: f64,
 ) -> Plan {
-    if answer.kind == AnswerKind::Delivered {
-        return Plan {
-            decision: Decision::Delivered,
-            wait: Duration::ZERO,
-        };
+    match answer.kind {
+        AnswerKind::Delivered => {
+            return Plan {
+                decision: Decision::Delivered,
+                wait: Duration::ZERO,
+            }
+        }
+        // Not this event's failure: it waits, unchanged, for the resume.
+        AnswerKind::Gone => {
+            return Plan {
+                decision: Decision::Hold,
+                wait: Duration::ZERO,
+            }
+        }
+        AnswerKind::Unavailable | AnswerKind::Refused | AnswerKind::Throttled => {}
     }
     let failing_since = first_failed_at_ms.unwrap_or(at_ms);
     if let Some(limit) = retry.give_up_after {
@@ -149,6 +159,12 @@ pub fn entity_after(
             due: now + wait,
             from: sent.or_earlier(rewind),
         },
+        // The same event again, once the subscription sends again (after
+        // `wait`: zero for a 410, a storage pause for an unrecorded outcome).
+        Decision::Hold => EntityNext::Ready {
+            due: now + wait,
+            from: sent.or_earlier(rewind),
+        },
     }
 }
 
@@ -175,8 +191,31 @@ pub enum LinkChange {
     },
 }
 
+/// What the endpoint's word means for the whole subscription, taken in as
+/// soon as an answer is in (before its outcome is committed), so no other
+/// entity starts a request meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heeded {
+    /// Nothing for the whole subscription.
+    Nothing,
+    /// A 429 or 503 starts a pause of every entity until then (requests
+    /// already on the wire finish).
+    Paused {
+        /// The end of the pause.
+        until: Instant,
+    },
+    /// The pause, already running, now lasts until then.
+    PauseLonger {
+        /// The end of the pause.
+        until: Instant,
+    },
+    /// A 410: the subscription stops until resumed.
+    WentGone,
+}
+
 /// The subscription's view of its endpoint: online, or offline and probed
-/// one request at a time at the backoff pace.
+/// one request at a time at the backoff pace; paused by a 429 or 503;
+/// stopped by a 410.
 #[derive(Debug, Clone)]
 pub struct Link {
     /// Whether requests flow (false: probing).
@@ -189,6 +228,13 @@ pub struct Link {
     pub next_probe_at: Instant,
     /// Since when it is offline.
     pub offline_since: Option<Instant>,
+    /// No request of any entity starts before this (a 429 or 503).
+    pub paused_until: Option<Instant>,
+    /// 429 and 503 answers in a row, for the pause's backoff when they
+    /// carry no `Retry-After`; reset by a success.
+    pub throttles_in_a_row: u32,
+    /// The endpoint answered 410 Gone: nothing is sent until resumed.
+    pub gone: bool,
 }
 
 impl Link {
@@ -200,7 +246,57 @@ impl Link {
             probe_failures: 0,
             next_probe_at: now,
             offline_since: None,
+            paused_until: None,
+            throttles_in_a_row: 0,
+            gone: false,
         }
+    }
+
+    /// Takes in what an answer means for every entity, as soon as it is in:
+    /// a 429 or 503 pauses them all until its `Retry-After` (or the backoff
+    /// of the throttles in a row without one), a 410 stops the subscription.
+    /// A pause is only ever made longer by a later answer, never shorter.
+    pub fn heed(&mut self, answer: &Answer, retry: &RetryConfig, jitter: f64, now: Instant) -> Heeded {
+        match answer.kind {
+            AnswerKind::Delivered => {
+                self.throttles_in_a_row = 0;
+                Heeded::Nothing
+            }
+            AnswerKind::Throttled => {
+                self.throttles_in_a_row = self.throttles_in_a_row.saturating_add(1);
+                let until = now
+                    + answer
+                        .retry_after
+                        .unwrap_or_else(|| backoff::delay_with(retry, self.throttles_in_a_row, jitter));
+                match self.paused_until.filter(|p| *p > now) {
+                    None => {
+                        self.paused_until = Some(until);
+                        Heeded::Paused { until }
+                    }
+                    Some(running) if until > running => {
+                        self.paused_until = Some(until);
+                        Heeded::PauseLonger { until }
+                    }
+                    Some(_) => Heeded::Nothing,
+                }
+            }
+            AnswerKind::Gone if !self.gone => {
+                self.gone = true;
+                Heeded::WentGone
+            }
+            AnswerKind::Gone | AnswerKind::Unavailable | AnswerKind::Refused => Heeded::Nothing,
+        }
+    }
+
+    /// The pause of a 429 or 503, while it lasts.
+    pub fn paused_at(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|until| *until > now)
+    }
+
+    /// After `store-outbox resume` (or a changed config): online, every
+    /// count reset, nothing paused.
+    pub fn resume(&mut self, now: Instant) {
+        *self = Link::new(now);
     }
 
     /// Takes an answer in; `was_probe` if it answered a probe.
@@ -212,6 +308,10 @@ impl Link {
         jitter: f64,
         now: Instant,
     ) -> LinkChange {
+        // A 410 is the endpoint's last word (`heed`), not a failure to count.
+        if answer.kind == AnswerKind::Gone {
+            return LinkChange::None;
+        }
         if answer.kind == AnswerKind::Delivered {
             self.failures_in_a_row = 0;
             if self.online {
@@ -227,7 +327,8 @@ impl Link {
             return LinkChange::CameBack { down_for };
         }
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
-        let endpoint_down = answer.kind == AnswerKind::Unavailable || self.failures_in_a_row >= FAILURES_BEFORE_OFFLINE;
+        let endpoint_down = matches!(answer.kind, AnswerKind::Unavailable | AnswerKind::Throttled)
+            || self.failures_in_a_row >= FAILURES_BEFORE_OFFLINE;
         // While offline only a probe's answer moves the probe clock: an
         // answer to a request sent before the link went down says nothing new.
         if !endpoint_down || !(self.online || was_probe) {
@@ -252,10 +353,10 @@ impl Link {
 /// A ready entity in the order it may go: (due, its head's `seq`, entity id).
 pub type ReadyKey = (Instant, i64, i64);
 
-/// Picks the entity to send next, if one may go now. Online: the earliest
-/// due, if a request slot is free. Offline: one probe at a time once
-/// `next_probe_at` passed, with the oldest waiting event whatever its own
-/// backoff.
+/// Picks the entity to send next, if one may go now. Nothing while the
+/// subscription is gone or paused by a 429/503. Online: the earliest due, if
+/// a request slot is free. Offline: one probe at a time once `next_probe_at`
+/// passed, with the oldest waiting event whatever its own backoff.
 pub fn next_pick(
     ready: &BTreeSet<ReadyKey>,
     link: &Link,
@@ -263,7 +364,7 @@ pub fn next_pick(
     probe_in_flight: bool,
     now: Instant,
 ) -> Option<ReadyKey> {
-    if !slot_free {
+    if !slot_free || link.gone || link.paused_at(now).is_some() {
         return None;
     }
     if link.online {
@@ -277,7 +378,9 @@ pub fn next_pick(
 
 /// When the scheduler should look again if nothing wakes it first.
 /// `more_backlog`: the window has room and the backlog scan has more to
-/// take in, so it goes on at once (unless paused).
+/// take in, so it goes on at once (unless paused). `paused_until` is the
+/// storage pause; a 429/503's pause is the link's. Gone, only the resume
+/// (seen at the periodic tick) or the backlog scan wakes it.
 pub fn next_wake(
     ready: &BTreeSet<ReadyKey>,
     link: &Link,
@@ -287,13 +390,17 @@ pub fn next_wake(
     more_backlog: bool,
     now: Instant,
 ) -> Option<Instant> {
-    if let Some(until) = paused_until.filter(|until| *until > now) {
+    let paused = match (paused_until.filter(|until| *until > now), link.paused_at(now)) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(until) = paused.filter(|_| !link.gone || more_backlog) {
         return Some(until);
     }
     if more_backlog {
         return Some(now);
     }
-    if !slot_free {
+    if !slot_free || link.gone {
         return None;
     }
     if link.online {
@@ -310,7 +417,7 @@ pub fn next_wake(
 /// backoff of its entities. `None` while requests are out or something is
 /// ready now.
 pub fn planned_attempt(ready: &BTreeSet<ReadyKey>, link: &Link, in_flight: bool, now: Instant) -> Option<Instant> {
-    if in_flight || ready.is_empty() {
+    if in_flight || ready.is_empty() || link.gone {
         return None;
     }
     let at = if link.online {
@@ -318,7 +425,118 @@ pub fn planned_attempt(ready: &BTreeSet<ReadyKey>, link: &Link, in_flight: bool,
     } else {
         link.next_probe_at
     };
+    let at = link.paused_at(now).map_or(at, |until| until.max(at));
     (at > now).then_some(at)
+}
+
+/// Adaptive request concurrency (`concurrency = "adaptive"`), after
+/// Vector's ARC: additive increase, multiplicative decrease of the requests
+/// a subscription keeps on the wire, between 1 and `max_in_flight`. Answers
+/// are taken in windows of about one round trip; at the end of a window the
+/// limit shrinks (×0.9) after any backpressure (429/503, timeouts, connection
+/// errors) or when the window's mean round trip rose clearly above the
+/// long-run mean, and grows by one when the limit was reached and the round
+/// trip stayed flat. Fixed concurrency (the default) is a limit that stays at
+/// `max_in_flight`.
+#[derive(Debug, Clone)]
+pub struct Concurrency {
+    /// Whether it adapts; fixed: always `max`.
+    adaptive: bool,
+    /// The current limit.
+    limit: usize,
+    /// `max_in_flight`.
+    max: usize,
+    /// Long-run mean round trip (exponentially weighted), seconds.
+    mean_rtt: Option<f64>,
+    /// Long-run mean absolute deviation of the round trip, seconds.
+    deviation: f64,
+    /// The current window: since when, sum and count of its round trips.
+    window_start: Instant,
+    window_sum: f64,
+    window_count: u32,
+    /// Whether the window saw backpressure.
+    window_backpressure: bool,
+    /// Whether the limit was reached during the window (only then may it grow).
+    window_saturated: bool,
+}
+
+/// The weight of a window's mean in the long-run mean.
+const ARC_EWMA_ALPHA: f64 = 0.4;
+/// A window's mean above `mean + ARC_DEVIATION_SCALE × deviation` counts as
+/// rising latency.
+const ARC_DEVIATION_SCALE: f64 = 2.5;
+/// Multiplicative decrease.
+const ARC_DECREASE: f64 = 0.9;
+
+impl Concurrency {
+    /// Fixed at `max`, or adaptive starting at 1.
+    pub fn new(adaptive: bool, max: usize, now: Instant) -> Self {
+        Concurrency {
+            adaptive,
+            limit: if adaptive { 1 } else { max.max(1) },
+            max: max.max(1),
+            mean_rtt: None,
+            deviation: 0.0,
+            window_start: now,
+            window_sum: 0.0,
+            window_count: 0,
+            window_backpressure: false,
+            window_saturated: false,
+        }
+    }
+
+    /// Requests that may be on the wire now.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Notes that a request started with `on_wire` requests on the wire
+    /// (counting it).
+    pub fn on_start(&mut self, on_wire: usize) {
+        if on_wire >= self.limit {
+            self.window_saturated = true;
+        }
+    }
+
+    /// Takes an answer in (`rtt`: how long its request took) and, at the
+    /// end of a window, adjusts the limit.
+    pub fn on_answer(&mut self, kind: AnswerKind, rtt: Duration, now: Instant) {
+        if !self.adaptive {
+            return;
+        }
+        match kind {
+            AnswerKind::Delivered | AnswerKind::Refused => {
+                self.window_sum += rtt.as_secs_f64();
+                self.window_count += 1;
+            }
+            AnswerKind::Throttled | AnswerKind::Unavailable => self.window_backpressure = true,
+            AnswerKind::Gone => {}
+        }
+        let window = Duration::from_secs_f64(self.mean_rtt.unwrap_or(0.0).max(0.001));
+        if now.saturating_duration_since(self.window_start) < window {
+            return;
+        }
+        let current = (self.window_count > 0).then(|| self.window_sum / f64::from(self.window_count));
+        let rising = match (current, self.mean_rtt) {
+            (Some(c), Some(mean)) => c > mean + ARC_DEVIATION_SCALE * self.deviation.max(mean * 0.05),
+            _ => false,
+        };
+        if self.window_backpressure || rising {
+            self.limit = ((self.limit as f64 * ARC_DECREASE) as usize).max(1);
+        } else if self.window_saturated && current.is_some() {
+            self.limit = (self.limit + 1).min(self.max);
+        }
+        if let Some(c) = current {
+            let mean = self.mean_rtt.map_or(c, |m| m + ARC_EWMA_ALPHA * (c - m));
+            self.deviation += ARC_EWMA_ALPHA * ((c - mean).abs() - self.deviation);
+            self.mean_rtt = Some(mean);
+        }
+        self.window_start = now;
+        self.window_sum = 0.0;
+        self.window_count = 0;
+        self.window_backpressure = false;
+        self.window_saturated = false;
+    }
 }
 
 #[cfg(test)]
@@ -444,6 +662,130 @@ mod tests {
                 from: at(3, 2)
             }
         );
+    }
+
+    #[test]
+    fn a_410_holds_the_delivery_as_it_was_and_never_parks_it() {
+        let gone = answer(AnswerKind::Gone, None);
+        let plan = after_answer(&gone, 9, Some(0), 90_000, &retry(Some(Duration::ZERO)), 0.0);
+        assert_eq!(plan.decision, Decision::Hold);
+        let now = Instant::now();
+        assert_eq!(
+            entity_after(Decision::Hold, plan.wait, at(10, 4), None, now),
+            EntityNext::Ready {
+                due: now,
+                from: at(10, 4)
+            }
+        );
+    }
+
+    #[test]
+    fn a_429_pauses_every_entity_until_retry_after_and_a_later_one_only_lengthens_it() {
+        let now = Instant::now();
+        let mut link = Link::new(now);
+        let ready = BTreeSet::from([(now, 1, 1), (now, 2, 2)]);
+        let throttled = answer(AnswerKind::Throttled, Some(Duration::from_secs(30)));
+        let until = now + Duration::from_secs(30);
+        assert_eq!(link.heed(&throttled, &retry(None), 0.0, now), Heeded::Paused { until });
+        assert_eq!(next_pick(&ready, &link, true, false, now), None, "no entity goes");
+        assert_eq!(next_wake(&ready, &link, true, false, None, false, now), Some(until));
+        assert_eq!(planned_attempt(&ready, &link, false, now), Some(until));
+        // An answer with a shorter Retry-After leaves the pause as it is.
+        let shorter = answer(AnswerKind::Throttled, Some(Duration::from_secs(5)));
+        assert_eq!(link.heed(&shorter, &retry(None), 0.0, now), Heeded::Nothing);
+        let longer = answer(AnswerKind::Throttled, Some(Duration::from_secs(60)));
+        assert_eq!(
+            link.heed(&longer, &retry(None), 0.0, now),
+            Heeded::PauseLonger {
+                until: now + Duration::from_secs(60)
+            }
+        );
+        // A success that was on the wire does not end the pause.
+        assert_eq!(
+            link.heed(&answer(AnswerKind::Delivered, None), &retry(None), 0.0, now),
+            Heeded::Nothing
+        );
+        let after = now + Duration::from_secs(60);
+        assert_eq!(next_pick(&ready, &link, true, false, after), Some((now, 1, 1)));
+    }
+
+    #[test]
+    fn a_503_without_retry_after_pauses_for_the_backoff_of_throttles_in_a_row() {
+        let now = Instant::now();
+        let mut link = Link::new(now);
+        let throttled = answer(AnswerKind::Throttled, None);
+        // Equal jitter with a draw of 0: half the doubling base, never below 1 s.
+        for (n, secs) in [(1, 1), (2, 1), (3, 2), (4, 4)] {
+            let t = now + Duration::from_secs(100 * n);
+            assert_eq!(
+                link.heed(&throttled, &retry(None), 0.0, t),
+                Heeded::Paused {
+                    until: t + Duration::from_secs(secs)
+                },
+                "throttle {n}"
+            );
+        }
+        // It also takes the link offline: after the pause, one probe first.
+        assert_eq!(
+            link.on_answer(&throttled, false, &retry(None), 0.0, now),
+            LinkChange::WentOffline
+        );
+        link.heed(&answer(AnswerKind::Delivered, None), &retry(None), 0.0, now);
+        assert_eq!(link.throttles_in_a_row, 0);
+    }
+
+    #[test]
+    fn a_410_stops_the_subscription_until_resumed_and_counts_no_failure() {
+        let now = Instant::now();
+        let mut link = Link::new(now);
+        let ready = BTreeSet::from([(now, 1, 1)]);
+        let gone = answer(AnswerKind::Gone, None);
+        assert_eq!(link.heed(&gone, &retry(None), 0.0, now), Heeded::WentGone);
+        assert_eq!(link.heed(&gone, &retry(None), 0.0, now), Heeded::Nothing, "once");
+        assert_eq!(link.on_answer(&gone, false, &retry(None), 0.0, now), LinkChange::None);
+        assert_eq!(link.failures_in_a_row, 0);
+        assert!(link.online, "gone is not offline: nothing is probed");
+        assert_eq!(next_pick(&ready, &link, true, false, now), None);
+        assert_eq!(next_wake(&ready, &link, true, false, None, false, now), None);
+        assert_eq!(planned_attempt(&ready, &link, false, now), None);
+        link.resume(now);
+        assert_eq!(next_pick(&ready, &link, true, false, now), Some((now, 1, 1)));
+    }
+
+    /// Feeds `rounds` windows of saturated answers taking `rtt` each.
+    fn feed(c: &mut Concurrency, kind: AnswerKind, rtt: Duration, rounds: u32, now: &mut Instant) {
+        for _ in 0..rounds {
+            c.on_start(c.limit());
+            *now += rtt.max(Duration::from_millis(1));
+            c.on_answer(kind, rtt, *now);
+        }
+    }
+
+    #[test]
+    fn adaptive_concurrency_grows_by_one_per_window_while_answers_stay_fast_up_to_max_in_flight() {
+        let mut now = Instant::now();
+        let mut c = Concurrency::new(true, 16, now);
+        assert_eq!(c.limit(), 1, "starts at one");
+        feed(&mut c, AnswerKind::Delivered, Duration::from_millis(50), 5, &mut now);
+        assert_eq!(c.limit(), 6);
+        feed(&mut c, AnswerKind::Delivered, Duration::from_millis(50), 40, &mut now);
+        assert_eq!(c.limit(), 16, "never above max_in_flight");
+        let fixed = Concurrency::new(false, 16, now);
+        assert_eq!(fixed.limit(), 16);
+    }
+
+    #[test]
+    fn adaptive_concurrency_shrinks_on_backpressure_and_on_rising_latency_never_below_one() {
+        let mut now = Instant::now();
+        let mut c = Concurrency::new(true, 16, now);
+        feed(&mut c, AnswerKind::Delivered, Duration::from_millis(50), 30, &mut now);
+        assert_eq!(c.limit(), 16);
+        feed(&mut c, AnswerKind::Throttled, Duration::from_millis(50), 1, &mut now);
+        assert_eq!(c.limit(), 14, "×0.9 on a 429");
+        feed(&mut c, AnswerKind::Delivered, Duration::from_millis(400), 1, &mut now);
+        assert_eq!(c.limit(), 12, "×0.9 when the round trip rises");
+        feed(&mut c, AnswerKind::Unavailable, Duration::from_millis(50), 60, &mut now);
+        assert_eq!(c.limit(), 1, "timeouts take it down to one, not zero");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The seam between the scheduler and the systems events go to.
 //!
-//! A destination sends one prepared unit (today: one stored event) and
-//! says what the answer means; it knows nothing of entities, order,
+//! A destination sends one prepared unit (one stored event, or a batch of
+//! them when the subscription has `batch`) and says what the answer means; it knows nothing of entities, order,
 //! backoff, probing or parking, which stay in the scheduler. The webhook
 //! ([`super::webhook::Webhook`]) is one implementation; a new kind of
 //! destination is a sibling module implementing [`Destination`], chosen by
@@ -24,6 +24,14 @@ pub enum AnswerKind {
     /// The destination answered but refused this event (other failures):
     /// the event is retried with its own backoff.
     Refused,
+    /// The destination asks the whole subscription to slow down (HTTP 429,
+    /// 503): every entity pauses until `retry_after`, or the backoff
+    /// without it; requests already on the wire finish.
+    Throttled,
+    /// The destination says it is gone for good (HTTP 410): the
+    /// subscription stops sending (nothing is dropped or parked) until its
+    /// config changes or an operator resumes it.
+    Gone,
 }
 
 /// The destination's answer to one send.
@@ -67,6 +75,8 @@ impl Answer {
             AnswerKind::Delivered => "delivered",
             AnswerKind::Refused => "refused",
             AnswerKind::Unavailable => "unreachable",
+            AnswerKind::Throttled => "throttled",
+            AnswerKind::Gone => "gone",
         }
     }
 }
@@ -76,4 +86,25 @@ pub trait Destination: Send + Sync + 'static {
     /// Sends one event and classifies the answer. Never fails otherwise:
     /// every problem is an [`Answer`] the scheduler can act on.
     fn send(&self, event: &StoredEvent) -> impl Future<Output = Answer> + Send;
+
+    /// Sends several events in one request, `id` being the batch's id, and
+    /// classifies the answer: it is the answer for every event of the batch.
+    /// A destination that sends one event per request refuses (the config
+    /// allows `batch` only where it is implemented).
+    fn send_batch(&self, id: &str, events: &[&StoredEvent]) -> impl Future<Output = Answer> + Send {
+        let _ = (id, events);
+        async {
+            Answer::failed(
+                AnswerKind::Refused,
+                None,
+                "this destination sends one event per request",
+            )
+        }
+    }
+
+    /// The bytes `event` adds to a batch's body (before compression), so
+    /// the scheduler keeps batches under `batch.max_bytes`.
+    fn batch_bytes(&self, event: &StoredEvent) -> usize {
+        event.payload.len() + 512
+    }
 }

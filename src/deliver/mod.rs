@@ -9,9 +9,12 @@
 //! - [`destination`]: the seam: the [`destination::Destination`] trait a
 //!   destination implements (send one unit, classify the answer).
 //! - [`webhook`]: the webhook destination (HTTP, Standard Webhooks).
+//! - [`cloudevents`]: CloudEvents 1.0 over HTTP for `format = "cloudevents"`
+//!   (binary mode, batched mode), sent by the webhook destination.
 //! - `nats` (with the cargo feature `nats`): the NATS JetStream destination
 //!   (the webhook body, published and acknowledged).
 //! - [`backoff`]: retry delays with jitter and `Retry-After`.
+//! - [`batch`]: when a batch is formed, what fits in it, its id.
 //!
 //! To add a kind of destination: a module beside `webhook.rs` with a type
 //! that implements [`destination::Destination`], and one arm in
@@ -20,6 +23,8 @@
 //! see what is behind the trait.
 
 pub mod backoff;
+pub mod batch;
+pub mod cloudevents;
 pub mod courier;
 pub mod decide;
 pub mod destination;

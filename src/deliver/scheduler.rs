@@ -5,7 +5,9 @@
 //! [`Destination`] sends, and [`super::courier`] carries each event to it.
 //!
 //! Invariants kept here:
-//! - **Order per entity**: at most one request per entity is in flight, and
+//! - **Order per entity**: at most one request per entity is in flight (with
+//!   `batch`, one batch holding consecutive events of the entity; a failed
+//!   batch is held and sent again whole), and
 //!   the next event of an entity is looked up (from the database) only after
 //!   the previous one's outcome is *committed* (the writer's [`Recorded`]).
 //!   So event n+1 is never sent before n's 2xx is durable, and after a crash
@@ -28,6 +30,12 @@
 //!   depend on how many entities the producers use. An entity leaves the
 //!   window once it has nothing left to send (drained, or blocked behind a
 //!   parked event, which the outbox finds again in one probe).
+//! - **The endpoint's word is for the whole subscription**: a 429 or 503
+//!   pauses every entity (until `Retry-After`, or the backoff), taken in as
+//!   soon as the answer is in; a 410 stops the subscription, across
+//!   restarts, until its config changes or `store-outbox resume`
+//!   (`outbox::gone`). Requests already on the wire finish; nothing is
+//!   dropped or parked.
 //! - Timers use `Instant` (monotonic): wall-clock jumps do not move them.
 
 use std::collections::{BTreeSet, HashMap};
@@ -39,13 +47,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::courier::{Crew, Job, Sent};
-use super::decide::{self, EntityNext, Link, LinkChange, Plan, Position, ReadyKey};
+use super::batch;
+use super::courier::{Crew, Job, Sent, Unit};
+use super::decide::{self, Concurrency, EntityNext, Heeded, Link, LinkChange, Plan, Position, ReadyKey};
 use super::destination::{Answer, AnswerKind, Destination};
+use crate::config::BatchConfig;
 use crate::metrics::Metrics;
+use crate::outbox::gone::{self, Marker};
 use crate::outbox::read::{self, Head};
 use crate::outbox::state::{DeliveryState, SubscriptionState};
-use crate::outbox::writer::{Recorded, Starving, Writer};
+use crate::outbox::writer::{Decision, Recorded, Starving, Writer};
 use crate::outbox::{now_ms, Subscription};
 use crate::shutdown::Shutdown;
 
@@ -92,6 +103,8 @@ enum EntityState {
     Ready,
     /// A request for its head is in flight.
     InFlight,
+    /// Its events are in a batch waiting for its retry ([`HeldBatch`]).
+    Held,
 }
 
 /// An entity the scheduler tracks.
@@ -111,12 +124,37 @@ struct Entity {
     checked: bool,
 }
 
+/// One entity's share of a request: its consecutive events from `first` to
+/// `last` (one event without `batch`).
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    /// The entity.
+    entity_id: i64,
+    /// Its first event in the request.
+    first: Position,
+    /// Its last event in the request.
+    last: Position,
+    /// How many of its events.
+    count: usize,
+}
+
+/// A batch that failed and goes again whole, with the same events in the
+/// same order and the same id, once `due` (its entities are `Held`).
+struct HeldBatch {
+    /// Its `webhook-id`.
+    id: String,
+    /// Its entities' shares, in the order they go.
+    parts: Vec<Part>,
+    /// When it goes again (its backoff, or `Retry-After`).
+    due: Instant,
+}
+
 /// A delivery between dispatch and the commit of its outcome.
 struct Flight {
-    /// Its entity.
-    entity_id: i64,
-    /// The event sent.
-    sent: Position,
+    /// What the request carries, per entity.
+    parts: Vec<Part>,
+    /// The batch's id, for a batch.
+    batch_id: Option<String>,
     /// Whether it was the offline probe.
     was_probe: bool,
     /// The courier's answer and plan, once in.
@@ -174,9 +212,15 @@ pub struct Scheduler<D> {
     unrecorded_in_a_row: u32,
     /// See `unrecorded_in_a_row`.
     storage_pause_until: Option<Instant>,
-    /// (online, deliveries in flight, next planned attempt) as last written
+    /// (state, deliveries in flight, next planned attempt) as last written
     /// for `status`.
-    persisted: (bool, usize, Option<Instant>),
+    persisted: (SubscriptionState, usize, Option<Instant>),
+    /// The fingerprint of the subscription's config, kept with a 410's
+    /// marker: a changed config resumes.
+    fingerprint: String,
+    /// Stopped by a 410: its marker, and whether the outbox was seen to
+    /// hold it (only then does its absence mean `resume`).
+    gone: Option<(Marker, bool)>,
     /// `resend_generation` when the open entities were last read; `None`
     /// until they were read once.
     resend_generation: Option<Option<String>>,
@@ -187,6 +231,15 @@ pub struct Scheduler<D> {
     starving: Starving,
     /// The couriers' shared parts, until `run` starts them.
     crew: Option<Arc<Crew<D>>>,
+    /// The destination (for the size of an event in a batch).
+    destination: Arc<D>,
+    /// Batches waiting for their retry.
+    held: Vec<HeldBatch>,
+    /// How many requests may be on the wire (fixed at `max_in_flight`, or
+    /// adaptive).
+    concurrency: Concurrency,
+    /// A batch that is not full waits for company until then (`linger`).
+    linger_wake: Option<Instant>,
 }
 
 impl<D: Destination> Scheduler<D> {
@@ -203,7 +256,7 @@ impl<D: Destination> Scheduler<D> {
         let (sent_tx, sent_rx) = mpsc::unbounded_channel();
         let (recorded_tx, recorded_rx) = mpsc::unbounded_channel();
         let crew = Crew {
-            destination,
+            destination: destination.clone(),
             writer: writer.clone(),
             sub_id: sub.id,
             name: sub.config.name.clone(),
@@ -213,6 +266,8 @@ impl<D: Destination> Scheduler<D> {
             recorded: recorded_tx,
         };
         let starving = writer.starving();
+        let fingerprint = config_fingerprint(&sub.config);
+        let (adaptive, max_in_flight) = (sub.config.adaptive_concurrency, sub.config.max_in_flight);
         let heartbeat = crate::notify::Heartbeat::default();
         heartbeat.beat();
         Scheduler {
@@ -236,11 +291,17 @@ impl<D: Destination> Scheduler<D> {
             probe_in_flight: false,
             unrecorded_in_a_row: 0,
             storage_pause_until: None,
-            persisted: (false, usize::MAX, None),
+            persisted: (SubscriptionState::Stopped, usize::MAX, None),
+            fingerprint,
+            gone: None,
             resend_generation: None,
             heartbeat,
             starving,
             crew: Some(Arc::new(crew)),
+            destination,
+            held: Vec::new(),
+            concurrency: Concurrency::new(adaptive, max_in_flight, Instant::now()),
+            linger_wake: None,
         }
     }
 
@@ -260,13 +321,17 @@ impl<D: Destination> Scheduler<D> {
     /// delivery waiting for its commit, and an idle courier.
     fn slot_free(&self) -> bool {
         let max = self.sub.config.max_in_flight;
-        self.requests < max && self.flights.len() < max * DELIVERIES_PER_SLOT && !self.idle.is_empty()
+        self.requests < self.concurrency.limit().min(max)
+            && self.flights.len() < max * DELIVERIES_PER_SLOT
+            && !self.idle.is_empty()
     }
 
     /// A request slot is free and nothing is ready to go now, while
     /// deliveries are under way: the next events wait for their commits.
     fn is_starving(&self) -> bool {
         self.link.online
+            && !self.link.gone
+            && self.link.paused_at(Instant::now()).is_none()
             && !self.flights.is_empty()
             && self.slot_free()
             && self.ready.first().is_none_or(|(due, _, _)| *due > Instant::now())
@@ -335,6 +400,7 @@ impl<D: Destination> Scheduler<D> {
 
     /// Runs until shutdown.
     pub async fn run(mut self) {
+        self.check_gone_at_start();
         self.catch_up_resends(Instant::now());
         let mut couriers = self.start_couriers();
         let mut tick = tokio::time::interval(RESYNC_EVERY);
@@ -343,15 +409,7 @@ impl<D: Destination> Scheduler<D> {
         loop {
             self.dispatch();
             self.starving.set(self.is_starving());
-            let wake = decide::next_wake(
-                &self.ready,
-                &self.link,
-                self.slot_free(),
-                self.probe_in_flight,
-                self.storage_pause_until,
-                self.wants_scan(),
-                Instant::now(),
-            );
+            let wake = self.next_wake(Instant::now());
             tokio::select! {
                 // A group commit reports many outcomes at once: take them
                 // all before the next round of lookups (one read transaction
@@ -369,6 +427,7 @@ impl<D: Destination> Scheduler<D> {
                 _ = sleep_until_opt(wake) => {}
                 _ = tick.tick() => {
                     self.heartbeat.beat();
+                    self.check_resumed(Instant::now());
                     self.catch_up_resends(Instant::now());
                     if self.persisted != self.state_to_persist(Instant::now()) {
                         self.persist_state();
@@ -438,16 +497,132 @@ impl<D: Destination> Scheduler<D> {
         if sent.answer.kind == AnswerKind::Delivered {
             self.requests = self.requests.saturating_sub(1);
         }
+        let now = Instant::now();
+        self.concurrency.on_answer(sent.answer.kind, sent.elapsed, now);
+        let heeded = self
+            .link
+            .heed(&sent.answer, &self.sub.config.retry, rand::random::<f64>(), now);
+        self.on_heeded(heeded, &sent.answer, now);
         if let Some(flight) = self.flights.get_mut(&sent.ticket) {
             flight.answered = Some((sent.answer, sent.plan));
         }
     }
 
-    /// What `status` should say: online, deliveries in flight, and when the
-    /// next attempt is planned if the subscription is waiting.
-    fn state_to_persist(&self, now: Instant) -> (bool, usize, Option<Instant>) {
+    /// Acts on what an answer means for the whole subscription (a pause, a
+    /// stop); requests already on the wire go on.
+    fn on_heeded(&mut self, heeded: Heeded, answer: &Answer, now: Instant) {
+        let name = &self.sub.config.name;
+        match heeded {
+            Heeded::Nothing => {}
+            Heeded::Paused { until } | Heeded::PauseLonger { until } => {
+                let wait = humantime::format_duration(Duration::from_secs(
+                    until.saturating_duration_since(now).as_secs_f64().ceil() as u64,
+                ));
+                if matches!(heeded, Heeded::Paused { .. }) && self.link.throttles_in_a_row == 1 {
+                    tracing::info!(subscription = %name, error = ?answer.error, pause = %wait,
+                        "the endpoint asks to slow down: every entity of the subscription waits");
+                } else {
+                    tracing::debug!(subscription = %name, error = ?answer.error, pause = %wait, "throttled again");
+                }
+                self.persist_state();
+            }
+            Heeded::WentGone => {
+                tracing::warn!(subscription = %name, url = %self.sub.config.url_for_logs(), error = ?answer.error,
+                    "the endpoint answered 410 Gone: the subscription stops sending (nothing is dropped) until its config changes or `store-outbox resume {name}`");
+                let marker = Marker {
+                    fingerprint: self.fingerprint.clone(),
+                    since_ms: now_ms(),
+                };
+                self.writer.set_gone(self.sub.id, Some(marker.clone()));
+                self.gone = Some((marker, false));
+                self.persist_state();
+            }
+        }
+    }
+
+    /// At start: a 410's marker from before stops the subscription again if
+    /// its config is the same; a changed config clears it.
+    fn check_gone_at_start(&mut self) {
+        let name = &self.sub.config.name;
+        match gone::marker(&self.reader, self.sub.id) {
+            Ok(None) => {}
+            Ok(Some(marker)) if marker.fingerprint == self.fingerprint => {
+                tracing::warn!(subscription = %name, since = %crate::timefmt::ms_to_rfc3339(marker.since_ms),
+                    "stopped since its endpoint answered 410 Gone; nothing is sent until its config changes or `store-outbox resume {name}`");
+                self.link.gone = true;
+                self.gone = Some((marker, true));
+            }
+            Ok(Some(_)) => {
+                tracing::info!(subscription = %name, "its config changed since the endpoint answered 410 Gone: sending again");
+                self.writer.set_gone(self.sub.id, None);
+            }
+            Err(e) => {
+                tracing::error!(subscription = %name, error = %e, "cannot read the outbox");
+            }
+        }
+    }
+
+    /// While stopped by a 410: resumes once `store-outbox resume` deleted
+    /// the marker (seen in the outbox before), or stores the marker again if
+    /// the writer did not take it yet.
+    fn check_resumed(&mut self, now: Instant) {
+        let Some((marker, seen)) = self.gone.clone() else {
+            return;
+        };
+        match gone::marker(&self.reader, self.sub.id) {
+            Ok(Some(_)) if !seen => self.gone = Some((marker, true)),
+            Ok(Some(_)) => {}
+            Ok(None) if !seen => {
+                self.writer.set_gone(self.sub.id, Some(marker));
+            }
+            Ok(None) => {
+                tracing::info!(subscription = %self.sub.config.name, "resumed after 410 Gone: sending again");
+                self.gone = None;
+                self.link.resume(now);
+                self.make_every_entity_due(now);
+                self.persist_state();
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the 410 marker"),
+        }
+    }
+
+    /// Every waiting entity and held batch may go now (the link came back,
+    /// or resumed).
+    fn make_every_entity_due(&mut self, now: Instant) {
+        for held in &mut self.held {
+            held.due = held.due.min(now);
+        }
+        let keys: Vec<_> = self.ready.iter().copied().collect();
+        for (_, _, id) in keys {
+            if let Some(at) = self.entities.get(&id).map(|e| e.at) {
+                self.set_ready(id, now, at);
+            }
+        }
+    }
+
+    /// What `status` should say: the state, deliveries in flight, and when
+    /// the next attempt is planned if the subscription is waiting.
+    fn state_to_persist(&self, now: Instant) -> (SubscriptionState, usize, Option<Instant>) {
         let next = decide::planned_attempt(&self.ready, &self.link, !self.flights.is_empty(), now);
-        (self.link.online, self.flights.len(), next)
+        let held = batch::held_wake(self.held.iter().map(|h| h.due).min(), &self.link, true, false, now)
+            .filter(|at| *at > now && self.flights.is_empty());
+        let next = match (next, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let state = if self.link.gone {
+            SubscriptionState::Gone
+        } else if self.link.online {
+            SubscriptionState::Online
+        } else {
+            SubscriptionState::Offline
+        };
+        let in_flight = self
+            .flights
+            .values()
+            .map(|f| f.parts.iter().map(|p| p.count).sum::<usize>())
+            .sum();
+        (state, in_flight, next)
     }
 
     /// Writes online/offline, deliveries in flight and the next planned
@@ -455,12 +630,7 @@ impl<D: Destination> Scheduler<D> {
     fn persist_state(&mut self) {
         let now = Instant::now();
         let persisted = self.state_to_persist(now);
-        let (online, in_flight, next) = persisted;
-        let state = if online {
-            SubscriptionState::Online
-        } else {
-            SubscriptionState::Offline
-        };
+        let (state, in_flight, next) = persisted;
         let next_ms = next.map(|at| now_ms() + at.saturating_duration_since(now).as_millis() as i64);
         if self.writer.set_sub_state(self.sub.id, state, in_flight as i64, next_ms) {
             self.persisted = persisted;
@@ -519,6 +689,36 @@ impl<D: Destination> Scheduler<D> {
         Ok(())
     }
 
+    /// When to look again if nothing wakes the loop first: the rules'
+    /// wake, a lingering batch's, a held batch's.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let wake = match self.linger_wake {
+            // Lingering: the ready entities wait for company, not their due.
+            Some(until) if !self.wants_scan() && until > now => Some(until),
+            _ => decide::next_wake(
+                &self.ready,
+                &self.link,
+                self.slot_free(),
+                self.probe_in_flight,
+                self.storage_pause_until,
+                self.wants_scan(),
+                now,
+            ),
+        };
+        let held = batch::held_wake(
+            self.held.iter().map(|h| h.due).min(),
+            &self.link,
+            self.slot_free(),
+            self.probe_in_flight,
+            now,
+        );
+        let held = held.map(|at| self.storage_pause_until.map_or(at, |until| until.max(at)));
+        match (wake, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The entity to send next, if one may be sent now.
     fn next_pick(&self, now: Instant) -> Option<ReadyKey> {
         decide::next_pick(&self.ready, &self.link, self.slot_free(), self.probe_in_flight, now)
@@ -530,7 +730,8 @@ impl<D: Destination> Scheduler<D> {
         if self.storage_pause_until.is_some_and(|until| now < until) {
             return;
         }
-        if self.next_pick(now).is_none() && !self.wants_scan() {
+        let held_may_go = self.slot_free() && self.held_to_send(now).is_some();
+        if self.next_pick(now).is_none() && !self.wants_scan() && !held_may_go {
             return;
         }
         // One read transaction for the round: the check for resends and
@@ -562,32 +763,15 @@ impl<D: Destination> Scheduler<D> {
     }
 
     fn dispatch_round(&mut self, now: Instant) {
+        if let Some(batch) = self.sub.config.batch {
+            return self.dispatch_batches(now, &batch);
+        }
         while let Some(pick) = self.next_pick(now) {
             self.ready.remove(&pick);
             let entity_id = pick.2;
-            let Some((cursor, checked)) = self.entities.get(&entity_id).map(|e| (e.at, e.checked)) else {
+            let Some(cursor) = self.cursor_if_unblocked(entity_id, now) else {
                 continue;
             };
-            if !checked {
-                match read::parked_before(&self.reader, self.sub.id, entity_id, cursor.entity_seq) {
-                    Ok(true) => {
-                        // Blocked behind a parked event: nothing of it goes
-                        // until a resend, which brings it back.
-                        self.forget(entity_id);
-                        continue;
-                    }
-                    Ok(false) => {
-                        if let Some(entity) = self.entities.get_mut(&entity_id) {
-                            entity.checked = true;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the next event");
-                        self.set_ready(entity_id, now + READ_RETRY, cursor);
-                        return;
-                    }
-                }
-            }
             let head = match read::head(&self.reader, self.sub.id, entity_id, cursor.entity_seq) {
                 Ok(Some(head)) => head,
                 Ok(None) => {
@@ -606,46 +790,275 @@ impl<D: Destination> Scheduler<D> {
                 continue;
             }
             let was_probe = !self.link.online;
-            if !self.hand_to_courier(entity_id, head, was_probe) {
-                self.set_ready(entity_id, now + READ_RETRY, cursor);
+            let parts = vec![Part {
+                entity_id,
+                first: at,
+                last: at,
+                count: 1,
+            }];
+            if !self.hand_to_courier(Unit::One(head), parts, None, was_probe, now) {
                 return;
             }
-            self.set_state(entity_id, EntityState::InFlight, at);
             if was_probe {
                 return;
             }
         }
     }
 
-    /// Gives the head to an idle courier; false if none could take it.
-    fn hand_to_courier(&mut self, entity_id: i64, head: Head, was_probe: bool) -> bool {
-        // `next_pick` saw an idle courier.
-        let Some(courier) = self.idle.pop() else {
-            return false;
+    /// The cursor of a picked entity, or `None` when it must not go: it is
+    /// no longer in the window, it is blocked behind a parked event (it
+    /// leaves the window), or the check could not be read (it waits).
+    fn cursor_if_unblocked(&mut self, entity_id: i64, now: Instant) -> Option<Position> {
+        let (cursor, checked) = self.entities.get(&entity_id).map(|e| (e.at, e.checked))?;
+        if checked {
+            return Some(cursor);
+        }
+        match read::parked_before(&self.reader, self.sub.id, entity_id, cursor.entity_seq) {
+            Ok(true) => {
+                // Blocked behind a parked event: nothing of it goes until a
+                // resend, which brings it back.
+                self.forget(entity_id);
+                None
+            }
+            Ok(false) => {
+                if let Some(entity) = self.entities.get_mut(&entity_id) {
+                    entity.checked = true;
+                }
+                Some(cursor)
+            }
+            Err(e) => {
+                tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the next event");
+                self.set_ready(entity_id, now + READ_RETRY, cursor);
+                None
+            }
+        }
+    }
+
+    /// With `batch`: first the batches waiting for their retry (each goes
+    /// again whole, same events, same order, same id), then new batches of
+    /// the ready entities, each entity with its consecutive pending events.
+    fn dispatch_batches(&mut self, now: Instant, config: &BatchConfig) {
+        self.linger_wake = None;
+        while self.slot_free() {
+            if let Some(index) = self.held_to_send(now) {
+                let held = self.held.swap_remove(index);
+                let was_probe = !self.link.online;
+                if self.resend_held(held, was_probe, now) && was_probe {
+                    return;
+                }
+                continue;
+            }
+            let Some(first) = self.next_pick(now) else {
+                return;
+            };
+            let was_probe = !self.link.online;
+            if !was_probe {
+                let ready_now = self
+                    .ready
+                    .range(..=(now, i64::MAX, i64::MAX))
+                    .take(config.max_events)
+                    .count();
+                if let Err(until) = batch::may_form(first.0, ready_now, config, now) {
+                    self.linger_wake = Some(until);
+                    return;
+                }
+            }
+            if !self.form_batch(config, was_probe, now) || was_probe {
+                return;
+            }
+        }
+    }
+
+    /// The batch waiting for its retry that may go now, if any: online the
+    /// earliest due, offline (as the probe) the oldest.
+    fn held_to_send(&self, now: Instant) -> Option<usize> {
+        let (index, held) = if self.link.online {
+            self.held.iter().enumerate().min_by_key(|(_, h)| h.due)?
+        } else {
+            self.held.iter().enumerate().min_by_key(|(_, h)| h.parts[0].first.seq)?
         };
-        let ticket = self.next_ticket;
-        let sent = Position::of(&head.event);
-        let job = Job {
-            ticket,
-            head,
-            expected: self.writer.expect_outcome(),
+        batch::held_may_go(held.due, &self.link, self.probe_in_flight, now).then_some(index)
+    }
+
+    /// Sends a held batch again as it was, read afresh (its attempts and
+    /// give-up clock as recorded). If it is no longer what it was (a resend
+    /// reopened events of one of its entities), it is broken up: each entity
+    /// goes on from its first event, in new batches. False if it could not
+    /// be handed to a courier.
+    fn resend_held(&mut self, held: HeldBatch, was_probe: bool, now: Instant) -> bool {
+        let rewound = held.parts.iter().any(|p| {
+            self.entities
+                .get(&p.entity_id)
+                .is_none_or(|e| e.rewind.is_some() || e.state != EntityState::Held)
+        });
+        let mut heads = Vec::new();
+        let mut intact = !rewound;
+        for part in &held.parts {
+            if !intact {
+                break;
+            }
+            match read::heads(
+                &self.reader,
+                self.sub.id,
+                part.entity_id,
+                part.first.entity_seq,
+                part.count,
+            ) {
+                Ok(found) => {
+                    intact = found.len() == part.count
+                        && found.iter().all(|h| h.state == DeliveryState::Pending)
+                        && found.first().map(|h| Position::of(&h.event)) == Some(part.first)
+                        && found.last().map(|h| Position::of(&h.event)) == Some(part.last);
+                    heads.extend(found);
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the next event");
+                    self.held.push(HeldBatch {
+                        due: now + READ_RETRY,
+                        ..held
+                    });
+                    return false;
+                }
+            }
+        }
+        if !intact {
+            for part in &held.parts {
+                let rewind = self.entities.get_mut(&part.entity_id).and_then(|e| e.rewind.take());
+                if self.entities.contains_key(&part.entity_id) {
+                    self.set_ready(part.entity_id, now, part.first.or_earlier(rewind));
+                }
+            }
+            return true;
+        }
+        let unit = Unit::Batch {
+            id: held.id.clone(),
+            heads,
         };
-        if self.couriers[courier].try_send(job).is_err() {
-            // Only if the courier is gone (the runtime is stopping).
-            tracing::error!(subscription = %self.sub.config.name, "a courier is gone; the event waits");
+        self.hand_to_courier(unit, held.parts, Some(held.id), was_probe, now)
+    }
+
+    /// Forms a new batch from the ready entities, in the order they may go,
+    /// each with its consecutive pending events, until `max_events` or
+    /// `max_bytes`; a probe takes one entity. False if nothing could be
+    /// handed to a courier.
+    fn form_batch(&mut self, config: &BatchConfig, was_probe: bool, now: Instant) -> bool {
+        let mut heads: Vec<Head> = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
+        let mut bytes: u64 = 2;
+        let destination = self.destination.clone();
+        while heads.len() < config.max_events {
+            let Some(pick) = self.next_pick(now) else {
+                break;
+            };
+            self.ready.remove(&pick);
+            let entity_id = pick.2;
+            let Some(cursor) = self.cursor_if_unblocked(entity_id, now) else {
+                continue;
+            };
+            let room = config.max_events - heads.len();
+            let found = match read::heads(&self.reader, self.sub.id, entity_id, cursor.entity_seq, room) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the next event");
+                    self.set_ready(entity_id, now + READ_RETRY, cursor);
+                    break;
+                }
+            };
+            if found.is_empty() {
+                self.forget(entity_id);
+                continue;
+            }
+            if found[0].state == DeliveryState::Parked {
+                self.forget(entity_id);
+                continue;
+            }
+            let mut taken = 0;
+            for head in found {
+                if head.state != DeliveryState::Pending {
+                    break;
+                }
+                let size = destination.batch_bytes(&head.event) as u64;
+                if !batch::fits(heads.len(), bytes, size, config) {
+                    break;
+                }
+                bytes += size;
+                heads.push(head);
+                taken += 1;
+            }
+            if taken == 0 {
+                // Full by bytes: the entity goes in the next batch.
+                self.set_ready(entity_id, now, cursor);
+                break;
+            }
+            let first = Position::of(&heads[heads.len() - taken].event);
+            let last = Position::of(&heads[heads.len() - 1].event);
+            parts.push(Part {
+                entity_id,
+                first,
+                last,
+                count: taken,
+            });
+            if was_probe || heads.len() >= config.max_events || bytes >= config.max_bytes {
+                break;
+            }
+        }
+        if heads.is_empty() {
             return false;
         }
+        let id = batch::batch_id(&self.sub.config.name, heads.iter().map(|h| h.event.event_id.as_str()));
+        let unit = Unit::Batch { id: id.clone(), heads };
+        self.hand_to_courier(unit, parts, Some(id), was_probe, now)
+    }
+
+    /// Gives a unit to an idle courier and marks its entities in flight;
+    /// false if no courier could take it (its entities wait a little).
+    fn hand_to_courier(
+        &mut self,
+        unit: Unit,
+        parts: Vec<Part>,
+        batch_id: Option<String>,
+        was_probe: bool,
+        now: Instant,
+    ) -> bool {
+        // `next_pick` saw an idle courier; a courier that is gone (the
+        // runtime is stopping) leaves the entities waiting.
+        let handed = match self.idle.pop() {
+            None => false,
+            Some(courier) => {
+                let job = Job {
+                    ticket: self.next_ticket,
+                    unit,
+                    expected: self.writer.expect_outcome(),
+                };
+                let ok = self.couriers[courier].try_send(job).is_ok();
+                if !ok {
+                    tracing::error!(subscription = %self.sub.config.name, "a courier is gone; the event waits");
+                }
+                ok
+            }
+        };
+        if !handed {
+            for part in &parts {
+                self.set_ready(part.entity_id, now + READ_RETRY, part.first);
+            }
+            return false;
+        }
+        for part in &parts {
+            self.set_state(part.entity_id, EntityState::InFlight, part.first);
+        }
+        let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.flights.insert(
             ticket,
             Flight {
-                entity_id,
-                sent,
+                parts,
+                batch_id,
                 was_probe,
                 answered: None,
             },
         );
         self.requests += 1;
+        self.concurrency.on_start(self.requests);
         self.probe_in_flight |= was_probe;
         true
     }
@@ -657,16 +1070,15 @@ impl<D: Destination> Scheduler<D> {
             return;
         };
         let now = Instant::now();
-        let rewind = self.entities.get_mut(&flight.entity_id).and_then(|e| e.rewind.take());
         if flight.was_probe {
             self.probe_in_flight = false;
         }
         let Some((answer, plan)) = flight.answered.take() else {
             // Cannot happen (the answer is always taken first); if it did,
-            // the event is simply sent again.
+            // the events are simply sent again.
             tracing::error!(subscription = %self.sub.config.name, "an outcome without its answer; the event goes again");
             self.requests = self.requests.saturating_sub(1);
-            self.set_ready(flight.entity_id, now, flight.sent.or_earlier(rewind));
+            self.release(&flight, Decision::Hold, Duration::ZERO, now);
             return;
         };
         if answer.kind != AnswerKind::Delivered {
@@ -674,7 +1086,7 @@ impl<D: Destination> Scheduler<D> {
             self.requests = self.requests.saturating_sub(1);
         }
         if let Err(error) = recorded.result {
-            self.on_unrecorded(&flight, rewind, &error, now);
+            self.on_unrecorded(flight, &error, now);
             return;
         }
         if self.unrecorded_in_a_row > 0 {
@@ -690,20 +1102,54 @@ impl<D: Destination> Scheduler<D> {
             now,
         );
         self.on_link_change(change, &answer, now);
-        match decide::entity_after(plan.decision, plan.wait, flight.sent, rewind, now) {
-            EntityNext::Ready { due, from } => self.set_ready(flight.entity_id, due, from),
-            EntityNext::Parked { at } => {
-                tracing::warn!(subscription = %self.sub.config.name, error = ?answer.error, entity_seq = at.entity_seq,
-                    "delivery parked after retry.give_up_after; its entity waits until it is resent");
-                self.forget(flight.entity_id);
+        if plan.decision == Decision::Park {
+            tracing::warn!(subscription = %self.sub.config.name, error = ?answer.error, events = flight.parts.iter().map(|p| p.count).sum::<usize>(),
+                "delivery parked after retry.give_up_after; its entity waits until it is resent");
+        }
+        self.release(&flight, plan.decision, plan.wait, now);
+    }
+
+    /// Where the entities of a finished request go. A batch that is to be
+    /// tried again is held whole (same events, same order, same id) unless a
+    /// resend reopened events of one of its entities meanwhile; then each
+    /// entity goes on by itself, as after a single event.
+    fn release(&mut self, flight: &Flight, decision: Decision, wait: Duration, now: Instant) {
+        let again = matches!(decision, Decision::Retry { .. } | Decision::Hold);
+        if let (true, Some(id)) = (again, &flight.batch_id) {
+            let rewound = flight
+                .parts
+                .iter()
+                .any(|p| self.entities.get(&p.entity_id).is_none_or(|e| e.rewind.is_some()));
+            if !rewound {
+                for part in &flight.parts {
+                    self.set_state(part.entity_id, EntityState::Held, part.first);
+                }
+                self.held.push(HeldBatch {
+                    id: id.clone(),
+                    parts: flight.parts.clone(),
+                    due: now + wait,
+                });
+                return;
+            }
+        }
+        for part in &flight.parts {
+            let rewind = self.entities.get_mut(&part.entity_id).and_then(|e| e.rewind.take());
+            let sent = if decision == Decision::Delivered {
+                part.last
+            } else {
+                part.first
+            };
+            match decide::entity_after(decision, wait, sent, rewind, now) {
+                EntityNext::Ready { due, from } => self.set_ready(part.entity_id, due, from),
+                EntityNext::Parked { .. } => self.forget(part.entity_id),
             }
         }
     }
 
-    /// The outcome is not durable: the same event goes again later, and the
+    /// The outcome is not durable: the same events go again later, and the
     /// whole subscription pauses, since every outcome fails the same way
     /// until the writer can commit again.
-    fn on_unrecorded(&mut self, flight: &Flight, rewind: Option<Position>, error: &str, now: Instant) {
+    fn on_unrecorded(&mut self, flight: Flight, error: &str, now: Instant) {
         let name = &self.sub.config.name;
         tracing::warn!(subscription = %name, error = %error, "cannot record a delivery attempt; it will be repeated");
         self.unrecorded_in_a_row = self.unrecorded_in_a_row.saturating_add(1);
@@ -712,7 +1158,7 @@ impl<D: Destination> Scheduler<D> {
         }
         let pause = decide::storage_pause(self.unrecorded_in_a_row);
         self.storage_pause_until = Some(now + pause);
-        self.set_ready(flight.entity_id, now + pause, flight.sent.or_earlier(rewind));
+        self.release(&flight, Decision::Hold, pause, now);
     }
 
     /// Logs and records a change of the link; a link back up makes every
@@ -730,12 +1176,7 @@ impl<D: Destination> Scheduler<D> {
                 tracing::info!(subscription = %name, offline_for = %humantime::format_duration(Duration::from_secs(down_for.as_secs())),
                     waiting_entities = self.ready.len() + 1, "endpoint is up again, draining the backlog");
                 self.persist_state();
-                let keys: Vec<_> = self.ready.iter().copied().collect();
-                for (_, _, id) in keys {
-                    if let Some(at) = self.entities.get(&id).map(|e| e.at) {
-                        self.set_ready(id, now, at);
-                    }
-                }
+                self.make_every_entity_due(now);
             }
         }
     }
@@ -779,7 +1220,7 @@ impl<D: Destination> Scheduler<D> {
         for (entity_id, first) in first {
             match self.entities.get_mut(&entity_id) {
                 None => {}
-                Some(entity) if entity.state == EntityState::InFlight => {
+                Some(entity) if entity.state != EntityState::Ready => {
                     entity.rewind = Some(first.or_earlier(entity.rewind));
                 }
                 // Its head may now be an earlier, resent event.
@@ -798,4 +1239,13 @@ async fn sleep_until_opt(when: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
+}
+
+/// A fingerprint of a subscription's whole config (SHA-256 of its settings,
+/// secrets included, never shown): kept with a 410's marker, so that any
+/// change of the subscription in the config resumes it.
+fn config_fingerprint(config: &crate::config::SubscriptionConfig) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{config:?}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -9,6 +9,7 @@
 //! - [`resend`]: queueing deliveries again (operator action).
 //! - [`state`]: delivery and subscription states, as stored and as named.
 
+pub mod gone;
 pub mod read;
 pub mod resend;
 pub mod retention;

@@ -61,6 +61,13 @@ pub struct Head {
 /// known to be delivered (0 when nothing is known). The scan starts there, so
 /// it does not walk the entity's delivered history.
 pub fn head(conn: &Connection, sub_id: i64, entity_id: i64, from: i64) -> rusqlite::Result<Option<Head>> {
+    Ok(heads(conn, sub_id, entity_id, from, 1)?.pop())
+}
+
+/// Up to `limit` events of `entity_id` that `sub_id` has not yet received,
+/// at `entity_seq` `from` or later, in `entity_seq` order (for a batch: the
+/// caller stops at the first parked one).
+pub fn heads(conn: &Connection, sub_id: i64, entity_id: i64, from: i64, limit: usize) -> rusqlite::Result<Vec<Head>> {
     conn.prepare_cached(
         "SELECT d.state, d.attempts, d.first_failed_at,
                 e.seq, e.event_id, e.type, n.entity, e.entity_seq, e.occurred_at,
@@ -69,30 +76,33 @@ pub fn head(conn: &Connection, sub_id: i64, entity_id: i64, from: i64) -> rusqli
          JOIN events e ON e.seq = d.event_seq
          JOIN entities n ON n.id = d.entity_id
          WHERE d.sub_id = ?1 AND d.entity_id = ?2 AND d.entity_seq >= ?3 AND d.state <> ?4
-         ORDER BY d.entity_seq LIMIT 1",
+         ORDER BY d.entity_seq LIMIT ?5",
     )?
-    .query_row(params![sub_id, entity_id, from, DeliveryState::Delivered], |r| {
-        Ok(Head {
-            state: r.get(0)?,
-            attempts: r.get(1)?,
-            first_failed_at: r.get(2)?,
-            resends: r.get(14)?,
-            event: StoredEvent {
-                seq: r.get(3)?,
-                event_id: r.get(4)?,
-                event_type: r.get(5)?,
-                entity: r.get(6)?,
-                entity_seq: r.get(7)?,
-                occurred_at: r.get(8)?,
-                correlation_id: r.get(9)?,
-                is_test: r.get(10)?,
-                attributes: r.get(11)?,
-                payload: r.get(12)?,
-                ingested_at: r.get(13)?,
-            },
-        })
-    })
-    .optional()
+    .query_map(
+        params![sub_id, entity_id, from, DeliveryState::Delivered, limit as i64],
+        |r| {
+            Ok(Head {
+                state: r.get(0)?,
+                attempts: r.get(1)?,
+                first_failed_at: r.get(2)?,
+                resends: r.get(14)?,
+                event: StoredEvent {
+                    seq: r.get(3)?,
+                    event_id: r.get(4)?,
+                    event_type: r.get(5)?,
+                    entity: r.get(6)?,
+                    entity_seq: r.get(7)?,
+                    occurred_at: r.get(8)?,
+                    correlation_id: r.get(9)?,
+                    is_test: r.get(10)?,
+                    attributes: r.get(11)?,
+                    payload: r.get(12)?,
+                    ingested_at: r.get(13)?,
+                },
+            })
+        },
+    )?
+    .collect()
 }
 
 /// A pending delivery as the scheduler's backlog scan sees it.

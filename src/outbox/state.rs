@@ -95,24 +95,29 @@ pub enum SubscriptionState {
     Stopped,
     /// In the database but no longer in the config.
     Unconfigured,
+    /// The endpoint answered 410 Gone: nothing is sent (nothing dropped or
+    /// parked either) until the config changes or `store-outbox resume`.
+    Gone,
 }
 
 impl SubscriptionState {
     /// Every state.
-    pub const ALL: [SubscriptionState; 4] = [
+    pub const ALL: [SubscriptionState; 5] = [
         SubscriptionState::Online,
         SubscriptionState::Offline,
         SubscriptionState::Stopped,
         SubscriptionState::Unconfigured,
+        SubscriptionState::Gone,
     ];
 
-    /// Its name, as stored and shown: online, offline, stopped, unconfigured.
+    /// Its name, as stored and shown: online, offline, stopped, unconfigured, gone.
     pub const fn as_str(self) -> &'static str {
         match self {
             SubscriptionState::Online => "online",
             SubscriptionState::Offline => "offline",
             SubscriptionState::Stopped => "stopped",
             SubscriptionState::Unconfigured => "unconfigured",
+            SubscriptionState::Gone => "gone",
         }
     }
 }
@@ -233,7 +238,7 @@ mod tests {
         let err = "up".parse::<SubscriptionState>().expect_err("not a state");
         assert_eq!(
             err.to_string(),
-            "\"up\" is not a subscription state: give online, offline, stopped or unconfigured"
+            "\"up\" is not a subscription state: give online, offline, stopped, unconfigured or gone"
         );
     }
 

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod wan;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -808,6 +810,17 @@ impl Receiver {
     /// The webhook URL.
     pub fn url(&self) -> String {
         format!("http://{}/hooks", self.addr)
+    }
+
+    /// Puts a WAN link in front of this receiver: the agent reaches it at
+    /// the returned proxy's `url_for(&rx.url())` (see [`Receiver::url_via`]).
+    pub fn behind(&self, link: wan::Link) -> wan::Wan {
+        wan::Wan::start(self.addr, link)
+    }
+
+    /// The webhook URL through `wan`.
+    pub fn url_via(&self, wan: &wan::Wan) -> String {
+        wan.url_for(&self.url())
     }
 
     /// Sets how requests are answered.

@@ -58,6 +58,10 @@ pub enum Decision {
     },
     /// Failed past `retry.give_up_after`: parked until resent.
     Park,
+    /// The endpoint is gone (410): the attempt is recorded, the delivery
+    /// stays pending as it was (its give-up clock does not start), to be
+    /// sent once the subscription is resumed.
+    Hold,
 }
 
 /// The writer's word on one outcome: committed (`Ok`), or why not.

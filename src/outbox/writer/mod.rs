@@ -61,6 +61,14 @@ enum WriteOp {
         /// Told after the commit (or the failure).
         receipt: Receipt,
     },
+    /// Record the attempt of a batch: one outcome per event, in the same
+    /// transaction, one receipt for all.
+    Outcomes {
+        /// What to record, one per event of the batch.
+        outcomes: Vec<Outcome>,
+        /// Told after the commit (or the failure).
+        receipt: Receipt,
+    },
     /// Record a subscription's state for `status` (best effort, no answer).
     SubState {
         /// Subscription row id.
@@ -71,6 +79,14 @@ enum WriteOp {
         in_flight: i64,
         /// When it plans its next attempt, wall-clock ms, if it waits.
         next_attempt_at_ms: Option<i64>,
+    },
+    /// Store or clear a subscription's 410 marker (`outbox::gone`; best
+    /// effort, no answer: the scheduler stores it again until it is in).
+    Gone {
+        /// Subscription row id.
+        sub_id: i64,
+        /// The marker; `None` clears it.
+        marker: Option<super::gone::Marker>,
     },
     /// Count an event refused before it reached storage.
     Rejected(ErrorCode),
@@ -128,7 +144,10 @@ impl WriteOp {
     /// Whether a batch holding only such requests may wait for more
     /// outcomes ([`grouping`]): nobody waits for its answer but a scheduler.
     fn may_wait(&self) -> bool {
-        matches!(self, WriteOp::Outcome { .. } | WriteOp::SubState { .. })
+        matches!(
+            self,
+            WriteOp::Outcome { .. } | WriteOp::Outcomes { .. } | WriteOp::SubState { .. } | WriteOp::Gone { .. }
+        )
     }
 }
 
@@ -271,6 +290,13 @@ impl Writer {
         let _ = self.tx.send(WriteOp::Outcome { outcome, receipt }).await;
     }
 
+    /// Queues the attempt of a batch (one outcome per event, committed
+    /// together), like [`Writer::record`].
+    pub async fn record_batch(&self, outcomes: Vec<Outcome>, expected: Option<ExpectedOutcome>, receipt: Receipt) {
+        drop(expected);
+        let _ = self.tx.send(WriteOp::Outcomes { outcomes, receipt }).await;
+    }
+
     /// Records a delivery attempt and waits for its commit (tests, tools).
     pub async fn record_and_wait(&self, outcome: Outcome, expected: Option<ExpectedOutcome>) -> Result<(), String> {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -299,6 +325,13 @@ impl Writer {
                 next_attempt_at_ms,
             })
             .is_ok()
+    }
+
+    /// Stores (or with `None` clears) the marker of a subscription stopped
+    /// by a 410 (`outbox::gone`). Best effort, like [`Writer::set_sub_state`]:
+    /// false when the queue is full, and the caller tries again.
+    pub fn set_gone(&self, sub_id: i64, marker: Option<super::gone::Marker>) -> bool {
+        self.tx.try_send(WriteOp::Gone { sub_id, marker }).is_ok()
     }
 
     /// Queues deliveries again, in the writer's next transaction; the
@@ -619,12 +652,18 @@ impl WriterState {
                     }
                 }
                 WriteOp::Outcome { outcome, .. } => sql::apply_outcome(&tx, outcome, &mut effects)?,
+                WriteOp::Outcomes { outcomes, .. } => {
+                    for outcome in outcomes.iter() {
+                        sql::apply_outcome(&tx, outcome, &mut effects)?;
+                    }
+                }
                 WriteOp::SubState {
                     sub_id,
                     state,
                     in_flight,
                     next_attempt_at_ms,
                 } => sql::set_sub_state(&tx, *sub_id, *state, *in_flight, *next_attempt_at_ms)?,
+                WriteOp::Gone { sub_id, marker } => super::gone::set_marker(&tx, *sub_id, marker.as_ref())?,
                 WriteOp::Rejected(code) => effects.reject(*code, 1),
                 WriteOp::Prune {
                     older_than_ms,
@@ -664,7 +703,7 @@ impl WriterState {
                 WriteOp::Ingest { replies, reply, .. } => {
                     let _ = reply.send(replies);
                 }
-                WriteOp::Outcome { receipt, .. } => receipt.tell(Ok(())),
+                WriteOp::Outcome { receipt, .. } | WriteOp::Outcomes { receipt, .. } => receipt.tell(Ok(())),
                 WriteOp::Prune { pruned, reply, .. } => {
                     let _ = reply.send(pruned);
                 }
@@ -677,7 +716,7 @@ impl WriterState {
                 WriteOp::Resend { result, reply, .. } => {
                     let _ = reply.send(result.unwrap_or(Err(ResendError::Stopped)));
                 }
-                WriteOp::SubState { .. } | WriteOp::Rejected(_) | WriteOp::History { .. } => {}
+                WriteOp::SubState { .. } | WriteOp::Gone { .. } | WriteOp::Rejected(_) | WriteOp::History { .. } => {}
             }
         }
         let mut per_sub: Vec<Vec<(i64, i64, i64)>> = vec![Vec::new(); self.fanout.len()];
@@ -702,7 +741,9 @@ impl WriterState {
                 WriteOp::Ingest { events, reply, .. } => {
                     let _ = reply.send(vec![err.clone().into(); events.len()]);
                 }
-                WriteOp::Outcome { receipt, .. } => receipt.tell(Err(err.message.clone())),
+                WriteOp::Outcome { receipt, .. } | WriteOp::Outcomes { receipt, .. } => {
+                    receipt.tell(Err(err.message.clone()))
+                }
                 WriteOp::Prune { reply, .. } => {
                     let _ = reply.send(0);
                 }
@@ -715,7 +756,7 @@ impl WriterState {
                 WriteOp::Resend { reply, .. } => {
                     let _ = reply.send(Err(ResendError::NotStored(err.message.clone())));
                 }
-                WriteOp::SubState { .. } | WriteOp::Rejected(_) | WriteOp::History { .. } => {}
+                WriteOp::SubState { .. } | WriteOp::Gone { .. } | WriteOp::Rejected(_) | WriteOp::History { .. } => {}
             }
         }
     }

@@ -183,6 +183,20 @@ pub(super) fn apply_outcome(tx: &Connection, o: &Outcome, effects: &mut Effects)
             *delivered += 1;
             *last_at = (*last_at).max(o.at_ms);
         }
+        Decision::Hold => {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = NULL,
+                        last_status = ?3, last_error = ?4
+                 WHERE sub_id = ?1 AND event_seq = ?2 AND resends = ?5",
+                )?
+                .execute(params![o.sub_id, o.event_seq, o.status, o.error, o.resends])?;
+            if changed == 0 {
+                return count_voided_attempt(tx, o);
+            }
+            tx.prepare_cached("UPDATE subscriptions SET last_error = ?2, last_error_at = ?3 WHERE id = ?1")?
+                .execute(params![o.sub_id, o.error, o.at_ms])?;
+        }
         Decision::Retry { .. } | Decision::Park => {
             let (state, next) = match o.decision {
                 Decision::Retry { next_attempt_at_ms } => (Pending, Some(next_attempt_at_ms)),

@@ -1,0 +1,384 @@
+//! Batches (`batch = { max_events, max_bytes, linger }`), end to end with
+//! the real binary through the WAN link: a JSON array per request, per-entity
+//! order kept, nothing lost, signatures verified by the official library, a
+//! failed batch retried whole with the same id and events, every attempt
+//! recorded for every event, parking and resend, thin payloads, `receive`.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::wan::Link;
+use common::*;
+
+/// A batch key that forms batches fast and small enough to see several.
+const BATCH: &str = "batch = { max_events = 50, max_bytes = \"64KiB\", linger = \"20ms\" }";
+
+/// Every event of every request answered 2xx, in the order received: a
+/// batch's events as if they had come one by one (for `assert_entity_order`).
+fn delivered_events(rx: &Receiver) -> Vec<Request> {
+    rx.delivered().iter().flat_map(events_of).collect()
+}
+
+/// The events of one request: the array's elements, or the single event.
+fn events_of(r: &Request) -> Vec<Request> {
+    let elements = match &r.json {
+        serde_json::Value::Array(events) => events.clone(),
+        single => vec![single.clone()],
+    };
+    elements
+        .into_iter()
+        .map(|e| Request {
+            id: e["id"].as_str().unwrap_or_default().to_string(),
+            entity: e["entity"].as_str().unwrap_or_default().to_string(),
+            entity_seq: e["entity_seq"].as_i64().unwrap_or(-1),
+            event_type: e["type"].as_str().unwrap_or_default().to_string(),
+            json: e,
+            ..r.clone()
+        })
+        .collect()
+}
+
+/// The event ids of a request, in order.
+fn ids_of(r: &Request) -> Vec<String> {
+    events_of(r).into_iter().map(|e| e.id).collect()
+}
+
+/// Verifies every request (its body as the receiver has it after undoing
+/// any content encoding) with the official Standard Webhooks library.
+fn verify_with_python(requests: &[(HashMap<String, String>, String)], dir: &std::path::Path) -> String {
+    let capture: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|(headers, body)| serde_json::json!({"headers": headers, "body": body}))
+        .collect();
+    let path = dir.join("capture.json");
+    std::fs::write(&path, serde_json::to_vec(&capture).expect("json")).expect("write capture");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/verify_batches.py");
+    let out = run_ok(
+        Command::new("python3").arg(script).arg(&path).arg(SECRET),
+        "the official verifier (python3 and `pip install standardwebhooks`, see scripts/install-test-peers)",
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn batches_through_the_uplink_keep_entity_order_lose_nothing_and_verify_with_the_official_library() {
+    let rx = Receiver::start();
+    let wan = rx.behind(Link::STORE_UPLINK);
+    let mut agent = Agent::new(&subscription("erp", &rx.url_via(&wan), BATCH));
+    agent.start();
+    let events = Events::new("b", 0..600, "SaleCreated")
+        .spread_over("till", 30)
+        .payload(|i| serde_json::json!({"total": i, "sku": format!("400638{i:07}")}));
+    agent.send_events(&events);
+    wait_until(Duration::from_secs(120), "600 delivered in batches", || {
+        delivered_events(&rx)
+            .iter()
+            .map(|e| e.id.clone())
+            .collect::<HashSet<_>>()
+            .len()
+            == 600
+    });
+    let all = delivered_events(&rx);
+    assert_eq!(assert_entity_order(&all), 0, "in order per entity, no duplicates");
+    let requests = rx.delivered();
+    assert!(
+        requests.len() <= 120,
+        "batched: {} requests for 600 events",
+        requests.len()
+    );
+    assert!(
+        requests.iter().any(|r| ids_of(r).len() > 1),
+        "some requests carry several events"
+    );
+    for r in &requests {
+        let id = &r.headers["webhook-id"];
+        assert!(r.json.is_array(), "a batch body is a JSON array");
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert!(id.starts_with("batch~"), "{id}");
+        assert!(!ids_of(r).contains(id), "the batch id is none of its events' ids");
+        assert!(ids_of(r).len() <= 50, "max_events");
+        assert!(r.body.len() <= 64 * 1024, "max_bytes: {}", r.body.len());
+        // Within a batch an entity's events are consecutive and ascending.
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for e in events_of(r) {
+            if let Some(prev) = last.insert(e.entity.clone(), e.entity_seq) {
+                assert_eq!(e.entity_seq, prev + 1, "consecutive within the batch: {}", e.entity);
+            }
+        }
+    }
+    let captured: Vec<_> = requests
+        .iter()
+        .map(|r| (r.headers.clone(), String::from_utf8(r.body.clone()).expect("utf-8")))
+        .collect();
+    let verified = verify_with_python(&captured, agent.dir.path());
+    assert_eq!(verified, format!("verified {} requests, 600 events", requests.len()));
+    assert_eq!(agent.sub_status("erp")["delivered_total"], 600);
+}
+
+#[test]
+fn a_failed_batch_is_retried_whole_with_the_same_id_and_events_and_every_attempt_is_recorded() {
+    let rx = Receiver::start();
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = failures.clone();
+    rx.answer_with(move |_| {
+        if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 6 {
+            Answer::status(500)
+        } else {
+            Answer::ok()
+        }
+    });
+    let wan = rx.behind(Link::STORE_UPLINK);
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url_via(&wan),
+        &format!("{BATCH}\nmax_in_flight = 2\nretry = {{ initial = \"100ms\", max = \"300ms\" }}"),
+    ));
+    agent.start();
+    agent.send_events(&Events::new("r", 0..40, "SaleCreated").spread_over("order", 4));
+    wait_until(Duration::from_secs(60), "40 delivered after the failures", || {
+        delivered_events(&rx)
+            .iter()
+            .map(|e| e.id.clone())
+            .collect::<HashSet<_>>()
+            .len()
+            == 40
+    });
+    let requests = rx.requests();
+    assert!(requests.iter().filter(|r| r.answered == 500).count() >= 6);
+    // Every batch id always carries the same events in the same order, and
+    // (no restart, no resend) every event went in one batch only.
+    let mut composition: HashMap<String, Vec<String>> = HashMap::new();
+    let mut batches_of: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    for r in &requests {
+        let id = r.headers["webhook-id"].clone();
+        let ids = ids_of(r);
+        let first = composition.entry(id.clone()).or_insert_with(|| ids.clone());
+        assert_eq!(first, &ids, "batch {id} retried with the same events in the same order");
+        for e in ids {
+            batches_of.entry(e.clone()).or_default().insert(id.clone());
+            *sent.entry(e).or_default() += 1;
+        }
+    }
+    assert!(batches_of.values().all(|b| b.len() == 1), "{batches_of:?}");
+    assert!(composition.len() < requests.len(), "some batch was sent more than once");
+    assert_eq!(assert_entity_order(&delivered_events(&rx)), 0);
+    // `show` lists every attempt of every event, batch or not.
+    for (event, times) in &sent {
+        let out = agent.cli(&["show", event, "--json"]);
+        assert!(out.status.success(), "show {event}");
+        let detail: serde_json::Value = serde_json::from_slice(&out.stdout).expect("show JSON");
+        let attempts = detail["deliveries"][0]["attempts"].as_array().expect("attempts").len();
+        assert_eq!(attempts, *times, "{event}: one attempt per request it went in");
+    }
+}
+
+#[test]
+fn a_batch_that_fails_past_give_up_after_parks_whole_and_resend_delivers_it_in_order() {
+    let rx = Receiver::start();
+    rx.answer_with(|_| Answer::status(422));
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        &format!("{BATCH}\n{PARK_FAST}\nmax_in_flight = 1\npayload = \"thin\""),
+    ));
+    agent.start();
+    agent.send_events(&Events::new("p", 0..12, "SaleCreated").spread_over("till", 3));
+    wait_until(Duration::from_secs(30), "every event parked", || {
+        agent.sub_status("erp")["parked"] == 12
+    });
+    rx.answer_with(|_| Answer::ok());
+    let out = agent.cli(&["resend", "--parked"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(Duration::from_secs(30), "12 delivered after the resend", || {
+        delivered_events(&rx).len() >= 12
+    });
+    let all = delivered_events(&rx);
+    assert_eq!(assert_entity_order(&all), 0);
+    assert_eq!(all.iter().map(|e| e.id.clone()).collect::<HashSet<_>>().len(), 12);
+    for e in &all {
+        assert!(e.json.get("data").is_none(), "thin: no data in {}", e.json);
+        assert_eq!(e.json["attributes"]["terminal"], "03");
+    }
+    assert_eq!(agent.sub_status("erp")["parked"], 0);
+}
+
+#[test]
+fn batches_survive_sigkill_mid_drain_with_nothing_lost() {
+    let rx = Receiver::start();
+    rx.answer_with(|_| Answer::ok().after(Duration::from_millis(30)));
+    let mut agent = Agent::new(&subscription("erp", &rx.url(), BATCH));
+    agent.start();
+    agent.send_events(&Events::new("k", 0..2000, "SaleCreated").spread_over("till", 40));
+    wait_until(Duration::from_secs(30), "some delivered", || !rx.delivered().is_empty());
+    agent.kill9();
+    agent.start();
+    wait_until(Duration::from_secs(120), "2000 delivered across the kill", || {
+        delivered_events(&rx)
+            .iter()
+            .map(|e| e.id.clone())
+            .collect::<HashSet<_>>()
+            .len()
+            == 2000
+    });
+    // After a crash an entity's last batch may come again; a new event
+    // never comes before an older one.
+    let duplicates = assert_new_events_in_order(&delivered_events(&rx));
+    assert!(
+        duplicates <= 50 * 16,
+        "at most the batches on the wire again: {duplicates}"
+    );
+}
+
+/// Per entity, every event not seen before is the next one (`entity_seq`
+/// one more than the highest seen); an event seen before (sent again after
+/// a crash, in its batch) is a duplicate. Returns the duplicates.
+fn assert_new_events_in_order(events: &[Request]) -> usize {
+    let mut seen = HashSet::new();
+    let mut highest: HashMap<&str, i64> = HashMap::new();
+    let mut duplicates = 0;
+    for e in events {
+        if !seen.insert(e.id.as_str()) {
+            duplicates += 1;
+            continue;
+        }
+        let top = highest.entry(e.entity.as_str()).or_insert(0);
+        assert_eq!(
+            e.entity_seq,
+            *top + 1,
+            "{} ({}) after #{top} of {}",
+            e.entity_seq,
+            e.id,
+            e.entity
+        );
+        *top = e.entity_seq;
+    }
+    duplicates
+}
+
+#[test]
+fn the_receive_command_checks_batches_event_by_event() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let receiver = spawn_listening(
+        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", SECRET, "--json"]),
+        Stdio::piped(),
+        port,
+        "store-outbox receive",
+    );
+    let mut agent = Agent::new(&subscription("erp", &format!("http://127.0.0.1:{port}/hooks"), BATCH));
+    agent.start();
+    agent.send_events(&Events::new("rc", 0..30, "SaleCreated").spread_over("till", 3));
+    wait_until(Duration::from_secs(30), "delivered", || {
+        agent.sub_status("erp")["delivered_total"] == 30
+    });
+    agent.stop();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
+    let out = receiver.wait_with_output().expect("wait");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events.len(), 30);
+    for e in &events {
+        assert_eq!(e["signature_valid"], true);
+        assert_eq!(e["order"], "in_order", "{e}");
+        assert!(e["batch"].as_str().is_some_and(|b| b.starts_with("batch~")), "{e}");
+    }
+}
+
+/// The body as the receiver has it after undoing `content-encoding: gzip`.
+fn gunzip(r: &Request) -> Vec<u8> {
+    use std::io::Read;
+    assert_eq!(r.headers.get("content-encoding").map(String::as_str), Some("gzip"));
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&r.body[..])
+        .read_to_end(&mut plain)
+        .expect("a gzip body");
+    plain
+}
+
+#[test]
+fn gzip_batches_are_signed_over_the_uncompressed_body_and_verify_with_the_official_library() {
+    let rx = Receiver::start();
+    let wan = rx.behind(Link::STORE_UPLINK);
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url_via(&wan),
+        &format!("{BATCH}\ncompression = \"gzip\""),
+    ));
+    agent.start();
+    let events = Events::new("z", 0..300, "SaleCreated")
+        .spread_over("till", 12)
+        .payload(|i| serde_json::json!({"lines": [{"sku": format!("400638{:07}", i * 7919 % 100_000), "qty": i % 3 + 1, "price": (i * 37 % 5000) as f64 / 100.0}]}));
+    agent.send_events(&events);
+    wait_until(Duration::from_secs(120), "300 delivered", || {
+        agent.sub_status("erp")["delivered_total"] == 300
+    });
+    let requests = rx.delivered();
+    let plain: Vec<(HashMap<String, String>, String)> = requests
+        .iter()
+        .map(|r| (r.headers.clone(), String::from_utf8(gunzip(r)).expect("utf-8")))
+        .collect();
+    let compressed: usize = requests.iter().map(|r| r.body.len()).sum();
+    let uncompressed: usize = plain.iter().map(|(_, b)| b.len()).sum();
+    assert!(
+        compressed * 2 < uncompressed,
+        "gzip pays: {compressed} of {uncompressed} bytes"
+    );
+    let events: Vec<Request> = requests
+        .iter()
+        .zip(&plain)
+        .flat_map(|(r, (_, body))| {
+            events_of(&Request {
+                json: serde_json::from_str(body).expect("JSON after gunzip"),
+                ..r.clone()
+            })
+        })
+        .collect();
+    assert_eq!(events.len(), 300);
+    assert_eq!(assert_entity_order(&events), 0);
+    assert_eq!(
+        verify_with_python(&plain, agent.dir.path()),
+        format!("verified {} requests, 300 events", requests.len())
+    );
+}
+
+#[test]
+fn the_receive_command_undoes_gzip_before_checking_signatures() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let receiver = spawn_listening(
+        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", SECRET, "--json"]),
+        Stdio::piped(),
+        port,
+        "store-outbox receive",
+    );
+    // One event per request, gzip: compression does not need batches.
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &format!("http://127.0.0.1:{port}/hooks"),
+        "compression = \"gzip\"",
+    ));
+    agent.start();
+    agent.send_events(&Events::new("gz", 0..10, "SaleCreated").spread_over("till", 2));
+    wait_until(Duration::from_secs(30), "delivered", || {
+        agent.sub_status("erp")["delivered_total"] == 10
+    });
+    agent.stop();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
+    let out = receiver.wait_with_output().expect("wait");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events.len(), 10);
+    assert!(events
+        .iter()
+        .all(|e| e["signature_valid"] == true && e["order"] == "in_order"));
+}
