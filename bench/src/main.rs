@@ -18,6 +18,7 @@
 mod agent;
 mod events;
 mod ingest;
+mod nats;
 mod raw;
 mod receiver;
 mod report;
@@ -114,7 +115,7 @@ struct Args {
     /// Keep the work directory (databases, agent logs) afterwards.
     #[arg(long)]
     keep: bool,
-    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive.
+    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,nats.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -293,7 +294,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 
     type PhaseFn =
         for<'a> fn(&'a mut Run) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
-    let phases: [(&str, PhaseFn); 7] = [
+    let phases: [(&str, PhaseFn); 8] = [
         ("size", |r| Box::pin(phase_size(r))),
         ("raw", |r| Box::pin(phase_raw(r))),
         ("ingest", |r| Box::pin(phase_ingest(r))),
@@ -301,6 +302,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         ("drain_many", |r| Box::pin(phase_drain(r, DrainCase::many(r)))),
         ("requests", |r| Box::pin(phase_requests_and_naive(r, true, false))),
         ("naive", |r| Box::pin(phase_requests_and_naive(r, false, true))),
+        ("nats", |r| Box::pin(nats::phase(r))),
     ];
     for (name, f) in phases {
         if !run.wants(name) {
@@ -675,6 +677,7 @@ fn rows(run: &Run) -> Vec<Row> {
         )
         .vs("naive loop: 1 tx + 1 sync POST per event", n("naive_eps")),
     );
+    rows.extend(nats::rows(run));
     rows
 }
 
