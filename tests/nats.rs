@@ -48,12 +48,24 @@ struct Bus {
 
 impl Bus {
     fn connect(url: &str) -> Bus {
+        Bus::connect_with(url, async_nats::ConnectOptions::new)
+    }
+
+    /// Like [`Bus::connect`], logging in as `user`.
+    fn connect_as(url: &str, user: &str, password: &str) -> Bus {
+        let (user, password) = (user.to_string(), password.to_string());
+        Bus::connect_with(url, move || {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        })
+    }
+
+    fn connect_with(url: &str, options: impl Fn() -> async_nats::ConnectOptions) -> Bus {
         let rt = multi_thread_runtime();
         let servers: Vec<String> = url.split(',').map(str::to_string).collect();
         let client = rt.block_on(async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {
-                match async_nats::connect(servers.as_slice()).await {
+                match options().connect(servers.as_slice()).await {
                     Ok(c) => break c,
                     Err(e) if tokio::time::Instant::now() < deadline => {
                         eprintln!("test client: {e}; again");
@@ -523,4 +535,41 @@ fn doctor_connects_to_the_cluster_and_names_the_stream_for_each_subject_or_its_a
         detail.contains("stream POS takes pos.0042.SaleCreated") && detail.contains("pos.0042.AgentHeartbeat"),
         "{detail}"
     );
+}
+
+#[test]
+fn user_and_password_log_in_and_a_wrong_password_is_named_and_nothing_is_lost() {
+    let cluster = NatsCluster::start_with(
+        3,
+        "authorization { users: [ { user: \"store\", password: \"s3cret\" } ] }",
+    );
+    let bus = Bus::connect_as(&cluster.url(), "store", "s3cret");
+    bus.create_stream("POS", &["pos.>"]);
+    let wrong = "user = \"store\"\npassword = \"wrong\"";
+    let mut agent = Agent::new(&nats_subscription("bus", &cluster.url(), "pos.{store_id}.{type}", wrong));
+    agent.start();
+    let events = Events::new("login", 0..20, "SaleCreated").spread_over("till", 2);
+    agent.send_events(&events);
+    wait_until(Duration::from_secs(30), "the refused login in last_error", || {
+        agent.sub_status("bus")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.to_ascii_lowercase().contains("authorization"))
+    });
+    let doctor = agent.cli(&["doctor"]);
+    let said = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    assert!(said.contains("FAIL  nats") && said.contains("refused the login"), "{said}");
+    let s = agent.sub_status("bus");
+    assert_eq!((s["pending"].as_i64(), s["delivered_total"].as_i64()), (Some(20), Some(0)), "{s}");
+
+    // The right password (a restart with the config fixed): everything arrives once.
+    agent.stop();
+    agent.write_config(&nats_subscription(
+        "bus",
+        &cluster.url(),
+        "pos.{store_id}.{type}",
+        "user = \"store\"\npassword = \"s3cret\"",
+    ));
+    agent.start();
+    wait_drained(&agent, &cluster, "bus", 20, Duration::from_secs(60));
+    assert_stream_holds_once_in_order(&bus.messages("POS"), &ids_of(&[&events]));
 }

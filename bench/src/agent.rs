@@ -231,7 +231,7 @@ impl RssSampler {
     }
 }
 
-/// Builds the agent (`cargo build --release --locked` in the main crate)
+/// Builds the agent (`cargo build --release --locked --features nats` in the main crate)
 /// and returns the path of the binary.
 pub fn build_main(main_dir: &Path, skip: bool) -> anyhow::Result<(PathBuf, String)> {
     let bin = main_dir.join("target/release/store-outbox");
@@ -241,9 +241,13 @@ pub fn build_main(main_dir: &Path, skip: bool) -> anyhow::Result<(PathBuf, Strin
         }
         return Ok((bin, "not rebuilt (--no-build)".into()));
     }
-    eprintln!("==> cargo build --release --locked  (in {})", main_dir.display());
+    eprintln!(
+        "==> cargo build --release --locked --features nats  (in {})",
+        main_dir.display()
+    );
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--locked"])
+        // With the NATS destination, for the `nats` phase (harmless once it is default).
+        .args(["build", "--release", "--locked", "--features", "nats"])
         .current_dir(main_dir)
         // The bench's own target dir must not leak into the main build.
         .env_remove("CARGO_TARGET_DIR")
@@ -251,7 +255,7 @@ pub fn build_main(main_dir: &Path, skip: bool) -> anyhow::Result<(PathBuf, Strin
         .status()
         .context("running cargo build")?;
     if status.success() {
-        Ok((bin, "built (cargo build --release --locked)".into()))
+        Ok((bin, "built (cargo build --release --locked --features nats)".into()))
     } else if bin.exists() {
         eprintln!(
             "warning: the release build failed; measuring the existing {}",

@@ -18,6 +18,7 @@
 mod agent;
 mod events;
 mod ingest;
+mod nats;
 mod raw;
 mod receiver;
 mod report;
@@ -131,7 +132,7 @@ struct Args {
     /// Keep the work directory (databases, agent logs) afterwards.
     #[arg(long)]
     keep: bool,
-    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink.
+    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink,nats.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -310,7 +311,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 
     type PhaseFn =
         for<'a> fn(&'a mut Run) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
-    let phases: [(&str, PhaseFn); 8] = [
+    let phases: [(&str, PhaseFn); 9] = [
         ("size", |r| Box::pin(phase_size(r))),
         ("raw", |r| Box::pin(phase_raw(r))),
         ("ingest", |r| Box::pin(phase_ingest(r))),
@@ -319,6 +320,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         ("requests", |r| Box::pin(phase_requests_and_naive(r, true, false))),
         ("naive", |r| Box::pin(phase_requests_and_naive(r, false, true))),
         ("uplink", |r| Box::pin(phase_uplink(r))),
+        ("nats", |r| Box::pin(nats::phase(r))),
     ];
     for (name, f) in phases {
         if !run.wants(name) {
@@ -693,6 +695,7 @@ fn rows(run: &Run) -> Vec<Row> {
         )
         .vs("naive loop: 1 tx + 1 sync POST per event", n("naive_eps")),
     );
+    rows.extend(nats::rows(run));
     rows
 }
 

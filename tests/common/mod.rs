@@ -1250,6 +1250,12 @@ impl NatsCluster {
     /// Starts `size` nodes that route to each other and waits until every
     /// one takes clients.
     pub fn start(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, "")
+    }
+
+    /// Like [`NatsCluster::start`], with `extra` appended to every node's
+    /// config (an `authorization` block, say).
+    pub fn start_with(size: usize, extra: &str) -> NatsCluster {
         let binary = nats_server_binary();
         let dir = tempfile::Builder::new().prefix("so-nats-").tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
@@ -1267,7 +1273,7 @@ impl NatsCluster {
             let text = format!(
                 "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\n\
                  jetstream {{ store_dir: \"{}\" }}\n\
-                 cluster {{ name: so-test, listen: \"127.0.0.1:{cluster_port}\", routes: [{}] }}\n",
+                 cluster {{ name: so-test, listen: \"127.0.0.1:{cluster_port}\", routes: [{}] }}\n{extra}\n",
                 store.display(),
                 routes.join(", ")
             );
