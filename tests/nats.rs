@@ -546,7 +546,12 @@ fn user_and_password_log_in_and_a_wrong_password_is_named_and_nothing_is_lost() 
     let bus = Bus::connect_as(&cluster.url(), "store", "s3cret");
     bus.create_stream("POS", &["pos.>"]);
     let wrong = "user = \"store\"\npassword = \"wrong\"";
-    let mut agent = Agent::new(&nats_subscription("bus", &cluster.url(), "pos.{store_id}.{type}", wrong));
+    let mut agent = Agent::new(&nats_subscription(
+        "bus",
+        &cluster.url(),
+        "pos.{store_id}.{type}",
+        wrong,
+    ));
     agent.start();
     let events = Events::new("login", 0..20, "SaleCreated").spread_over("till", 2);
     agent.send_events(&events);
@@ -557,9 +562,16 @@ fn user_and_password_log_in_and_a_wrong_password_is_named_and_nothing_is_lost() 
     });
     let doctor = agent.cli(&["doctor"]);
     let said = String::from_utf8_lossy(&doctor.stdout).into_owned();
-    assert!(said.contains("FAIL  nats") && said.contains("refused the login"), "{said}");
+    assert!(
+        said.contains("FAIL  nats") && said.contains("refused the login"),
+        "{said}"
+    );
     let s = agent.sub_status("bus");
-    assert_eq!((s["pending"].as_i64(), s["delivered_total"].as_i64()), (Some(20), Some(0)), "{s}");
+    assert_eq!(
+        (s["pending"].as_i64(), s["delivered_total"].as_i64()),
+        (Some(20), Some(0)),
+        "{s}"
+    );
 
     // The right password (a restart with the config fixed): everything arrives once.
     agent.stop();
