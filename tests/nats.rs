@@ -585,3 +585,63 @@ fn user_and_password_log_in_and_a_wrong_password_is_named_and_nothing_is_lost() 
     wait_drained(&agent, &cluster, "bus", 20, Duration::from_secs(60));
     assert_stream_holds_once_in_order(&bus.messages("POS"), &ids_of(&[&events]));
 }
+
+#[test]
+fn a_tls_cluster_is_refused_without_its_ca_and_reached_with_ca_file() {
+    let certs = tempfile::Builder::new()
+        .prefix("so-nats-tls-")
+        .tempdir()
+        .expect("tempdir");
+    ca_and_server_cert(certs.path());
+    let d = certs.path().display();
+    let cluster = NatsCluster::start_with(
+        3,
+        &format!("tls {{ cert_file: \"{d}/server.pem\", key_file: \"{d}/server.key\" }}"),
+    );
+    let url = cluster.url().replace("nats://", "tls://");
+    let ca = certs.path().join("ca.pem");
+    let bus = {
+        let ca = ca.clone();
+        Bus::connect_with(&url, move || {
+            async_nats::ConnectOptions::new()
+                .add_root_certificates(ca.clone())
+                .require_tls(true)
+        })
+    };
+    bus.create_stream("POS", &["pos.>"]);
+
+    // Without the CA the server's certificate is not trusted: named, kept.
+    let mut agent = Agent::new(&nats_subscription("bus", &url, "pos.{store_id}.{type}", ""));
+    agent.start();
+    let events = Events::new("tls", 0..10, "SaleCreated").spread_over("till", 2);
+    agent.send_events(&events);
+    wait_until(
+        Duration::from_secs(30),
+        "the untrusted certificate in last_error",
+        || {
+            agent.sub_status("bus")["last_error"]
+                .as_str()
+                .is_some_and(|e| e.to_ascii_lowercase().contains("certificate"))
+        },
+    );
+    let doctor = String::from_utf8_lossy(&agent.cli(&["doctor"]).stdout).into_owned();
+    assert!(
+        doctor.contains("FAIL  nats") && doctor.contains("TLS failed"),
+        "{doctor}"
+    );
+    assert_eq!(agent.sub_status("bus")["pending"], 10);
+
+    // With ca_file: everything arrives once, in order.
+    agent.stop();
+    agent.write_config(&nats_subscription(
+        "bus",
+        &url,
+        "pos.{store_id}.{type}",
+        &format!("ca_file = \"{}\"", ca.display()),
+    ));
+    agent.start();
+    wait_drained(&agent, &cluster, "bus", 10, Duration::from_secs(60));
+    assert_stream_holds_once_in_order(&bus.messages("POS"), &ids_of(&[&events]));
+    let doctor = agent.cli(&["doctor"]);
+    assert!(doctor.status.success(), "{}", String::from_utf8_lossy(&doctor.stdout));
+}
