@@ -56,6 +56,9 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 CARGO_DEB_VERSION=3.8.0
 MAX_EXPOSURE=2.0
 WORK=$(mktemp -d /tmp/store-outbox-check.XXXXXX)
+# free_port, wait_for, ensure_cargo_deb
+# shellcheck source=packaging/lib.sh
+source "$REPO/packaging/lib.sh"
 
 SUMMARY=()
 CHECKS=0
@@ -106,10 +109,7 @@ if [[ ${#need[@]} -gt 0 ]]; then
   apt-get update -qq || info "WARNING: apt-get update reported errors; trying the install anyway"
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if ! command -v cargo-deb >/dev/null; then
-  info "cargo install cargo-deb --version $CARGO_DEB_VERSION --locked"
-  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked "${CARGO_DEB_INSTALL_FLAGS[@]}"
-fi
+ensure_cargo_deb "${CARGO_DEB_INSTALL_FLAGS[@]}"
 info "$(cargo-deb --version), $(lintian --version), $(systemd-analyze --version | head -1)"
 
 # ---- deb --------------------------------------------------------------------
@@ -279,9 +279,6 @@ expect_stat() {
   pass "$2 $3 $4"
 }
 
-# free_port, wait_for
-# shellcheck source=packaging/lib.sh
-source "$REPO/packaging/lib.sh"
 
 # exercise_agent <root>: the agent as store-outbox on the packaged config, a
 # POS user in the group sends on the socket and through the spool, an outsider

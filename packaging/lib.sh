@@ -1,5 +1,5 @@
-# Shell helpers shared by packaging/check.sh and packaging/cross-build.sh
-# (sourced; each script defines its own `die`).
+# Shell helpers shared by packaging/check.sh, packaging/cross-build.sh and
+# packaging/vm-check.sh (sourced; each script defines its own `die` and `info`).
 
 # free_port: a TCP port nothing listens on, from 20000-49999.
 free_port() {
@@ -19,4 +19,14 @@ wait_for() {
     (( SECONDS < end )) || return 1
     sleep 0.2
   done
+}
+
+# ensure_cargo_deb [cargo install flags...]: installs the cargo-deb the
+# packaging is written for when none is on the PATH (check.sh and vm-check.sh
+# each work alone on a fresh machine).
+CARGO_DEB_VERSION=${CARGO_DEB_VERSION:-3.8.0}
+ensure_cargo_deb() {
+  command -v cargo-deb >/dev/null && return
+  info "cargo install cargo-deb --version $CARGO_DEB_VERSION --locked $*"
+  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked "$@"
 }

@@ -91,6 +91,9 @@ trap 'exit 130' INT TERM
 [[ $(id -u) -eq 0 ]] || die "run as root (debootstrap, chroot)"
 if [[ ${QUICK_BUILD:-0} == 1 ]]; then
   export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+  ensure_cargo_deb --debug
+else
+  ensure_cargo_deb
 fi
 T_ALL=$SECONDS
 mkdir -p "$VM_CACHE"
