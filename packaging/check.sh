@@ -210,6 +210,9 @@ step "verify: systemd-analyze verify, sysusers.d, tmpfiles.d"
 stage=$WORK/stage
 mkdir -p "$stage/lib/systemd" "$stage/etc"
 cp -a /lib/systemd/system "$stage/lib/systemd/"
+# ExecReload's /bin/sh (Essential: on every Debian system).
+mkdir -p "$stage/bin"
+cp -L /bin/sh "$stage/bin/sh"
 dpkg-deb -x "$DEB" "$stage"
 n=$(verify_in_root "$stage")
 [[ $n -eq 0 ]] || die "systemd-analyze verify: $n message(s)"

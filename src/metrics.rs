@@ -91,11 +91,18 @@ impl Metrics {
 
     /// Records the time from ingest to a 2xx.
     pub fn delivered_after(&self, subscription: &str, seconds: f64) {
-        self.latency_seconds
-            .get_or_create(&SubLabel {
-                subscription: subscription.to_string(),
-            })
-            .observe(seconds);
+        self.delivered_after_each(subscription, [seconds]);
+    }
+
+    /// [`Self::delivered_after`] for every event of a batch, with one
+    /// lookup of the subscription's histogram.
+    pub fn delivered_after_each(&self, subscription: &str, seconds: impl IntoIterator<Item = f64>) {
+        let histogram = self.latency_seconds.get_or_create(&SubLabel {
+            subscription: subscription.to_string(),
+        });
+        for s in seconds {
+            histogram.observe(s);
+        }
     }
 
     /// The Prometheus text: database figures read now, plus the in-memory ones.

@@ -112,7 +112,8 @@ struct Args {
     /// (raw SQLite only; JSON `raw_group_commit_lean_eps`).
     #[arg(long)]
     raw_lean: bool,
-    /// Events of the `uplink` phase's drains through the WAN link (issue 15).
+    /// Events of the `uplink` phase's drains through the WAN link (issue 15);
+    /// 0 skips them (the loopback drains only).
     #[arg(long, default_value_t = 40_000)]
     uplink_events: u64,
     /// Entities they are spread over.
@@ -122,7 +123,8 @@ struct Args {
     /// many seconds (it would take minutes); its rate is what it reached.
     #[arg(long, default_value_t = 30)]
     uplink_one_event_secs: u64,
-    /// Events of the `uplink` phase's batches + gzip drain on loopback
+    /// Events of the `uplink` phase's two drains on loopback, batches and
+    /// batches + gzip
     /// (default 1,000,000; --quick 100,000; 0 skips it).
     #[arg(long)]
     uplink_loopback_events: Option<u64>,

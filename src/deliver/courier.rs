@@ -157,10 +157,12 @@ impl<D: Destination> Crew<D> {
             .attempt(&self.name, answer.result_name(), elapsed.as_secs_f64());
         if answer.kind == AnswerKind::Delivered {
             let now = now_ms();
-            for head in &heads {
-                self.metrics
-                    .delivered_after(&self.name, ((now - head.event.ingested_at).max(0) as f64) / 1000.0);
-            }
+            self.metrics.delivered_after_each(
+                &self.name,
+                heads
+                    .iter()
+                    .map(|head| ((now - head.event.ingested_at).max(0) as f64) / 1000.0),
+            );
         }
         let outcomes = heads
             .iter()
