@@ -137,6 +137,12 @@ struct Args {
     /// Seconds of each wrk run of the `nginx` phase (default 10; --quick 5).
     #[arg(long)]
     nginx_wrk_secs: Option<u64>,
+    /// Profile the `nginx` phase's drain: `perf record --call-graph dwarf`
+    /// attached to the agent from its start to the last event, into this
+    /// file (`perf report -i FILE`). perf costs the agent CPU: that run's
+    /// figures are not the ones to quote.
+    #[arg(long)]
+    nginx_perf: Option<PathBuf>,
     /// Also write every latency sample (planned send ms, latency µs) as CSV here.
     #[arg(long)]
     latency_trace: Option<PathBuf>,

@@ -15,7 +15,7 @@
 //! harness dies.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -99,7 +99,7 @@ impl Nginx {
              error_log {error_log} warn;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n\
-             \x20   log_format bench '$msec $status $request_method $uri $request_length $http_webhook_id';\n\
+             \x20   log_format bench '$msec $status $request_method $uri $request_length $content_length $http_webhook_id';\n\
              \x20   access_log {access_log} bench buffer=64k flush=1s;\n\
              \x20   client_body_temp_path {body};\n\
              \x20   proxy_temp_path {proxy};\n\
@@ -357,10 +357,12 @@ fn parse_wrk(out: &str) -> anyhow::Result<(u64, f64, u64, Option<String>, String
 
 /// Runs `wrk -t2 -c<connections> -d<seconds>s` against nginx; fails on
 /// any non-2xx answer or socket error.
+/// wrk's output goes to `wrk-<label>.txt` in nginx's directory.
 async fn wrk(
     binary: &Path,
     nginx: &Nginx,
     request: &Request,
+    label: &str,
     connections: usize,
     seconds: u64,
 ) -> anyhow::Result<WrkRun> {
@@ -370,7 +372,7 @@ async fn wrk(
         Request::Post(_) => ("POST", nginx.url(RAW_POST_PATH)),
         Request::Get => ("GET", nginx.url(RAW_GET_PATH)),
     };
-    let out_path = nginx.dir.join(format!("wrk-{}.txt", method.to_ascii_lowercase()));
+    let out_path = nginx.dir.join(format!("wrk-{label}.txt"));
     let out = std::fs::File::create(&out_path).with_context(|| format!("{}", out_path.display()))?;
     let mut cmd = Command::new(binary);
     cmd.arg(format!("-t{threads}"))
@@ -421,7 +423,8 @@ async fn wrk(
 }
 
 /// The requests of one path in nginx's access log (format `bench`:
-/// `$msec $status $request_method $uri $request_length $http_webhook_id`).
+/// `$msec $status $request_method $uri $request_length $content_length
+/// $http_webhook_id`).
 #[derive(Debug, Default, serde::Serialize)]
 struct AccessLog {
     /// Lines for the path.
@@ -430,8 +433,11 @@ struct AccessLog {
     ok: u64,
     /// Distinct `webhook-id`s among those with status 200.
     distinct_ids: u64,
-    /// Mean request length (request line, headers and body), bytes.
-    mean_request_bytes: f64,
+    /// Mean length of the request line and headers, bytes (nginx's
+    /// `$request_length`, which leaves out a body it discards).
+    mean_head_bytes: f64,
+    /// Mean `content-length`, bytes.
+    mean_body_bytes: f64,
     /// `$msec` of the first and the last line, seconds since the epoch.
     first_s: f64,
     last_s: f64,
@@ -439,17 +445,19 @@ struct AccessLog {
 
 impl AccessLog {
     fn read(path: &Path, uri: &str) -> anyhow::Result<AccessLog> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
         let mut log = AccessLog {
             first_s: f64::INFINITY,
             last_s: 0.0,
             ..AccessLog::default()
         };
         let mut ids = HashSet::new();
-        let mut bytes = 0u64;
-        for line in text.lines() {
+        let (mut head_bytes, mut body_bytes) = (0u64, 0u64);
+        // Millions of lines from the raw runs: read line by line.
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.with_context(|| format!("reading {}", path.display()))?;
             let f: Vec<&str> = line.split(' ').collect();
-            let [msec, status, _method, path, length, id] = f[..] else {
+            let [msec, status, _method, path, head, body, id] = f[..] else {
                 continue;
             };
             if path != uri {
@@ -459,14 +467,16 @@ impl AccessLog {
             let at: f64 = msec.parse().unwrap_or(0.0);
             log.first_s = log.first_s.min(at);
             log.last_s = log.last_s.max(at);
-            bytes += length.parse::<u64>().unwrap_or(0);
+            head_bytes += head.parse::<u64>().unwrap_or(0);
+            body_bytes += body.parse::<u64>().unwrap_or(0);
             if status == "200" {
                 log.ok += 1;
-                ids.insert(id);
+                ids.insert(id.to_string());
             }
         }
         log.distinct_ids = ids.len() as u64;
-        log.mean_request_bytes = bytes as f64 / log.lines.max(1) as f64;
+        log.mean_head_bytes = head_bytes as f64 / log.lines.max(1) as f64;
+        log.mean_body_bytes = body_bytes as f64 / log.lines.max(1) as f64;
         if log.lines == 0 {
             log.first_s = 0.0;
         }
@@ -499,6 +509,43 @@ impl DeliveredCount {
             Some(row) => row.get::<_, i64>(0).context("delivered_total")?.max(0) as u64,
             None => 0,
         })
+    }
+}
+
+/// `perf record` attached to a process (`--nginx-perf`), until `finish`.
+struct PerfRecord {
+    child: Child,
+    out: PathBuf,
+}
+
+impl PerfRecord {
+    fn start(pid: u32, out: &Path) -> anyhow::Result<PerfRecord> {
+        let log = out.with_extension("log");
+        let log_file = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+        let mut cmd = Command::new(std::env::var_os("PERF").unwrap_or_else(|| "perf".into()));
+        cmd.args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-o"])
+            .arg(out)
+            .arg("-p")
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        let child = sys::spawn(cmd).context("starting perf record (apt-get install linux-perf)")?;
+        Ok(PerfRecord {
+            child,
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// SIGINT (perf then writes its file) and a wait for it to exit.
+    fn finish(mut self) {
+        sys::stop_child_with(&mut self.child, libc::SIGINT, Duration::from_secs(120));
+        let bytes = std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "perf record: {} ({bytes} bytes; its log {})",
+            self.out.display(),
+            self.out.with_extension("log").display()
+        );
     }
 }
 
@@ -557,8 +604,16 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
         "9. nginx: raw limit, wrk POST with the agent's body and headers, {concurrency} connections"
     ));
     let script = write_post_script(&work, entities, size)?;
-    let post_before = wrk(&wrk_bin, &nginx, &Request::Post(script.clone()), concurrency, seconds).await?;
-    let get = wrk(&wrk_bin, &nginx, &Request::Get, concurrency, seconds).await?;
+    let post_before = wrk(
+        &wrk_bin,
+        &nginx,
+        &Request::Post(script.clone()),
+        "post-before",
+        concurrency,
+        seconds,
+    )
+    .await?;
+    let get = wrk(&wrk_bin, &nginx, &Request::Get, "get", concurrency, seconds).await?;
 
     run.phase("9. nginx: agent restarted with one subscription to nginx (one event per request), drain");
     dir.write_config(Some(&Sub {
@@ -571,6 +626,10 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     let spawned = a.spawned_at;
     // The same moment on the clock of nginx's `$msec`.
     let spawned_epoch_s = epoch_s();
+    let perf = match &run.args.nginx_perf {
+        Some(out) => Some(PerfRecord::start(a.pid, out)?),
+        None => None,
+    };
     let sampler = RssSampler::start(a.pid, Duration::from_millis(100));
     let deadline = spawned + Duration::from_secs(run.sizes.drain_limit_s);
     let mut progress_at = Instant::now();
@@ -606,6 +665,9 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     let hwm = a.mem().map(|m| m.hwm_kib).unwrap_or(0);
     let agent_ticks = sys::cpu_ticks(a.pid).unwrap_or(0);
     let nginx1 = nginx.cpu_ticks();
+    if let Some(perf) = perf {
+        perf.finish();
+    }
     let done_at = drained?;
     let status = agent::wait_settled_status(&run.bin, &dir, Duration::from_secs(60)).await?;
     let (stop, _) = a.stop(Duration::from_secs(20));
@@ -622,7 +684,15 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     run.set("nginx_stop_after_drain_s", stop.as_secs_f64());
 
     run.phase("9. nginx: raw limit again, after the drain");
-    let post_after = wrk(&wrk_bin, &nginx, &Request::Post(script), concurrency, seconds).await?;
+    let post_after = wrk(
+        &wrk_bin,
+        &nginx,
+        &Request::Post(script),
+        "post-after",
+        concurrency,
+        seconds,
+    )
+    .await?;
     let raw_rps = (post_before.rps + post_after.rps) / 2.0;
     let ratio = drain_eps / raw_rps.max(1e-9);
     run.set("nginx_raw_post_rps", raw_rps);
@@ -658,7 +728,8 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
          (before {:.0}, after {:.0}; GET {:.0}); agent CPU {:.1} µs/event, nginx {:.1} µs/event \
          (raw: wrk {:.1}, nginx {:.1} µs/request); RSS peak {} KiB (sampled {peak}, VmHWM {hwm}); \
          status: delivered_total {}, pending {}; access log: {} lines for {HOOK_PATH}, {} with 200, \
-         {} distinct ids, duplicates {duplicates}, {:.0} bytes/request; nginx stopped cleanly: {stopped_clean}",
+         {} distinct ids, duplicates {duplicates}, {:.0} bytes of head and {:.0} of body per request; \
+         nginx stopped cleanly: {stopped_clean}",
         log.distinct_ids as f64 / first_to_last,
         post_before.rps,
         post_after.rps,
@@ -673,7 +744,8 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
         log.lines,
         log.ok,
         log.distinct_ids,
-        log.mean_request_bytes,
+        log.mean_head_bytes,
+        log.mean_body_bytes,
     );
     if status["delivered_total"] != n || status["pending"] != 0 {
         bail!("the agent's status after the drain: {status}");

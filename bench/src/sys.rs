@@ -123,6 +123,12 @@ pub fn kill_all_children() {
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL. Returns how long the
 /// child took to exit and whether it exited by itself with status 0.
 pub fn stop_child(child: &mut Child, grace: Duration) -> (Duration, bool) {
+    stop_child_with(child, libc::SIGTERM, grace)
+}
+
+/// `stop_child` with another first signal (SIGINT makes `perf record`
+/// write its file).
+pub fn stop_child_with(child: &mut Child, signal: libc::c_int, grace: Duration) -> (Duration, bool) {
     let started = Instant::now();
     if let Ok(Some(status)) = child.try_wait() {
         forget(child.id());
@@ -130,7 +136,7 @@ pub fn stop_child(child: &mut Child, grace: Duration) -> (Duration, bool) {
     }
     // SAFETY: kill(2) on our own child.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
+        libc::kill(child.id() as i32, signal);
     }
     while started.elapsed() < grace {
         if let Ok(Some(status)) = child.try_wait() {
