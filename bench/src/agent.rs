@@ -298,7 +298,22 @@ pub fn build_main(main_dir: &Path, skip: bool) -> anyhow::Result<(PathBuf, Strin
         .status()
         .context("running cargo build")?;
     if status.success() {
-        Ok((bin, "built (cargo build --release --locked --features nats)".into()))
+        // Profile overrides from the environment (e.g. a build without LTO
+        // for speed) change what is measured: the note names them.
+        let mut overrides: Vec<String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("CARGO_PROFILE_RELEASE"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        overrides.sort();
+        let with = if overrides.is_empty() {
+            " with the crate's release profile".to_string()
+        } else {
+            format!(" with {}", overrides.join(" "))
+        };
+        Ok((
+            bin,
+            format!("built (cargo build --release --locked --features nats){with}"),
+        ))
     } else if bin.exists() {
         eprintln!(
             "warning: the release build failed; measuring the existing {}",

@@ -220,6 +220,18 @@ impl Nginx {
         Ok(())
     }
 
+    /// Time the master and its workers waited for a CPU so far, µs.
+    fn run_queue_wait_us(&self) -> u64 {
+        let Some(master) = self.master.as_ref().map(Child::id) else {
+            return 0;
+        };
+        sys::children_of(master)
+            .into_iter()
+            .chain([master])
+            .filter_map(sys::run_queue_wait_us)
+            .sum()
+    }
+
     /// CPU ticks the master and its workers used so far.
     fn cpu_ticks(&self) -> u64 {
         let Some(master) = self.master.as_ref().map(Child::id) else {
@@ -282,6 +294,9 @@ struct WrkRun {
     wrk_cpu_us_per_request: f64,
     /// nginx's CPU (master and workers) per request, µs.
     nginx_cpu_us_per_request: f64,
+    /// Time wrk's and nginx's threads waited for a CPU, per request, µs.
+    wrk_run_queue_wait_us_per_request: f64,
+    nginx_run_queue_wait_us_per_request: f64,
 }
 
 /// What a wrk request looks like.
@@ -382,14 +397,15 @@ async fn wrk(
         cmd.arg("-s").arg(script);
     }
     cmd.arg(&url).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-    let nginx0 = nginx.cpu_ticks();
+    let (nginx0, nginx_wait0) = (nginx.cpu_ticks(), nginx.run_queue_wait_us());
     let child = sys::spawn(cmd).with_context(|| format!("starting {} ({INSTALL_HINT})", binary.display()))?;
     let timeout = Duration::from_secs(seconds + 30);
-    let (status, wrk_cpu_us) = tokio::task::spawn_blocking(move || sys::wait_with_cpu(child, timeout))
+    let finished = tokio::task::spawn_blocking(move || sys::wait_with_cpu(child, timeout))
         .await
         .map_err(|e| anyhow!("wrk waiter: {e}"))?
         .context("waiting for wrk")?;
-    let nginx1 = nginx.cpu_ticks();
+    let (nginx1, nginx_wait1) = (nginx.cpu_ticks(), nginx.run_queue_wait_us());
+    let status = finished.status;
     let text = std::fs::read_to_string(&out_path).with_context(|| format!("{}", out_path.display()))?;
     if !status.success() {
         bail!("wrk failed ({status}):\n{text}");
@@ -405,13 +421,20 @@ async fn wrk(
         non_2xx,
         socket_errors,
         latency,
-        wrk_cpu_us_per_request: wrk_cpu_us as f64 / requests.max(1) as f64,
+        wrk_cpu_us_per_request: finished.cpu_us as f64 / requests.max(1) as f64,
         nginx_cpu_us_per_request: cpu_us(nginx1.saturating_sub(nginx0), requests),
+        wrk_run_queue_wait_us_per_request: finished.run_queue_wait_us as f64 / requests.max(1) as f64,
+        nginx_run_queue_wait_us_per_request: nginx_wait1.saturating_sub(nginx_wait0) as f64 / requests.max(1) as f64,
     };
     eprintln!(
         "wrk {method} -t{threads} -c{connections} -d{seconds}s: {requests} requests = {rps:.0} req/s \
-         (latency avg/stdev/max {}); CPU µs/request: wrk {:.1}, nginx {:.1}",
-        run.latency, run.wrk_cpu_us_per_request, run.nginx_cpu_us_per_request
+         (latency avg/stdev/max {}); CPU µs/request: wrk {:.1}, nginx {:.1}; waits for a CPU µs/request: \
+         wrk {:.1}, nginx {:.1}",
+        run.latency,
+        run.wrk_cpu_us_per_request,
+        run.nginx_cpu_us_per_request,
+        run.wrk_run_queue_wait_us_per_request,
+        run.nginx_run_queue_wait_us_per_request
     );
     if non_2xx > 0 || run.socket_errors.is_some() {
         bail!(
@@ -622,6 +645,7 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     }))?;
     let count = DeliveredCount::open(&dir.db())?;
     let nginx0 = nginx.cpu_ticks();
+    let nginx_wait0 = nginx.run_queue_wait_us();
     let mut a = Agent::spawn(&run.bin, &dir, "agent-x2.log")?;
     let spawned = a.spawned_at;
     // The same moment on the clock of nginx's `$msec`.
@@ -664,7 +688,9 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     let peak = sampler.finish().await;
     let hwm = a.mem().map(|m| m.hwm_kib).unwrap_or(0);
     let agent_ticks = sys::cpu_ticks(a.pid).unwrap_or(0);
+    let agent_wait_us = sys::run_queue_wait_us(a.pid);
     let nginx1 = nginx.cpu_ticks();
+    let nginx_wait_us = nginx.run_queue_wait_us().saturating_sub(nginx_wait0);
     if let Some(perf) = perf {
         perf.finish();
     }
@@ -678,6 +704,16 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     run.set("nginx_drain_eps", drain_eps);
     run.set("nginx_cpu_us_per_event_drain", cpu_us(agent_ticks, n));
     run.set("nginx_server_cpu_us_per_event_drain", cpu_us(nginx1 - nginx0, n));
+    // How loaded the machine was for them: the time their threads were
+    // ready to run and waited for a CPU, per event.
+    run.set(
+        "nginx_agent_run_queue_wait_us_per_event",
+        agent_wait_us.map(|w| w as f64 / n as f64),
+    );
+    run.set(
+        "nginx_server_run_queue_wait_us_per_event",
+        nginx_wait_us as f64 / n as f64,
+    );
     run.set("nginx_rss_drain_peak_kib", peak.max(hwm));
     run.set("nginx_rss_drain_sampled_max_kib", peak);
     run.set("nginx_drain_status", &status);
@@ -726,7 +762,8 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
         "start-up to the first request at nginx {startup_s:.3} s; drained {n} in {drain_s:.2} s from the agent's start = {drain_eps:.0} events/s \
          ({:.0}/s first to last request at nginx) = {ratio:.2} of nginx's raw POST rate {raw_rps:.0} req/s \
          (before {:.0}, after {:.0}; GET {:.0}); agent CPU {:.1} µs/event, nginx {:.1} µs/event \
-         (raw: wrk {:.1}, nginx {:.1} µs/request); RSS peak {} KiB (sampled {peak}, VmHWM {hwm}); \
+         (raw: wrk {:.1}, nginx {:.1} µs/request); waits for a CPU (run queue) per event: agent {:.1} µs, \
+         nginx {:.1} µs; RSS peak {} KiB (sampled {peak}, VmHWM {hwm}); \
          status: delivered_total {}, pending {}; access log: {} lines for {HOOK_PATH}, {} with 200, \
          {} distinct ids, duplicates {duplicates}, {:.0} bytes of head and {:.0} of body per request; \
          nginx stopped cleanly: {stopped_clean}",
@@ -738,6 +775,8 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
         cpu_us(nginx1 - nginx0, n),
         (post_before.wrk_cpu_us_per_request + post_after.wrk_cpu_us_per_request) / 2.0,
         (post_before.nginx_cpu_us_per_request + post_after.nginx_cpu_us_per_request) / 2.0,
+        agent_wait_us.map_or(f64::NAN, |w| w as f64 / n as f64),
+        nginx_wait_us as f64 / n as f64,
         peak.max(hwm),
         status["delivered_total"],
         status["pending"],

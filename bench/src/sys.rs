@@ -198,14 +198,26 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// How a finished child ran (`wait_with_cpu`).
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    /// CPU time (user + system), µs, from wait4(2).
+    pub cpu_us: u64,
+    /// Time its threads waited for a CPU, µs, as last read from /proc
+    /// (every 20 ms) before it exited.
+    pub run_queue_wait_us: u64,
+}
+
 /// Waits for `child` to exit, for at most `timeout` (then SIGKILL), and
-/// returns its exit status and the CPU time (user + system) it used, µs,
-/// from wait4(2): what /proc can no longer tell once it has exited.
-pub fn wait_with_cpu(mut child: Child, timeout: Duration) -> io::Result<(std::process::ExitStatus, u64)> {
+/// returns its exit status, the CPU time it used (wait4(2): what /proc can
+/// no longer tell once it has exited) and its time waiting for a CPU.
+pub fn wait_with_cpu(mut child: Child, timeout: Duration) -> io::Result<Finished> {
     use std::os::unix::process::ExitStatusExt;
     let pid = child.id();
     let deadline = Instant::now() + timeout;
+    let mut waited_us = 0;
     loop {
+        waited_us = run_queue_wait_us(pid).unwrap_or(waited_us);
         let mut status: libc::c_int = 0;
         // SAFETY: an all-zero rusage is a valid value to be overwritten.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -218,10 +230,11 @@ pub fn wait_with_cpu(mut child: Child, timeout: Duration) -> io::Result<(std::pr
         if r == pid as i32 {
             forget(pid);
             let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-            return Ok((
-                std::process::ExitStatus::from_raw(status),
-                us(usage.ru_utime) + us(usage.ru_stime),
-            ));
+            return Ok(Finished {
+                status: std::process::ExitStatus::from_raw(status),
+                cpu_us: us(usage.ru_utime) + us(usage.ru_stime),
+                run_queue_wait_us: waited_us,
+            });
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -266,6 +279,26 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Time the threads of `pid` spent runnable but waiting for a CPU (run
+/// queue delay, /proc/PID/task/*/schedstat), µs; threads that already
+/// exited are not counted. None where schedstat is unavailable.
+pub fn run_queue_wait_us(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut ns = 0u64;
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        // "<on-CPU ns> <run queue wait ns> <timeslices>"
+        if let Some(wait) = text.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
+            ns += wait;
+            any = true;
+        }
+    }
+    any.then_some(ns / 1000)
 }
 
 /// Clock ticks per second.
