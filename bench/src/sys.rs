@@ -203,8 +203,8 @@ pub struct Finished {
     pub status: std::process::ExitStatus,
     /// CPU time (user + system), µs, from wait4(2).
     pub cpu_us: u64,
-    /// Time its threads waited for a CPU, µs, as last read from /proc
-    /// (every 20 ms) before it exited.
+    /// Time its threads waited for a CPU, µs, as read from /proc (every
+    /// 20 ms) before they exited.
     pub run_queue_wait_us: u64,
 }
 
@@ -217,7 +217,9 @@ pub fn wait_with_cpu(mut child: Child, timeout: Duration) -> io::Result<Finished
     let deadline = Instant::now() + timeout;
     let mut waited_us = 0;
     loop {
-        waited_us = run_queue_wait_us(pid).unwrap_or(waited_us);
+        // The largest reading: once its threads have exited (a zombie
+        // before the reaping) only the main thread is left to count.
+        waited_us = run_queue_wait_us(pid).unwrap_or(0).max(waited_us);
         let mut status: libc::c_int = 0;
         // SAFETY: an all-zero rusage is a valid value to be overwritten.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
