@@ -657,10 +657,9 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     let sampler = RssSampler::start(a.pid, Duration::from_millis(100));
     let deadline = spawned + Duration::from_secs(run.sizes.drain_limit_s);
     let mut progress_at = Instant::now();
-    let mut delivered = 0;
     let drained: anyhow::Result<Instant> = async {
         loop {
-            delivered = count.read("bench")?;
+            let delivered = count.read("bench")?;
             if delivered >= n {
                 return Ok(Instant::now());
             }
