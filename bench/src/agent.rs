@@ -1,5 +1,6 @@
 //! The real agent as a process: its config file, spawn, readiness, memory
-//! sampling and a clean stop. Killed on drop, whatever happened.
+//! sampling, its own account of a subscription (`status --json`) and a
+//! clean stop. Killed on drop, whatever happened.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -131,6 +132,13 @@ impl Agent {
         }
     }
 
+    /// Whether the process has exited (it is then reaped).
+    pub fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().map(|s| s.is_some()).unwrap_or(true))
+    }
+
     pub fn mem(&self) -> Option<sys::Mem> {
         sys::mem(self.pid)
     }
@@ -231,6 +239,41 @@ impl RssSampler {
     }
 }
 
+/// `store-outbox status --json`: the bench subscription's entry.
+pub fn sub_status(bin: &Path, dir: &AgentDir) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&dir.config)
+        .args(["status", "--json"])
+        .output()
+        .context("running store-outbox status")?;
+    if !out.status.success() {
+        bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).context("status JSON")?;
+    status["subscriptions"]
+        .as_array()
+        .and_then(|subs| subs.iter().find(|s| s["name"] == "bench"))
+        .cloned()
+        .ok_or_else(|| anyhow!("no subscription bench in status"))
+}
+
+/// Polls `status --json` until the subscription has nothing pending or in
+/// flight; its last entry.
+pub async fn wait_settled_status(bin: &Path, dir: &AgentDir, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = sub_status(bin, dir)?;
+        if s["pending"] == 0 && s["in_flight"] == 0 {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("the agent still has work after {timeout:?}: {s}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Builds the agent (`cargo build --release --locked --features nats` in the main crate)
 /// and returns the path of the binary.
 pub fn build_main(main_dir: &Path, skip: bool) -> anyhow::Result<(PathBuf, String)> {
@@ -255,7 +298,22 @@ pub fn build_main(main_dir: &Path, skip: bool) -> anyhow::Result<(PathBuf, Strin
         .status()
         .context("running cargo build")?;
     if status.success() {
-        Ok((bin, "built (cargo build --release --locked --features nats)".into()))
+        // Profile overrides from the environment (e.g. a build without LTO
+        // for speed) change what is measured: the note names them.
+        let mut overrides: Vec<String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("CARGO_PROFILE_RELEASE"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        overrides.sort();
+        let with = if overrides.is_empty() {
+            " with the crate's release profile".to_string()
+        } else {
+            format!(" with {}", overrides.join(" "))
+        };
+        Ok((
+            bin,
+            format!("built (cargo build --release --locked --features nats){with}"),
+        ))
     } else if bin.exists() {
         eprintln!(
             "warning: the release build failed; measuring the existing {}",

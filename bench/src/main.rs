@@ -10,15 +10,20 @@
 //! (backlog ingested while the receiver is down, restart, start-up to the
 //! first delivery, drain with order checks); agent C, the same over as many
 //! entities as events (`drain_many`, issue 14 item 7: memory by backlog
-//! shape); raw requests to the same receiver; the naive loop. Everything
-//! runs on loopback, every loop is bounded in count and time, and every
-//! process started is killed at the end (and dies with the harness,
-//! PR_SET_PDEATHSIG).
+//! shape); raw requests to the same receiver; the naive loop; `uplink`
+//! (issue 15: drains through a WAN link proxy); `nats` (issue 16: a 3-node
+//! JetStream cluster and a raw publisher); `nginx` (issue 15: a real nginx,
+//! `return 200`, as the raw limit of one event per request, wrk beside the
+//! agent's drain). Everything runs on loopback, every loop is bounded in
+//! count and time, and every process started is killed at the end (and
+//! dies with the harness, PR_SET_PDEATHSIG; nginx with its workers, as one
+//! process group).
 
 mod agent;
 mod events;
 mod ingest;
 mod nats;
+mod nginx;
 mod raw;
 mod receiver;
 mod report;
@@ -128,13 +133,25 @@ struct Args {
     /// (default 1,000,000; --quick 100,000; 0 skips it).
     #[arg(long)]
     uplink_loopback_events: Option<u64>,
+    /// Events of the `nginx` phase's drain (default 300,000; --quick 50,000).
+    #[arg(long)]
+    nginx_events: Option<u64>,
+    /// Seconds of each wrk run of the `nginx` phase (default 10; --quick 5).
+    #[arg(long)]
+    nginx_wrk_secs: Option<u64>,
+    /// Profile the `nginx` phase's drain: `perf record --call-graph dwarf`
+    /// attached to the agent from its start to the last event, into this
+    /// file (`perf report -i FILE`). perf costs the agent CPU: that run's
+    /// figures are not the ones to quote.
+    #[arg(long)]
+    nginx_perf: Option<PathBuf>,
     /// Also write every latency sample (planned send ms, latency µs) as CSV here.
     #[arg(long)]
     latency_trace: Option<PathBuf>,
     /// Keep the work directory (databases, agent logs) afterwards.
     #[arg(long)]
     keep: bool,
-    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink,nats.
+    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink,nats,nginx.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -151,6 +168,10 @@ struct Sizes {
     drain_many_entities: u64,
     raw_requests: u64,
     naive: u64,
+    /// Backlog of the `nginx` phase.
+    nginx: u64,
+    /// Seconds of each wrk run against nginx.
+    nginx_wrk_secs: u64,
     /// Cap on any one load phase, seconds.
     phase_limit_s: u64,
     /// Cap on the drain, seconds.
@@ -171,6 +192,8 @@ impl Sizes {
             drain_many_entities: args.drain_many_entities.unwrap_or(drain_many),
             raw_requests: if q { 30_000 } else { 100_000 },
             naive: if q { 500 } else { 2_000 },
+            nginx: args.nginx_events.unwrap_or(if q { 50_000 } else { 300_000 }),
+            nginx_wrk_secs: args.nginx_wrk_secs.unwrap_or(if q { 5 } else { 10 }),
             phase_limit_s: if q { 30 } else { 180 },
             drain_limit_s: if q { 60 } else { 600 },
         }
@@ -313,7 +336,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 
     type PhaseFn =
         for<'a> fn(&'a mut Run) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
-    let phases: [(&str, PhaseFn); 9] = [
+    let phases: [(&str, PhaseFn); 10] = [
         ("size", |r| Box::pin(phase_size(r))),
         ("raw", |r| Box::pin(phase_raw(r))),
         ("ingest", |r| Box::pin(phase_ingest(r))),
@@ -323,6 +346,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         ("naive", |r| Box::pin(phase_requests_and_naive(r, false, true))),
         ("uplink", |r| Box::pin(phase_uplink(r))),
         ("nats", |r| Box::pin(nats::phase(r))),
+        ("nginx", |r| Box::pin(nginx::phase(r))),
     ];
     for (name, f) in phases {
         if !run.wants(name) {
@@ -698,6 +722,7 @@ fn rows(run: &Run) -> Vec<Row> {
         .vs("naive loop: 1 tx + 1 sync POST per event", n("naive_eps")),
     );
     rows.extend(nats::rows(run));
+    rows.extend(nginx::rows(run));
     rows
 }
 

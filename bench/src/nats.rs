@@ -310,41 +310,6 @@ fn write_config(dir: &AgentDir, cluster: &Cluster, max_in_flight: usize) -> anyh
     Ok(())
 }
 
-/// `store-outbox status --json`: the bench subscription's entry.
-fn sub_status(bin: &Path, dir: &AgentDir) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(bin)
-        .arg("--config")
-        .arg(&dir.config)
-        .args(["status", "--json"])
-        .output()
-        .context("running store-outbox status")?;
-    if !out.status.success() {
-        bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).context("status JSON")?;
-    status["subscriptions"]
-        .as_array()
-        .and_then(|subs| subs.iter().find(|s| s["name"] == "bench"))
-        .cloned()
-        .ok_or_else(|| anyhow!("no subscription bench in status"))
-}
-
-/// Polls `status --json` until the subscription has nothing pending or in
-/// flight; its last entry.
-async fn wait_settled_status(bin: &Path, dir: &AgentDir, timeout: Duration) -> anyhow::Result<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = sub_status(bin, dir)?;
-        if s["pending"] == 0 && s["in_flight"] == 0 {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            bail!("the agent still has work after {timeout:?}: {s}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The phase (see the module documentation).
 pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     let n = run.sizes.drain;
@@ -377,7 +342,7 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     eprintln!("{}", load.summary("backlog ingest"));
     run.set("nats_bulk_ingest_eps", load.rate);
     run.set("nats_cpu_us_per_event_backlog_ingest", cpu_us(cpu1 - cpu0, load.acked));
-    let status = sub_status(&run.bin, &dir)?;
+    let status = agent::sub_status(&run.bin, &dir)?;
     eprintln!(
         "  subscription with the cluster down: state {}, pending {}, last error {}",
         status["state"], status["pending"], status["last_error"]
@@ -494,7 +459,7 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
             a.log_tail(20)
         );
     };
-    let status = wait_settled_status(&run.bin, &dir, Duration::from_secs(60)).await?;
+    let status = agent::wait_settled_status(&run.bin, &dir, Duration::from_secs(60)).await?;
     let drain_s = (last - first).as_secs_f64();
     let rate = n as f64 / drain_s.max(1e-9);
     let ratio = rate / raw.rate.max(1e-9);
@@ -554,7 +519,7 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
         Duration::from_secs(30),
     )
     .await?;
-    let status = wait_settled_status(&run.bin, &idle_dir, Duration::from_secs(60)).await?;
+    let status = agent::wait_settled_status(&run.bin, &idle_dir, Duration::from_secs(60)).await?;
     if load.acked < few || status["delivered_total"] != few {
         bail!("idle agent: {} acked, status {status}", load.acked);
     }
@@ -564,7 +529,7 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
         .await
         .ok_or_else(|| anyhow!("cannot read the idle agent's memory"))?;
     let cpu1 = sys::cpu_ticks(a.pid).unwrap_or(0);
-    let state = sub_status(&run.bin, &idle_dir)?["state"].clone();
+    let state = agent::sub_status(&run.bin, &idle_dir)?["state"].clone();
     eprintln!(
         "idle, connected (subscription {state}): VmRSS {} KiB after {:.1} s ({}), VmHWM {} KiB",
         idle.rss_kib,

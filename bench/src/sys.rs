@@ -1,5 +1,7 @@
-//! Processes and machine facts: child processes that die with the harness,
-//! memory of a process from /proc, load average, machine description.
+//! Processes and machine facts: child processes that die with the harness
+//! (alone, or a server with the workers it forks, as one process group),
+//! memory and CPU time of a process from /proc, load average, machine
+//! description.
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -11,29 +13,68 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+/// A command, the signal its process gets when the harness dies, and where
+/// the spawned child goes.
+type SpawnRequest = (Command, libc::c_int, mpsc::Sender<io::Result<Child>>);
 
 /// PIDs of the children still running, killed on Ctrl-C.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// Process groups of servers still running (`spawn_group`), killed whole
+/// on Ctrl-C.
+static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
 /// Spawns `cmd` so that it is killed when the harness dies, whatever the way.
+pub fn spawn(cmd: Command) -> io::Result<Child> {
+    let child = spawn_tied(cmd, libc::SIGKILL)?;
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(child.id());
+    Ok(child)
+}
+
+/// Spawns a server that forks workers of its own (nginx) as the leader of a
+/// new process group, so that the whole group can be killed at once: its
+/// workers are not the harness's children, and a SIGKILL of the leader
+/// alone leaves them running. When the harness dies, the leader gets
+/// `death_signal` (for nginx SIGTERM, its fast shutdown, which stops the
+/// workers); on Ctrl-C and in `kill_group` the group gets SIGKILL.
+pub fn spawn_group(mut cmd: Command, death_signal: libc::c_int) -> io::Result<Child> {
+    cmd.process_group(0);
+    let child = spawn_tied(cmd, death_signal)?;
+    GROUPS.lock().unwrap_or_else(|p| p.into_inner()).push(child.id());
+    Ok(child)
+}
+
+/// SIGKILL to every process of the group `spawn_group` started with
+/// `leader`, and forgets it.
+pub fn kill_group(leader: u32) {
+    // SAFETY: kill(2) on a process group this process created.
+    unsafe {
+        libc::kill(-(leader as i32), libc::SIGKILL);
+    }
+    GROUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| *p != leader);
+}
+
+/// Forks `cmd` with `PR_SET_PDEATHSIG` set to `death_signal`.
 ///
 /// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, so every
 /// child is forked by one long-lived thread, never by a runtime worker that
 /// may be retired.
-pub fn spawn(cmd: Command) -> io::Result<Child> {
+fn spawn_tied(cmd: Command, death_signal: libc::c_int) -> io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
         std::thread::Builder::new()
             .name("bench-spawner".into())
             .spawn(move || {
-                for (mut cmd, reply) in rx {
+                for (mut cmd, death_signal, reply) in rx {
                     // SAFETY: prctl and getppid are async-signal-safe; nothing
                     // is allocated between fork and exec.
                     unsafe {
-                        cmd.pre_exec(|| {
-                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        cmd.pre_exec(move || {
+                            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0 {
                                 return Err(io::Error::last_os_error());
                             }
                             if libc::getppid() == 1 {
@@ -52,11 +93,9 @@ pub fn spawn(cmd: Command) -> io::Result<Child> {
     spawner
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .send((cmd, tx))
+        .send((cmd, death_signal, tx))
         .map_err(|_| io::Error::other("spawner thread gone"))?;
-    let child = rx.recv().map_err(|_| io::Error::other("spawner thread gone"))??;
-    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(child.id());
-    Ok(child)
+    rx.recv().map_err(|_| io::Error::other("spawner thread gone"))?
 }
 
 /// Forgets a child that was waited for.
@@ -64,7 +103,8 @@ pub fn forget(pid: u32) {
     CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != pid);
 }
 
-/// Kills every child still running (Ctrl-C, fatal error).
+/// Kills every child and every server's process group still running
+/// (Ctrl-C, fatal error, end of a phase).
 pub fn kill_all_children() {
     for pid in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
         // SAFETY: plain kill(2) on a PID this process spawned.
@@ -72,11 +112,23 @@ pub fn kill_all_children() {
             libc::kill(pid as i32, libc::SIGKILL);
         }
     }
+    for leader in GROUPS.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        // SAFETY: kill(2) on a process group this process created.
+        unsafe {
+            libc::kill(-(leader as i32), libc::SIGKILL);
+        }
+    }
 }
 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL. Returns how long the
 /// child took to exit and whether it exited by itself with status 0.
 pub fn stop_child(child: &mut Child, grace: Duration) -> (Duration, bool) {
+    stop_child_with(child, libc::SIGTERM, grace)
+}
+
+/// `stop_child` with another first signal (SIGINT makes `perf record`
+/// write its file).
+pub fn stop_child_with(child: &mut Child, signal: libc::c_int, grace: Duration) -> (Duration, bool) {
     let started = Instant::now();
     if let Ok(Some(status)) = child.try_wait() {
         forget(child.id());
@@ -84,7 +136,7 @@ pub fn stop_child(child: &mut Child, grace: Duration) -> (Duration, bool) {
     }
     // SAFETY: kill(2) on our own child.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
+        libc::kill(child.id() as i32, signal);
     }
     while started.elapsed() < grace {
         if let Ok(Some(status)) = child.try_wait() {
@@ -97,6 +149,106 @@ pub fn stop_child(child: &mut Child, grace: Duration) -> (Duration, bool) {
     let _ = child.wait();
     forget(child.id());
     (started.elapsed(), false)
+}
+
+/// Stops a server started with `spawn_group`: `signal` to the leader (for
+/// nginx SIGQUIT, its graceful shutdown, which also flushes buffered logs),
+/// up to `grace` for it to exit, then SIGKILL to the whole group, which
+/// also takes any worker left. Returns how long the leader took and whether
+/// it exited by itself with status 0.
+pub fn stop_group(leader: &mut Child, signal: libc::c_int, grace: Duration) -> (Duration, bool) {
+    let started = Instant::now();
+    let mut clean = None;
+    if let Ok(Some(status)) = leader.try_wait() {
+        clean = Some(status.success());
+    } else {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(leader.id() as i32, signal);
+        }
+        while started.elapsed() < grace {
+            if let Ok(Some(status)) = leader.try_wait() {
+                clean = Some(status.success());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let took = started.elapsed();
+    kill_group(leader.id());
+    if clean.is_none() {
+        let _ = leader.wait();
+    }
+    (took, clean.unwrap_or(false))
+}
+
+/// The processes whose parent is `pid` (a server's workers), from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|t| {
+                // The field after the command name (in parentheses) is the state, then the parent.
+                let rest = t.get(t.rfind(')')? + 2..)?.to_string();
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            }) == Some(pid)
+        })
+        .collect()
+}
+
+/// How a finished child ran (`wait_with_cpu`).
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    /// CPU time (user + system), µs, from wait4(2).
+    pub cpu_us: u64,
+    /// Time its threads waited for a CPU, µs, as read from /proc (every
+    /// 20 ms) before they exited.
+    pub run_queue_wait_us: u64,
+}
+
+/// Waits for `child` to exit, for at most `timeout` (then SIGKILL), and
+/// returns its exit status, the CPU time it used (wait4(2): what /proc can
+/// no longer tell once it has exited) and its time waiting for a CPU.
+pub fn wait_with_cpu(mut child: Child, timeout: Duration) -> io::Result<Finished> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id();
+    let deadline = Instant::now() + timeout;
+    let mut waited_us = 0;
+    loop {
+        // The largest reading: once its threads have exited (a zombie
+        // before the reaping) only the main thread is left to count.
+        waited_us = run_queue_wait_us(pid).unwrap_or(0).max(waited_us);
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value to be overwritten.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4(2) on our own child, with valid pointers.
+        let r = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
+        if r < 0 {
+            forget(pid);
+            return Err(io::Error::last_os_error());
+        }
+        if r == pid as i32 {
+            forget(pid);
+            let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+            return Ok(Finished {
+                status: std::process::ExitStatus::from_raw(status),
+                cpu_us: us(usage.ru_utime) + us(usage.ru_stime),
+                run_queue_wait_us: waited_us,
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            forget(pid);
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("pid {pid} still running after {timeout:?}; killed"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Memory of a process, KiB.
@@ -129,6 +281,26 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Time the threads of `pid` spent runnable but waiting for a CPU (run
+/// queue delay, /proc/PID/task/*/schedstat), µs; threads that already
+/// exited are not counted. None where schedstat is unavailable.
+pub fn run_queue_wait_us(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut ns = 0u64;
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        // "<on-CPU ns> <run queue wait ns> <timeslices>"
+        if let Some(wait) = text.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
+            ns += wait;
+            any = true;
+        }
+    }
+    any.then_some(ns / 1000)
 }
 
 /// Clock ticks per second.
