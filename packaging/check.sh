@@ -282,7 +282,6 @@ expect_stat() {
   pass "$2 $3 $4"
 }
 
-
 # exercise_agent <root>: the agent as store-outbox on the packaged config, a
 # POS user in the group sends on the socket and through the spool, an outsider
 # cannot; SIGTERM exits 0.
