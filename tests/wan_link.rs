@@ -98,3 +98,30 @@ fn one_event_per_request_through_the_store_uplink_arrives_in_order_and_complete(
     assert_eq!(assert_entity_order(&rx.delivered()), 0, "no duplicates");
     assert!(wan.traffic().up_bytes > 200 * 300, "{:?}", wan.traffic());
 }
+
+#[test]
+fn with_a_proxy_in_the_environment_requests_go_through_it() {
+    // `HTTP_PROXY` names the link proxy, the subscription names the
+    // receiver itself: the events arrive only if the agent used the proxy
+    // (the link forwards whatever it gets to the receiver, which takes the
+    // proxy form of the request line as well).
+    let rx = Receiver::start();
+    let wan = rx.behind(Link {
+        delay: Duration::ZERO,
+        bits_per_s: None,
+    });
+    let proxy = format!("http://{}", wan.addr);
+    let mut agent = Agent::new(&subscription("erp", &rx.url(), ""));
+    agent.start_with_env(&[("HTTP_PROXY", &proxy), ("NO_PROXY", "")]);
+    agent.send_events(&Events::new("px", 0..30, "SaleCreated").spread_over("till", 3));
+    wait_until(Duration::from_secs(60), "30 delivered through the proxy", || {
+        rx.delivered_ids().len() == 30
+    });
+    assert_eq!(assert_entity_order(&rx.delivered()), 0, "no duplicates");
+    let traffic = wan.traffic();
+    assert!(traffic.connections >= 1, "{traffic:?}");
+    assert!(
+        traffic.up_bytes > 30 * 300,
+        "every request went through the proxy: {traffic:?}"
+    );
+}

@@ -28,6 +28,7 @@ pub mod cloudevents;
 pub mod courier;
 pub mod decide;
 pub mod destination;
+pub mod http_client;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod scheduler;

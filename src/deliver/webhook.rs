@@ -1,16 +1,20 @@
-//! The webhook destination: one subscription's HTTP client (rustls), the
-//! webhook body of the contract, the Standard Webhooks headers, and what an
-//! HTTP answer means ([`Destination`] for `http://` and `https://` URLs).
+//! The webhook destination: the webhook body of the contract, the Standard
+//! Webhooks headers, and what an HTTP answer means ([`Destination`] for
+//! `http://` and `https://` URLs). The connections are
+//! [`super::http_client`]'s (reqwest's through a proxy).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::backoff::parse_retry_after;
 use super::cloudevents;
 use super::destination::{Answer, AnswerKind, Destination};
+use super::http_client::{self, Endpoint, Failure, Reply, TlsFiles};
 use crate::config::{Compression, Format, PayloadMode, SubscriptionConfig};
 use crate::outbox::read::StoredEvent;
 
@@ -28,13 +32,26 @@ pub struct Source {
 
 /// A subscription's webhook endpoint, ready to send.
 pub struct Webhook {
-    /// Its HTTP client (connection pool, TLS settings, timeout).
-    client: reqwest::Client,
+    /// Its connections.
+    transport: Transport,
+    /// The headers of every request: `user-agent`, `accept` and the
+    /// subscription's own `headers`, checked once.
+    fixed_headers: HeaderMap,
     /// The subscription: URL, secrets, headers, payload mode.
     config: Arc<SubscriptionConfig>,
     /// `source` in every body.
     source: Source,
 }
+
+/// How requests reach the endpoint.
+enum Transport {
+    /// Keep-alive connections of our own (the usual case).
+    Direct(Box<Endpoint>),
+    /// Through the proxy the environment names, with reqwest.
+    Proxied(reqwest::Client),
+}
+
+const USER_AGENT: &str = concat!("store-outbox/", env!("CARGO_PKG_VERSION"));
 
 /// Builds the HTTP client: rustls, the subscription's CA and client
 /// certificate, its timeout, no redirects (a moved endpoint is a config error
@@ -42,7 +59,7 @@ pub struct Webhook {
 pub fn build_client(config: &SubscriptionConfig) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
-        .user_agent(concat!("store-outbox/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .timeout(config.timeout)
         .connect_timeout(config.timeout.min(Duration::from_secs(10)))
         .redirect(reqwest::redirect::Policy::none())
@@ -117,8 +134,34 @@ pub fn body(event: &StoredEvent, payload: PayloadMode, source: &Source) -> Vec<u
 impl Webhook {
     /// Prepares the endpoint of one subscription.
     pub fn new(config: Arc<SubscriptionConfig>, source: Source) -> Result<Self, String> {
-        let client = build_client(&config)?;
-        Ok(Webhook { client, config, source })
+        let connect_timeout = config.timeout.min(Duration::from_secs(10));
+        let transport = match http_client::proxy_from_env(&config.url) {
+            Some(_) => Transport::Proxied(build_client(&config)?),
+            None => Transport::Direct(Box::new(Endpoint::new(
+                &config.url,
+                TlsFiles {
+                    ca_file: config.ca_file.as_deref(),
+                    client_cert: config.client_cert.as_deref().zip(config.client_key.as_deref()),
+                },
+                config.timeout,
+                connect_timeout,
+                config.max_in_flight,
+            )?)),
+        };
+        let mut fixed_headers = HeaderMap::new();
+        fixed_headers.insert(http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        fixed_headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        for (name, value) in &config.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name:?}: {e}"))?;
+            let value = HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?;
+            fixed_headers.append(name, value);
+        }
+        Ok(Webhook {
+            transport,
+            fixed_headers,
+            config,
+            source,
+        })
     }
 }
 
@@ -140,35 +183,95 @@ impl Webhook {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         let signature = crate::signing::signature_header(&self.config.secrets, id, timestamp, &body);
-        let mut request = self.client.post(self.config.url.clone());
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        for (name, value) in extra {
-            request = request.header(name, value);
-        }
-        request = request
-            .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature);
-        for (name, value) in &self.config.headers {
-            request = request.header(name, value);
-        }
+        let headers = match self.headers(id, timestamp, signature, content_type, extra) {
+            Ok(headers) => headers,
+            Err(e) => return Answer::failed(AnswerKind::Refused, None, e),
+        };
         let body = match self.config.compression {
             Compression::None => body,
-            Compression::Gzip => {
-                request = request.header("content-encoding", "gzip");
-                gzip(&body)
-            }
+            Compression::Gzip => gzip(&body),
         };
-        match request.body(body).send().await {
-            Ok(response) => classify(response).await,
-            Err(e) => Answer::failed(
-                AnswerKind::Unavailable,
-                None,
-                describe_transport_error(&e, self.config.timeout),
-            ),
+        let timeout = self.config.timeout;
+        match &self.transport {
+            Transport::Direct(endpoint) => match endpoint.post(headers, Bytes::from(body)).await {
+                Ok(reply) => classify(reply),
+                Err(Failure::Broken(Some(status), _)) if !status.is_success() => classify(Reply {
+                    status,
+                    headers: HeaderMap::new(),
+                    body: Bytes::new(),
+                }),
+                Err(failure) => {
+                    let status = match &failure {
+                        Failure::Broken(status, _) => status.map(|s| s.as_u16()),
+                        _ => None,
+                    };
+                    Answer::failed(AnswerKind::Unavailable, status, describe_failure(&failure, timeout))
+                }
+            },
+            Transport::Proxied(client) => {
+                let request = client.post(self.config.url.clone()).headers(headers).body(body);
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let headers = response.headers().clone();
+                        match response.bytes().await {
+                            Ok(body) => classify(Reply { status, headers, body }),
+                            Err(e) if status.is_success() => Answer::failed(
+                                AnswerKind::Unavailable,
+                                Some(status.as_u16()),
+                                format!("answer {status} cut off: {e}"),
+                            ),
+                            Err(_) => classify(Reply {
+                                status,
+                                headers,
+                                body: Bytes::new(),
+                            }),
+                        }
+                    }
+                    Err(e) => Answer::failed(AnswerKind::Unavailable, None, describe_transport_error(&e, timeout)),
+                }
+            }
         }
+    }
+
+    /// The headers of one request: the fixed ones, the body's type,
+    /// CloudEvents' `extra`, the Standard Webhooks three, the encoding.
+    fn headers(
+        &self,
+        id: &str,
+        timestamp: i64,
+        signature: String,
+        content_type: Option<&str>,
+        extra: Vec<(&'static str, String)>,
+    ) -> Result<HeaderMap, String> {
+        fn value(name: &str, text: &str) -> Result<HeaderValue, String> {
+            HeaderValue::from_str(text).map_err(|_| format!("header {name}: {text:?} is not a valid header value"))
+        }
+        let mut headers = HeaderMap::with_capacity(self.fixed_headers.len() + extra.len() + 6);
+        if let Some(content_type) = content_type {
+            headers.insert(http::header::CONTENT_TYPE, value("content-type", content_type)?);
+        }
+        for (name, text) in extra {
+            let name = HeaderName::from_static(name);
+            let text = value(name.as_str(), &text)?;
+            headers.append(name, text);
+        }
+        headers.insert(HeaderName::from_static("webhook-id"), value("webhook-id", id)?);
+        headers.insert(
+            HeaderName::from_static("webhook-timestamp"),
+            HeaderValue::from(timestamp),
+        );
+        headers.insert(
+            HeaderName::from_static("webhook-signature"),
+            value("webhook-signature", &signature)?,
+        );
+        if self.config.compression == Compression::Gzip {
+            headers.insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        for (name, text) in &self.fixed_headers {
+            headers.append(name.clone(), text.clone());
+        }
+        Ok(headers)
     }
 }
 
@@ -248,35 +351,16 @@ impl Destination for Webhook {
 /// What an HTTP answer means: 2xx delivered; 429 and 503 throttle the whole
 /// subscription; 410 says the endpoint is gone; 408, 502 and 504 the
 /// endpoint is unavailable; anything else refuses this event.
-async fn classify(response: reqwest::Response) -> Answer {
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let location = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    // Read the body so the connection can be reused, and so a reply cut off
-    // mid-body counts as a failure (the timeout covers this read too).
-    let text = match response.bytes().await {
-        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned(),
-        Err(e) if status.is_success() => {
-            return Answer::failed(
-                AnswerKind::Unavailable,
-                Some(status.as_u16()),
-                format!("answer {status} cut off: {e}"),
-            )
-        }
-        Err(_) => String::new(),
-    };
+fn classify(reply: Reply) -> Answer {
+    let status = reply.status;
     let code = status.as_u16();
     if status.is_success() {
         return Answer::delivered(Some(code));
     }
+    let header = |name| reply.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let retry_after = header(http::header::RETRY_AFTER).and_then(parse_retry_after);
+    let location = header(http::header::LOCATION).map(str::to_string);
+    let text = String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]);
     let kind = match code {
         429 | 503 => AnswerKind::Throttled,
         410 => AnswerKind::Gone,
@@ -294,6 +378,16 @@ async fn classify(response: reqwest::Response) -> Answer {
         status: Some(code),
         error: Some(detail),
         retry_after,
+    }
+}
+
+/// What a request without an answer tells a person.
+fn describe_failure(failure: &Failure, timeout: Duration) -> String {
+    match failure {
+        Failure::Connect(reason) => format!("cannot connect: {reason}"),
+        Failure::Timeout => format!("no answer within the timeout ({})", humantime::format_duration(timeout)),
+        Failure::Broken(Some(status), reason) => format!("answer {status} cut off: {reason}"),
+        Failure::Broken(None, reason) => format!("request failed: {reason}"),
     }
 }
 

@@ -1,0 +1,502 @@
+//! The webhook destination's HTTP/1.1 client: keep-alive connections to one
+//! endpoint (plain TCP or rustls), used one request at a time each, kept for
+//! the next request while they stay open.
+//!
+//! Why not reqwest here: one event per request is the default mode, and
+//! reqwest's per-request layers (request builder, redirect and retry
+//! layers, the URL parsed again per request, its pool's checkout) cost more
+//! CPU per event than reading and committing the event (docs/BENCHMARKS.md,
+//! "nginx as the raw limit"). This is hyper's own client connection with the
+//! little a webhook needs on top: a pool, the timeouts, TLS. reqwest stays
+//! for the case this does not cover, a proxy from the environment
+//! ([`proxy_from_env`]), and for `doctor`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, HOST};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+/// A connection unused for this long is not used again (the endpoint may
+/// have dropped it; reqwest's pool used the same).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Of an answer's body, at most this much is read (for the error text, which
+/// keeps 200 bytes); a longer body is left unread and its connection closed.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// An HTTP answer: what the webhook needs of it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    /// The start of the body (at most [`BODY_LIMIT`] bytes).
+    pub body: Bytes,
+}
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection (DNS, TCP, TLS), with the reason.
+    Connect(String),
+    /// No complete answer within the request timeout.
+    Timeout,
+    /// The connection failed after the request was sent, or the answer's
+    /// body was cut off (with the status, if it came).
+    Broken(Option<http::StatusCode>, String),
+}
+
+/// Where requests go: the address parts of the subscription's URL.
+struct Target {
+    /// `host` or `[v6]`, for DNS and the `Host` header.
+    host: url::Host<String>,
+    port: u16,
+    /// The `Host` header: the URL's authority without user info.
+    authority: HeaderValue,
+    /// The request target: path and query (origin form).
+    path: Uri,
+}
+
+/// One endpoint's connections.
+pub struct Endpoint {
+    target: Target,
+    /// TLS for `https://`, with the server name to check.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Whole request: connecting, sending, the answer and its body.
+    timeout: Duration,
+    connect_timeout: Duration,
+    /// Idle connections, the most recently used last.
+    idle: Mutex<Vec<(SendRequest<Full<Bytes>>, Instant)>>,
+    max_idle: usize,
+}
+
+/// The TLS settings of a subscription.
+pub struct TlsFiles<'a> {
+    pub ca_file: Option<&'a std::path::Path>,
+    pub client_cert: Option<(&'a std::path::Path, &'a std::path::Path)>,
+}
+
+impl Endpoint {
+    /// The endpoint of `url` (`http://` or `https://`), or what is wrong
+    /// with the URL or the TLS files.
+    pub fn new(
+        url: &url::Url,
+        tls_files: TlsFiles<'_>,
+        timeout: Duration,
+        connect_timeout: Duration,
+        max_idle: usize,
+    ) -> Result<Self, String> {
+        let host = match url.host() {
+            Some(h) => h.to_owned(),
+            None => return Err(format!("{url}: no host")),
+        };
+        let port = url.port_or_known_default().ok_or_else(|| format!("{url}: no port"))?;
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let authority = HeaderValue::from_str(&authority).map_err(|e| format!("{url}: host {authority:?}: {e}"))?;
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let path: Uri = path.parse().map_err(|e| format!("{url}: path: {e}"))?;
+        let https = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Err(format!("{url}: scheme {other:?} is not http or https")),
+        };
+        // The TLS files are read even for an `http://` URL: a file that is
+        // missing or wrong is named now, not when the URL changes.
+        let config = if https || tls_files.ca_file.is_some() || tls_files.client_cert.is_some() {
+            Some(tls_config(tls_files)?)
+        } else {
+            None
+        };
+        let tls = match config {
+            Some(config) if https => {
+                let name = match &host {
+                    url::Host::Domain(d) => ServerName::try_from(d.clone()).map_err(|e| format!("{url}: {e}"))?,
+                    url::Host::Ipv4(ip) => ServerName::IpAddress((*ip).into()),
+                    url::Host::Ipv6(ip) => ServerName::IpAddress((*ip).into()),
+                };
+                Some((TlsConnector::from(Arc::new(config)), name))
+            }
+            _ => None,
+        };
+        Ok(Endpoint {
+            target: Target {
+                host,
+                port,
+                authority,
+                path,
+            },
+            tls,
+            timeout,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+            max_idle: max_idle.max(1),
+        })
+    }
+
+    /// POSTs `body` with `headers` (plus `Host`), on an idle connection if
+    /// there is one, and reads the answer; all of it within the timeout.
+    pub async fn post(&self, headers: HeaderMap, body: Bytes) -> Result<Reply, Failure> {
+        match tokio::time::timeout(self.timeout, self.exchange(headers, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    async fn exchange(&self, mut headers: HeaderMap, body: Bytes) -> Result<Reply, Failure> {
+        headers.insert(HOST, self.target.authority.clone());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.target.path.clone();
+        *request.headers_mut() = headers;
+        loop {
+            let (mut sender, reused) = match self.checkout() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    continue; // closed while idle: another one
+                }
+                return Err(Failure::Connect(e.to_string()));
+            }
+            let response = match sender.try_send_request(request).await {
+                Ok(response) => response,
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the idle connection had been closed. Sending
+                    // it on another one cannot make a duplicate.
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        continue;
+                    }
+                    _ => return Err(Failure::Broken(None, describe(e.error()))),
+                },
+            };
+            let (parts, mut incoming) = response.into_parts();
+            let mut body = Vec::new();
+            let mut whole = true;
+            loop {
+                match incoming.frame().await {
+                    None => break,
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            body.extend_from_slice(&data[..data.len().min(BODY_LIMIT - body.len())]);
+                            if body.len() >= BODY_LIMIT {
+                                whole = false;
+                                break;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => return Err(Failure::Broken(Some(parts.status), describe(&e))),
+                }
+            }
+            if whole {
+                self.checkin(sender);
+            }
+            return Ok(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body: Bytes::from(body),
+            });
+        }
+    }
+
+    /// The most recently used idle connection still open, if any.
+    fn checkout(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+        if idle.len() < self.max_idle {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    /// A new connection (DNS, TCP, TLS, the HTTP/1.1 handshake) within the
+    /// connect timeout; its reading and writing run on a task of their own.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
+        let within = self.connect_timeout;
+        let connected = tokio::time::timeout(within, async {
+            let tcp = self.tcp().await?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => handshake(tcp).await,
+                Some((connector, name)) => {
+                    let tls = connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| Failure::Connect(e.to_string()))?;
+                    handshake(tls).await
+                }
+            }
+        })
+        .await;
+        match connected {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Connect(format!(
+                "no connection within {}",
+                humantime::format_duration(within)
+            ))),
+        }
+    }
+
+    /// TCP to the first of the host's addresses that answers.
+    async fn tcp(&self) -> Result<TcpStream, Failure> {
+        let port = self.target.port;
+        let addrs: Vec<SocketAddr> = match &self.target.host {
+            url::Host::Ipv4(ip) => vec![SocketAddr::new((*ip).into(), port)],
+            url::Host::Ipv6(ip) => vec![SocketAddr::new((*ip).into(), port)],
+            url::Host::Domain(name) => tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .map_err(|e| Failure::Connect(format!("{name}: {e}")))?
+                .collect(),
+        };
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Failure::Connect(match last {
+            Some(e) => e.to_string(),
+            None => format!("{}: no address", self.target.host),
+        }))
+    }
+}
+
+/// The HTTP/1.1 handshake on `io`, its connection driven by a task that
+/// ends when the connection closes or its last sender is dropped.
+async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, Failure>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| Failure::Connect(describe(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "webhook connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// rustls with the usual web roots, the subscription's own CA added, and its
+/// client certificate if it has one; HTTP/1.1 by ALPN.
+fn tls_config(files: TlsFiles<'_>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = files.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        let mut found = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            roots.add(cert).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(format!("ca_file {}: no PEM certificate in it", ca.display()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots);
+    let mut config = match files.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let pem = std::fs::read(cert).map_err(|e| format!("client_cert {}: {e}", cert.display()))?;
+            let chain = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client_cert {}: {e}", cert.display()))?;
+            let key_pem = std::fs::read(key).map_err(|e| format!("client_key {}: {e}", key.display()))?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("client_key {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("client_cert/client_key: {e}"))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The innermost cause of a hyper error: the part a person can act on.
+fn describe(e: &hyper::Error) -> String {
+    use std::error::Error as _;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = s.to_string();
+        source = s.source();
+    }
+    text
+}
+
+/// The proxy the environment sets for `url` (`HTTPS_PROXY`, `HTTP_PROXY`,
+/// `ALL_PROXY`, upper or lower case), if any: requests through a proxy go
+/// through reqwest, which also applies `NO_PROXY`.
+pub fn proxy_from_env(url: &url::Url) -> Option<String> {
+    let names: &[&str] = match url.scheme() {
+        "https" => &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"],
+        _ => &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"],
+    };
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP/1.1 server on loopback answering every request `200 ok`;
+    /// with `close_after_each`, it closes the connection after the answer
+    /// (without saying so, as a server whose keep-alive ran out does).
+    /// Counts connections and requests.
+    fn server(close_after_each: bool) -> (url::Url, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let url = url::Url::parse(&format!("http://{}/hooks?x=1", listener.local_addr().expect("addr"))).expect("url");
+        let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, r) = (connections.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut stream = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        assert_eq!(line, "POST /hooks?x=1 HTTP/1.1\r\n", "origin form");
+                        let mut length = 0;
+                        loop {
+                            let mut header = String::new();
+                            reader.read_line(&mut header).expect("header");
+                            if header == "\r\n" {
+                                break;
+                            }
+                            let lower = header.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().expect("length");
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).expect("body");
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                        if close_after_each {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, connections, requests)
+    }
+
+    fn endpoint(url: &url::Url) -> Endpoint {
+        let files = TlsFiles {
+            ca_file: None,
+            client_cert: None,
+        };
+        Endpoint::new(url, files, Duration::from_secs(5), Duration::from_secs(5), 4).expect("endpoint")
+    }
+
+    #[tokio::test]
+    async fn requests_one_after_another_share_one_kept_alive_connection() {
+        let (url, connections, requests) = server(false);
+        let endpoint = endpoint(&url);
+        for i in 0..5 {
+            let reply = endpoint
+                .post(HeaderMap::new(), Bytes::from(format!("{{\"n\":{i}}}")))
+                .await;
+            let reply = reply.expect("answered");
+            assert_eq!(reply.status, 200);
+            assert_eq!(&reply.body[..], b"ok");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 5);
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_replaced_without_a_failure() {
+        let (url, connections, requests) = server(true);
+        let endpoint = endpoint(&url);
+        for _ in 0..3 {
+            endpoint
+                .post(HeaderMap::new(), Bytes::from_static(b"{}"))
+                .await
+                .expect("answered");
+            // Let the closing reach the idle connection (or not: either way
+            // the next request must go through).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 3, "each sent once");
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connect_failure_that_names_the_reason() {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let url = url::Url::parse(&format!("http://127.0.0.1:{port}/")).expect("url");
+        match endpoint(&url).post(HeaderMap::new(), Bytes::new()).await {
+            Err(Failure::Connect(reason)) => assert!(reason.contains("refused"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").expect("write");
+        let url = url::Url::parse("https://erp.example/hooks").expect("url");
+        let files = TlsFiles {
+            ca_file: Some(&ca),
+            client_cert: None,
+        };
+        let err = Endpoint::new(&url, files, Duration::from_secs(5), Duration::from_secs(5), 4)
+            .err()
+            .expect("refused");
+        assert!(err.contains("ca.pem") && err.contains("no PEM certificate"), "{err}");
+    }
+}
