@@ -150,7 +150,7 @@ pub struct SubscriptionConfig {
     pub name: String,
     /// Endpoint receiving the POSTs; for a NATS subscription the first
     /// server of `url` (all of them are in [`NatsConfig::servers`]).
-    pub url: reqwest::Url,
+    pub url: url::Url,
     /// Signing keys (already base64-decoded); the first is the newest. Empty
     /// only for a NATS subscription without `secret` (no signature headers).
     pub secrets: Vec<Vec<u8>>,
@@ -230,7 +230,7 @@ impl SubscriptionConfig {
             return nats
                 .servers
                 .iter()
-                .map(|s| match reqwest::Url::parse(s) {
+                .map(|s| match url::Url::parse(s) {
                     Ok(mut url) => {
                         let _ = url.set_username("");
                         let _ = url.set_password(None);
@@ -981,11 +981,11 @@ fn is_nats_url(url: &str) -> bool {
 
 /// `url` of a NATS subscription: one or more comma-separated `nats://` or
 /// `tls://` servers. Returns the first, parsed, and all of them as written.
-fn nats_servers(src: &Source, key: &str, url: &Spanned<String>) -> Result<(reqwest::Url, Vec<String>), ConfigError> {
+fn nats_servers(src: &Source, key: &str, url: &Spanned<String>) -> Result<(url::Url, Vec<String>), ConfigError> {
     let mut servers = Vec::new();
     let mut first = None;
     for part in url.get_ref().split(',').map(str::trim) {
-        let parsed = reqwest::Url::parse(part).map_err(|e| src.at(url.span(), key, format!("{part:?}: {e}")))?;
+        let parsed = url::Url::parse(part).map_err(|e| src.at(url.span(), key, format!("{part:?}: {e}")))?;
         if !matches!(parsed.scheme(), "nats" | "tls") || parsed.host_str().is_none_or(str::is_empty) {
             return Err(src.at(
                 url.span(),
@@ -1141,9 +1141,9 @@ fn request_headers(
 ) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut headers = BTreeMap::new();
     for (h, v) in file {
-        let bad = if reqwest::header::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
+        let bad = if http::header::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
             Some(h.span())
-        } else if reqwest::header::HeaderValue::from_str(v.get_ref()).is_err() {
+        } else if http::header::HeaderValue::from_str(v.get_ref()).is_err() {
             Some(v.span())
         } else {
             None
@@ -1157,9 +1157,9 @@ fn request_headers(
 }
 
 /// `url`: where the POSTs go.
-fn endpoint_url(src: &Source, key: &str, url: &Spanned<String>) -> Result<reqwest::Url, ConfigError> {
+fn endpoint_url(src: &Source, key: &str, url: &Spanned<String>) -> Result<url::Url, ConfigError> {
     let parsed =
-        reqwest::Url::parse(url.get_ref()).map_err(|e| src.at(url.span(), key, format!("{:?}: {e}", url.get_ref())))?;
+        url::Url::parse(url.get_ref()).map_err(|e| src.at(url.span(), key, format!("{:?}: {e}", url.get_ref())))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(src.at(
             url.span(),

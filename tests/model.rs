@@ -578,7 +578,7 @@ struct Harness {
     /// Requests of each receiver already given to the model.
     seen: Vec<usize>,
     shared: Arc<Shared>,
-    urls: Vec<reqwest::Url>,
+    urls: Vec<url::Url>,
     epoch: u64,
     model: Model,
     stats: Stats,

@@ -99,29 +99,78 @@ fn one_event_per_request_through_the_store_uplink_arrives_in_order_and_complete(
     assert!(wan.traffic().up_bytes > 200 * 300, "{:?}", wan.traffic());
 }
 
-#[test]
-fn with_a_proxy_in_the_environment_requests_go_through_it() {
-    // `HTTP_PROXY` names the link proxy, the subscription names the
-    // receiver itself: the events arrive only if the agent used the proxy
-    // (the link forwards whatever it gets to the receiver, which takes the
-    // proxy form of the request line as well).
-    let rx = Receiver::start();
-    let wan = rx.behind(Link {
-        delay: Duration::ZERO,
-        bits_per_s: None,
+/// An HTTP proxy on loopback that takes `CONNECT host:port` and pipes the
+/// bytes both ways; it records each CONNECT's request head.
+fn connect_proxy() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head.split_whitespace().nth(1).unwrap_or_default().to_string();
+                seen.lock().expect("heads").push(head.clone());
+                let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+                    return;
+                };
+                let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                let (mut up_r, mut up_w) = (upstream.try_clone().expect("clone"), upstream);
+                let (mut down_r, mut down_w) = (client.try_clone().expect("clone"), client);
+                std::thread::spawn(move || std::io::copy(&mut up_r, &mut down_w));
+                let _ = std::io::copy(&mut down_r, &mut up_w);
+            });
+        }
     });
-    let proxy = format!("http://{}", wan.addr);
+    (addr, heads)
+}
+
+#[test]
+fn with_a_proxy_in_the_environment_requests_go_through_it_unless_no_proxy_names_the_host() {
+    let rx = Receiver::start();
+    let (proxy, heads) = connect_proxy();
     let mut agent = Agent::new(&subscription("erp", &rx.url(), ""));
-    agent.start_with_env(&[("HTTP_PROXY", &proxy), ("NO_PROXY", "")]);
+    // user "store", password "s3cr:t" (percent-encoded in the URL).
+    let proxy_url = format!("http://store:s3cr%3At@{proxy}");
+    agent.start_with_env(&[("HTTP_PROXY", &proxy_url), ("NO_PROXY", "other.example")]);
     agent.send_events(&Events::new("px", 0..30, "SaleCreated").spread_over("till", 3));
     wait_until(Duration::from_secs(60), "30 delivered through the proxy", || {
         rx.delivered_ids().len() == 30
     });
     assert_eq!(assert_entity_order(&rx.delivered()), 0, "no duplicates");
-    let traffic = wan.traffic();
-    assert!(traffic.connections >= 1, "{traffic:?}");
+    let tunnels = heads.lock().expect("heads").clone();
+    assert!(!tunnels.is_empty(), "the requests went through the proxy");
+    let target = format!("CONNECT {} HTTP/1.1\r\n", rx.addr);
+    // base64("store:s3cr:t")
+    let auth = "Proxy-Authorization: Basic c3RvcmU6czNjcjp0\r\n";
     assert!(
-        traffic.up_bytes > 30 * 300,
-        "every request went through the proxy: {traffic:?}"
+        tunnels.iter().all(|h| h.starts_with(&target) && h.contains(auth)),
+        "{tunnels:?}"
+    );
+
+    // NO_PROXY naming the host: straight to it, no new tunnel.
+    agent.stop();
+    let before = heads.lock().expect("heads").len();
+    agent.start_with_env(&[("HTTP_PROXY", &proxy_url), ("NO_PROXY", "localhost, 127.0.0.1")]);
+    agent.send_events(&Events::new("direct", 0..10, "SaleCreated").spread_over("till", 2));
+    wait_until(Duration::from_secs(60), "10 more delivered directly", || {
+        rx.delivered_ids().len() == 40
+    });
+    assert_eq!(
+        heads.lock().expect("heads").len(),
+        before,
+        "no tunnel for a NO_PROXY host"
     );
 }

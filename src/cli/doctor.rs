@@ -4,8 +4,9 @@
 //! a hint. Exit 1 if any step fails.
 //!
 //! The TLS and HTTP steps use the very client delivery uses
-//! (`deliver::webhook::build_client`), so a pass here means delivery can
-//! connect too. Nothing is POSTed: the check is a GET.
+//! (`deliver::webhook::endpoint`: its TLS settings, the proxy from the
+//! environment), so a pass here means delivery can connect too. Nothing is
+//! POSTed: the check is a GET.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,6 +15,7 @@ use serde::Serialize;
 
 use super::{init_logging, load_config, runtime, CliError, CliResult};
 use crate::config::SubscriptionConfig;
+use crate::deliver::http_client::{Failure, Reply};
 use crate::deliver::webhook::Source;
 
 /// Arguments of `doctor`.
@@ -81,16 +83,6 @@ pub struct Report {
     pub steps: Vec<Step>,
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
 async fn check(sub: SubscriptionConfig, source: Source) -> Report {
     let steps = run_steps(&sub, &source).await;
     Report {
@@ -140,7 +132,7 @@ async fn try_steps(sub: &SubscriptionConfig, source: &Source, steps: &mut Vec<St
         return Ok(());
     }
     // TLS + HTTP, with delivery's own client.
-    let client = crate::deliver::webhook::build_client(sub).map_err(|e| {
+    let endpoint = crate::deliver::webhook::endpoint(sub).map_err(|e| {
         vec![step(
             "tls",
             Verdict::Fail,
@@ -148,7 +140,7 @@ async fn try_steps(sub: &SubscriptionConfig, source: &Source, steps: &mut Vec<St
             Some("fix ca_file / client_cert / client_key in the config"),
         )]
     })?;
-    steps.extend(http_steps(sub, &client).await?);
+    steps.extend(http_steps(sub, &endpoint).await?);
     Ok(())
 }
 
@@ -303,21 +295,28 @@ async fn tcp_step(addrs: &[std::net::SocketAddr], budget: Duration) -> Result<St
 }
 
 /// `tls`, `http` and `clock`, from one GET with delivery's client.
-async fn http_steps(sub: &SubscriptionConfig, client: &reqwest::Client) -> Result<Vec<Step>, Vec<Step>> {
+async fn http_steps(
+    sub: &SubscriptionConfig,
+    endpoint: &crate::deliver::http_client::Endpoint,
+) -> Result<Vec<Step>, Vec<Step>> {
     let tls = sub.url.scheme() == "https";
     let started = Instant::now();
-    let mut request = client.get(sub.url.clone());
-    for (k, v) in &sub.headers {
-        request = request.header(k, v);
-    }
-    match request.send().await {
-        Ok(response) => Ok(answered_steps(tls, &response, started.elapsed().as_millis())),
-        Err(e) => Err(unanswered_steps(tls, &e)),
+    let headers = crate::deliver::webhook::fixed_headers(sub).map_err(|e| {
+        vec![step(
+            "http",
+            Verdict::Fail,
+            e,
+            Some("fix the subscription's headers in the config"),
+        )]
+    })?;
+    match endpoint.request(http::Method::GET, headers, bytes::Bytes::new()).await {
+        Ok(reply) => Ok(answered_steps(tls, &reply, started.elapsed().as_millis())),
+        Err(failure) => Err(unanswered_steps(tls, &failure, sub.timeout)),
     }
 }
 
 /// The steps of a GET that got an answer (`ms` after it was sent).
-fn answered_steps(tls: bool, response: &reqwest::Response, ms: u128) -> Vec<Step> {
+fn answered_steps(tls: bool, response: &Reply, ms: u128) -> Vec<Step> {
     let tls_step = if tls {
         step("tls", Verdict::Ok, "handshake ok, certificate trusted", None)
     } else {
@@ -328,7 +327,7 @@ fn answered_steps(tls: bool, response: &reqwest::Response, ms: u128) -> Vec<Step
             Some("use https:// outside the store's own network"),
         )
     };
-    let status = response.status();
+    let status = response.status;
     let (verdict, hint) = if status.is_server_error() {
         (
             Verdict::Warn,
@@ -347,10 +346,10 @@ fn answered_steps(tls: bool, response: &reqwest::Response, ms: u128) -> Vec<Step
 }
 
 /// `clock`: our clock against the answer's `Date` header.
-fn clock_step(response: &reqwest::Response) -> Step {
+fn clock_step(response: &Reply) -> Step {
     let date = response
-        .headers()
-        .get(reqwest::header::DATE)
+        .headers
+        .get(http::header::DATE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
     let Some(theirs) = date else {
@@ -372,32 +371,31 @@ fn clock_step(response: &reqwest::Response) -> Step {
 }
 
 /// The steps of a GET that got no answer: TLS refused, or no HTTP answer.
-fn unanswered_steps(tls: bool, e: &reqwest::Error) -> Vec<Step> {
-    let chain = error_chain(e);
-    let lower = chain.to_lowercase();
-    let tls_failed = tls
-        && ["certificate", "tls", "handshake", "unknownissuer", "alert"]
-            .iter()
-            .any(|k| lower.contains(k));
-    if tls_failed {
-        return vec![step(
-            "tls",
-            Verdict::Fail,
-            chain,
-            Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
-        )];
-    }
+fn unanswered_steps(tls: bool, failure: &Failure, timeout: Duration) -> Vec<Step> {
+    let text = match failure {
+        Failure::Tls(reason) => {
+            return vec![step(
+                "tls",
+                Verdict::Fail,
+                reason.clone(),
+                Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
+            )]
+        }
+        Failure::Connect(reason) => format!("cannot connect: {reason}"),
+        Failure::Timeout => format!("no answer within the timeout ({})", humantime::format_duration(timeout)),
+        Failure::Broken(_, reason) => reason.clone(),
+    };
     let tls_step = if tls {
         step("tls", Verdict::Skip, "not reached", None)
     } else {
         step("tls", Verdict::Skip, "plain http", None)
     };
-    let hint = if e.is_timeout() {
-        "the endpoint accepts connections but does not answer within the timeout"
-    } else {
-        "the endpoint closed the connection without an HTTP answer"
+    let hint = match failure {
+        Failure::Timeout => "the endpoint accepts connections but does not answer within the timeout",
+        Failure::Connect(_) => "the connection (or the proxy named by HTTPS_PROXY / HTTP_PROXY) failed",
+        _ => "the endpoint closed the connection without an HTTP answer",
     };
-    vec![tls_step, step("http", Verdict::Fail, chain, Some(hint))]
+    vec![tls_step, step("http", Verdict::Fail, text, Some(hint))]
 }
 
 /// Runs the checks and prints them.

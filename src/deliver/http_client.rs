@@ -1,18 +1,20 @@
 //! The webhook destination's HTTP/1.1 client: keep-alive connections to one
-//! endpoint (plain TCP or rustls), used one request at a time each, kept for
-//! the next request while they stay open.
+//! endpoint (plain TCP or rustls, directly or through the proxy the
+//! environment names), used one request at a time each, kept for the next
+//! request while they stay open. `doctor` checks endpoints with it too, so
+//! its verdict is delivery's.
 //!
-//! Why not reqwest here: one event per request is the default mode, and
+//! Why not reqwest: one event per request is the default mode, and
 //! reqwest's per-request layers (request builder, redirect and retry
 //! layers, the URL parsed again per request, its pool's checkout) cost more
 //! CPU per event than reading and committing the event (docs/BENCHMARKS.md,
 //! "nginx as the raw limit"). This is hyper's own client connection with the
-//! little a webhook needs on top: a pool, the timeouts, TLS. reqwest stays
-//! for the case this does not cover, a proxy from the environment
-//! ([`proxy_from_env`]), and for `doctor`.
+//! little a webhook needs on top: a pool, the timeouts, TLS, a proxy.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +25,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -47,8 +50,10 @@ pub struct Reply {
 /// Why a request got no answer.
 #[derive(Debug)]
 pub enum Failure {
-    /// No connection (DNS, TCP, TLS), with the reason.
+    /// No connection (DNS, TCP, the proxy), with the reason.
     Connect(String),
+    /// The TLS handshake failed (the certificate, mostly).
+    Tls(String),
     /// No complete answer within the request timeout.
     Timeout,
     /// The connection failed after the request was sent, or the answer's
@@ -67,9 +72,21 @@ struct Target {
     path: Uri,
 }
 
+/// A proxy from the environment: connections to the endpoint are tunnels
+/// through it (`CONNECT`).
+struct Proxy {
+    host: url::Host<String>,
+    port: u16,
+    /// `Proxy-Authorization` from the proxy URL's user and password.
+    authorization: Option<String>,
+    /// The proxy URL without its password, for messages.
+    shown: String,
+}
+
 /// One endpoint's connections.
 pub struct Endpoint {
     target: Target,
+    proxy: Option<Proxy>,
     /// TLS for `https://`, with the server name to check.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Whole request: connecting, sending, the answer and its body.
@@ -134,6 +151,7 @@ impl Endpoint {
             }
             _ => None,
         };
+        let proxy = proxy_for(url)?;
         Ok(Endpoint {
             target: Target {
                 host,
@@ -141,6 +159,7 @@ impl Endpoint {
                 authority,
                 path,
             },
+            proxy,
             tls,
             timeout,
             connect_timeout,
@@ -152,16 +171,21 @@ impl Endpoint {
     /// POSTs `body` with `headers` (plus `Host`), on an idle connection if
     /// there is one, and reads the answer; all of it within the timeout.
     pub async fn post(&self, headers: HeaderMap, body: Bytes) -> Result<Reply, Failure> {
-        match tokio::time::timeout(self.timeout, self.exchange(headers, body)).await {
+        self.request(Method::POST, headers, body).await
+    }
+
+    /// Sends one request: see [`Endpoint::post`].
+    pub async fn request(&self, method: Method, headers: HeaderMap, body: Bytes) -> Result<Reply, Failure> {
+        match tokio::time::timeout(self.timeout, self.exchange(method, headers, body)).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout),
         }
     }
 
-    async fn exchange(&self, mut headers: HeaderMap, body: Bytes) -> Result<Reply, Failure> {
+    async fn exchange(&self, method: Method, mut headers: HeaderMap, body: Bytes) -> Result<Reply, Failure> {
         headers.insert(HOST, self.target.authority.clone());
         let mut request = Request::new(Full::new(body));
-        *request.method_mut() = Method::POST;
+        *request.method_mut() = method;
         *request.uri_mut() = self.target.path.clone();
         *request.headers_mut() = headers;
         loop {
@@ -243,18 +267,21 @@ impl Endpoint {
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
         let within = self.connect_timeout;
         let connected = tokio::time::timeout(within, async {
-            let tcp = self.tcp().await?;
+            let tcp = match &self.proxy {
+                None => tcp(&self.target.host, self.target.port).await?,
+                Some(proxy) => self.tunnel(proxy).await?,
+            };
             let _ = tcp.set_nodelay(true);
-            match &self.tls {
-                None => handshake(tcp).await,
-                Some((connector, name)) => {
-                    let tls = connector
+            let stream = match &self.tls {
+                None => Stream::Plain(tcp),
+                Some((connector, name)) => Stream::Tls(Box::new(
+                    connector
                         .connect(name.clone(), tcp)
                         .await
-                        .map_err(|e| Failure::Connect(e.to_string()))?;
-                    handshake(tls).await
-                }
-            }
+                        .map_err(|e| Failure::Tls(e.to_string()))?,
+                )),
+            };
+            handshake(stream).await
         })
         .await;
         match connected {
@@ -266,38 +293,128 @@ impl Endpoint {
         }
     }
 
-    /// TCP to the first of the host's addresses that answers.
-    async fn tcp(&self) -> Result<TcpStream, Failure> {
-        let port = self.target.port;
-        let addrs: Vec<SocketAddr> = match &self.target.host {
-            url::Host::Ipv4(ip) => vec![SocketAddr::new((*ip).into(), port)],
-            url::Host::Ipv6(ip) => vec![SocketAddr::new((*ip).into(), port)],
-            url::Host::Domain(name) => tokio::net::lookup_host((name.as_str(), port))
-                .await
-                .map_err(|e| Failure::Connect(format!("{name}: {e}")))?
-                .collect(),
-        };
-        let mut last = None;
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(tcp) => return Ok(tcp),
-                Err(e) => last = Some(e),
+    /// A TCP connection to the endpoint through `proxy`: `CONNECT`, and
+    /// the proxy's `200`.
+    async fn tunnel(&self, proxy: &Proxy) -> Result<TcpStream, Failure> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let via = |what: String| Failure::Connect(format!("proxy {}: {what}", proxy.shown));
+        let mut tcp = tcp(&proxy.host, proxy.port).await.map_err(|f| match f {
+            Failure::Connect(reason) => via(reason),
+            other => other,
+        })?;
+        let target = format!("{}:{}", self.target.host, self.target.port);
+        let mut hello = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+        if let Some(authorization) = &proxy.authorization {
+            hello.push_str(&format!("Proxy-Authorization: {authorization}\r\n"));
+        }
+        hello.push_str("\r\n");
+        tcp.write_all(hello.as_bytes()).await.map_err(|e| via(e.to_string()))?;
+        // The proxy's answer: a status line and headers, no body.
+        let mut answer = Vec::with_capacity(256);
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n\r\n") {
+            if answer.len() > 8192 {
+                return Err(via("an answer to CONNECT longer than 8 KiB".into()));
+            }
+            match tcp.read(&mut byte).await {
+                Ok(0) => return Err(via("closed the connection after CONNECT".into())),
+                Ok(_) => answer.push(byte[0]),
+                Err(e) => return Err(via(e.to_string())),
             }
         }
-        Err(Failure::Connect(match last {
-            Some(e) => e.to_string(),
-            None => format!("{}: no address", self.target.host),
-        }))
+        let text = String::from_utf8_lossy(&answer);
+        let status_line = text.lines().next().unwrap_or_default();
+        match status_line.split_whitespace().nth(1) {
+            Some(code) if code.starts_with('2') => Ok(tcp),
+            _ => Err(via(format!("CONNECT {target} answered {status_line:?}"))),
+        }
     }
 }
 
-/// The HTTP/1.1 handshake on `io`, its connection driven by a task that
+/// TCP to the first of the host's addresses that answers.
+async fn tcp(host: &url::Host<String>, port: u16) -> Result<TcpStream, Failure> {
+    let addrs: Vec<SocketAddr> = match host {
+        url::Host::Ipv4(ip) => vec![SocketAddr::new((*ip).into(), port)],
+        url::Host::Ipv6(ip) => vec![SocketAddr::new((*ip).into(), port)],
+        url::Host::Domain(name) => tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .map_err(|e| Failure::Connect(format!("{name}: {e}")))?
+            .collect(),
+    };
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Failure::Connect(match last {
+        Some(e) => e.to_string(),
+        None => format!("{host}: no address"),
+    }))
+}
+
+/// A connection's byte stream: one type for both, so that hyper's client
+/// is built once into the binary, not once per stream type.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The HTTP/1.1 handshake on `stream`, its connection driven by a task that
 /// ends when the connection closes or its last sender is dropped.
-async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, Failure>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+async fn handshake(stream: Stream) -> Result<SendRequest<Full<Bytes>>, Failure> {
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Failure::Connect(describe(&e)))?;
     tokio::spawn(async move {
@@ -361,17 +478,80 @@ fn describe(e: &hyper::Error) -> String {
     text
 }
 
-/// The proxy the environment sets for `url` (`HTTPS_PROXY`, `HTTP_PROXY`,
-/// `ALL_PROXY`, upper or lower case), if any: requests through a proxy go
-/// through reqwest, which also applies `NO_PROXY`.
-pub fn proxy_from_env(url: &url::Url) -> Option<String> {
-    let names: &[&str] = match url.scheme() {
-        "https" => &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"],
-        _ => &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"],
+/// The proxy the environment names for `url`: `HTTPS_PROXY` for
+/// `https://` (`HTTP_PROXY` for `http://`), else `ALL_PROXY`, upper or
+/// lower case; none when `NO_PROXY` lists the host (`*`, the host, or a
+/// domain it is in: `example.com` and `.example.com` both cover
+/// `erp.example.com`).
+fn proxy_for(url: &url::Url) -> Result<Option<Proxy>, String> {
+    fn var(names: &[&'static str]) -> Option<(&'static str, String)> {
+        names.iter().find_map(|name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (*name, v))
+        })
+    }
+    let scheme_var: &[&str] = match url.scheme() {
+        "https" => &["HTTPS_PROXY", "https_proxy"],
+        _ => &["HTTP_PROXY", "http_proxy"],
     };
-    names
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    let Some((name, value)) = var(scheme_var).or_else(|| var(&["ALL_PROXY", "all_proxy"])) else {
+        return Ok(None);
+    };
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if let Some((_, no_proxy)) = var(&["NO_PROXY", "no_proxy"]) {
+        if no_proxy_covers(&no_proxy, host) {
+            return Ok(None);
+        }
+    }
+    let text = value.trim();
+    let with_scheme = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    };
+    let bad = |what: &str| format!("{name}={text:?}: {what}");
+    let proxy = url::Url::parse(&with_scheme).map_err(|e| bad(&e.to_string()))?;
+    if proxy.scheme() != "http" {
+        return Err(bad("only http:// proxies are supported"));
+    }
+    let proxy_host = proxy.host().ok_or_else(|| bad("no host"))?.to_owned();
+    let authorization = (!proxy.username().is_empty()).then(|| {
+        use base64::Engine as _;
+        let user = percent_decoded(proxy.username());
+        let password = percent_decoded(proxy.password().unwrap_or_default());
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    });
+    Ok(Some(Proxy {
+        port: proxy.port_or_known_default().unwrap_or(80),
+        shown: format!("{proxy_host}:{}", proxy.port_or_known_default().unwrap_or(80)),
+        host: proxy_host,
+        authorization,
+    }))
+}
+
+fn percent_decoded(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Whether a `NO_PROXY` list names `host`.
+fn no_proxy_covers(list: &str, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    list.split(',').map(str::trim).filter(|e| !e.is_empty()).any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        let domain = entry.trim_start_matches("*.").trim_start_matches('.');
+        entry == "*" || host == domain || host.ends_with(&format!(".{domain}"))
+    })
 }
 
 #[cfg(test)]
@@ -498,5 +678,18 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.contains("ca.pem") && err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn no_proxy_names_hosts_and_the_domains_they_are_in() {
+        assert!(no_proxy_covers("*", "erp.example.com"));
+        assert!(no_proxy_covers("localhost, example.com", "erp.example.com"));
+        assert!(no_proxy_covers(".example.com", "erp.example.com"));
+        assert!(no_proxy_covers("*.example.com", "erp.example.com"));
+        assert!(no_proxy_covers("ERP.example.com", "erp.example.com"));
+        assert!(no_proxy_covers("10.0.0.5", "10.0.0.5"));
+        assert!(!no_proxy_covers("ample.com", "erp.example.com"));
+        assert!(!no_proxy_covers("", "erp.example.com"));
+        assert!(!no_proxy_covers("10.0.0.5", "10.0.0.50"));
     }
 }

@@ -1,7 +1,7 @@
 //! The webhook destination: the webhook body of the contract, the Standard
 //! Webhooks headers, and what an HTTP answer means ([`Destination`] for
 //! `http://` and `https://` URLs). The connections are
-//! [`super::http_client`]'s (reqwest's through a proxy).
+//! [`super::http_client`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use super::backoff::parse_retry_after;
 use super::cloudevents;
 use super::destination::{Answer, AnswerKind, Destination};
-use super::http_client::{self, Endpoint, Failure, Reply, TlsFiles};
+use super::http_client::{Endpoint, Failure, Reply, TlsFiles};
 use crate::config::{Compression, Format, PayloadMode, SubscriptionConfig};
 use crate::outbox::read::StoredEvent;
 
@@ -33,7 +33,7 @@ pub struct Source {
 /// A subscription's webhook endpoint, ready to send.
 pub struct Webhook {
     /// Its connections.
-    transport: Transport,
+    endpoint: Endpoint,
     /// The headers of every request: `user-agent`, `accept` and the
     /// subscription's own `headers`, checked once.
     fixed_headers: HeaderMap,
@@ -43,43 +43,37 @@ pub struct Webhook {
     source: Source,
 }
 
-/// How requests reach the endpoint.
-enum Transport {
-    /// Keep-alive connections of our own (the usual case).
-    Direct(Box<Endpoint>),
-    /// Through the proxy the environment names, with reqwest.
-    Proxied(reqwest::Client),
-}
-
 const USER_AGENT: &str = concat!("store-outbox/", env!("CARGO_PKG_VERSION"));
 
-/// Builds the HTTP client: rustls, the subscription's CA and client
-/// certificate, its timeout, no redirects (a moved endpoint is a config error
-/// to fix, not something to follow with signed business data).
-pub fn build_client(config: &SubscriptionConfig) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .user_agent(USER_AGENT)
-        .timeout(config.timeout)
-        .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(config.max_in_flight);
-    if let Some(ca) = &config.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
+/// The connections of a subscription: rustls with its CA and client
+/// certificate, its timeout (connecting: at most 10 s of it). Redirects are
+/// not followed: a moved endpoint is a config error to fix, not something to
+/// follow with signed business data.
+pub fn endpoint(config: &SubscriptionConfig) -> Result<Endpoint, String> {
+    Endpoint::new(
+        &config.url,
+        TlsFiles {
+            ca_file: config.ca_file.as_deref(),
+            client_cert: config.client_cert.as_deref().zip(config.client_key.as_deref()),
+        },
+        config.timeout,
+        config.timeout.min(Duration::from_secs(10)),
+        config.max_in_flight,
+    )
+}
+
+/// The headers of every request to a subscription: `user-agent`, `accept`
+/// and its own `headers`.
+pub fn fixed_headers(config: &SubscriptionConfig) -> Result<HeaderMap, String> {
+    let mut fixed = HeaderMap::new();
+    fixed.insert(http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    fixed.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    for (name, value) in &config.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name:?}: {e}"))?;
+        let value = HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?;
+        fixed.append(name, value);
     }
-    if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
-        let mut pem = std::fs::read(cert).map_err(|e| format!("client_cert {}: {e}", cert.display()))?;
-        pem.extend(std::fs::read(key).map_err(|e| format!("client_key {}: {e}", key.display()))?);
-        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| format!("client_cert/client_key: {e}"))?;
-        builder = builder.identity(identity);
-    }
-    builder.build().map_err(|e| format!("HTTP client: {e}"))
+    Ok(fixed)
 }
 
 /// The JSON body of the contract.
@@ -134,30 +128,10 @@ pub fn body(event: &StoredEvent, payload: PayloadMode, source: &Source) -> Vec<u
 impl Webhook {
     /// Prepares the endpoint of one subscription.
     pub fn new(config: Arc<SubscriptionConfig>, source: Source) -> Result<Self, String> {
-        let connect_timeout = config.timeout.min(Duration::from_secs(10));
-        let transport = match http_client::proxy_from_env(&config.url) {
-            Some(_) => Transport::Proxied(build_client(&config)?),
-            None => Transport::Direct(Box::new(Endpoint::new(
-                &config.url,
-                TlsFiles {
-                    ca_file: config.ca_file.as_deref(),
-                    client_cert: config.client_cert.as_deref().zip(config.client_key.as_deref()),
-                },
-                config.timeout,
-                connect_timeout,
-                config.max_in_flight,
-            )?)),
-        };
-        let mut fixed_headers = HeaderMap::new();
-        fixed_headers.insert(http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-        fixed_headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
-        for (name, value) in &config.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name:?}: {e}"))?;
-            let value = HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?;
-            fixed_headers.append(name, value);
-        }
+        let endpoint = endpoint(&config)?;
+        let fixed_headers = fixed_headers(&config)?;
         Ok(Webhook {
-            transport,
+            endpoint,
             fixed_headers,
             config,
             source,
@@ -192,44 +166,19 @@ impl Webhook {
             Compression::Gzip => gzip(&body),
         };
         let timeout = self.config.timeout;
-        match &self.transport {
-            Transport::Direct(endpoint) => match endpoint.post(headers, Bytes::from(body)).await {
-                Ok(reply) => classify(reply),
-                Err(Failure::Broken(Some(status), _)) if !status.is_success() => classify(Reply {
-                    status,
-                    headers: HeaderMap::new(),
-                    body: Bytes::new(),
-                }),
-                Err(failure) => {
-                    let status = match &failure {
-                        Failure::Broken(status, _) => status.map(|s| s.as_u16()),
-                        _ => None,
-                    };
-                    Answer::failed(AnswerKind::Unavailable, status, describe_failure(&failure, timeout))
-                }
-            },
-            Transport::Proxied(client) => {
-                let request = client.post(self.config.url.clone()).headers(headers).body(body);
-                match request.send().await {
-                    Ok(response) => {
-                        let status = response.status();
-                        let headers = response.headers().clone();
-                        match response.bytes().await {
-                            Ok(body) => classify(Reply { status, headers, body }),
-                            Err(e) if status.is_success() => Answer::failed(
-                                AnswerKind::Unavailable,
-                                Some(status.as_u16()),
-                                format!("answer {status} cut off: {e}"),
-                            ),
-                            Err(_) => classify(Reply {
-                                status,
-                                headers,
-                                body: Bytes::new(),
-                            }),
-                        }
-                    }
-                    Err(e) => Answer::failed(AnswerKind::Unavailable, None, describe_transport_error(&e, timeout)),
-                }
+        match self.endpoint.post(headers, Bytes::from(body)).await {
+            Ok(reply) => classify(reply),
+            Err(Failure::Broken(Some(status), _)) if !status.is_success() => classify(Reply {
+                status,
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+            }),
+            Err(failure) => {
+                let status = match &failure {
+                    Failure::Broken(status, _) => status.map(|s| s.as_u16()),
+                    _ => None,
+                };
+                Answer::failed(AnswerKind::Unavailable, status, describe_failure(&failure, timeout))
             }
         }
     }
@@ -384,31 +333,10 @@ fn classify(reply: Reply) -> Answer {
 /// What a request without an answer tells a person.
 fn describe_failure(failure: &Failure, timeout: Duration) -> String {
     match failure {
-        Failure::Connect(reason) => format!("cannot connect: {reason}"),
+        Failure::Connect(reason) | Failure::Tls(reason) => format!("cannot connect: {reason}"),
         Failure::Timeout => format!("no answer within the timeout ({})", humantime::format_duration(timeout)),
         Failure::Broken(Some(status), reason) => format!("answer {status} cut off: {reason}"),
         Failure::Broken(None, reason) => format!("request failed: {reason}"),
-    }
-}
-
-/// A short, actionable description of a transport failure.
-fn describe_transport_error(e: &reqwest::Error, timeout: Duration) -> String {
-    use std::error::Error as _;
-    if e.is_timeout() {
-        return format!("no answer within the timeout ({})", humantime::format_duration(timeout));
-    }
-    let mut text = String::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = s.to_string();
-        source = s.source();
-    }
-    if e.is_connect() {
-        format!("cannot connect: {text}")
-    } else if text.is_empty() {
-        e.to_string()
-    } else {
-        format!("request failed: {text}")
     }
 }
 
