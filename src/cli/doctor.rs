@@ -124,15 +124,24 @@ async fn try_steps(sub: &SubscriptionConfig, source: &Source, steps: &mut Vec<St
         (None, port) => port.unwrap_or(443),
     };
     let budget = sub.timeout.min(Duration::from_secs(10));
-    let (addrs, found) = dns_step(&host, port, budget).await.map_err(|s| vec![s])?;
-    steps.push(found);
-    steps.push(tcp_step(&addrs, budget).await.map_err(|s| vec![s])?);
-    if sub.nats.is_some() {
+    // Delivery's own client (TLS settings, the proxy from the environment).
+    let endpoint = sub.nats.is_none().then(|| crate::deliver::webhook::endpoint(sub));
+    if let Some(proxy) = endpoint.as_ref().and_then(|e| e.as_ref().ok()).and_then(|e| e.proxy()) {
+        // Through a proxy the store may not resolve or reach the host itself.
+        let through = format!("through the proxy {proxy} (HTTPS_PROXY / HTTP_PROXY)");
+        steps.push(step("dns", Verdict::Skip, format!("{host}: {through}"), None));
+        steps.push(step("tcp", Verdict::Skip, through, None));
+    } else {
+        let (addrs, found) = dns_step(&host, port, budget).await.map_err(|s| vec![s])?;
+        steps.push(found);
+        steps.push(tcp_step(&addrs, budget).await.map_err(|s| vec![s])?);
+    }
+    let Some(endpoint) = endpoint else {
         steps.extend(nats_steps(sub, source).await?);
         return Ok(());
-    }
-    // TLS + HTTP, with delivery's own client.
-    let endpoint = crate::deliver::webhook::endpoint(sub).map_err(|e| {
+    };
+    // TLS + HTTP.
+    let endpoint = endpoint.map_err(|e| {
         vec![step(
             "tls",
             Verdict::Fail,

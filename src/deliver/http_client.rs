@@ -168,6 +168,12 @@ impl Endpoint {
         })
     }
 
+    /// The proxy requests go through (`host:port`), if the environment
+    /// names one for this endpoint.
+    pub fn proxy(&self) -> Option<&str> {
+        self.proxy.as_ref().map(|p| p.shown.as_str())
+    }
+
     /// POSTs `body` with `headers` (plus `Host`), on an idle connection if
     /// there is one, and reads the answer; all of it within the timeout.
     pub async fn post(&self, headers: HeaderMap, body: Bytes) -> Result<Reply, Failure> {
