@@ -390,9 +390,7 @@ fn unanswered_steps(tls: bool, failure: &Failure, timeout: Duration) -> Vec<Step
                 Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
             )]
         }
-        Failure::Connect(reason) => format!("cannot connect: {reason}"),
-        Failure::Timeout => format!("no answer within the timeout ({})", humantime::format_duration(timeout)),
-        Failure::Broken(_, reason) => reason.clone(),
+        other => crate::deliver::webhook::describe_failure(other, timeout),
     };
     let tls_step = if tls {
         step("tls", Verdict::Skip, "not reached", None)

@@ -331,7 +331,7 @@ fn classify(reply: Reply) -> Answer {
 }
 
 /// What a request without an answer tells a person.
-fn describe_failure(failure: &Failure, timeout: Duration) -> String {
+pub fn describe_failure(failure: &Failure, timeout: Duration) -> String {
     match failure {
         Failure::Connect(reason) | Failure::Tls(reason) => format!("cannot connect: {reason}"),
         Failure::Timeout => format!("no answer within the timeout ({})", humantime::format_duration(timeout)),
