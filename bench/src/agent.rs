@@ -92,6 +92,7 @@ impl Agent {
             .arg(&dir.config)
             .env_remove("RUST_LOG")
             .env_remove("STORE_OUTBOX_LOG")
+            .envs(std::env::var("BENCH_AGENT_LOG").map(|f| ("STORE_OUTBOX_LOG", f)))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);

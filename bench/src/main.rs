@@ -128,6 +128,10 @@ struct Args {
     /// many seconds (it would take minutes); its rate is what it reached.
     #[arg(long, default_value_t = 30)]
     uplink_one_event_secs: u64,
+    /// The `uplink` phase's settings to run through the WAN link (default:
+    /// all: one_event,one_event_adaptive,batches,batches_gzip).
+    #[arg(long, value_delimiter = ',')]
+    uplink_settings: Option<Vec<String>>,
     /// Events of the `uplink` phase's two drains on loopback, batches and
     /// batches + gzip
     /// (default 1,000,000; --quick 100,000; 0 skips it).
@@ -741,6 +745,7 @@ async fn phase_uplink(run: &mut Run) -> anyhow::Result<()> {
         run.args.uplink_events,
         run.args.uplink_entities,
         Duration::from_secs(run.args.uplink_one_event_secs),
+        run.args.uplink_settings.as_deref(),
         loopback,
     )
     .await?;

@@ -367,6 +367,8 @@ async fn drain(
     agent.stop(Duration::from_secs(10));
     drop(wan);
     server.abort();
+    // The database goes; the agent's log stays beside the others (`--keep`).
+    let _ = std::fs::copy(&agent.log, work.join(format!("uplink-{tag}.log")));
     let _ = std::fs::remove_dir_all(&dir.dir);
     Ok(drain)
 }
@@ -379,13 +381,22 @@ pub async fn phase(
     events: u64,
     entities: u64,
     one_event_cap: Duration,
+    only_settings: Option<&[String]>,
     loopback_events: u64,
 ) -> anyhow::Result<Vec<Drain>> {
     let _ = agent::free_port()?;
     let mut out = Vec::new();
     // `--uplink-events 0`: the loopback drains only.
     let wan_settings: &[Setting] = if events == 0 { &[] } else { &SETTINGS };
-    for setting in wan_settings {
+    if let Some(unknown) = only_settings
+        .unwrap_or_default()
+        .iter()
+        .find(|name| !SETTINGS.iter().any(|s| s.name == name.as_str()))
+    {
+        bail!("--uplink-settings: no setting {unknown:?}");
+    }
+    let chosen = |s: &&Setting| only_settings.is_none_or(|names| names.iter().any(|n| n == s.name));
+    for setting in wan_settings.iter().filter(chosen) {
         let cap = if setting.keys.contains("batch") {
             Duration::from_secs(600)
         } else {

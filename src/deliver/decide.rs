@@ -490,6 +490,11 @@ impl Concurrency {
         self.limit
     }
 
+    /// The long-run mean round trip, seconds (adaptive; once answers came).
+    pub fn mean_rtt(&self) -> Option<f64> {
+        self.mean_rtt
+    }
+
     /// Notes that a request started with `on_wire` requests on the wire
     /// (counting it).
     pub fn on_start(&mut self, on_wire: usize) {

@@ -498,7 +498,16 @@ impl<D: Destination> Scheduler<D> {
             self.requests = self.requests.saturating_sub(1);
         }
         let now = Instant::now();
+        let limit = self.concurrency.limit();
         self.concurrency.on_answer(sent.answer.kind, sent.elapsed, now);
+        if self.concurrency.limit() != limit {
+            tracing::debug!(
+                subscription = %self.sub.config.name,
+                limit = self.concurrency.limit(),
+                mean_rtt_ms = self.concurrency.mean_rtt().map(|s| s * 1000.0),
+                "adaptive concurrency: new limit"
+            );
+        }
         let heeded = self
             .link
             .heed(&sent.answer, &self.sub.config.retry, rand::random::<f64>(), now);
