@@ -32,6 +32,7 @@
 //! - [`reload`]: reload requests (SIGHUP) and what a re-read config changes.
 //! - [`shutdown`]: the shutdown signal, and the stop of one scheduler alone.
 //! - [`timefmt`]: times and durations as people read and write them.
+//! - [`error_text`]: an error's chain of causes as the text people read.
 //! - [`cli`]: one module per subcommand; thin, on top of the above.
 
 pub mod admin;
@@ -39,6 +40,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod error_text;
 pub mod event;
 pub mod fleet;
 pub mod heartbeat;

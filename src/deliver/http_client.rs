@@ -30,6 +30,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use crate::error_text::innermost;
+
 /// A connection unused for this long is not used again (the endpoint may
 /// have dropped it; reqwest's pool used the same).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -214,7 +216,7 @@ impl Endpoint {
                         request = unsent;
                         continue;
                     }
-                    _ => return Err(Failure::Broken(None, describe(e.error()))),
+                    _ => return Err(Failure::Broken(None, innermost(e.error()))),
                 },
             };
             let (parts, mut incoming) = response.into_parts();
@@ -232,7 +234,7 @@ impl Endpoint {
                             }
                         }
                     }
-                    Some(Err(e)) => return Err(Failure::Broken(Some(parts.status), describe(&e))),
+                    Some(Err(e)) => return Err(Failure::Broken(Some(parts.status), innermost(&e))),
                 }
             }
             if whole {
@@ -422,7 +424,7 @@ impl AsyncWrite for Stream {
 async fn handshake(stream: Stream) -> Result<SendRequest<Full<Bytes>>, Failure> {
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| Failure::Connect(describe(&e)))?;
+        .map_err(|e| Failure::Connect(innermost(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "webhook connection ended");
@@ -470,18 +472,6 @@ fn tls_config(files: TlsFiles<'_>) -> Result<rustls::ClientConfig, String> {
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// The innermost cause of a hyper error: the part a person can act on.
-fn describe(e: &hyper::Error) -> String {
-    use std::error::Error as _;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = s.to_string();
-        source = s.source();
-    }
-    text
 }
 
 /// The proxy the environment names for `url`: `HTTPS_PROXY` for

@@ -305,24 +305,10 @@ fn classify(e: &jetstream::context::PublishError, subject: &str, timeout: Durati
             Answer::failed(
                 AnswerKind::Refused,
                 None,
-                format!("the stream refused {subject}: {}", error_chain(e)),
+                format!("the stream refused {subject}: {}", crate::error_text::chain(e)),
             )
         }
     }
-}
-
-/// An error with its sources, for the operator.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// A subject template with its placeholders filled in, each value encoded

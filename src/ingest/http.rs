@@ -79,7 +79,7 @@ async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, BodyError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
-        let frame = frame.map_err(|e| BodyError::Unreadable(error_chain(&e)))?;
+        let frame = frame.map_err(|e| BodyError::Unreadable(crate::error_text::chain(&e)))?;
         // Trailers carry no data.
         if let Ok(data) = frame.into_data() {
             total += data.len() as u64;
@@ -95,22 +95,6 @@ async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, BodyError> {
         1 => chunks.swap_remove(0),
         _ => Bytes::from(chunks.concat()),
     })
-}
-
-/// An error and its causes, `: `-separated.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        // Wrappers often repeat their cause's text.
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, body: Body) -> Response {
