@@ -149,6 +149,14 @@ struct Args {
     /// figures are not the ones to quote.
     #[arg(long)]
     nginx_perf: Option<PathBuf>,
+    /// Also drain a copy of the `nginx` phase's backlog with `outbox-floor`
+    /// (the agent's storage, body, signature and HTTP client with the least
+    /// machinery around them; built beside this binary), to the same nginx.
+    #[arg(long)]
+    nginx_floor: bool,
+    /// Runtime workers of `outbox-floor` (0: one current-thread runtime).
+    #[arg(long, default_value_t = 0)]
+    nginx_floor_threads: usize,
     /// Also write every latency sample (planned send ms, latency µs) as CSV here.
     #[arg(long)]
     latency_trace: Option<PathBuf>,

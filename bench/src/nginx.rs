@@ -35,6 +35,8 @@ const HOOK_PATH: &str = "/hook";
 const RAW_POST_PATH: &str = "/raw-post";
 const RAW_GET_PATH: &str = "/raw-get";
 const PROBE_PATH: &str = "/probe";
+/// The path `outbox-floor` posts to.
+const FLOOR_PATH: &str = "/floor";
 
 /// A program: `$env` if set, else the first `name` in `PATH`, else
 /// `fallback` (nginx is in /usr/sbin, often not in a user's `PATH`).
@@ -614,6 +616,22 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
         );
     }
 
+    // A copy of the backlog for `outbox-floor` (the agent stopped cleanly,
+    // so the database file holds everything).
+    let floor_dir = if run.args.nginx_floor {
+        let floor = AgentDir::new(run.work.join("agent-floor"))?;
+        std::fs::create_dir_all(floor.dir.join("data"))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let from = PathBuf::from(format!("{}{suffix}", dir.db().display()));
+            if from.exists() {
+                std::fs::copy(&from, format!("{}{suffix}", floor.db().display()))?;
+            }
+        }
+        Some(floor)
+    } else {
+        None
+    };
+
     run.phase("9. nginx: return 200, keep-alive, on loopback");
     let work = run.work.join("nginx");
     let mut nginx = Nginx::start(&nginx_bin, &work)?;
@@ -718,6 +736,43 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     run.set("nginx_drain_status", &status);
     run.set("nginx_stop_after_drain_s", stop.as_secs_f64());
 
+    if let Some(floor) = &floor_dir {
+        run.phase("9. nginx: the same backlog drained by outbox-floor (the least machinery), one event per request");
+        floor.write_config(Some(&Sub {
+            url: nginx.url(FLOOR_PATH),
+            max_in_flight: concurrency,
+        }))?;
+        let nginx0 = nginx.cpu_ticks();
+        let bin = std::env::current_exe()?.with_file_name("outbox-floor");
+        let out = std::process::Command::new(&bin)
+            .arg(&floor.config)
+            .arg("--threads")
+            .arg(run.args.nginx_floor_threads.to_string())
+            .output()
+            .with_context(|| {
+                format!(
+                    "running {} (cargo build --release --manifest-path bench/Cargo.toml)",
+                    bin.display()
+                )
+            })?;
+        if !out.status.success() {
+            bail!("outbox-floor failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let figures: serde_json::Value = serde_json::from_slice(&out.stdout).context("outbox-floor's output")?;
+        let floor_nginx_us = cpu_us(nginx.cpu_ticks() - nginx0, n);
+        eprintln!(
+            "outbox-floor ({} runtime workers): {} events in {:.2} s = {:.0} events/s, {:.1} µs CPU per event, nginx {floor_nginx_us:.1} µs/event",
+            run.args.nginx_floor_threads,
+            figures["events"],
+            figures["seconds"].as_f64().unwrap_or(0.0),
+            figures["events_per_s"].as_f64().unwrap_or(0.0),
+            figures["cpu_us_per_event"].as_f64().unwrap_or(0.0),
+        );
+        run.set("nginx_floor", &figures);
+        run.set("nginx_floor_threads", run.args.nginx_floor_threads);
+        run.set("nginx_floor_server_cpu_us_per_event", floor_nginx_us);
+    }
+
     run.phase("9. nginx: raw limit again, after the drain");
     let post_after = wrk(
         &wrk_bin,
@@ -746,6 +801,10 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     run.set("nginx_raw_post_after", &post_after);
     run.set("nginx_raw_get", &get);
     run.set("nginx_drain_ratio", ratio);
+    if let Some(eps) = run.figures.get("nginx_floor").and_then(|f| f["events_per_s"].as_f64()) {
+        run.set("nginx_floor_ratio", eps / raw_rps.max(1e-9));
+        eprintln!("outbox-floor: {:.2} of nginx's raw POST rate", eps / raw_rps.max(1e-9));
+    }
 
     // The access log is complete once nginx has stopped (buffered lines flushed).
     let stopped_clean = nginx.stop();
@@ -798,6 +857,9 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     if !run.args.keep {
         let _ = std::fs::remove_dir_all(&dir.dir);
         let _ = std::fs::remove_dir_all(&work);
+        if let Some(floor) = floor_dir {
+            let _ = std::fs::remove_dir_all(&floor.dir);
+        }
     }
     Ok(())
 }
