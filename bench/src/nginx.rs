@@ -574,6 +574,100 @@ impl PerfRecord {
     }
 }
 
+/// How `outbox-floor` runs.
+#[derive(Clone, Copy)]
+enum FloorMode {
+    /// `--http-only`: the webhook client alone, the first event posted `n` times.
+    HttpOnly,
+    /// The backlog drained with the agent's storage (the promises kept).
+    Drain,
+}
+
+impl FloorMode {
+    fn title(self) -> &'static str {
+        match self {
+            FloorMode::HttpOnly => {
+                "9. nginx: outbox-floor --http-only (the webhook client alone, no storage), one event per request"
+            }
+            FloorMode::Drain => {
+                "9. nginx: the same backlog drained by outbox-floor (the least machinery), one event per request"
+            }
+        }
+    }
+
+    /// The figures' key in the results.
+    fn key(self) -> &'static str {
+        match self {
+            FloorMode::HttpOnly => "nginx_floor_http_only",
+            FloorMode::Drain => "nginx_floor",
+        }
+    }
+}
+
+/// Runs `outbox-floor` (built beside this binary) on `floor`'s config and
+/// returns its figures, with nginx's CPU per event added. With
+/// `--nginx-perf FILE` it is profiled too, into `FILE.floor` (the drain) or
+/// `FILE.floor-http` (`--http-only`).
+async fn run_floor(
+    run: &Run,
+    nginx: &Nginx,
+    floor: &AgentDir,
+    mode: FloorMode,
+    n: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let nginx0 = nginx.cpu_ticks();
+    let bin = std::env::current_exe()?.with_file_name("outbox-floor");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(&floor.config)
+        .arg("--threads")
+        .arg(run.args.nginx_floor_threads.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if matches!(mode, FloorMode::HttpOnly) {
+        cmd.arg("--http-only");
+    }
+    let child = cmd.spawn().with_context(|| {
+        format!(
+            "running {} (cargo build --release --manifest-path bench/Cargo.toml)",
+            bin.display()
+        )
+    })?;
+    let perf = match &run.args.nginx_perf {
+        Some(out) => {
+            let suffix = if matches!(mode, FloorMode::HttpOnly) {
+                "floor-http"
+            } else {
+                "floor"
+            };
+            Some(PerfRecord::start(
+                child.id(),
+                &PathBuf::from(format!("{}.{suffix}", out.display())),
+            )?)
+        }
+        None => None,
+    };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    if let Some(perf) = perf {
+        perf.finish();
+    }
+    if !out.status.success() {
+        bail!("outbox-floor failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut figures: serde_json::Value = serde_json::from_slice(&out.stdout).context("outbox-floor's output")?;
+    let nginx_us = cpu_us(nginx.cpu_ticks() - nginx0, n);
+    eprintln!(
+        "outbox-floor {} ({} runtime workers): {} events in {:.2} s = {:.0} events/s, {:.1} µs CPU per event, nginx {nginx_us:.1} µs/event",
+        figures["mode"].as_str().unwrap_or("?"),
+        run.args.nginx_floor_threads,
+        figures["events"],
+        figures["seconds"].as_f64().unwrap_or(0.0),
+        figures["events_per_s"].as_f64().unwrap_or(0.0),
+        figures["cpu_us_per_event"].as_f64().unwrap_or(0.0),
+    );
+    figures["server_cpu_us_per_event"] = nginx_us.into();
+    Ok(figures)
+}
+
 /// The phase (see the module documentation).
 pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     let wrk_bin = find_program("wrk", "WRK", "/usr/bin/wrk")?;
@@ -737,40 +831,16 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     run.set("nginx_stop_after_drain_s", stop.as_secs_f64());
 
     if let Some(floor) = &floor_dir {
-        run.phase("9. nginx: the same backlog drained by outbox-floor (the least machinery), one event per request");
         floor.write_config(Some(&Sub {
             url: nginx.url(FLOOR_PATH),
             max_in_flight: concurrency,
         }))?;
-        let nginx0 = nginx.cpu_ticks();
-        let bin = std::env::current_exe()?.with_file_name("outbox-floor");
-        let out = std::process::Command::new(&bin)
-            .arg(&floor.config)
-            .arg("--threads")
-            .arg(run.args.nginx_floor_threads.to_string())
-            .output()
-            .with_context(|| {
-                format!(
-                    "running {} (cargo build --release --manifest-path bench/Cargo.toml)",
-                    bin.display()
-                )
-            })?;
-        if !out.status.success() {
-            bail!("outbox-floor failed: {}", String::from_utf8_lossy(&out.stderr));
+        for mode in [FloorMode::HttpOnly, FloorMode::Drain] {
+            run.phase(mode.title());
+            let figures = run_floor(run, &nginx, floor, mode, n).await?;
+            run.set(mode.key(), &figures);
         }
-        let figures: serde_json::Value = serde_json::from_slice(&out.stdout).context("outbox-floor's output")?;
-        let floor_nginx_us = cpu_us(nginx.cpu_ticks() - nginx0, n);
-        eprintln!(
-            "outbox-floor ({} runtime workers): {} events in {:.2} s = {:.0} events/s, {:.1} µs CPU per event, nginx {floor_nginx_us:.1} µs/event",
-            run.args.nginx_floor_threads,
-            figures["events"],
-            figures["seconds"].as_f64().unwrap_or(0.0),
-            figures["events_per_s"].as_f64().unwrap_or(0.0),
-            figures["cpu_us_per_event"].as_f64().unwrap_or(0.0),
-        );
-        run.set("nginx_floor", &figures);
         run.set("nginx_floor_threads", run.args.nginx_floor_threads);
-        run.set("nginx_floor_server_cpu_us_per_event", floor_nginx_us);
     }
 
     run.phase("9. nginx: raw limit again, after the drain");
@@ -801,9 +871,12 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     run.set("nginx_raw_post_after", &post_after);
     run.set("nginx_raw_get", &get);
     run.set("nginx_drain_ratio", ratio);
-    if let Some(eps) = run.figures.get("nginx_floor").and_then(|f| f["events_per_s"].as_f64()) {
-        run.set("nginx_floor_ratio", eps / raw_rps.max(1e-9));
-        eprintln!("outbox-floor: {:.2} of nginx's raw POST rate", eps / raw_rps.max(1e-9));
+    for mode in [FloorMode::HttpOnly, FloorMode::Drain] {
+        if let Some(eps) = run.figures.get(mode.key()).and_then(|f| f["events_per_s"].as_f64()) {
+            let ratio = eps / raw_rps.max(1e-9);
+            run.set(&format!("{}_ratio", mode.key()), ratio);
+            eprintln!("{}: {ratio:.2} of nginx's raw POST rate", mode.key());
+        }
     }
 
     // The access log is complete once nginx has stopped (buffered lines flushed).

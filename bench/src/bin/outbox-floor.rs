@@ -15,9 +15,13 @@
 //! next event is read only after the outcome of the one before committed;
 //! at most `max_in_flight` requests on the wire.
 //!
-//! Usage: `outbox-floor CONFIG [--threads N]` (N = 0, the default: a
-//! current-thread runtime; otherwise N runtime workers). Prints one JSON
-//! line: events, seconds, events/s, CPU µs per event.
+//! Usage: `outbox-floor CONFIG [--threads N] [--http-only]` (N = 0, the
+//! default: a current-thread runtime; otherwise N runtime workers). With
+//! `--http-only` nothing is read or written per event: the first event is
+//! posted as many times as there are open deliveries, `max_in_flight` at a
+//! time (the webhook client's own rate, body and signature included; the
+//! database is left as it was). Prints one JSON line: mode, events,
+//! seconds, events/s, CPU µs per event.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -35,8 +39,10 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut config = None;
     let mut threads = 0usize;
+    let mut http_only = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--http-only" => http_only = true,
             "--threads" => threads = args.next().context("--threads N")?.parse().context("--threads N")?,
             _ if config.is_none() => config = Some(PathBuf::from(arg)),
             other => bail!("unexpected argument {other:?}; usage: outbox-floor CONFIG [--threads N]"),
@@ -51,10 +57,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    runtime.block_on(drain(config))
+    runtime.block_on(drain(config, http_only))
 }
 
-async fn drain(config_path: PathBuf) -> anyhow::Result<()> {
+async fn drain(config_path: PathBuf, http_only: bool) -> anyhow::Result<()> {
     let config = store_outbox::config::load(Some(&config_path)).map_err(|e| anyhow::anyhow!("{}", e.0))?;
     let db = config.agent.data_dir.join("outbox.db");
     let mut conn = outbox::open_writer(&db).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -90,6 +96,11 @@ async fn drain(config_path: PathBuf) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e))?,
     );
     let max_in_flight = sub.config.max_in_flight;
+    if http_only {
+        let &(entity_id, from) = ready.front().context("nothing to send")?;
+        let event = Arc::new(read::head(&reader, sub.id, entity_id, from)?.context("no head")?.event);
+        return post_only(webhook, event, total, max_in_flight).await;
+    }
     let (recorded_tx, mut recorded_rx) = tokio::sync::mpsc::unbounded_channel::<Recorded>();
     let mut requests = tokio::task::JoinSet::new();
     // ticket → (entity, its event's entity_seq). A receipt's number is
@@ -101,6 +112,12 @@ async fn drain(config_path: PathBuf) -> anyhow::Result<()> {
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     loop {
+        // One read transaction for the round's lookups, as the agent's
+        // scheduler does (a transaction per lookup costs a third more).
+        let round = requests.len() < max_in_flight && !ready.is_empty();
+        if round {
+            read::begin_snapshot(&reader)?;
+        }
         while requests.len() < max_in_flight {
             let Some((entity_id, from)) = ready.pop_front() else {
                 break;
@@ -138,6 +155,9 @@ async fn drain(config_path: PathBuf) -> anyhow::Result<()> {
                     .await;
             });
         }
+        if round {
+            read::end_snapshot(&reader)?;
+        }
         if requests.is_empty() && waiting.is_empty() && ready.is_empty() {
             break;
         }
@@ -171,8 +191,50 @@ async fn drain(config_path: PathBuf) -> anyhow::Result<()> {
         serde_json::json!({
             "events": delivered,
             "seconds": seconds,
+            "mode": "drain",
             "events_per_s": delivered as f64 / seconds.max(1e-9),
             "cpu_us_per_event": cpu * 1e6 / delivered.max(1) as f64,
+        })
+    );
+    Ok(())
+}
+
+/// `--http-only`: `event` posted `n` times, `max_in_flight` at a time.
+async fn post_only(
+    webhook: Arc<Webhook>,
+    event: Arc<read::StoredEvent>,
+    n: u64,
+    max_in_flight: usize,
+) -> anyhow::Result<()> {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..max_in_flight {
+        let (webhook, event, next) = (webhook.clone(), event.clone(), next.clone());
+        senders.spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let answer = webhook.send(&event).await;
+                if answer.kind != AnswerKind::Delivered {
+                    return Err(anyhow::anyhow!("not delivered: {:?}", answer.error));
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(done) = senders.join_next().await {
+        done??;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "http_only",
+            "events": n,
+            "seconds": seconds,
+            "events_per_s": n as f64 / seconds.max(1e-9),
+            "cpu_us_per_event": cpu * 1e6 / n.max(1) as f64,
         })
     );
     Ok(())
