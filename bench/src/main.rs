@@ -129,7 +129,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     uplink_one_event_secs: u64,
     /// The `uplink` phase's settings to run through the WAN link (default:
-    /// all: one_event,one_event_adaptive,batches,batches_gzip).
+    /// all: one_event,one_event_adaptive,batches,batches_gzip,batches_gzip_adaptive).
     #[arg(long, value_delimiter = ',')]
     uplink_settings: Option<Vec<String>>,
     /// Events of the `uplink` phase's two drains on loopback, batches and
