@@ -128,8 +128,8 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
             .record_and_wait(outcome(erp, 3, T0 + 6_000, Some(422), err, Decision::Park), None)
             .await
             .expect("record");
-        writer.set_sub_state(erp, SubscriptionState::Online, 0, None);
-        writer.set_sub_state(subs[1].id, SubscriptionState::Offline, 0, None);
+        writer.set_sub_state(erp, SubscriptionState::Online, 0, None, None);
+        writer.set_sub_state(subs[1].id, SubscriptionState::Offline, 0, None, None);
         writer
             .record_and_wait(
                 outcome(

@@ -55,7 +55,7 @@ use crate::config::BatchConfig;
 use crate::metrics::Metrics;
 use crate::outbox::gone::{self, Marker};
 use crate::outbox::read::{self, Head};
-use crate::outbox::state::{DeliveryState, SubscriptionState};
+use crate::outbox::state::{ConcurrencyMode, ConcurrencyState, DeliveryState, SubscriptionState};
 use crate::outbox::writer::{Decision, Recorded, Starving, Writer};
 use crate::outbox::{now_ms, Subscription};
 use crate::shutdown::Shutdown;
@@ -161,6 +161,13 @@ struct Flight {
     answered: Option<(Answer, Plan)>,
 }
 
+/// What a scheduler writes for `status`: its state, deliveries in flight,
+/// the next planned attempt and the request concurrency's current limit.
+/// Written when it changes: at once for a change of the link, else at the
+/// next tick ([`RESYNC_EVERY`]), so however often the adaptive limit or the
+/// deliveries in flight move, that is one small write every 2 s at most.
+type Persisted = (SubscriptionState, usize, Option<Instant>, usize);
+
 /// Everything a scheduler needs.
 pub struct Scheduler<D> {
     /// The subscription.
@@ -212,9 +219,8 @@ pub struct Scheduler<D> {
     unrecorded_in_a_row: u32,
     /// See `unrecorded_in_a_row`.
     storage_pause_until: Option<Instant>,
-    /// (state, deliveries in flight, next planned attempt) as last written
-    /// for `status`.
-    persisted: (SubscriptionState, usize, Option<Instant>),
+    /// What was last written for `status`.
+    persisted: Persisted,
     /// The fingerprint of the subscription's config, kept with a 410's
     /// marker: a changed config resumes.
     fingerprint: String,
@@ -291,7 +297,7 @@ impl<D: Destination> Scheduler<D> {
             probe_in_flight: false,
             unrecorded_in_a_row: 0,
             storage_pause_until: None,
-            persisted: (SubscriptionState::Stopped, usize::MAX, None),
+            persisted: (SubscriptionState::Stopped, usize::MAX, None, 0),
             fingerprint,
             gone: None,
             resend_generation: None,
@@ -321,7 +327,7 @@ impl<D: Destination> Scheduler<D> {
     /// delivery waiting for its commit, and an idle courier.
     fn slot_free(&self) -> bool {
         let max = self.sub.config.max_in_flight;
-        self.requests < self.concurrency.limit().min(max)
+        self.requests < self.concurrency_limit()
             && self.flights.len() < max * DELIVERIES_PER_SLOT
             && !self.idle.is_empty()
     }
@@ -467,7 +473,7 @@ impl<D: Destination> Scheduler<D> {
         }
         couriers.abort_all();
         self.flights.clear();
-        self.persist_state();
+        self.persist_stopped();
     }
 
     /// Takes every answer and commit already waiting.
@@ -609,9 +615,10 @@ impl<D: Destination> Scheduler<D> {
         }
     }
 
-    /// What `status` should say: the state, deliveries in flight, and when
-    /// the next attempt is planned if the subscription is waiting.
-    fn state_to_persist(&self, now: Instant) -> (SubscriptionState, usize, Option<Instant>) {
+    /// What `status` should say: the state, deliveries in flight, when
+    /// the next attempt is planned if the subscription is waiting, and the
+    /// request concurrency's limit.
+    fn state_to_persist(&self, now: Instant) -> Persisted {
         let next = decide::planned_attempt(&self.ready, &self.link, !self.flights.is_empty(), now);
         let held = batch::held_wake(self.held.iter().map(|h| h.due).min(), &self.link, true, false, now)
             .filter(|at| *at > now && self.flights.is_empty());
@@ -631,19 +638,42 @@ impl<D: Destination> Scheduler<D> {
             .values()
             .map(|f| f.parts.iter().map(|p| p.count).sum::<usize>())
             .sum();
-        (state, in_flight, next)
+        (state, in_flight, next, self.concurrency_limit())
     }
 
-    /// Writes online/offline, deliveries in flight and the next planned
-    /// attempt (as wall-clock time, for people) for `status`.
+    /// Requests that may be on the wire now, as [`Scheduler::slot_free`]
+    /// counts them.
+    fn concurrency_limit(&self) -> usize {
+        self.concurrency.limit().min(self.sub.config.max_in_flight)
+    }
+
+    /// Writes online/offline, deliveries in flight, the next planned
+    /// attempt (as wall-clock time, for people) and the request
+    /// concurrency for `status`.
     fn persist_state(&mut self) {
         let now = Instant::now();
         let persisted = self.state_to_persist(now);
-        let (state, in_flight, next) = persisted;
+        let (state, in_flight, next, limit) = persisted;
         let next_ms = next.map(|at| now_ms() + at.saturating_duration_since(now).as_millis() as i64);
-        if self.writer.set_sub_state(self.sub.id, state, in_flight as i64, next_ms) {
+        let concurrency = ConcurrencyState {
+            mode: ConcurrencyMode::of(self.sub.config.adaptive_concurrency),
+            limit: limit as i64,
+            max_in_flight: self.sub.config.max_in_flight as i64,
+        };
+        if self
+            .writer
+            .set_sub_state(self.sub.id, state, in_flight as i64, next_ms, Some(concurrency))
+        {
             self.persisted = persisted;
         }
+    }
+
+    /// The last write for `status` when the scheduler ends: nothing in
+    /// flight, and no concurrency (no scheduler runs the subscription now;
+    /// one that starts again, after a reload, writes its own).
+    fn persist_stopped(&mut self) {
+        let (state, _, _, _) = self.state_to_persist(Instant::now());
+        self.writer.set_sub_state(self.sub.id, state, 0, None, None);
     }
 
     /// Takes the entities with new events into the window. An entity

@@ -265,7 +265,8 @@ pub fn register_subscriptions(
 ) -> rusqlite::Result<Vec<Subscription>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
-        "UPDATE subscriptions SET configured = 0, state = ?1, in_flight = 0, next_attempt_at = NULL",
+        "UPDATE subscriptions SET configured = 0, state = ?1, in_flight = 0, next_attempt_at = NULL,
+                concurrency = NULL, max_in_flight = NULL, concurrency_limit = NULL",
         [SubscriptionState::Unconfigured],
     )?;
     let max_seq = max_event_seq(&tx)?;
@@ -328,7 +329,9 @@ pub fn reconfigure_subscriptions(
         .filter(|r| !configs.iter().any(|c| c.name == r.config.name))
     {
         tx.execute(
-            "UPDATE subscriptions SET configured = 0, state = ?2, in_flight = 0, next_attempt_at = NULL WHERE id = ?1",
+            "UPDATE subscriptions SET configured = 0, state = ?2, in_flight = 0, next_attempt_at = NULL,
+                    concurrency = NULL, max_in_flight = NULL, concurrency_limit = NULL
+             WHERE id = ?1",
             params![gone.id, SubscriptionState::Unconfigured],
         )?;
     }

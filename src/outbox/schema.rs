@@ -126,6 +126,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (sub_id, at)
     ) WITHOUT ROWID;
     "#,
+    // Version 6: a subscription's request concurrency, for `status`, as its
+    // running scheduler reports it with its state: the mode (`fixed`,
+    // `adaptive`), the `max_in_flight` it runs with (a reload may have
+    // changed the file since the agent started, so the file is not asked)
+    // and the current limit (adaptive: between 1 and `max_in_flight`).
+    // `NULL` while no scheduler runs: cleared at its stop and when the
+    // subscription leaves the config, like `in_flight`.
+    r#"
+    ALTER TABLE subscriptions ADD COLUMN concurrency TEXT;
+    ALTER TABLE subscriptions ADD COLUMN max_in_flight INTEGER;
+    ALTER TABLE subscriptions ADD COLUMN concurrency_limit INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -173,7 +185,8 @@ mod tests {
         conn.execute_batch(MIGRATIONS[0]).map_err(|e| e.to_string())?;
         conn.execute_batch(
             "PRAGMA user_version = 1;
-             INSERT INTO deliveries(sub_id, event_seq, entity_id, entity_seq, state) VALUES (1, 7, 3, 1, 0);",
+             INSERT INTO deliveries(sub_id, event_seq, entity_id, entity_seq, state) VALUES (1, 7, 3, 1, 0);
+             INSERT INTO subscriptions(id, name, in_flight, created_at) VALUES (1, 'erp', 2, 0);",
         )
         .map_err(|e| e.to_string())?;
         migrate(&mut conn)?;
@@ -194,6 +207,16 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM history", [], |r| r.get(0))
             .map_err(|e| e.to_string())?;
         assert_eq!(history, 0, "version 5: an empty history");
+        // Version 6: an existing subscription's concurrency is not known
+        // until its scheduler runs.
+        let concurrency: (Option<String>, Option<i64>, Option<i64>, i64) = conn
+            .query_row(
+                "SELECT concurrency, max_in_flight, concurrency_limit, in_flight FROM subscriptions WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(|e| e.to_string())?;
+        assert_eq!(concurrency, (None, None, None, 2));
         assert_eq!(
             indexes,
             [

@@ -1,7 +1,9 @@
 //! The two state machines the database stores, as types: a delivery's state
 //! (`deliveries.state`, an integer) and a subscription's state
-//! (`subscriptions.state`, text). Every conversion to and from the stored
-//! value, the names people read and the parsing of filters lives here.
+//! (`subscriptions.state`, text); and what a running scheduler reports of its
+//! request concurrency (`subscriptions.concurrency`, `max_in_flight`,
+//! `concurrency_limit`). Every conversion to and from the stored value, the
+//! names people read and the parsing of filters lives here.
 
 use std::fmt;
 use std::str::FromStr;
@@ -122,6 +124,49 @@ impl SubscriptionState {
     }
 }
 
+/// How a subscription's request concurrency is set (`concurrency` in its
+/// config): stored as text (`subscriptions.concurrency`), its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConcurrencyMode {
+    /// Always up to `max_in_flight` (the default).
+    Fixed,
+    /// Adapts between 1 and `max_in_flight` (AIMD).
+    Adaptive,
+}
+
+impl ConcurrencyMode {
+    /// Its name, as stored, configured and shown: fixed, adaptive.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencyMode::Fixed => "fixed",
+            ConcurrencyMode::Adaptive => "adaptive",
+        }
+    }
+
+    /// The mode of a subscription configured with `adaptive_concurrency`.
+    pub const fn of(adaptive: bool) -> Self {
+        if adaptive {
+            ConcurrencyMode::Adaptive
+        } else {
+            ConcurrencyMode::Fixed
+        }
+    }
+}
+
+/// What a running scheduler reports of its request concurrency, for
+/// `status`: written with its state, cleared (`NULL`) when it stops, so
+/// `None` means "not running" (or not known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConcurrencyState {
+    /// Fixed or adaptive.
+    pub mode: ConcurrencyMode,
+    /// Requests it may keep on the wire now (fixed: `max_in_flight`).
+    pub limit: i64,
+    /// `max_in_flight`, as the scheduler runs with it (a reload may have
+    /// changed the file since the agent started).
+    pub max_in_flight: i64,
+}
+
 impl fmt::Display for DeliveryState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // `pad`, so tables can align it (`{:<9}`).
@@ -130,6 +175,12 @@ impl fmt::Display for DeliveryState {
 }
 
 impl fmt::Display for SubscriptionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Display for ConcurrencyMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
     }
@@ -164,6 +215,37 @@ impl Serialize for DeliveryState {
 impl Serialize for SubscriptionState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
+    }
+}
+
+impl FromStr for ConcurrencyMode {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [ConcurrencyMode::Fixed, ConcurrencyMode::Adaptive]
+            .into_iter()
+            .find(|mode| mode.as_str() == s)
+            .ok_or_else(|| UnknownState::new(s, "concurrency", &["fixed", "adaptive"]))
+    }
+}
+
+impl Serialize for ConcurrencyMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl ToSql for ConcurrencyMode {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for ConcurrencyMode {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e: UnknownState| FromSqlError::Other(Box::new(e)))
     }
 }
 
@@ -225,6 +307,21 @@ mod tests {
             assert_eq!(back, state);
         }
         let bad = conn.query_row("SELECT 'sleeping'", [], |r| r.get::<_, SubscriptionState>(0));
+        assert!(bad.is_err(), "{bad:?}");
+    }
+
+    #[test]
+    fn concurrency_modes_are_stored_by_name() {
+        let conn = Connection::open_in_memory().expect("db");
+        for mode in [ConcurrencyMode::Fixed, ConcurrencyMode::Adaptive] {
+            let text: String = conn.query_row("SELECT ?1", [mode], |r| r.get(0)).expect("to text");
+            assert_eq!(text, mode.as_str());
+            let back: ConcurrencyMode = conn.query_row("SELECT ?1", [text], |r| r.get(0)).expect("from text");
+            assert_eq!(back, mode);
+        }
+        assert_eq!(ConcurrencyMode::of(true), ConcurrencyMode::Adaptive);
+        assert_eq!(ConcurrencyMode::of(false), ConcurrencyMode::Fixed);
+        let bad = conn.query_row("SELECT 'turbo'", [], |r| r.get::<_, ConcurrencyMode>(0));
         assert!(bad.is_err(), "{bad:?}");
     }
 

@@ -31,7 +31,7 @@ pub use grouping::{OUTCOME_GAP, OUTCOME_GROUP_WAIT};
 pub use handoff::{Decision, ExpectedOutcome, Flow, Outcome, Receipt, Recorded, Starving};
 
 use super::resend::{self, ResendError, ResendOutcome, ResendRequest};
-use super::state::SubscriptionState;
+use super::state::{ConcurrencyState, SubscriptionState};
 use super::{Inbox, Subscription};
 use crate::config::SubscriptionConfig;
 use crate::event::{ErrorCode, IngestError, NewEvent, Reply};
@@ -79,6 +79,8 @@ enum WriteOp {
         in_flight: i64,
         /// When it plans its next attempt, wall-clock ms, if it waits.
         next_attempt_at_ms: Option<i64>,
+        /// Its request concurrency; `None` once it stops.
+        concurrency: Option<ConcurrencyState>,
     },
     /// Store or clear a subscription's 410 marker (`outbox::gone`; best
     /// effort, no answer: the scheduler stores it again until it is in).
@@ -307,15 +309,17 @@ impl Writer {
         }
     }
 
-    /// Records a subscription's state, requests in flight and next planned
-    /// attempt, for `status`. Best effort: when the queue is full the
-    /// caller's next update wins.
+    /// Records a subscription's state, requests in flight, next planned
+    /// attempt and request concurrency (`None`: its scheduler stopped), for
+    /// `status`. Best effort: when the queue is full the caller's next
+    /// update wins.
     pub fn set_sub_state(
         &self,
         sub_id: i64,
         state: SubscriptionState,
         in_flight: i64,
         next_attempt_at_ms: Option<i64>,
+        concurrency: Option<ConcurrencyState>,
     ) -> bool {
         self.tx
             .try_send(WriteOp::SubState {
@@ -323,6 +327,7 @@ impl Writer {
                 state,
                 in_flight,
                 next_attempt_at_ms,
+                concurrency,
             })
             .is_ok()
     }
@@ -662,7 +667,8 @@ impl WriterState {
                     state,
                     in_flight,
                     next_attempt_at_ms,
-                } => sql::set_sub_state(&tx, *sub_id, *state, *in_flight, *next_attempt_at_ms)?,
+                    concurrency,
+                } => sql::set_sub_state(&tx, *sub_id, *state, *in_flight, *next_attempt_at_ms, *concurrency)?,
                 WriteOp::Gone { sub_id, marker } => super::gone::set_marker(&tx, *sub_id, marker.as_ref())?,
                 WriteOp::Rejected(code) => effects.reject(*code, 1),
                 WriteOp::Prune {

@@ -10,7 +10,7 @@ use super::Fanout;
 use crate::event::{ErrorCode, NewEvent, Reply};
 use crate::outbox::now_ms;
 use crate::outbox::state::DeliveryState::{Delivered, Parked, Pending};
-use crate::outbox::state::SubscriptionState;
+use crate::outbox::state::{ConcurrencyState, SubscriptionState};
 
 /// What a committed batch must still announce.
 #[derive(Default)]
@@ -241,17 +241,31 @@ fn count_voided_attempt(tx: &Connection, o: &Outcome) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Records a subscription's state, requests in flight and next planned
-/// attempt, for `status`.
+/// Records a subscription's state, requests in flight, next planned
+/// attempt and request concurrency (all three columns `NULL` without one),
+/// for `status`.
 pub(super) fn set_sub_state(
     tx: &Connection,
     sub_id: i64,
     state: SubscriptionState,
     in_flight: i64,
     next_attempt_at_ms: Option<i64>,
+    concurrency: Option<ConcurrencyState>,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached("UPDATE subscriptions SET state = ?2, in_flight = ?3, next_attempt_at = ?4 WHERE id = ?1")?
-        .execute(params![sub_id, state, in_flight, next_attempt_at_ms])?;
+    tx.prepare_cached(
+        "UPDATE subscriptions SET state = ?2, in_flight = ?3, next_attempt_at = ?4,
+                concurrency = ?5, max_in_flight = ?6, concurrency_limit = ?7
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        sub_id,
+        state,
+        in_flight,
+        next_attempt_at_ms,
+        concurrency.map(|c| c.mode),
+        concurrency.map(|c| c.max_in_flight),
+        concurrency.map(|c| c.limit),
+    ])?;
     Ok(())
 }
 
