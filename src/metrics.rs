@@ -129,6 +129,7 @@ impl Metrics {
         let pending: Family<SubLabel, Gauge> = Family::default();
         let parked: Family<SubLabel, Gauge> = Family::default();
         let in_flight: Family<SubLabel, Gauge> = Family::default();
+        let limit: Family<SubLabel, Gauge> = Family::default();
         let up: Family<SubLabel, Gauge> = Family::default();
         let gone: Family<SubLabel, Gauge> = Family::default();
         let oldest: Family<SubLabel, Gauge> = Family::default();
@@ -140,6 +141,11 @@ impl Metrics {
             pending.get_or_create(&label).set(s.pending);
             parked.get_or_create(&label).set(s.parked);
             in_flight.get_or_create(&label).set(s.in_flight);
+            // Only while a scheduler runs it (none, for a moment, during a
+            // reload): a missing sample, not a made-up 0.
+            if let Some(l) = s.concurrency_limit {
+                limit.get_or_create(&label).set(l);
+            }
             up.get_or_create(&label)
                 .set(i64::from(s.state == SubscriptionState::Online));
             gone.get_or_create(&label)
@@ -158,6 +164,11 @@ impl Metrics {
             parked,
         );
         registry.register("deliveries_in_flight", "Requests in flight", in_flight);
+        registry.register(
+            "concurrency_limit",
+            "Requests the subscription may keep on the wire now: max_in_flight, or between 1 and it when concurrency is adaptive",
+            limit,
+        );
         registry.register("deliveries_delivered", "Deliveries that got a 2xx", delivered);
         registry.register(
             "oldest_pending_age_seconds",

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::outbox::state::{DeliveryState, SubscriptionState};
+use crate::outbox::state::{ConcurrencyMode, DeliveryState, SubscriptionState};
 
 /// One delivery, as `events` lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +114,16 @@ pub struct SubscriptionStatus {
     pub pending: i64,
     /// Requests in flight at the last update.
     pub in_flight: i64,
+    /// `fixed` or `adaptive`, as the running agent delivers; `null` while
+    /// it does not run the subscription.
+    pub concurrency: Option<ConcurrencyMode>,
+    /// `max_in_flight` as the running agent delivers with it; `null` while
+    /// it does not run the subscription.
+    pub max_in_flight: Option<i64>,
+    /// Requests the subscription may keep on the wire now: `max_in_flight`
+    /// when fixed, between 1 and it when adaptive; `null` while the agent
+    /// does not run the subscription.
+    pub concurrency_limit: Option<i64>,
     /// Deliveries parked after `give_up_after`.
     pub parked: i64,
     /// Age of the oldest pending event, seconds.
@@ -139,4 +149,33 @@ pub struct SubscriptionStatus {
     pub next_attempt_at: Option<String>,
     /// The same, in seconds from now (0 when due).
     pub next_attempt_in_s: Option<i64>,
+}
+
+#[cfg(test)]
+impl SubscriptionStatus {
+    /// An online subscription with a small backlog and no concurrency known
+    /// (no scheduler runs it), for the tests of what shows it.
+    pub(crate) fn example(name: &str) -> Self {
+        SubscriptionStatus {
+            name: name.into(),
+            state: SubscriptionState::Online,
+            pending: 40,
+            in_flight: 0,
+            concurrency: None,
+            max_in_flight: None,
+            concurrency_limit: None,
+            parked: 0,
+            oldest_pending_age_s: Some(3),
+            delivered_total: 7,
+            last_success_at: None,
+            last_error: None,
+            last_error_at: None,
+            last_error_age_s: None,
+            last_error_past: false,
+            configured: true,
+            url: None,
+            next_attempt_at: None,
+            next_attempt_in_s: None,
+        }
+    }
 }

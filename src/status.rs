@@ -105,6 +105,10 @@ pub fn report_with(config: &crate::config::Config, agent_running: bool) -> Resul
         for s in subscriptions.iter_mut().filter(|s| s.configured) {
             s.state = SubscriptionState::Stopped;
             s.in_flight = 0;
+            // Left by an agent that was killed: it describes no scheduler now.
+            s.concurrency = None;
+            s.max_in_flight = None;
+            s.concurrency_limit = None;
             s.next_attempt_at = None;
             s.next_attempt_in_s = None;
         }

@@ -136,6 +136,8 @@ fn metrics_are_valid_prometheus_text() {
         "store_outbox_delivery_request_seconds_bucket",
         "store_outbox_delivery_latency_seconds_count{subscription=\"erp\"} 1",
         "store_outbox_oldest_pending_age_seconds{subscription=\"erp\"} 0",
+        // Fixed concurrency (the default): the limit is max_in_flight.
+        "store_outbox_concurrency_limit{subscription=\"erp\"} 16",
     ] {
         assert!(text.contains(name), "{name} missing in\n{text}");
     }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::outbox::state::ConcurrencyMode;
 use crate::report::DeliveryRow;
 use crate::status::StatusReport;
 use crate::timefmt::human_duration;
@@ -74,7 +75,21 @@ svg.history rect.outage{fill:#c4302b;fill-opacity:.16}
 svg.history rect.gap{fill:#7a8194;fill-opacity:.14}
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px;vertical-align:-1px}
 small{color:#5a6275}
+small.limit{white-space:nowrap}
 ";
+
+/// Under the requests in flight, how many the subscription may have on the
+/// wire now, while the agent runs it: "of 16" (fixed), or "limit 3 of 16,
+/// adaptive".
+fn limit_note(s: &crate::report::SubscriptionStatus) -> String {
+    match (s.concurrency, s.concurrency_limit, s.max_in_flight) {
+        (Some(ConcurrencyMode::Adaptive), Some(limit), Some(max)) => {
+            format!("<br><small class=limit>limit {limit} of {max}, adaptive</small>")
+        }
+        (Some(ConcurrencyMode::Fixed), Some(_), Some(max)) => format!("<br><small class=limit>of {max}</small>"),
+        _ => String::new(),
+    }
+}
 
 /// Renders the page.
 pub fn render(v: &View<'_>) -> String {
@@ -129,13 +144,14 @@ pub fn render(v: &View<'_>) -> String {
         let parked_class = if s.parked > 0 { " warn" } else { "" };
         let _ = write!(
             h,
-            "<tr><td><b>{}</b><br><small>{}</small></td><td><span class=\"state {}\">{}</span></td><td class=num>{}</td><td class=num>{}</td><td class=\"num{parked_class}\">{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><b>{}</b><br><small>{}</small></td><td><span class=\"state {}\">{}</span></td><td class=num>{}</td><td class=num>{}{}</td><td class=\"num{parked_class}\">{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&s.name),
             esc(s.url.as_deref().unwrap_or("")),
             s.state,
             s.state,
             s.pending,
             s.in_flight,
+            limit_note(s),
             s.parked,
             s.oldest_pending_age_s.map(human_duration).unwrap_or_else(|| "-".into()),
             s.delivered_total,
@@ -289,10 +305,25 @@ fn history_section(h: &mut String, v: &View<'_>) {
 
 #[cfg(test)]
 mod tests {
-    use super::esc;
+    use super::{esc, limit_note, ConcurrencyMode};
 
     #[test]
     fn escapes_markup() {
         assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+
+    #[test]
+    fn the_limit_shows_under_in_flight_while_the_agent_runs_the_subscription() {
+        let mut s = crate::report::SubscriptionStatus::example("erp");
+        assert_eq!(limit_note(&s), "", "not running: nothing");
+        s.concurrency = Some(ConcurrencyMode::Adaptive);
+        s.max_in_flight = Some(16);
+        s.concurrency_limit = Some(3);
+        assert_eq!(limit_note(&s), "<br><small class=limit>limit 3 of 16, adaptive</small>");
+        s.concurrency = Some(ConcurrencyMode::Fixed);
+        s.concurrency_limit = Some(16);
+        assert_eq!(limit_note(&s), "<br><small class=limit>of 16</small>");
+        s.concurrency_limit = None;
+        assert_eq!(limit_note(&s), "", "not running: nothing");
     }
 }

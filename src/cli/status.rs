@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::{load_config, CliError, CliResult};
+use crate::outbox::state::ConcurrencyMode;
 use crate::status::{report, StatusReport};
 use crate::timefmt::human_duration;
 
@@ -227,7 +228,32 @@ pub fn render(r: &StatusReport) -> String {
             last_error(s),
         );
     }
+    out += &adaptive_limits(r);
     out
+}
+
+/// Below the table, for the subscriptions with `concurrency = "adaptive"`
+/// that the agent runs: how many requests each may keep on the wire now
+/// (the answer to "why does it send only 3 at once?"). Fixed ones always
+/// may `max_in_flight`, so the table stays as it was for them.
+fn adaptive_limits(r: &StatusReport) -> String {
+    let lines: Vec<String> = r
+        .subscriptions
+        .iter()
+        .filter(|s| s.concurrency == Some(ConcurrencyMode::Adaptive))
+        .filter_map(|s| {
+            let limit = s.concurrency_limit?;
+            let max = s.max_in_flight.map_or_else(|| "?".to_string(), |m| m.to_string());
+            Some(format!(
+                "  {:<16} in flight {} (limit {limit} of {max}, adaptive)\n",
+                s.name, s.in_flight
+            ))
+        })
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\nrequest concurrency:\n{}", lines.concat())
 }
 
 /// The last error with its age; "past" once a delivery succeeded after it.
@@ -246,6 +272,65 @@ fn last_error(s: &crate::report::SubscriptionStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{IngestCounters, SubscriptionStatus};
+    use crate::status::{DbStatus, SpoolStatus};
+
+    fn sub(name: &str, mode: Option<ConcurrencyMode>, limit: Option<i64>) -> SubscriptionStatus {
+        SubscriptionStatus {
+            in_flight: limit.unwrap_or(0),
+            concurrency: mode,
+            max_in_flight: mode.map(|_| 16),
+            concurrency_limit: limit,
+            ..SubscriptionStatus::example(name)
+        }
+    }
+
+    fn report_of(subscriptions: Vec<SubscriptionStatus>) -> StatusReport {
+        StatusReport {
+            version: "0".into(),
+            store_id: "0042".into(),
+            agent_id: "till-03".into(),
+            agent_running: true,
+            uptime_s: Some(5),
+            db: DbStatus {
+                path: "outbox.db".into(),
+                bytes: 0,
+                max_bytes: 1,
+                full: false,
+                disk_full: false,
+            },
+            ingest: IngestCounters {
+                accepted_total: 0,
+                duplicate_total: 0,
+                rejected_total: 0,
+            },
+            spool: SpoolStatus {
+                dir: "spool".into(),
+                incoming: 0,
+                failed: 0,
+            },
+            reload_failed: None,
+            subscriptions,
+        }
+    }
+
+    #[test]
+    fn adaptive_subscriptions_show_their_limit_below_the_table_fixed_ones_do_not() {
+        let text = render(&report_of(vec![
+            sub("erp", Some(ConcurrencyMode::Adaptive), Some(3)),
+            sub("oms", Some(ConcurrencyMode::Fixed), Some(16)),
+            // Adaptive, but not running (stopped): nothing to tell.
+            sub("bus", Some(ConcurrencyMode::Adaptive), None),
+        ]));
+        assert!(
+            text.ends_with("\nrequest concurrency:\n  erp              in flight 3 (limit 3 of 16, adaptive)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("oms              in flight"), "{text}");
+        assert!(!text.contains("bus              in flight"), "{text}");
+        let fixed = render(&report_of(vec![sub("oms", Some(ConcurrencyMode::Fixed), Some(16))]));
+        assert!(!fixed.contains("request concurrency"), "{fixed}");
+    }
 
     fn backlog(items: &[(&str, i64)]) -> Backlog {
         Backlog(items.iter().map(|(n, p)| (n.to_string(), *p)).collect())

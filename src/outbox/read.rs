@@ -176,7 +176,7 @@ pub fn each_open(conn: &Connection, sub_id: i64, mut each: impl FnMut(i64, i64, 
 pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStatus>> {
     let mut stmt = conn.prepare(
         "SELECT id, name, state, in_flight, delivered_total, last_success_at, last_error, last_error_at, configured, url,
-                next_attempt_at
+                next_attempt_at, concurrency, max_in_flight, concurrency_limit
          FROM subscriptions ORDER BY configured DESC, name",
     )?;
     let now = now_ms();
@@ -192,6 +192,9 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
                     state: r.get(2)?,
                     pending: 0,
                     in_flight: r.get(3)?,
+                    concurrency: r.get(11)?,
+                    max_in_flight: r.get(12)?,
+                    concurrency_limit: r.get(13)?,
                     parked: 0,
                     oldest_pending_age_s: None,
                     delivered_total: r.get(4)?,
