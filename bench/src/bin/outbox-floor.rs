@@ -9,7 +9,7 @@
 //! writer thread with its group commit (`synchronous=FULL`) for the outcome.
 //! What it leaves out is everything around them: no window of entities, no
 //! backlog scan, no resends, retries only at once, no status, no couriers
-//! (a task per request on one runtime thread), no batches.
+//! (a task per request), no batches.
 //!
 //! The promises it keeps: one request per entity at a time, and an entity's
 //! next event is read only after the outcome of the one before committed;
@@ -113,7 +113,7 @@ async fn drain(config_path: PathBuf, http_only: bool) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         // One read transaction for the round's lookups, as the agent's
-        // scheduler does (a transaction per lookup costs a third more).
+        // scheduler has (not one per lookup).
         let round = requests.len() < max_in_flight && !ready.is_empty();
         if round {
             read::begin_snapshot(&reader)?;
