@@ -186,16 +186,7 @@ async fn drain(config_path: PathBuf, http_only: bool) -> anyhow::Result<()> {
     if delivered != total {
         bail!("{delivered} of {total} delivered");
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "events": delivered,
-            "seconds": seconds,
-            "mode": "drain",
-            "events_per_s": delivered as f64 / seconds.max(1e-9),
-            "cpu_us_per_event": cpu * 1e6 / delivered.max(1) as f64,
-        })
-    );
+    print_figures("drain", delivered, seconds, cpu);
     Ok(())
 }
 
@@ -227,17 +218,23 @@ async fn post_only(
     }
     let seconds = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    print_figures("http_only", n, seconds, cpu);
+    Ok(())
+}
+
+/// The one JSON line the bench reads: `events` in `seconds` with `cpu`
+/// seconds of this process's CPU.
+fn print_figures(mode: &str, events: u64, seconds: f64, cpu: f64) {
     println!(
         "{}",
         serde_json::json!({
-            "mode": "http_only",
-            "events": n,
+            "mode": mode,
+            "events": events,
             "seconds": seconds,
-            "events_per_s": n as f64 / seconds.max(1e-9),
-            "cpu_us_per_event": cpu * 1e6 / n.max(1) as f64,
+            "events_per_s": events as f64 / seconds.max(1e-9),
+            "cpu_us_per_event": cpu * 1e6 / events.max(1) as f64,
         })
     );
-    Ok(())
 }
 
 /// This process's CPU time (user + system), seconds.
