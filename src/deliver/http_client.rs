@@ -59,8 +59,9 @@ pub enum Failure {
     /// No complete answer within the request timeout.
     Timeout,
     /// The connection failed after the request was sent, or the answer's
-    /// body was cut off (with the status, if it came).
-    Broken(Option<http::StatusCode>, String),
+    /// body was cut off: then its status line and headers (a 429's
+    /// `Retry-After` still counts) and the body so far.
+    Broken(Option<Box<Reply>>, String),
 }
 
 /// Where requests go: the address parts of the subscription's URL.
@@ -234,7 +235,14 @@ impl Endpoint {
                             }
                         }
                     }
-                    Some(Err(e)) => return Err(Failure::Broken(Some(parts.status), innermost(&e))),
+                    Some(Err(e)) => {
+                        let cut_off = Reply {
+                            status: parts.status,
+                            headers: parts.headers,
+                            body: Bytes::from(body),
+                        };
+                        return Err(Failure::Broken(Some(Box::new(cut_off)), innermost(&e)));
+                    }
                 }
             }
             if whole {
@@ -644,6 +652,34 @@ mod tests {
         }
         assert_eq!(requests.load(Ordering::SeqCst), 3, "each sent once");
         assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_off_keeps_its_status_and_headers() {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let url = url::Url::parse(&format!("http://{}/hooks", listener.local_addr().expect("addr"))).expect("url");
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut stream = stream;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            // Promises 100 bytes, sends 8 and hangs up.
+            let _ = stream
+                .write_all(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 100\r\n\r\nslow dow");
+        });
+        match endpoint(&url).post(HeaderMap::new(), Bytes::new()).await {
+            Err(Failure::Broken(Some(reply), _)) => {
+                assert_eq!(reply.status, 429);
+                assert_eq!(reply.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"7"[..]));
+                assert_eq!(&reply.body[..], b"slow dow");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -165,22 +165,10 @@ impl Webhook {
             Compression::None => body,
             Compression::Gzip => gzip(&body),
         };
-        let timeout = self.config.timeout;
-        match self.endpoint.post(headers, Bytes::from(body)).await {
-            Ok(reply) => classify(reply),
-            Err(Failure::Broken(Some(status), _)) if !status.is_success() => classify(Reply {
-                status,
-                headers: HeaderMap::new(),
-                body: Bytes::new(),
-            }),
-            Err(failure) => {
-                let status = match &failure {
-                    Failure::Broken(status, _) => status.map(|s| s.as_u16()),
-                    _ => None,
-                };
-                Answer::failed(AnswerKind::Unavailable, status, describe_failure(&failure, timeout))
-            }
-        }
+        answer_of(
+            self.endpoint.post(headers, Bytes::from(body)).await,
+            self.config.timeout,
+        )
     }
 
     /// The headers of one request: the fixed ones, the body's type,
@@ -330,12 +318,29 @@ fn classify(reply: Reply) -> Answer {
     }
 }
 
+/// What a request's outcome means for delivery. An answer whose body was
+/// cut off counts by its status when that is a failure anyway (a 429 with
+/// its `Retry-After`, a 503, a 410); a 2xx cut off is not a delivery.
+fn answer_of(result: Result<Reply, Failure>, timeout: Duration) -> Answer {
+    match result {
+        Ok(reply) => classify(reply),
+        Err(Failure::Broken(Some(reply), _)) if !reply.status.is_success() => classify(*reply),
+        Err(failure) => {
+            let status = match &failure {
+                Failure::Broken(reply, _) => reply.as_ref().map(|r| r.status.as_u16()),
+                _ => None,
+            };
+            Answer::failed(AnswerKind::Unavailable, status, describe_failure(&failure, timeout))
+        }
+    }
+}
+
 /// What a request without an answer tells a person.
 pub fn describe_failure(failure: &Failure, timeout: Duration) -> String {
     match failure {
         Failure::Connect(reason) | Failure::Tls(reason) => format!("cannot connect: {reason}"),
         Failure::Timeout => format!("no answer within the timeout ({})", humantime::format_duration(timeout)),
-        Failure::Broken(Some(status), reason) => format!("answer {status} cut off: {reason}"),
+        Failure::Broken(Some(reply), reason) => format!("answer {} cut off: {reason}", reply.status),
         Failure::Broken(None, reason) => format!("request failed: {reason}"),
     }
 }
@@ -404,5 +409,41 @@ mod tests {
         assert_eq!(parsed["attributes"], serde_json::json!({}));
         let full = String::from_utf8(body(&stored("null", None), PayloadMode::Full, &source())).expect("UTF-8");
         assert!(full.ends_with(r#","data":null}"#), "{full}");
+    }
+
+    #[test]
+    fn an_answer_cut_off_counts_by_its_status_and_keeps_its_retry_after() {
+        let cut_off = |code: u16, headers: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(*name, HeaderValue::from_str(value).expect("value"));
+            }
+            let reply = Reply {
+                status: http::StatusCode::from_u16(code).expect("status"),
+                headers: map,
+                body: Bytes::from_static(b"slow do"),
+            };
+            answer_of(
+                Err(Failure::Broken(Some(Box::new(reply)), "connection reset".into())),
+                Duration::from_secs(10),
+            )
+        };
+        let throttled = cut_off(429, &[("retry-after", "7")]);
+        assert_eq!(throttled.kind, AnswerKind::Throttled);
+        assert_eq!(throttled.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(throttled.status, Some(429));
+        assert_eq!(cut_off(410, &[]).kind, AnswerKind::Gone);
+        // A 2xx whose body was cut off is not a delivery: it goes again.
+        let cut_ok = cut_off(200, &[]);
+        assert_eq!(cut_ok.kind, AnswerKind::Unavailable);
+        assert_eq!(cut_ok.status, Some(200));
+        assert!(
+            cut_ok
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("200 OK cut off: connection reset")),
+            "{:?}",
+            cut_ok.error
+        );
     }
 }
