@@ -177,6 +177,46 @@ fn a_failed_batch_is_retried_whole_with_the_same_id_and_events_and_every_attempt
 }
 
 #[test]
+fn an_entity_with_a_backlog_fills_batch_after_batch_without_waiting_linger() {
+    // A till's backlog after an outage: one entity, 200 events, batches of
+    // 20. Only a batch that is not full waits `linger` (5 s here): the first
+    // (one entity ready) does; once the entity is known to have more events
+    // than a batch holds, the next batches go one after the other.
+    let rx = Receiver::start();
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        "batch = { max_events = 20, linger = \"5s\" }\nmax_in_flight = 1",
+    ));
+    agent.start();
+    let accepted = agent.send_events(&Events::new("t", 0..200, "PosLog").entity("till:1"));
+    assert!(accepted.iter().all(|a| a["ok"] == true), "all accepted");
+    // Stop before the first batch's linger ends, so all 200 wait together.
+    agent.stop();
+    let before = rx.requests().len();
+    agent.start();
+    wait_until(Duration::from_secs(60), "200 delivered", || {
+        delivered_events(&rx)
+            .iter()
+            .map(|e| e.id.clone())
+            .collect::<HashSet<_>>()
+            .len()
+            == 200
+    });
+    let requests: Vec<Request> = rx.requests().into_iter().skip(before).collect();
+    assert_eq!(assert_entity_order(&delivered_events(&rx)), 0);
+    assert!(requests.iter().all(|r| ids_of(r).len() <= 20), "max_events");
+    assert!(requests.len() >= 10, "{} requests", requests.len());
+    let (first, last) = (requests[0].at, requests[requests.len() - 1].at);
+    assert!(
+        last.duration_since(first) < Duration::from_secs(5),
+        "{} batches took {:?} after the first: some waited linger though full",
+        requests.len() - 1,
+        last.duration_since(first)
+    );
+}
+
+#[test]
 fn a_batch_that_fails_past_give_up_after_parks_whole_and_resend_delivers_it_in_order() {
     let rx = Receiver::start();
     rx.answer_with(|_| Answer::status(422));
@@ -204,6 +244,108 @@ fn a_batch_that_fails_past_give_up_after_parks_whole_and_resend_delivers_it_in_o
         assert_eq!(e.json["attributes"]["terminal"], "03");
     }
     assert_eq!(agent.sub_status("erp")["parked"], 0);
+}
+
+/// The rows of `held_batches` (batches stored as waiting for their retry).
+fn held_rows(agent: &Agent) -> i64 {
+    agent
+        .open_db()
+        .query_row("SELECT count(*) FROM held_batches", [], |r| r.get(0))
+        .expect("held_batches")
+}
+
+#[test]
+fn a_failed_batch_goes_again_whole_with_its_id_after_a_sigkill() {
+    // A power cut during an outage: the batch that failed before it goes
+    // again first after the restart, with the same id and the same events,
+    // although its entities have more events by then (a batch formed again
+    // would take them too, and get another id).
+    let rx = Receiver::start();
+    rx.answer_with(|_| Answer::status(500));
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        "batch = { max_events = 50, linger = \"200ms\" }\nmax_in_flight = 1\nretry = { initial = \"10m\", max = \"10m\" }",
+    ));
+    agent.start();
+    agent.send_events(&Events::new("h", 0..12, "SaleCreated").spread_over("order", 3));
+    wait_until(Duration::from_secs(30), "a batch failed", || !rx.requests().is_empty());
+    let failed = rx.requests()[0].clone();
+    let failed_ids = ids_of(&failed);
+    assert_eq!(failed.answered, 500);
+    wait_until(Duration::from_secs(10), "the failed batch stored as held", || {
+        held_rows(&agent) >= 1
+    });
+    // Later events of the same entities wait behind the held batch.
+    agent.send_events(&Events::new("h", 12..18, "SaleCreated").spread_over("order", 3));
+    agent.kill9();
+    rx.answer_with(|_| Answer::ok());
+    let before = rx.requests().len();
+    agent.start();
+    wait_until(Duration::from_secs(60), "18 delivered after the restart", || {
+        delivered_events(&rx).len() >= 18
+    });
+    let after: Vec<Request> = rx.requests().into_iter().skip(before).collect();
+    assert_eq!(
+        after[0].headers["webhook-id"], failed.headers["webhook-id"],
+        "the first request after the restart is the failed batch, by its id"
+    );
+    assert_eq!(ids_of(&after[0]), failed_ids, "with the same events in the same order");
+    let delivered = delivered_events(&rx);
+    assert_eq!(assert_entity_order(&delivered), 0, "in order per entity, nothing twice");
+    assert_eq!(delivered.iter().map(|e| e.id.clone()).collect::<HashSet<_>>().len(), 18);
+    wait_until(Duration::from_secs(10), "no batch held any more", || {
+        held_rows(&agent) == 0
+    });
+}
+
+#[test]
+fn a_held_batch_behind_a_resend_made_while_stopped_gives_way_and_order_holds() {
+    // Event 2 of the till is delivered, then a batch of its events 4-6
+    // fails and is held; with the agent stopped, an operator resends
+    // event 2. After the restart the held batch would go before it: it is
+    // dropped instead, and event 2 goes first.
+    let rx = Receiver::start();
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        "batch = { max_events = 50, linger = \"200ms\" }\nmax_in_flight = 1\nretry = { initial = \"10m\", max = \"10m\" }",
+    ));
+    agent.start();
+    agent.send_events(&Events::new("w", 0..3, "PosLog").entity("till:9"));
+    wait_until(Duration::from_secs(30), "3 delivered", || {
+        delivered_events(&rx).len() == 3
+    });
+    rx.answer_with(|_| Answer::status(500));
+    agent.send_events(&Events::new("w", 3..6, "PosLog").entity("till:9"));
+    wait_until(Duration::from_secs(30), "the second batch failed", || {
+        rx.requests().iter().any(|r| r.answered == 500)
+    });
+    wait_until(Duration::from_secs(10), "stored as held", || held_rows(&agent) == 1);
+    agent.stop();
+    let resent = delivered_events(&rx)[1].id.clone();
+    let out = agent.cli(&["resend", &resent]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    rx.answer_with(|_| Answer::ok());
+    let before = rx.delivered().len();
+    agent.start();
+    wait_until(
+        Duration::from_secs(60),
+        "the resent event and the held ones delivered",
+        || rx.delivered().iter().skip(before).flat_map(events_of).count() >= 4,
+    );
+    let after: Vec<Request> = rx
+        .delivered()
+        .into_iter()
+        .skip(before)
+        .flat_map(|r| events_of(&r))
+        .collect();
+    assert_eq!(after[0].id, resent, "the resent event goes first");
+    let seqs: Vec<i64> = after.iter().map(|e| e.entity_seq).collect();
+    assert_eq!(seqs, vec![2, 4, 5, 6], "then the rest, in order");
+    wait_until(Duration::from_secs(10), "the stale held batch deleted", || {
+        held_rows(&agent) == 0
+    });
 }
 
 #[test]

@@ -18,12 +18,20 @@ use super::decide::Link;
 use crate::config::BatchConfig;
 
 /// Whether a new batch may be formed now, or when to look again: at once
-/// when enough entities are ready to fill it (each brings at least one
-/// event), else once the entity that became ready first has waited
-/// `linger` for company.
-pub fn may_form(first_ready_at: Instant, ready_now: usize, config: &BatchConfig, now: Instant) -> Result<(), Instant> {
+/// when it will be full, because enough entities are ready to fill it (each
+/// brings at least one event) or one of them is `backlogged` (its last
+/// batch filled up before its events ran out: a backlog being drained),
+/// else once the entity that became ready first has waited `linger` for
+/// company.
+pub fn may_form(
+    first_ready_at: Instant,
+    ready_now: usize,
+    backlogged: bool,
+    config: &BatchConfig,
+    now: Instant,
+) -> Result<(), Instant> {
     let until = first_ready_at + config.linger;
-    if ready_now >= config.max_events || now >= until {
+    if backlogged || ready_now >= config.max_events || now >= until {
         Ok(())
     } else {
         Err(until)
@@ -103,10 +111,26 @@ mod tests {
     #[test]
     fn a_batch_forms_at_once_when_full_enough_else_after_linger() {
         let now = Instant::now();
-        assert_eq!(may_form(now, 3, &config(), now), Ok(()), "enough entities to fill it");
-        assert_eq!(may_form(now, 1, &config(), now), Err(now + Duration::from_millis(20)));
+        assert_eq!(
+            may_form(now, 3, false, &config(), now),
+            Ok(()),
+            "enough entities to fill it"
+        );
+        assert_eq!(
+            may_form(now, 1, false, &config(), now),
+            Err(now + Duration::from_millis(20))
+        );
+        assert_eq!(
+            may_form(now, 1, true, &config(), now),
+            Ok(()),
+            "a backlogged entity fills it"
+        );
         let later = now + Duration::from_millis(20);
-        assert_eq!(may_form(now, 1, &config(), later), Ok(()), "lingered long enough");
+        assert_eq!(
+            may_form(now, 1, false, &config(), later),
+            Ok(()),
+            "lingered long enough"
+        );
     }
 
     #[test]

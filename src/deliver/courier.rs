@@ -14,9 +14,10 @@ use super::decide::{self, Plan};
 use super::destination::{Answer, AnswerKind, Destination};
 use crate::config::RetryConfig;
 use crate::metrics::Metrics;
+use crate::outbox::held::HeldChange;
 use crate::outbox::now_ms;
 use crate::outbox::read::Head;
-use crate::outbox::writer::{ExpectedOutcome, Outcome, Receipt, Recorded, Writer};
+use crate::outbox::writer::{Decision, ExpectedOutcome, Outcome, Receipt, Recorded, Writer};
 
 /// What one request carries.
 pub enum Unit {
@@ -28,6 +29,8 @@ pub enum Unit {
         id: String,
         /// Its events and their delivery rows.
         heads: Vec<Head>,
+        /// Its entities' shares, as `outbox::held` stores them if it fails.
+        parts: String,
     },
 }
 
@@ -90,7 +93,9 @@ impl<D: Destination> Crew<D> {
         let Job { ticket, unit, expected } = job;
         let head = match unit {
             Unit::One(head) => head,
-            Unit::Batch { id, heads } => return self.deliver_batch(courier, ticket, &id, heads, expected).await,
+            Unit::Batch { id, heads, parts } => {
+                return self.deliver_batch(courier, ticket, id, heads, parts, expected).await
+            }
         };
         let at_ms = now_ms();
         let started = std::time::Instant::now();
@@ -137,11 +142,21 @@ impl<D: Destination> Crew<D> {
     /// every event gets its outcome (its attempt recorded), committed
     /// together. The plan is the batch's: its attempts and its give-up clock
     /// are those of its oldest failure, so the batch parks (or retries) whole.
-    async fn deliver_batch(&self, courier: usize, ticket: u64, id: &str, heads: Vec<Head>, expected: ExpectedOutcome) {
+    /// A batch that goes again is stored as held with its outcomes, so a
+    /// restart sends it again whole too; one delivered or parked is not.
+    async fn deliver_batch(
+        &self,
+        courier: usize,
+        ticket: u64,
+        id: String,
+        heads: Vec<Head>,
+        parts: String,
+        expected: ExpectedOutcome,
+    ) {
         let at_ms = now_ms();
         let started = std::time::Instant::now();
         let events: Vec<&crate::outbox::read::StoredEvent> = heads.iter().map(|h| &h.event).collect();
-        let answer = self.destination.send_batch(id, &events).await;
+        let answer = self.destination.send_batch(&id, &events).await;
         let elapsed = started.elapsed();
         let attempts = heads.iter().map(|h| h.attempts).max().unwrap_or(0) + 1;
         let first_failed_at = heads.iter().filter_map(|h| h.first_failed_at).min();
@@ -177,6 +192,10 @@ impl<D: Destination> Crew<D> {
                 resends: head.resends,
             })
             .collect();
+        let held = match plan.decision {
+            Decision::Retry { .. } | Decision::Hold => HeldChange::Keep { id, parts },
+            Decision::Delivered | Decision::Park => HeldChange::Forget { id },
+        };
         let _ = self.sent.send(Sent {
             courier,
             ticket,
@@ -185,7 +204,12 @@ impl<D: Destination> Crew<D> {
             elapsed,
         });
         self.writer
-            .record_batch(outcomes, Some(expected), Receipt::new(ticket, self.recorded.clone()))
+            .record_batch(
+                outcomes,
+                held,
+                Some(expected),
+                Receipt::new(ticket, self.recorded.clone()),
+            )
             .await;
     }
 }

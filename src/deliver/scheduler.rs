@@ -54,6 +54,7 @@ use super::destination::{Answer, AnswerKind, Destination};
 use crate::config::BatchConfig;
 use crate::metrics::Metrics;
 use crate::outbox::gone::{self, Marker};
+use crate::outbox::held::{self, HeldPart};
 use crate::outbox::read::{self, Head};
 use crate::outbox::state::{ConcurrencyMode, ConcurrencyState, DeliveryState, SubscriptionState};
 use crate::outbox::writer::{Decision, Recorded, Starving, Writer};
@@ -122,6 +123,10 @@ struct Entity {
     /// Whether it is known not to be blocked behind a parked event (checked
     /// once, when it enters the window).
     checked: bool,
+    /// With `batch`: its last batch was full before its events ran out, so
+    /// it has a backlog that fills the next one and that batch does not
+    /// wait `linger` for company.
+    backlogged: bool,
 }
 
 /// One entity's share of a request: its consecutive events from `first` to
@@ -147,6 +152,15 @@ struct HeldBatch {
     parts: Vec<Part>,
     /// When it goes again (its backoff, or `Retry-After`).
     due: Instant,
+}
+
+/// A batch's parts as `outbox::held` stores them.
+fn stored_parts(parts: &[Part]) -> String {
+    held::encode(parts.iter().map(|p| HeldPart {
+        entity_id: p.entity_id,
+        first_entity_seq: p.first.entity_seq,
+        count: p.count,
+    }))
 }
 
 /// A delivery between dispatch and the commit of its outcome.
@@ -350,6 +364,7 @@ impl<D: Destination> Scheduler<D> {
             at,
             rewind: None,
             checked: false,
+            backlogged: false,
         });
         if entity.state == EntityState::Ready {
             self.ready.remove(&(entity.due, entity.at.seq, entity_id));
@@ -408,6 +423,7 @@ impl<D: Destination> Scheduler<D> {
     pub async fn run(mut self) {
         self.check_gone_at_start();
         self.catch_up_resends(Instant::now());
+        self.restore_held(Instant::now());
         let mut couriers = self.start_couriers();
         let mut tick = tokio::time::interval(RESYNC_EVERY);
         let mut shutdown = self.shutdown.clone();
@@ -575,6 +591,105 @@ impl<D: Destination> Scheduler<D> {
                 tracing::error!(subscription = %name, error = %e, "cannot read the outbox");
             }
         }
+    }
+
+    /// Takes back the batches that failed before the agent stopped
+    /// (`outbox::held`): each goes again first, whole, with its id, if it is
+    /// still exactly what it was (the same pending events; its id, derived
+    /// from them, says so) and still first in line for each of its
+    /// entities. One that is not is deleted; its entities go on as usual.
+    fn restore_held(&mut self, now: Instant) {
+        if self.sub.config.batch.is_none() {
+            return;
+        }
+        let name = &self.sub.config.name;
+        let stored = match held::load(&self.reader, self.sub.id) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(subscription = %name, error = %e, "cannot read the held batches; their events go in new batches");
+                return;
+            }
+        };
+        let mut stale = Vec::new();
+        let mut restored = 0usize;
+        for batch in stored {
+            match self.check_held(&batch) {
+                Ok(Some(parts)) if self.entities.len() + parts.len() <= self.window => {
+                    for part in &parts {
+                        self.entities.insert(
+                            part.entity_id,
+                            Entity {
+                                state: EntityState::Held,
+                                due: now,
+                                at: part.first,
+                                rewind: None,
+                                checked: true,
+                                backlogged: false,
+                            },
+                        );
+                    }
+                    self.held.push(HeldBatch {
+                        id: batch.id,
+                        parts,
+                        due: now,
+                    });
+                    restored += 1;
+                }
+                // No room in the window: its events go in new batches.
+                Ok(Some(_)) => {}
+                Ok(None) => stale.push(batch.id),
+                Err(e) => {
+                    tracing::error!(subscription = %name, error = %e, "cannot read a held batch; its events go in new batches");
+                }
+            }
+        }
+        if restored > 0 {
+            tracing::info!(subscription = %name, batches = restored, "batches that failed before the restart go again first, whole, with their ids");
+        }
+        if !stale.is_empty() {
+            tracing::debug!(subscription = %name, batches = stale.len(), "held batches no longer as they were: their events go in new batches");
+            self.writer.forget_held(self.sub.id, stale);
+        }
+    }
+
+    /// A stored held batch's parts as they stand, if it may go again as it
+    /// was; `None` if not.
+    fn check_held(&self, batch: &held::StoredHeld) -> rusqlite::Result<Option<Vec<Part>>> {
+        let mut parts = Vec::with_capacity(batch.parts.len());
+        let mut ids = Vec::new();
+        for stored in &batch.parts {
+            if self.entities.contains_key(&stored.entity_id)
+                || parts.iter().any(|p: &Part| p.entity_id == stored.entity_id)
+            {
+                return Ok(None);
+            }
+            if held::undelivered_before(&self.reader, self.sub.id, stored.entity_id, stored.first_entity_seq)? {
+                return Ok(None);
+            }
+            let found = read::heads(
+                &self.reader,
+                self.sub.id,
+                stored.entity_id,
+                stored.first_entity_seq,
+                stored.count,
+            )?;
+            let whole = found.len() == stored.count
+                && found.iter().all(|h| h.state == DeliveryState::Pending)
+                && found.first().map(|h| h.event.entity_seq) == Some(stored.first_entity_seq);
+            let (Some(first), Some(last), true) = (found.first(), found.last(), whole) else {
+                return Ok(None);
+            };
+            parts.push(Part {
+                entity_id: stored.entity_id,
+                first: Position::of(&first.event),
+                last: Position::of(&last.event),
+                count: stored.count,
+            });
+            ids.extend(found.into_iter().map(|h| h.event.event_id));
+        }
+        let same =
+            !parts.is_empty() && batch::batch_id(&self.sub.config.name, ids.iter().map(String::as_str)) == batch.id;
+        Ok(same.then_some(parts))
     }
 
     /// While stopped by a 410: resumes once `store-outbox resume` deleted
@@ -892,12 +1007,16 @@ impl<D: Destination> Scheduler<D> {
             };
             let was_probe = !self.link.online;
             if !was_probe {
-                let ready_now = self
+                let ready: Vec<i64> = self
                     .ready
                     .range(..=(now, i64::MAX, i64::MAX))
                     .take(config.max_events)
-                    .count();
-                if let Err(until) = batch::may_form(first.0, ready_now, config, now) {
+                    .map(|key| key.2)
+                    .collect();
+                let backlogged = ready
+                    .iter()
+                    .any(|id| self.entities.get(id).is_some_and(|e| e.backlogged));
+                if let Err(until) = batch::may_form(first.0, ready.len(), backlogged, config, now) {
                     self.linger_wake = Some(until);
                     return;
                 }
@@ -961,6 +1080,7 @@ impl<D: Destination> Scheduler<D> {
             }
         }
         if !intact {
+            self.writer.forget_held(self.sub.id, vec![held.id.clone()]);
             for part in &held.parts {
                 let rewind = self.entities.get_mut(&part.entity_id).and_then(|e| e.rewind.take());
                 if self.entities.contains_key(&part.entity_id) {
@@ -972,6 +1092,7 @@ impl<D: Destination> Scheduler<D> {
         let unit = Unit::Batch {
             id: held.id.clone(),
             heads,
+            parts: stored_parts(&held.parts),
         };
         self.hand_to_courier(unit, held.parts, Some(held.id), was_probe, now)
     }
@@ -1012,17 +1133,26 @@ impl<D: Destination> Scheduler<D> {
                 continue;
             }
             let mut taken = 0;
+            // Every event read fitting means there may be more (as many
+            // were read as there was room for); one not fitting, that
+            // there are.
+            let mut backlogged = found.len() == room;
             for head in found {
                 if head.state != DeliveryState::Pending {
+                    backlogged = false;
                     break;
                 }
                 let size = destination.batch_bytes(&head.event) as u64;
                 if !batch::fits(heads.len(), bytes, size, config) {
+                    backlogged = true;
                     break;
                 }
                 bytes += size;
                 heads.push(head);
                 taken += 1;
+            }
+            if let Some(entity) = self.entities.get_mut(&entity_id) {
+                entity.backlogged = backlogged;
             }
             if taken == 0 {
                 // Full by bytes: the entity goes in the next batch.
@@ -1045,7 +1175,11 @@ impl<D: Destination> Scheduler<D> {
             return false;
         }
         let id = batch::batch_id(&self.sub.config.name, heads.iter().map(|h| h.event.event_id.as_str()));
-        let unit = Unit::Batch { id: id.clone(), heads };
+        let unit = Unit::Batch {
+            id: id.clone(),
+            heads,
+            parts: stored_parts(&parts),
+        };
         self.hand_to_courier(unit, parts, Some(id), was_probe, now)
     }
 
@@ -1170,6 +1304,8 @@ impl<D: Destination> Scheduler<D> {
                 });
                 return;
             }
+            // Stored as held with its outcomes; it will not go again as it was.
+            self.writer.forget_held(self.sub.id, vec![id.clone()]);
         }
         for part in &flight.parts {
             let rewind = self.entities.get_mut(&part.entity_id).and_then(|e| e.rewind.take());

@@ -8,8 +8,11 @@
 //! - [`retention`]: pruning of delivered events, the storage cap.
 //! - [`resend`]: queueing deliveries again (operator action).
 //! - [`state`]: delivery and subscription states, as stored and as named.
+//! - [`gone`]: the stop a 410 puts on a subscription, kept across restarts.
+//! - [`held`]: batches waiting for their retry, kept across restarts.
 
 pub mod gone;
+pub mod held;
 pub mod read;
 pub mod resend;
 pub mod retention;

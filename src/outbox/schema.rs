@@ -138,6 +138,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE subscriptions ADD COLUMN max_in_flight INTEGER;
     ALTER TABLE subscriptions ADD COLUMN concurrency_limit INTEGER;
     "#,
+    // Version 7: batches waiting for their retry (`outbox::held`), so a
+    // restart sends a failed batch again whole, with the same id. `parts`
+    // is `entity_id:first_entity_seq:count`, comma-separated, in order.
+    // Written with a failed batch's outcomes, deleted with the outcomes that
+    // deliver or park it; rowid order is the order they failed in.
+    r#"
+    CREATE TABLE held_batches (
+        sub_id INTEGER NOT NULL,
+        batch_id TEXT NOT NULL,
+        parts TEXT NOT NULL,
+        UNIQUE (sub_id, batch_id)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

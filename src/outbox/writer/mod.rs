@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use grouping::{OUTCOME_GAP, OUTCOME_GROUP_WAIT};
 pub use handoff::{Decision, ExpectedOutcome, Flow, Outcome, Receipt, Recorded, Starving};
 
+use super::held::HeldChange;
 use super::resend::{self, ResendError, ResendOutcome, ResendRequest};
 use super::state::{ConcurrencyState, SubscriptionState};
 use super::{Inbox, Subscription};
@@ -66,8 +67,18 @@ enum WriteOp {
     Outcomes {
         /// What to record, one per event of the batch.
         outcomes: Vec<Outcome>,
+        /// What it does to the batch's stored composition (`outbox::held`).
+        held: HeldChange,
         /// Told after the commit (or the failure).
         receipt: Receipt,
+    },
+    /// Delete stored held batches that will not go again as they were
+    /// (best effort, no answer: a leftover is found out at the next start).
+    ForgetHeld {
+        /// Subscription row id.
+        sub_id: i64,
+        /// Their ids.
+        ids: Vec<String>,
     },
     /// Record a subscription's state for `status` (best effort, no answer).
     SubState {
@@ -148,7 +159,11 @@ impl WriteOp {
     fn may_wait(&self) -> bool {
         matches!(
             self,
-            WriteOp::Outcome { .. } | WriteOp::Outcomes { .. } | WriteOp::SubState { .. } | WriteOp::Gone { .. }
+            WriteOp::Outcome { .. }
+                | WriteOp::Outcomes { .. }
+                | WriteOp::SubState { .. }
+                | WriteOp::Gone { .. }
+                | WriteOp::ForgetHeld { .. }
         )
     }
 }
@@ -293,10 +308,30 @@ impl Writer {
     }
 
     /// Queues the attempt of a batch (one outcome per event, committed
-    /// together), like [`Writer::record`].
-    pub async fn record_batch(&self, outcomes: Vec<Outcome>, expected: Option<ExpectedOutcome>, receipt: Receipt) {
+    /// together with `held`, what it does to the batch's stored
+    /// composition), like [`Writer::record`].
+    pub async fn record_batch(
+        &self,
+        outcomes: Vec<Outcome>,
+        held: HeldChange,
+        expected: Option<ExpectedOutcome>,
+        receipt: Receipt,
+    ) {
         drop(expected);
-        let _ = self.tx.send(WriteOp::Outcomes { outcomes, receipt }).await;
+        let _ = self
+            .tx
+            .send(WriteOp::Outcomes {
+                outcomes,
+                held,
+                receipt,
+            })
+            .await;
+    }
+
+    /// Deletes stored held batches of `sub_id` (best effort; false if the
+    /// writer's queue is full or it is gone).
+    pub fn forget_held(&self, sub_id: i64, ids: Vec<String>) -> bool {
+        ids.is_empty() || self.tx.try_send(WriteOp::ForgetHeld { sub_id, ids }).is_ok()
     }
 
     /// Records a delivery attempt and waits for its commit (tests, tools).
@@ -657,9 +692,17 @@ impl WriterState {
                     }
                 }
                 WriteOp::Outcome { outcome, .. } => sql::apply_outcome(&tx, outcome, &mut effects)?,
-                WriteOp::Outcomes { outcomes, .. } => {
+                WriteOp::Outcomes { outcomes, held, .. } => {
                     for outcome in outcomes.iter() {
                         sql::apply_outcome(&tx, outcome, &mut effects)?;
+                    }
+                    if let Some(sub_id) = outcomes.first().map(|o| o.sub_id) {
+                        super::held::apply(&tx, sub_id, held)?;
+                    }
+                }
+                WriteOp::ForgetHeld { sub_id, ids } => {
+                    for id in ids {
+                        super::held::forget(&tx, *sub_id, id)?;
                     }
                 }
                 WriteOp::SubState {
@@ -722,7 +765,11 @@ impl WriterState {
                 WriteOp::Resend { result, reply, .. } => {
                     let _ = reply.send(result.unwrap_or(Err(ResendError::Stopped)));
                 }
-                WriteOp::SubState { .. } | WriteOp::Gone { .. } | WriteOp::Rejected(_) | WriteOp::History { .. } => {}
+                WriteOp::SubState { .. }
+                | WriteOp::Gone { .. }
+                | WriteOp::ForgetHeld { .. }
+                | WriteOp::Rejected(_)
+                | WriteOp::History { .. } => {}
             }
         }
         let mut per_sub: Vec<Vec<(i64, i64, i64)>> = vec![Vec::new(); self.fanout.len()];
@@ -762,7 +809,11 @@ impl WriterState {
                 WriteOp::Resend { reply, .. } => {
                     let _ = reply.send(Err(ResendError::NotStored(err.message.clone())));
                 }
-                WriteOp::SubState { .. } | WriteOp::Gone { .. } | WriteOp::Rejected(_) | WriteOp::History { .. } => {}
+                WriteOp::SubState { .. }
+                | WriteOp::Gone { .. }
+                | WriteOp::ForgetHeld { .. }
+                | WriteOp::Rejected(_)
+                | WriteOp::History { .. } => {}
             }
         }
     }
