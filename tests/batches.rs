@@ -22,6 +22,11 @@ fn delivered_events(rx: &Receiver) -> Vec<Request> {
     rx.delivered().iter().flat_map(events_of).collect()
 }
 
+/// How many different event ids `events` holds.
+fn distinct_ids(events: &[Request]) -> usize {
+    events.iter().map(|e| e.id.clone()).collect::<HashSet<_>>().len()
+}
+
 /// The events of one request: the array's elements, or the single event.
 fn events_of(r: &Request) -> Vec<Request> {
     let elements = match &r.json {
@@ -74,12 +79,7 @@ fn batches_through_the_uplink_keep_entity_order_lose_nothing_and_verify_with_the
         .payload(|i| serde_json::json!({"total": i, "sku": format!("400638{i:07}")}));
     agent.send_events(&events);
     wait_until(Duration::from_secs(120), "600 delivered in batches", || {
-        delivered_events(&rx)
-            .iter()
-            .map(|e| e.id.clone())
-            .collect::<HashSet<_>>()
-            .len()
-            == 600
+        distinct_ids(&delivered_events(&rx)) == 600
     });
     let all = delivered_events(&rx);
     assert_eq!(assert_entity_order(&all), 0, "in order per entity, no duplicates");
@@ -139,12 +139,7 @@ fn a_failed_batch_is_retried_whole_with_the_same_id_and_events_and_every_attempt
     agent.start();
     agent.send_events(&Events::new("r", 0..40, "SaleCreated").spread_over("order", 4));
     wait_until(Duration::from_secs(60), "40 delivered after the failures", || {
-        delivered_events(&rx)
-            .iter()
-            .map(|e| e.id.clone())
-            .collect::<HashSet<_>>()
-            .len()
-            == 40
+        distinct_ids(&delivered_events(&rx)) == 40
     });
     let requests = rx.requests();
     assert!(requests.iter().filter(|r| r.answered == 500).count() >= 6);
@@ -196,12 +191,7 @@ fn an_entity_with_a_backlog_fills_batch_after_batch_without_waiting_linger() {
     let before = rx.requests().len();
     agent.start();
     wait_until(Duration::from_secs(60), "200 delivered", || {
-        delivered_events(&rx)
-            .iter()
-            .map(|e| e.id.clone())
-            .collect::<HashSet<_>>()
-            .len()
-            == 200
+        distinct_ids(&delivered_events(&rx)) == 200
     });
     let requests: Vec<Request> = rx.requests().into_iter().skip(before).collect();
     assert_eq!(assert_entity_order(&delivered_events(&rx)), 0);
@@ -238,7 +228,7 @@ fn a_batch_that_fails_past_give_up_after_parks_whole_and_resend_delivers_it_in_o
     });
     let all = delivered_events(&rx);
     assert_eq!(assert_entity_order(&all), 0);
-    assert_eq!(all.iter().map(|e| e.id.clone()).collect::<HashSet<_>>().len(), 12);
+    assert_eq!(distinct_ids(&all), 12);
     for e in &all {
         assert!(e.json.get("data").is_none(), "thin: no data in {}", e.json);
         assert_eq!(e.json["attributes"]["terminal"], "03");
@@ -293,7 +283,7 @@ fn a_failed_batch_goes_again_whole_with_its_id_after_a_sigkill() {
     assert_eq!(ids_of(&after[0]), failed_ids, "with the same events in the same order");
     let delivered = delivered_events(&rx);
     assert_eq!(assert_entity_order(&delivered), 0, "in order per entity, nothing twice");
-    assert_eq!(delivered.iter().map(|e| e.id.clone()).collect::<HashSet<_>>().len(), 18);
+    assert_eq!(distinct_ids(&delivered), 18);
     wait_until(Duration::from_secs(10), "no batch held any more", || {
         held_rows(&agent) == 0
     });
@@ -359,12 +349,7 @@ fn batches_survive_sigkill_mid_drain_with_nothing_lost() {
     agent.kill9();
     agent.start();
     wait_until(Duration::from_secs(120), "2000 delivered across the kill", || {
-        delivered_events(&rx)
-            .iter()
-            .map(|e| e.id.clone())
-            .collect::<HashSet<_>>()
-            .len()
-            == 2000
+        distinct_ids(&delivered_events(&rx)) == 2000
     });
     // After a crash an entity's last batch may come again; a new event
     // never comes before an older one.

@@ -14,7 +14,7 @@ use super::decide::{self, Plan};
 use super::destination::{Answer, AnswerKind, Destination};
 use crate::config::RetryConfig;
 use crate::metrics::Metrics;
-use crate::outbox::held::HeldChange;
+use crate::outbox::held::{HeldChange, HeldPart};
 use crate::outbox::now_ms;
 use crate::outbox::read::Head;
 use crate::outbox::writer::{Decision, ExpectedOutcome, Outcome, Receipt, Recorded, Writer};
@@ -30,7 +30,7 @@ pub enum Unit {
         /// Its events and their delivery rows.
         heads: Vec<Head>,
         /// Its entities' shares, as `outbox::held` stores them if it fails.
-        parts: String,
+        parts: Vec<HeldPart>,
     },
 }
 
@@ -150,7 +150,7 @@ impl<D: Destination> Crew<D> {
         ticket: u64,
         id: String,
         heads: Vec<Head>,
-        parts: String,
+        parts: Vec<HeldPart>,
         expected: ExpectedOutcome,
     ) {
         let at_ms = now_ms();

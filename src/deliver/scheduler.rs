@@ -155,12 +155,15 @@ struct HeldBatch {
 }
 
 /// A batch's parts as `outbox::held` stores them.
-fn stored_parts(parts: &[Part]) -> String {
-    held::encode(parts.iter().map(|p| HeldPart {
-        entity_id: p.entity_id,
-        first_entity_seq: p.first.entity_seq,
-        count: p.count,
-    }))
+fn stored_parts(parts: &[Part]) -> Vec<HeldPart> {
+    parts
+        .iter()
+        .map(|p| HeldPart {
+            entity_id: p.entity_id,
+            first_entity_seq: p.first.entity_seq,
+            count: p.count,
+        })
+        .collect()
 }
 
 /// A delivery between dispatch and the commit of its outcome.
@@ -663,20 +666,13 @@ impl<D: Destination> Scheduler<D> {
             {
                 return Ok(None);
             }
-            if held::undelivered_before(&self.reader, self.sub.id, stored.entity_id, stored.first_entity_seq)? {
+            if read::undelivered_before(&self.reader, self.sub.id, stored.entity_id, stored.first_entity_seq)? {
                 return Ok(None);
             }
-            let found = read::heads(
-                &self.reader,
-                self.sub.id,
-                stored.entity_id,
-                stored.first_entity_seq,
-                stored.count,
-            )?;
-            let whole = found.len() == stored.count
-                && found.iter().all(|h| h.state == DeliveryState::Pending)
-                && found.first().map(|h| h.event.entity_seq) == Some(stored.first_entity_seq);
-            let (Some(first), Some(last), true) = (found.first(), found.last(), whole) else {
+            let Some(found) = self.read_part_whole(stored.entity_id, stored.first_entity_seq, stored.count)? else {
+                return Ok(None);
+            };
+            let (Some(first), Some(last)) = (found.first(), found.last()) else {
                 return Ok(None);
             };
             parts.push(Part {
@@ -690,6 +686,22 @@ impl<D: Destination> Scheduler<D> {
         let same =
             !parts.is_empty() && batch::batch_id(&self.sub.config.name, ids.iter().map(String::as_str)) == batch.id;
         Ok(same.then_some(parts))
+    }
+
+    /// An entity's share of a held batch as it stands: its `count` events
+    /// from `first_entity_seq`, if they are all still there and pending
+    /// (nothing of it was delivered, parked or reopened since); `None` if not.
+    fn read_part_whole(
+        &self,
+        entity_id: i64,
+        first_entity_seq: i64,
+        count: usize,
+    ) -> rusqlite::Result<Option<Vec<Head>>> {
+        let found = read::heads(&self.reader, self.sub.id, entity_id, first_entity_seq, count)?;
+        let whole = found.len() == count
+            && found.iter().all(|h| h.state == DeliveryState::Pending)
+            && found.first().map(|h| h.event.entity_seq) == Some(first_entity_seq);
+        Ok(whole.then_some(found))
     }
 
     /// While stopped by a 410: resumes once `store-outbox resume` deleted
@@ -1007,16 +1019,14 @@ impl<D: Destination> Scheduler<D> {
             };
             let was_probe = !self.link.online;
             if !was_probe {
-                let ready: Vec<i64> = self
-                    .ready
-                    .range(..=(now, i64::MAX, i64::MAX))
-                    .take(config.max_events)
-                    .map(|key| key.2)
-                    .collect();
-                let backlogged = ready
-                    .iter()
-                    .any(|id| self.entities.get(id).is_some_and(|e| e.backlogged));
-                if let Err(until) = batch::may_form(first.0, ready.len(), backlogged, config, now) {
+                let ready = self.ready.range(..=(now, i64::MAX, i64::MAX)).take(config.max_events);
+                let ready_now = ready.clone().count();
+                // Only needed when the ready entities alone do not fill it.
+                let backlogged = ready_now < config.max_events
+                    && ready
+                        .clone()
+                        .any(|key| self.entities.get(&key.2).is_some_and(|e| e.backlogged));
+                if let Err(until) = batch::may_form(first.0, ready_now, backlogged, config, now) {
                     self.linger_wake = Some(until);
                     return;
                 }
@@ -1055,19 +1065,12 @@ impl<D: Destination> Scheduler<D> {
             if !intact {
                 break;
             }
-            match read::heads(
-                &self.reader,
-                self.sub.id,
-                part.entity_id,
-                part.first.entity_seq,
-                part.count,
-            ) {
+            match self.read_part_whole(part.entity_id, part.first.entity_seq, part.count) {
                 Ok(found) => {
-                    intact = found.len() == part.count
-                        && found.iter().all(|h| h.state == DeliveryState::Pending)
-                        && found.first().map(|h| Position::of(&h.event)) == Some(part.first)
-                        && found.last().map(|h| Position::of(&h.event)) == Some(part.last);
-                    heads.extend(found);
+                    intact = found
+                        .as_ref()
+                        .is_some_and(|f| f.last().map(|h| Position::of(&h.event)) == Some(part.last));
+                    heads.extend(found.into_iter().flatten());
                 }
                 Err(e) => {
                     tracing::error!(subscription = %self.sub.config.name, error = %e, "cannot read the next event");

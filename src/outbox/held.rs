@@ -8,7 +8,7 @@
 //! delivers or parks it. A started scheduler sends the stored batches
 //! first, each only if it is still exactly what it was and still first in
 //! line for each of its entities (`deliver::scheduler` checks, with
-//! [`crate::outbox::read::heads`] and [`undelivered_before`]); a batch
+//! [`crate::outbox::read::heads`] and [`crate::outbox::read::undelivered_before`]); a batch
 //! that is not (a resend reopened earlier events of an entity, or its
 //! events went otherwise) is deleted and its entities go on as usual.
 
@@ -37,7 +37,7 @@ pub struct StoredHeld {
 
 /// The stored text of a batch's parts: `entity_id:first_entity_seq:count`,
 /// comma-separated, in order.
-pub fn encode(parts: impl IntoIterator<Item = HeldPart>) -> String {
+pub fn encode<'a>(parts: impl IntoIterator<Item = &'a HeldPart>) -> String {
     let mut text = String::new();
     for part in parts {
         if !text.is_empty() {
@@ -70,8 +70,8 @@ pub enum HeldChange {
     Keep {
         /// Its `webhook-id`.
         id: String,
-        /// Its parts, as [`encode`] writes them.
-        parts: String,
+        /// Its entities' shares, in the order they go.
+        parts: Vec<HeldPart>,
     },
     /// It is delivered or parked: it is held no more.
     Forget {
@@ -84,9 +84,11 @@ pub enum HeldChange {
 /// transaction (the writer's).
 pub fn apply(tx: &Connection, sub_id: i64, change: &HeldChange) -> rusqlite::Result<()> {
     match change {
+        // Encoded only here: a batch that is delivered (nearly every one)
+        // never needs the text.
         HeldChange::Keep { id, parts } => tx
             .prepare_cached("INSERT OR IGNORE INTO held_batches (sub_id, batch_id, parts) VALUES (?1, ?2, ?3)")?
-            .execute(params![sub_id, id, parts])?,
+            .execute(params![sub_id, id, encode(parts)])?,
         HeldChange::Forget { id } => forget(tx, sub_id, id)?,
     };
     Ok(())
@@ -112,17 +114,6 @@ pub fn load(conn: &Connection, sub_id: i64) -> rusqlite::Result<Vec<StoredHeld>>
     rows.collect()
 }
 
-/// Whether `entity_id` has an undelivered (pending or parked) delivery for
-/// `sub_id` before `entity_seq`: then a held batch starting there is not
-/// first in line for it any more (a resend reopened earlier events).
-pub fn undelivered_before(conn: &Connection, sub_id: i64, entity_id: i64, entity_seq: i64) -> rusqlite::Result<bool> {
-    conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_by_entity
-         WHERE sub_id = ?1 AND entity_id = ?2 AND entity_seq < ?3 AND state <> 1)",
-    )?
-    .query_row(params![sub_id, entity_id, entity_seq], |r| r.get(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,7 +132,7 @@ mod tests {
                 count: 1,
             },
         ];
-        let text = encode(parts.iter().copied());
+        let text = encode(&parts);
         assert_eq!(text, "3:17:4,12:1:1");
         assert_eq!(decode(&text), Some(parts));
         for bad in ["", "3:17", "3:17:4:5", "3:x:4", "3:17:0", "3:17:4,"] {

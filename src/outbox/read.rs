@@ -155,6 +155,17 @@ pub fn parked_before(conn: &Connection, sub_id: i64, entity_id: i64, entity_seq:
     .query_row(params![sub_id, entity_id, entity_seq], |r| r.get(0))
 }
 
+/// Whether `entity_id` has an undelivered (pending or parked) delivery for
+/// `sub_id` before `entity_seq`: then a held batch starting there is not
+/// first in line for it any more (a resend reopened earlier events).
+pub fn undelivered_before(conn: &Connection, sub_id: i64, entity_id: i64, entity_seq: i64) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_by_entity
+         WHERE sub_id = ?1 AND entity_id = ?2 AND entity_seq < ?3 AND state <> 1)",
+    )?
+    .query_row(params![sub_id, entity_id, entity_seq], |r| r.get(0))
+}
+
 /// Calls `each(entity_id, seq, entity_seq)` for every undelivered (pending
 /// or parked) delivery of `sub_id`, pending ones first, each in ingest
 /// order. Used after a resend, to find events reopened behind cursors; the
