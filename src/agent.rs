@@ -398,6 +398,7 @@ impl Wiring {
                 max_event_bytes: ingest.max_event_bytes,
                 max_request_bytes: ingest.max_request_bytes,
                 shutdown: self.shutdown.clone(),
+                allow_remote: ingest.http_allow_remote,
             });
             tasks.spawn(ingest::http::serve(l, state));
         }

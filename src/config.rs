@@ -67,6 +67,9 @@ pub struct IngestConfig {
     pub socket: PathBuf,
     /// HTTP ingest address; `None` when set to "off".
     pub http_listen: Option<SocketAddr>,
+    /// `http_listen` may be off loopback (`ingest.http_allow_remote`): the
+    /// `Host` check then also takes any IP address (see `http_guard`).
+    pub http_allow_remote: bool,
     /// Largest HTTP request body (one event or an array).
     pub max_request_bytes: u64,
     /// Spool directory for file drops.
@@ -89,6 +92,8 @@ pub struct StorageConfig {
 pub struct AdminConfig {
     /// Address of the status page and admin API; `None` when "off".
     pub listen: Option<SocketAddr>,
+    /// `listen` may be off loopback (`admin.allow_remote`).
+    pub allow_remote: bool,
     /// File holding the bearer token required for mutations.
     pub token_file: Option<PathBuf>,
 }
@@ -251,7 +256,7 @@ impl SubscriptionConfig {
     /// Whether events of this type go to this subscription: THE event-type
     /// filter (exact, case-sensitive names; absent `events` or `"*"` takes all).
     pub fn takes(&self, event_type: &str) -> bool {
-        if event_type == crate::heartbeat::EVENT_TYPE {
+        if event_type == crate::event::HEARTBEAT_TYPE {
             return self.heartbeats;
         }
         self.events.as_ref().is_none_or(|types| types.contains(event_type))
@@ -298,7 +303,7 @@ struct FileIngest {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileStorage {
-    max_db_bytes: Option<Size>,
+    max_db_bytes: Option<Spanned<Size>>,
     retain_delivered: Option<Dur>,
 }
 
@@ -306,6 +311,7 @@ struct FileStorage {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     listen: Option<serde_spanned::Spanned<String>>,
+    allow_remote: Option<bool>,
     token_file: Option<PathBuf>,
 }
 
@@ -396,18 +402,47 @@ impl OneOrMany {
     }
 }
 
-/// Parses `30s`, `5m`, `7d`, `1h30m`.
+/// The longest duration any key takes: 100 years. Every duration is added
+/// to clocks and turned into milliseconds of an `i64`; far below where
+/// either overflows, and far beyond any retry, retention or period a store
+/// needs (`give_up_after` has "never" for no limit).
+pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 24 * 3600);
+
+/// The largest size any key takes: what SQLite's 64-bit signed integers
+/// hold (sizes are compared with the database's figures).
+pub const MAX_SIZE: u64 = i64::MAX as u64;
+
+/// Parses `30s`, `5m`, `7d`, `1h30m`; at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"30s\", \"5m\", \"7d\""))
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"30s\", \"5m\", \"7d\""))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is longer than 100 years (\"36525d\"), the longest the agent takes"
+        ));
+    }
+    Ok(d)
 }
 
-/// Parses `512KiB`, `2GiB`, `1MB` or a plain number of bytes.
+/// Parses `512KiB`, `2GiB`, `1MB` or a plain number of bytes; at most
+/// [`MAX_SIZE`].
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    text.trim()
+    let n = text
+        .trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| format!("invalid size {text:?} ({e}); write it like \"512KiB\", \"2GiB\""))
+        .map_err(|e| format!("invalid size {text:?} ({e}); write it like \"512KiB\", \"2GiB\""))?;
+    check_size(n).map_err(|e| format!("size {text:?} {e}"))
+}
+
+/// A size within [`MAX_SIZE`].
+fn check_size(n: u64) -> Result<u64, String> {
+    if n > MAX_SIZE {
+        return Err(format!(
+            "is more than {MAX_SIZE} bytes (8 EiB), the largest the agent takes"
+        ));
+    }
+    Ok(n)
 }
 
 #[derive(Deserialize)]
@@ -420,7 +455,9 @@ enum SizeValue {
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match SizeValue::deserialize(d)? {
-            SizeValue::Bytes(n) => Ok(Size(n)),
+            SizeValue::Bytes(n) => check_size(n)
+                .map(Size)
+                .map_err(|e| serde::de::Error::custom(format!("size {n} {e}"))),
             SizeValue::Text(t) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
         }
     }
@@ -574,7 +611,7 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
     let file: FileConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
     let agent = agent_section(&src, file.agent)?;
     let ingest = ingest_section(&src, file.ingest, &agent.data_dir)?;
-    let storage = storage_section(file.storage);
+    let storage = storage_section(&src, file.storage)?;
     let admin = admin_section(&src, file.admin)?;
     let subscriptions = subscription_sections(&src, file.subscription)?;
     Ok(Config {
@@ -720,6 +757,13 @@ fn ingest_section(src: &Source, file: FileIngest, data_dir: &Path) -> Result<Ing
             ));
         }
     }
+    if let Some(zero) = file.max_event_bytes.as_ref().filter(|s| s.get_ref().0 == 0) {
+        return Err(src.at(
+            zero.span(),
+            "ingest.max_event_bytes",
+            "must be more than 0 (every event would be refused)".into(),
+        ));
+    }
     let (request_span, event_span) = (span_of(&file.max_request_bytes), span_of(&file.max_event_bytes));
     let ingest = IngestConfig {
         socket: file
@@ -727,6 +771,7 @@ fn ingest_section(src: &Source, file: FileIngest, data_dir: &Path) -> Result<Ing
             .map(|p| src.resolve(p))
             .unwrap_or_else(|| data_dir.join("ingest.sock")),
         http_listen,
+        http_allow_remote: file.http_allow_remote == Some(true),
         max_request_bytes: file.max_request_bytes.map_or(16 * 1024 * 1024, |s| s.get_ref().0),
         spool_dir: file
             .spool_dir
@@ -755,18 +800,40 @@ fn ingest_section(src: &Source, file: FileIngest, data_dir: &Path) -> Result<Ing
     Ok(ingest)
 }
 
-fn storage_section(file: FileStorage) -> StorageConfig {
-    StorageConfig {
-        max_db_bytes: file.max_db_bytes.map_or(2 * 1024 * 1024 * 1024, |s| s.0),
+fn storage_section(src: &Source, file: FileStorage) -> Result<StorageConfig, ConfigError> {
+    if let Some(zero) = file.max_db_bytes.as_ref().filter(|s| s.get_ref().0 == 0) {
+        return Err(src.at(
+            zero.span(),
+            "storage.max_db_bytes",
+            "must be more than 0 (nothing could be stored)".into(),
+        ));
+    }
+    Ok(StorageConfig {
+        max_db_bytes: file.max_db_bytes.map_or(2 * 1024 * 1024 * 1024, |s| s.get_ref().0),
         retain_delivered: file
             .retain_delivered
             .map_or(Duration::from_secs(7 * 24 * 3600), |d| d.0),
-    }
+    })
 }
 
 fn admin_section(src: &Source, file: FileAdmin) -> Result<AdminConfig, ConfigError> {
+    let listen_span = file.listen.as_ref().map(Spanned::span);
+    let listen = listen_addr(src, file.listen, "admin.listen", DEFAULT_ADMIN_LISTEN)?;
+    let allow_remote = file.allow_remote == Some(true);
+    if let Some(addr) = listen.filter(|a| !a.ip().is_loopback() && !allow_remote) {
+        return Err(src.at_or_key(
+            listen_span,
+            "admin.listen",
+            format!(
+                "{addr} is not a loopback address; the status page, every event's payload and \
+                 /metrics would be readable from the network without authentication. \
+                 Set admin.allow_remote = true if that is intended"
+            ),
+        ));
+    }
     Ok(AdminConfig {
-        listen: listen_addr(src, file.listen, "admin.listen", DEFAULT_ADMIN_LISTEN)?,
+        listen,
+        allow_remote,
         token_file: file.token_file.map(|p| src.resolve(p)),
     })
 }
@@ -1274,7 +1341,7 @@ fn names_heartbeats(events: &Option<serde_spanned::Spanned<OneOrMany>>) -> bool 
         list.get_ref()
             .as_slice()
             .iter()
-            .any(|t| t == crate::heartbeat::EVENT_TYPE)
+            .any(|t| t == crate::event::HEARTBEAT_TYPE)
     })
 }
 

@@ -23,6 +23,15 @@ const KNOWN_FIELDS: [&str; 8] = [
     "payload",
 ];
 
+/// The type of the agent's own heartbeats (`[agent] heartbeat`): reserved,
+/// a producer may not send it (the agent supersedes undelivered ones, so a
+/// producer's would be deleted undelivered).
+pub const HEARTBEAT_TYPE: &str = "AgentHeartbeat";
+
+/// Entities starting with this are the agent's own (`agent:<agent_id>`):
+/// reserved for the same reason.
+pub const AGENT_ENTITY_PREFIX: &str = "agent:";
+
 /// Error codes of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -275,131 +284,248 @@ fn path_text(path: &[Step]) -> String {
     out
 }
 
-/// Where the walk stands. It is not unwound on an error, so after one it
-/// still names the value (or the object whose key) that failed: serde's
-/// errors carry no path of their own.
-#[derive(Default)]
-struct Walk {
+/// How deep arrays and objects may nest in a payload (the contract's limit;
+/// serde_json's own parser stops at 128 levels, and the payload sits one
+/// level inside the event).
+pub const MAX_PAYLOAD_DEPTH: usize = 128;
+
+/// What the walk found wrong, beyond syntax.
+enum Violation {
+    /// Not I-JSON: the problem's name.
+    IJson(&'static str),
+    /// More than [`MAX_PAYLOAD_DEPTH`] levels.
+    TooDeep,
+}
+
+/// One open array or object of the walk.
+struct Frame<'t> {
+    /// Keys seen so far (objects only), decoded.
+    keys: Option<std::collections::HashSet<std::borrow::Cow<'t, str>>>,
+    /// Elements seen so far (arrays only).
+    index: usize,
+}
+
+/// A JSON text walked byte by byte with an explicit stack, so any depth is
+/// checked without recursion (serde_json's visitor gives up at 128 levels
+/// and a payload nested deeper went through unchecked). `None` from a step
+/// is a syntax error: not the walk's business, the caller reports those.
+struct Walker<'t> {
+    text: &'t [u8],
+    at: usize,
     path: Vec<Step>,
-    /// A key is being read (its object is `path`).
-    in_key: bool,
-    /// A violation found by the walk itself (serde_json does not see it).
-    found: Option<&'static str>,
+    stack: Vec<Frame<'t>>,
 }
 
-type Shared<'w> = &'w std::cell::RefCell<Walk>;
-
-/// Visits one value at the walk's current path.
-struct ValueSeed<'w>(Shared<'w>);
-
-impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed<'_> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for ValueSeed<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    // Scalars: serde_json has parsed them by now, which is the check (a
-    // number beyond the double range or a lone surrogate fails the parse).
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        for index in 0.. {
-            self.0.borrow_mut().path.push(Step::Index(index));
-            let more = seq.next_element_seed(ValueSeed(self.0))?;
-            self.0.borrow_mut().path.pop();
-            if more.is_none() {
-                break;
-            }
+impl<'t> Walker<'t> {
+    fn skip_space(&mut self) {
+        while self.text.get(self.at).is_some_and(|b| b.is_ascii_whitespace()) {
+            self.at += 1;
         }
-        Ok(())
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = std::collections::HashSet::new();
+    /// The string token at `at` (quotes included); `at` moves past it.
+    fn string_token(&mut self) -> Option<&'t [u8]> {
+        let start = self.at;
+        self.at += 1;
         loop {
-            self.0.borrow_mut().in_key = true;
-            let Some(key) = map.next_key::<String>()? else {
-                break;
-            };
-            let mut walk = self.0.borrow_mut();
-            walk.in_key = false;
-            let fresh = seen.insert(key.clone());
-            walk.path.push(Step::Key(key));
-            if !fresh {
-                walk.found = Some("duplicate key");
-                return Err(serde::de::Error::custom("duplicate key"));
+            match *self.text.get(self.at)? {
+                b'"' => {
+                    self.at += 1;
+                    return Some(&self.text[start..self.at]);
+                }
+                b'\\' => self.at += 2,
+                _ => self.at += 1,
             }
-            drop(walk);
-            map.next_value_seed(ValueSeed(self.0))?;
-            self.0.borrow_mut().path.pop();
         }
-        self.0.borrow_mut().in_key = false;
-        Ok(())
+    }
+
+    /// Decodes a string token; `Err(true)` for a lone surrogate, `Err(false)`
+    /// for broken syntax. Without a `\u` escape no surrogate can be in it.
+    fn decode(token: &'t [u8]) -> Result<std::borrow::Cow<'t, str>, bool> {
+        if !token.contains(&b'\\') {
+            let inner = &token[1..token.len() - 1];
+            return std::str::from_utf8(inner)
+                .map(std::borrow::Cow::Borrowed)
+                .map_err(|_| false);
+        }
+        serde_json::from_slice::<String>(token)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| {
+                // serde_json's wording for a lone surrogate: "lone leading
+                // surrogate in hex escape" (also said of a lone trailing one) and
+                // "unexpected end of hex escape" (a leading one followed by
+                // anything but `\u`), the only places it says either
+                // (serde_json 1.0.154, read.rs).
+                let message = e.to_string();
+                message.contains("surrogate") || message.starts_with("unexpected end of hex escape")
+            })
+    }
+
+    /// Walks one whole value (and everything in it); `Ok(None)` when the
+    /// text is not valid JSON, `Ok(Some(()))` when it is I-JSON.
+    fn walk(&mut self) -> Result<Option<()>, Violation> {
+        // The event object is level 1, so its payload may reach one more.
+        let max_depth = MAX_PAYLOAD_DEPTH + 1;
+        loop {
+            // A value starts here.
+            self.skip_space();
+            let Some(&b) = self.text.get(self.at) else {
+                return Ok(None);
+            };
+            match b {
+                b'{' | b'[' => {
+                    if self.stack.len() == max_depth {
+                        return Err(Violation::TooDeep);
+                    }
+                    self.at += 1;
+                    let keys = (b == b'{').then(Default::default);
+                    self.stack.push(Frame { keys, index: 0 });
+                    self.skip_space();
+                    let close = if b == b'{' { b'}' } else { b']' };
+                    if self.text.get(self.at) == Some(&close) {
+                        self.at += 1;
+                        self.stack.pop();
+                    } else if !self.open_member()? {
+                        return Ok(None);
+                    } else {
+                        continue;
+                    }
+                }
+                b'"' => {
+                    let Some(token) = self.string_token() else {
+                        return Ok(None);
+                    };
+                    match Self::decode(token) {
+                        Ok(_) => {}
+                        Err(true) => return Err(Violation::IJson("lone surrogate")),
+                        Err(false) => return Ok(None),
+                    }
+                }
+                _ => {
+                    let start = self.at;
+                    while self
+                        .text
+                        .get(self.at)
+                        .is_some_and(|c| !matches!(c, b',' | b']' | b'}' | b':') && !c.is_ascii_whitespace())
+                    {
+                        self.at += 1;
+                    }
+                    let token = &self.text[start..self.at];
+                    if !matches!(token, b"true" | b"false" | b"null") {
+                        let number = std::str::from_utf8(token).ok().and_then(|t| t.parse::<f64>().ok());
+                        match number {
+                            None => return Ok(None),
+                            Some(n) if !n.is_finite() => return Err(Violation::IJson("number out of range")),
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            // A value ended: close what it ends, or go to the next member.
+            loop {
+                if self.stack.is_empty() {
+                    return Ok(Some(()));
+                }
+                self.path.pop();
+                self.skip_space();
+                let is_object = self.stack.last().is_some_and(|f| f.keys.is_some());
+                match self.text.get(self.at) {
+                    Some(b',') => {
+                        self.at += 1;
+                        if let Some(frame) = self.stack.last_mut() {
+                            frame.index += 1;
+                        }
+                        if !self.open_member()? {
+                            return Ok(None);
+                        }
+                        break;
+                    }
+                    Some(b'}') if is_object => {
+                        self.at += 1;
+                        self.stack.pop();
+                    }
+                    Some(b']') if !is_object => {
+                        self.at += 1;
+                        self.stack.pop();
+                    }
+                    _ => return Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Reads up to the start of the next member of the innermost array or
+    /// object (for an object: its key and the colon) and puts it on the path;
+    /// `Ok(false)` on broken syntax.
+    fn open_member(&mut self) -> Result<bool, Violation> {
+        let Some(frame) = self.stack.last_mut() else {
+            return Ok(false);
+        };
+        if frame.keys.is_none() {
+            let index = frame.index;
+            self.path.push(Step::Index(index));
+            return Ok(true);
+        }
+        self.skip_space();
+        if self.text.get(self.at) != Some(&b'"') {
+            return Ok(false);
+        }
+        let Some(token) = self.string_token() else {
+            return Ok(false);
+        };
+        let key = match Self::decode(token) {
+            Ok(key) => key,
+            Err(true) => return Err(Violation::IJson("key with a lone surrogate")),
+            Err(false) => return Ok(false),
+        };
+        let fresh = self
+            .stack
+            .last_mut()
+            .and_then(|f| f.keys.as_mut())
+            .is_some_and(|keys| keys.insert(key.clone()));
+        self.path.push(Step::Key(key.into_owned()));
+        if !fresh {
+            return Err(Violation::IJson("duplicate key"));
+        }
+        self.skip_space();
+        if self.text.get(self.at) != Some(&b':') {
+            return Ok(false);
+        }
+        self.at += 1;
+        Ok(true)
     }
 }
 
-/// Checks that `text`, already known to be a JSON object, is I-JSON; the
-/// error names the path and the problem. A syntax error the walk meets is
-/// not its business (the caller reports those).
+/// Checks that `text`, already known to be a JSON object, is I-JSON and its
+/// payload nested at most [`MAX_PAYLOAD_DEPTH`] levels; the error names the
+/// path and the problem. A syntax error the walk meets is not its business
+/// (the caller reports those).
 fn check_ijson(text: &[u8]) -> Result<(), IngestError> {
-    use serde::de::DeserializeSeed;
-    let walk = std::cell::RefCell::new(Walk::default());
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let Err(e) = ValueSeed(&walk).deserialize(&mut de) else {
-        return Ok(());
+    let mut walker = Walker {
+        text,
+        at: 0,
+        path: Vec::new(),
+        stack: Vec::new(),
     };
-    let walk = walk.into_inner();
-    // serde_json's own wording for the two rules it enforces when it parses
-    // a value: "number out of range"; "lone leading surrogate in hex escape"
-    // (also said of a lone trailing one) and "unexpected end of hex escape"
-    // (a leading one followed by anything but `\u`), the only places it
-    // says either (serde_json 1.0.154, read.rs).
-    let message = e.to_string();
-    let problem = match walk.found {
-        Some(found) => found,
-        None if message.starts_with("number out of range") => "number out of range",
-        None if message.contains("surrogate") || message.starts_with("unexpected end of hex escape") => {
-            if walk.in_key {
-                "key with a lone surrogate"
-            } else {
-                "lone surrogate"
-            }
-        }
-        None => return Ok(()),
+    let violation = match walker.walk() {
+        Ok(_) => return Ok(()),
+        Err(v) => v,
     };
-    let field = match walk.path.first() {
+    let field = match walker.path.first() {
         Some(Step::Key(k)) => Some(k.clone()),
         _ => None,
     };
+    let message = match violation {
+        Violation::IJson(problem) => format!("{}: {problem} (I-JSON, RFC 7493)", path_text(&walker.path)),
+        // The path down there is hundreds of `[0]`s: the field says where.
+        Violation::TooDeep => format!(
+            "{}: nested deeper than {MAX_PAYLOAD_DEPTH} levels of arrays and objects",
+            field.as_deref().unwrap_or("event")
+        ),
+    };
     Err(IngestError {
         code: ErrorCode::InvalidEvent,
-        message: format!("{}: {problem} (I-JSON, RFC 7493)", path_text(&walk.path)),
+        message,
         field,
     })
 }
@@ -461,6 +587,18 @@ pub fn parse_event_with(
         .ok_or_else(|| IngestError::at_field("entity", "missing"))
         .and_then(|v| as_string("entity", v))?;
     check_entity(&entity)?;
+    if event_type == HEARTBEAT_TYPE {
+        return Err(IngestError::at_field(
+            "type",
+            format!("{HEARTBEAT_TYPE} is reserved for the agent's own heartbeats"),
+        ));
+    }
+    if entity.starts_with(AGENT_ENTITY_PREFIX) {
+        return Err(IngestError::at_field(
+            "entity",
+            format!("{entity:?}: entities starting {AGENT_ENTITY_PREFIX:?} are reserved for the agent's own events"),
+        ));
+    }
     let payload = fields
         .get("payload")
         .ok_or_else(|| IngestError::at_field("payload", "missing"))?
@@ -747,6 +885,56 @@ mod tests {
             "event: key with a lone surrogate",
             None,
         );
+    }
+
+    /// `depth` nested arrays around `inner`.
+    fn nested(depth: usize, inner: &str) -> String {
+        format!("{}{inner}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn payloads_nest_up_to_128_levels_and_are_checked_all_the_way_down() {
+        // 128 levels: serde_json's own parser (limit 128, the event is one
+        // more) could not have walked it; the walk can.
+        let deepest = nested(MAX_PAYLOAD_DEPTH, r#"{"a":1}"#);
+        assert!(parse(&with_payload(&nested(MAX_PAYLOAD_DEPTH - 1, r#"{"a":1}"#))).is_ok());
+        assert!(parse(&with_payload(&nested(MAX_PAYLOAD_DEPTH, "1"))).is_ok());
+        let e = parse(&with_payload(&deepest)).expect_err("129 levels");
+        assert_eq!(e.code, ErrorCode::InvalidEvent);
+        assert_eq!(e.field.as_deref(), Some("payload"));
+        assert_eq!(
+            e.message,
+            "payload: nested deeper than 128 levels of arrays and objects"
+        );
+        // What used to pass unchecked below serde_json's limit.
+        for bad in [
+            nested(127, "1, 1e999"),
+            nested(127, r#""\ud800""#),
+            nested(126, r#"{"k":1,"k":2}"#),
+        ] {
+            let e = parse(&with_payload(&bad)).expect_err(&bad);
+            assert_eq!(e.code, ErrorCode::InvalidEvent, "{}", e.message);
+            assert!(e.message.ends_with("(I-JSON, RFC 7493)"), "{}", e.message);
+        }
+        // Far deeper than any limit: refused, no recursion to overflow.
+        for depth in [130, 100_000] {
+            let e = parse(&with_payload(&nested(depth, "1, 1e999"))).expect_err("deep");
+            assert!(e.message.contains("nested deeper than 128"), "{}", e.message);
+        }
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        assert!(parse(&with_payload(&objects)).unwrap_err().message.contains("deeper"));
+    }
+
+    #[test]
+    fn the_agents_own_type_and_entities_are_refused_from_producers() {
+        let e = parse(r#"{"type":"AgentHeartbeat","entity":"till:1","payload":{}}"#).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidEvent, Some("type")));
+        assert!(e.message.contains("reserved"), "{}", e.message);
+        let e = parse(r#"{"type":"SaleCreated","entity":"agent:till-03","payload":{}}"#).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidEvent, Some("entity")));
+        assert!(e.message.contains("reserved"), "{}", e.message);
+        // Only the prefix is reserved.
+        assert!(parse(r#"{"type":"AgentHeartbeats","entity":"agents:1","payload":{}}"#).is_ok());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::shutdown::Shutdown;
 
 /// The event type of the agent's heartbeats. Subscriptions get them only
 /// when their `events` list names this type (`"*"` alone does not).
-pub const EVENT_TYPE: &str = "AgentHeartbeat";
+pub const EVENT_TYPE: &str = crate::event::HEARTBEAT_TYPE;
 
 /// How often the task looks for a change of state between periods.
 const CHANGE_CHECK: Duration = Duration::from_secs(2);
@@ -36,7 +36,7 @@ const NEAR_FULL: f64 = 0.9;
 
 /// The entity of an agent's heartbeats: `agent:<agent_id>`.
 pub fn entity(agent_id: &str) -> String {
-    format!("agent:{agent_id}")
+    format!("{}{agent_id}", crate::event::AGENT_ENTITY_PREFIX)
 }
 
 /// The payload of an `AgentHeartbeat` event.

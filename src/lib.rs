@@ -27,6 +27,8 @@
 //! - [`status`]: the status report (CLI, admin API, page).
 //! - [`history`]: a sample a minute per subscription, kept 24 h in the
 //!   outbox (the page's charts, `/v1/history`).
+//! - [`http_server`]: serving both HTTP servers (head timeout, connection
+//!   cap, graceful shutdown); [`http_guard`]: their `Host` and `Origin` checks.
 //! - [`admin`]: admin HTTP: status page, JSON API, `/metrics`, `/healthz`.
 //! - [`agent`]: wires the parts together, applies reloads, stops them in order.
 //! - [`reload`]: reload requests (SIGHUP) and what a re-read config changes.
@@ -45,6 +47,8 @@ pub mod event;
 pub mod fleet;
 pub mod heartbeat;
 pub mod history;
+pub mod http_guard;
+pub mod http_server;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;

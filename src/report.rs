@@ -87,9 +87,44 @@ pub struct EventDetail {
     /// Attributes.
     pub attributes: serde_json::Value,
     /// The payload.
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     /// Per subscription.
     pub deliveries: Vec<EventDelivery>,
+}
+
+/// A stored payload as `show` prints it: parsed (pretty in `--json`) when
+/// serde_json can hold it, else its text verbatim (a payload nested deeper
+/// than serde_json's 128 levels, which ingest accepts up to 128 levels
+/// inside the event, used to print as `null`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Payload {
+    /// Parsed.
+    Parsed(serde_json::Value),
+    /// Too deep to parse: the JSON text as stored.
+    Verbatim(Box<serde_json::value::RawValue>),
+}
+
+impl Payload {
+    /// Parses a stored payload's JSON text.
+    pub fn from_text(text: String) -> Payload {
+        match serde_json::from_str(&text) {
+            Ok(value) => Payload::Parsed(value),
+            Err(_) => match serde_json::value::RawValue::from_string(text) {
+                Ok(raw) => Payload::Verbatim(raw),
+                Err(_) => Payload::Parsed(serde_json::Value::Null),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Parsed(value) => value.fmt(f),
+            Payload::Verbatim(raw) => f.write_str(raw.get()),
+        }
+    }
 }
 
 /// Ingest counters since the database was created.

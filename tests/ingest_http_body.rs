@@ -15,7 +15,7 @@ fn raw_post(port: u16, head_extra: &str, body: &[u8]) -> (u16, serde_json::Value
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let head = format!(
-        "POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n{head_extra}connection: close\r\n\r\n"
+        "POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n{head_extra}connection: close\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).expect("head");
     stream.write_all(body).expect("body");

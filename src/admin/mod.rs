@@ -4,6 +4,10 @@
 //! Reads need no token; mutations (resend) need the token of
 //! `admin.token_file`: `Authorization: Bearer <token>` on the API, a password
 //! field on the page. Without a token file, mutations are off.
+//!
+//! Every route is behind [`crate::http_guard`]: a `Host` that is not one of
+//! the agent's own addresses gets 421 (DNS rebinding would otherwise let any
+//! web page read every payload), and a POST from another origin 403.
 
 mod chart;
 mod page;
@@ -20,6 +24,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::http_guard::{Guard, OriginRule};
 use crate::metrics::Metrics;
 use crate::outbox::state::DeliveryState;
 use crate::outbox::writer::Writer;
@@ -87,14 +92,23 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .with_state(admin)
 }
 
-/// Serves until shutdown.
-pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, mut shutdown: crate::shutdown::Shutdown) {
-    if let Err(e) = axum::serve(listener, router(admin))
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-    {
-        tracing::error!(error = %e, "admin HTTP stopped");
-    }
+/// Serves until shutdown, behind the `Host`/`Origin` guard.
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, shutdown: crate::shutdown::Shutdown) {
+    let listen = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!(error = %e, "admin HTTP: no local address");
+            return;
+        }
+    };
+    let guard = Guard::new(
+        "admin",
+        listen,
+        admin.config.admin.allow_remote,
+        OriginRule::SameOriginPosts,
+    );
+    let app = router(admin).layer(axum::middleware::from_fn_with_state(guard, crate::http_guard::enforce));
+    crate::http_server::serve(listener, app, shutdown, "admin").await;
 }
 
 type ApiError = (StatusCode, String);

@@ -7,6 +7,14 @@
 //! its end (`invalid_json`, the contract's code for a malformed body, with a
 //! message that says so), 413 too large (only a body over the limit), 507
 //! storage full, 503 shutting down.
+//!
+//! Before any of that, the request must come from a producer, not a web
+//! page on the store PC: `Host` one of the agent's own addresses (421
+//! `wrong_host`), no `Origin` (403 `forbidden_origin`; see
+//! [`crate::http_guard`]), and `content-type: application/json` (415
+//! `unsupported_media_type`: a page's `no-cors` POST can only send
+//! `text/plain`, form or multipart bodies, which need no preflight). A body
+//! that stalls for [`BODY_IDLE_TIMEOUT`] is given up (400).
 
 use std::sync::Arc;
 
@@ -19,6 +27,7 @@ use axum::Router;
 use serde_json::value::RawValue;
 
 use crate::event::{parse_event, ErrorCode, IngestError, Reply};
+use crate::http_guard::{Guard, OriginRule};
 use crate::outbox::writer::Writer;
 use crate::shutdown::Shutdown;
 
@@ -32,23 +41,41 @@ pub struct HttpIngest {
     pub max_request_bytes: u64,
     /// To answer 503 while stopping.
     pub shutdown: Shutdown,
+    /// `ingest.http_allow_remote`: the `Host` check takes any IP address.
+    pub allow_remote: bool,
 }
+
+/// How long a request body may stall between two pieces.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The ingest router.
 pub fn router(state: Arc<HttpIngest>) -> Router {
     Router::new().route("/v1/events", post(post_events)).with_state(state)
 }
 
-/// Serves until shutdown.
+/// Serves until shutdown, behind the `Host`/`Origin` guard.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<HttpIngest>) {
-    let mut shutdown = state.shutdown.clone();
-    let app = router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-    {
-        tracing::error!(error = %e, "HTTP ingest stopped");
-    }
+    let shutdown = state.shutdown.clone();
+    let listen = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!(error = %e, "HTTP ingest: no local address");
+            return;
+        }
+    };
+    let guard = Guard::new("ingest", listen, state.allow_remote, OriginRule::RefuseAll);
+    let app = router(state).layer(axum::middleware::from_fn_with_state(guard, crate::http_guard::enforce));
+    crate::http_server::serve(listener, app, shutdown, "ingest").await;
+}
+
+/// Whether the request says its body is JSON (`application/json`, with or
+/// without parameters such as `charset`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn json(status: StatusCode, body: String) -> Response {
@@ -78,7 +105,18 @@ enum BodyError {
 async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, BodyError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
-    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+    loop {
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, next).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(BodyError::Unreadable(format!(
+                    "nothing more arrived for {} s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                )))
+            }
+        };
         let frame = frame.map_err(|e| BodyError::Unreadable(crate::error_text::chain(&e)))?;
         // Trailers carry no data.
         if let Ok(data) = frame.into_data() {
@@ -103,6 +141,19 @@ async fn post_events(State(state): State<Arc<HttpIngest>>, headers: HeaderMap, b
             StatusCode::SERVICE_UNAVAILABLE,
             IngestError::new(ErrorCode::ShuttingDown, "the agent is stopping"),
         );
+    }
+    if !is_json(&headers) {
+        let given = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let body = serde_json::json!({"error": {
+            "code": "unsupported_media_type",
+            "message": match given {
+                Some(t) => format!("content-type {t:?}: events are taken only as application/json"),
+                None => "no content-type: events are taken only as application/json".to_string(),
+            },
+        }});
+        return json(StatusCode::UNSUPPORTED_MEDIA_TYPE, body.to_string());
     }
     let too_large = |size: String| {
         state.writer.count_rejected(ErrorCode::TooLarge);

@@ -386,7 +386,7 @@ pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Optio
                         attributes: attributes
                             .and_then(|a| serde_json::from_str(&a).ok())
                             .unwrap_or_else(|| serde_json::json!({})),
-                        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                        payload: crate::report::Payload::from_text(payload),
                         deliveries: Vec::new(),
                     },
                 ))

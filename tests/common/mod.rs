@@ -493,7 +493,8 @@ impl HttpResponse {
 }
 
 /// An HTTP/1.1 request over loopback with extra `headers` (a
-/// `content-type` among them replaces the default `application/json`).
+/// `content-type` among them replaces the default `application/json`, a
+/// `host` the default `127.0.0.1:<port>`).
 pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     try_http(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path} on port {port}: {e}"))
 }
@@ -509,7 +510,11 @@ pub fn try_http(
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    // The agent's servers take only their own address as `Host`.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("host: 127.0.0.1:{port}\r\n"));
+    }
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
         head.push_str("content-type: application/json\r\n");
     }

@@ -150,7 +150,7 @@ pub(super) fn supersede_heartbeats(tx: &Connection, entity: &str, entity_seq: i6
                SELECT e.seq FROM events e JOIN entities n ON n.id = e.entity_id
                WHERE n.entity = ?1 AND e.entity_seq < ?2 AND e.type = ?3)",
     )?
-    .execute(params![entity, entity_seq, crate::heartbeat::EVENT_TYPE])
+    .execute(params![entity, entity_seq, crate::event::HEARTBEAT_TYPE])
 }
 
 /// Records one attempt and moves the delivery to its new state.
