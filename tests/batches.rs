@@ -509,3 +509,68 @@ fn the_receive_command_undoes_gzip_before_checking_signatures() {
         .iter()
         .all(|e| e["signature_valid"] == true && e["order"] == "in_order"));
 }
+
+#[test]
+fn a_failing_batch_keeps_its_id_and_events_through_resends_of_other_entities_and_of_nothing() {
+    // A batch of till:1 fails again and again. Meanwhile an operator
+    // resends an event that is not in the outbox (queues nothing) and a
+    // delivered event of another entity. Neither reopens anything of
+    // till:1, so its batch keeps going whole: same webhook-id, same events.
+    let rx = Receiver::start();
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        "batch = { max_events = 50, linger = \"100ms\" }\nmax_in_flight = 2\n\
+         retry = { initial = \"200ms\", max = \"400ms\" }",
+    ));
+    agent.start();
+    agent.send_events(&Events::new("other", 0..1, "SaleCreated").entity("order:2"));
+    wait_until(Duration::from_secs(30), "order:2 delivered", || {
+        delivered_events(&rx).len() == 1
+    });
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fail = failing.clone();
+    rx.answer_with(move |r| {
+        let till = String::from_utf8_lossy(&r.body).contains("till:1");
+        if till && fail.load(std::sync::atomic::Ordering::SeqCst) {
+            Answer::status(500)
+        } else {
+            Answer::ok()
+        }
+    });
+    agent.send_events(&Events::new("t", 0..4, "PosLog").entity("till:1"));
+    let failed = |rx: &Receiver| rx.requests().iter().filter(|r| r.answered == 500).count();
+    wait_until(Duration::from_secs(30), "the till's batch failed twice", || {
+        failed(&rx) >= 2
+    });
+
+    let out = agent.cli(&["resend", "no-such-event"]);
+    assert!(!out.status.success() || String::from_utf8_lossy(&out.stdout).contains('0'));
+    let out = agent.cli(&["resend", "other-0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(Duration::from_secs(30), "order:2 delivered again", || {
+        delivered_events(&rx).iter().filter(|e| e.id == "other-0").count() == 2
+    });
+    let before = failed(&rx);
+    wait_until(Duration::from_secs(30), "two more failures after the resends", || {
+        failed(&rx) >= before + 2
+    });
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until(Duration::from_secs(30), "the till's events delivered", || {
+        delivered_events(&rx).iter().filter(|e| e.entity == "till:1").count() >= 4
+    });
+
+    let till: Vec<Request> = rx
+        .requests()
+        .into_iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("till:1"))
+        .collect();
+    let ids: HashSet<String> = till.iter().map(|r| r.headers["webhook-id"].clone()).collect();
+    assert_eq!(ids.len(), 1, "one batch id through every retry: {ids:?}");
+    let events: HashSet<Vec<String>> = till.iter().map(ids_of).collect();
+    assert_eq!(events.len(), 1, "the same events every time: {events:?}");
+    assert!(till.len() >= 5, "{} requests", till.len());
+    assert_eq!(till.iter().filter(|r| r.answered == 200).count(), 1);
+    // The one duplicate is the resent event of order:2.
+    assert_eq!(assert_entity_order(&delivered_events(&rx)), 1);
+}

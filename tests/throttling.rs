@@ -185,3 +185,44 @@ fn adaptive_concurrency_starts_at_one_request_and_grows_while_answers_stay_fast(
         .count();
     assert!(overlapping > 0, "up to 8 on the wire once answers stay fast");
 }
+
+#[test]
+fn a_resume_right_after_the_410_is_not_undone_by_the_scheduler() {
+    // The scheduler has the writer store its 410 marker and looks at it on
+    // its next tick; an operator quick enough to resume in between used to
+    // have the marker written again, and the subscription stayed gone.
+    let rx = Receiver::start();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = answered.clone();
+    rx.answer_with(move |_| {
+        if once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Answer::ok()
+        } else {
+            Answer::status(410)
+        }
+    });
+    let mut agent = Agent::new(&subscription("erp", &rx.url(), "max_in_flight = 1"));
+    agent.start();
+    agent.send_events(&Events::new("q", 0..3, "SaleCreated").entity("till:1"));
+    let db = agent.open_db();
+    let marker = || -> Option<String> {
+        db.query_row("SELECT value FROM meta WHERE key LIKE 'gone:%'", [], |r| r.get(0))
+            .ok()
+    };
+    wait_until(Duration::from_secs(30), "the 410 marker stored", || marker().is_some());
+    let out = agent.cli(&["resume", "erp"]);
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("resumed erp"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_until(Duration::from_secs(30), "all 3 delivered after the resume", || {
+        rx.delivered_ids().len() == 3
+    });
+    // Past a few scheduler ticks: still resumed.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(marker(), None, "the marker was not written again");
+    assert_eq!(agent.sub_status("erp")["state"], "online");
+    assert_eq!(assert_entity_order(&rx.delivered()), 0);
+}

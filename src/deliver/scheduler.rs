@@ -714,7 +714,9 @@ impl<D: Destination> Scheduler<D> {
         match gone::marker(&self.reader, self.sub.id) {
             Ok(Some(_)) if !seen => self.gone = Some((marker, true)),
             Ok(Some(_)) => {}
-            Ok(None) if !seen => {
+            // Not seen yet: not written yet, or written and already deleted
+            // by a `resume`, which says so (`gone::resumed_since`).
+            Ok(None) if !seen && !self.resumed_since_marker(&marker) => {
                 self.writer.set_gone(self.sub.id, Some(marker));
             }
             Ok(None) => {
@@ -725,6 +727,17 @@ impl<D: Destination> Scheduler<D> {
                 self.persist_state();
             }
             Err(e) => tracing::debug!(error = %e, "cannot read the 410 marker"),
+        }
+    }
+
+    /// Whether `resume` deleted this very marker.
+    fn resumed_since_marker(&self, marker: &Marker) -> bool {
+        match gone::resumed_since(&self.reader, self.sub.id) {
+            Ok(since) => since == Some(marker.since_ms),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the resume record");
+                false
+            }
         }
     }
 
@@ -1292,12 +1305,19 @@ impl<D: Destination> Scheduler<D> {
     fn release(&mut self, flight: &Flight, decision: Decision, wait: Duration, now: Instant) {
         let again = matches!(decision, Decision::Retry { .. } | Decision::Hold);
         if let (true, Some(id)) = (again, &flight.batch_id) {
-            let rewound = flight
-                .parts
-                .iter()
-                .any(|p| self.entities.get(&p.entity_id).is_none_or(|e| e.rewind.is_some()));
+            // Nothing of a failed batch was delivered, so a rewind to its own
+            // first event (an in-flight entity's, set by any resend) changes
+            // nothing; only one to an event before it breaks the batch.
+            let rewound = flight.parts.iter().any(|p| {
+                self.entities
+                    .get(&p.entity_id)
+                    .is_none_or(|e| e.rewind.is_some_and(|r| r < p.first))
+            });
             if !rewound {
                 for part in &flight.parts {
+                    if let Some(entity) = self.entities.get_mut(&part.entity_id) {
+                        entity.rewind = None;
+                    }
                     self.set_state(part.entity_id, EntityState::Held, part.first);
                 }
                 self.held.push(HeldBatch {
@@ -1398,6 +1418,16 @@ impl<D: Destination> Scheduler<D> {
         for (entity_id, first) in first {
             match self.entities.get_mut(&entity_id) {
                 None => {}
+                // A held batch goes again whole unless the resend reopened an
+                // event before it (a resend that touched other entities, or
+                // queued nothing, must not change its events or its id).
+                Some(entity) if entity.state == EntityState::Held && first < entity.at => {
+                    entity.rewind = Some(first.or_earlier(entity.rewind));
+                }
+                Some(entity) if entity.state == EntityState::Held => {}
+                // In flight: its outcome may be voided by the resend (see
+                // `outbox::resend`), so it goes on from its first open event;
+                // a failed batch stays whole all the same (`release`).
                 Some(entity) if entity.state != EntityState::Ready => {
                     entity.rewind = Some(first.or_earlier(entity.rewind));
                 }

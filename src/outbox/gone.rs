@@ -10,12 +10,31 @@
 //! lock); a running scheduler looks for its marker at every tick and
 //! resumes when it is gone. Nothing is dropped or parked meanwhile: the
 //! deliveries stay pending.
+//!
+//! `resume` also leaves `resumed:<subscription id>` = the time of the marker
+//! it deleted: a scheduler that had the marker written but not yet seen it
+//! (a `resume` within a tick of the 410) can tell "resumed" from "not
+//! written yet", and does not write it again.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The `meta` key of a subscription's marker.
 pub fn marker_key(sub_id: i64) -> String {
     format!("gone:{sub_id}")
+}
+
+/// The `meta` key of the time of the marker `resume` deleted last.
+pub fn resumed_key(sub_id: i64) -> String {
+    format!("resumed:{sub_id}")
+}
+
+/// The `since_ms` of the marker `resume` deleted last, if any.
+pub fn resumed_since(conn: &Connection, sub_id: i64) -> rusqlite::Result<Option<i64>> {
+    let text: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([resumed_key(sub_id)], |r| r.get(0))
+        .optional()?;
+    Ok(text.and_then(|t| t.parse().ok()))
 }
 
 /// A subscription stopped by a 410.
@@ -105,6 +124,11 @@ pub fn resume(conn: &mut Connection, name: &str) -> Result<Resumed, ResumeError>
     let outcome = match marker(&tx, sub_id)? {
         Some(m) => {
             set_marker(&tx, sub_id, None)?;
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![resumed_key(sub_id), m.since_ms.to_string()],
+            )?;
             Resumed::Resumed { since_ms: m.since_ms }
         }
         None => Resumed::NotGone,

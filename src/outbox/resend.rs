@@ -109,10 +109,13 @@ pub fn apply(tx: &Connection, req: &ResendRequest) -> Result<ResendOutcome, Rese
         }
         out.queued += n;
     }
-    tx.execute(
-        "INSERT INTO meta(key, value) VALUES ('resend_generation', '1')
-         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-        [],
-    )?;
+    // Nothing queued, nothing for the schedulers to look at again.
+    if out.queued > 0 {
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES ('resend_generation', '1')
+             ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            [],
+        )?;
+    }
     Ok(out)
 }
