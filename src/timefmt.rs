@@ -34,7 +34,7 @@ pub struct BadSince {
 /// duration ("2h", "7d") before `now_ms`.
 pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, BadSince> {
     if let Ok(d) = crate::config::parse_duration(text) {
-        return Ok(now_ms - d.as_millis() as i64);
+        return Ok(now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
     }
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)

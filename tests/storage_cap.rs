@@ -187,4 +187,11 @@ fn with_nothing_delivered_left_new_events_are_refused_and_the_acknowledged_kept(
         acked.is_subset(&rx.delivered_ids())
     });
     assert_entity_order(&rx.delivered());
+    // Status says so soon after, not at the pruner's next round a minute
+    // later: delivered events are pruned as soon as they are delivered.
+    wait_until(Duration::from_secs(20), "status no longer full", || {
+        agent.status()["db"]["full"] == false
+    });
+    let reply = &send_lines(&agent.socket(), &[event("after", "till:1", "SaleCreated", bulky(0))])[0];
+    assert_eq!(reply["ok"], true, "{reply}");
 }

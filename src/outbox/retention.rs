@@ -73,7 +73,9 @@ impl Retention {
 
     /// One round: past retention, then by age while above the high-water mark.
     pub async fn prune_once(&self) {
-        let cutoff = now_ms() - self.retain.as_millis() as i64;
+        // Saturating: a retention longer than the clock's age keeps everything.
+        let retain_ms = i64::try_from(self.retain.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(retain_ms);
         let expired = self.drain(Some(cutoff), || true).await;
         if expired > 0 {
             tracing::info!(

@@ -746,6 +746,12 @@ impl WriterState {
         // A committed delivery may have made an event prunable.
         if !effects.delivered_by_sub.is_empty() {
             self.nothing_to_prune = false;
+            // Refusing for lack of room: the pruner makes it now, so that
+            // `status` stops saying full once the backlog drained, not at
+            // its next round a minute later.
+            if self.full {
+                self.storage_full.notify_one();
+            }
         }
         for op in batch {
             match op {
