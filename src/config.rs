@@ -604,6 +604,34 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     best.map(|(path, _)| path)
 }
 
+/// The key written on the line at `offset`, read from the text alone (a
+/// file that does not parse as TOML, say a number too large for it):
+/// `section.key`, with `subscription[N]` for the N-th `[[subscription]]`.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    let bare = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if !bare(key) {
+        return None;
+    }
+    let mut section = String::new();
+    let mut subscriptions = 0;
+    for header in text[..start].lines().map(str::trim).filter(|l| l.starts_with('[')) {
+        if header.starts_with("[[subscription]]") {
+            section = format!("subscription[{subscriptions}]");
+            subscriptions += 1;
+        } else {
+            section = header.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
+    }
+    Some(if section.is_empty() {
+        key.to_string()
+    } else {
+        format!("{section}.{key}")
+    })
+}
+
 /// Parses and validates config text; `path` is used in messages and to
 /// resolve relative paths (against the file's directory).
 pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -673,7 +701,7 @@ impl<'a> Source<'a> {
         let Some(span) = e.span() else {
             return ConfigError(format!("{}: {message}", self.shown));
         };
-        match key_at(self.text, span.start) {
+        match key_at(self.text, span.start).or_else(|| key_on_line(self.text, span.start)) {
             Some(key) => self.at(span, &key, message.to_string()),
             None => ConfigError(format!(
                 "{}: line {}: {message}",
