@@ -35,6 +35,11 @@ impl Driver {
 
     /// A browser window of `size` ("width,height").
     fn start_sized(profile: &std::path::Path, size: &str) -> Driver {
+        Driver::start_with(profile, size, &[])
+    }
+
+    /// Like [`Driver::start_sized`], with more Chromium flags.
+    fn start_with(profile: &std::path::Path, size: &str, flags: &[String]) -> Driver {
         let port = free_port();
         let child = spawn_listening(
             Command::new("chromedriver").arg(format!("--port={port}")),
@@ -42,14 +47,25 @@ impl Driver {
             port,
             "chromedriver (Debian package chromium-driver; .ci/run installs it)",
         );
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.push(format!("--window-size={size}"));
+        args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend(flags.iter().cloned());
         let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-quic", format!("--window-size={size}"),
-                format!("--user-data-dir={}", profile.display()),
-            ]}
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}
         }}});
         let (status, body) = http_request(port, "POST", "/session", caps.to_string().as_bytes());
         assert_eq!(status, 200, "new session: {body}");
@@ -400,4 +416,134 @@ fn chromium_shows_health_an_outage_with_its_growing_backlog_and_parked_events() 
     assert_eq!(buttons, 1, "one Resend button for the parked event");
     drawn_with_outage(chart(&charts(&driver), "erp"));
     driver.screenshot("status-page-parked.png");
+}
+
+/// Serves `html` to every request on a free loopback port, on a thread, for
+/// as long as the test runs: a web site of its own, another origin.
+fn serve_page(html: String) -> u16 {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut out = &stream;
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{html}",
+                html.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn a_web_page_in_chromium_can_neither_post_events_nor_read_or_resend_through_admin() {
+    // The attacks of issue 24 from a real browser on the store PC: a page
+    // of another origin posts a forged sale with fetch(no-cors) (a simple
+    // request: no preflight), tries a JSON fetch and a cross-origin read,
+    // and submits the page's resend form; then DNS rebinding, with
+    // Chromium's resolver mapping attacker.example to 127.0.0.1.
+    let rx = Receiver::start();
+    let (mut agent, admin_port) = Agent::with_admin_token(TOKEN, &subscription("erp", &rx.url(), PARK_FAST));
+    agent.start();
+    rx.refuse_event("secret-sale", 422);
+    agent.send_all(&[event(
+        "secret-sale",
+        "order:7",
+        "SaleCreated",
+        serde_json::json!({"card_holder": "J. Doe"}),
+    )]);
+    wait_until(Duration::from_secs(30), "parked", || {
+        agent.status()["subscriptions"][0]["parked"] == 1
+    });
+    let ingest = agent.http_port.get();
+    let forged = |id: &str| {
+        serde_json::json!({"event_id": id, "type": "SaleCreated", "entity": "order:666", "payload": {"total": -1000}})
+            .to_string()
+    };
+    let html = format!(
+        r#"<!doctype html><title>loading</title>
+<form id="f" method="POST" action="http://127.0.0.1:{admin_port}/ui/resend" target="sink">
+<input name="token" value="{TOKEN}"><input name="parked" value="1"></form>
+<iframe name="sink"></iframe>
+<script>
+const results = {{}};
+const ingest = "http://127.0.0.1:{ingest}/v1/events";
+async function attempt(name, f) {{
+  try {{ results[name] = await f(); }} catch (e) {{ results[name] = "blocked: " + e; }}
+}}
+async function go() {{
+  await attempt("no_cors", async () => (await fetch(ingest, {{method: "POST", mode: "no-cors", body: {f1}}})).type);
+  await attempt("no_cors_text", async () => (await fetch(ingest, {{method: "POST", mode: "no-cors",
+      headers: {{"content-type": "text/plain"}}, body: {f2}}})).type);
+  await attempt("json", async () => (await fetch(ingest, {{method: "POST",
+      headers: {{"content-type": "application/json"}}, body: {f3}}})).status);
+  await attempt("read", async () => await (await fetch("http://127.0.0.1:{admin_port}/v1/events/secret-sale")).text());
+  document.getElementById("f").submit();
+  await new Promise(r => setTimeout(r, 1500));
+  window.results = results;
+  document.title = "done";
+}}
+go();
+</script>"#,
+        f1 = serde_json::to_string(&forged("forged-1")).expect("js"),
+        f2 = serde_json::to_string(&forged("forged-2")).expect("js"),
+        f3 = serde_json::to_string(&forged("forged-3")).expect("js"),
+    );
+    let site = serve_page(html);
+
+    let profile = agent.dir.path().join("chromium-profile");
+    let driver = Driver::start_with(
+        &profile,
+        "1024,768",
+        &["--host-resolver-rules=MAP attacker.example 127.0.0.1".to_string()],
+    );
+    driver.open(&format!("http://127.0.0.1:{site}/"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while driver.eval("return document.title") != "done" {
+        assert!(std::time::Instant::now() < deadline, "the page's script did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let results = driver.eval("return JSON.stringify(window.results)");
+    let results: serde_json::Value = serde_json::from_str(results.as_str().unwrap_or("{}")).expect("results");
+    // The browser sent the no-cors posts (opaque answers), nothing else got through.
+    assert_eq!(results["no_cors"], "opaque", "{results}");
+    assert!(
+        results["read"].as_str().is_some_and(|r| r.starts_with("blocked")),
+        "{results}"
+    );
+    assert!(!results.to_string().contains("J. Doe"), "{results}");
+
+    // DNS rebinding: the page's own name now resolves to loopback.
+    driver.open(&format!("http://attacker.example:{admin_port}/v1/events/secret-sale"));
+    let rebound = driver.text();
+    assert!(
+        rebound.contains("wrong_host") && !rebound.contains("J. Doe"),
+        "{rebound}"
+    );
+    driver.open(&format!("http://attacker.example:{admin_port}/"));
+    assert!(driver.text().contains("wrong_host"), "{}", driver.text());
+    drop(driver);
+
+    // Nothing forged was stored or delivered; the form's resend was refused.
+    let db = agent.open_db();
+    let forged_stored: i64 = db
+        .query_row("SELECT COUNT(*) FROM events WHERE event_id LIKE 'forged-%'", [], |r| {
+            r.get(0)
+        })
+        .expect("count");
+    assert_eq!(forged_stored, 0);
+    assert_eq!(agent.stored_events(), 1);
+    assert_eq!(
+        agent.status()["subscriptions"][0]["parked"],
+        1,
+        "the page's resend was refused"
+    );
+    assert!(rx.requests().iter().all(|r| !r.id.starts_with("forged")));
 }
