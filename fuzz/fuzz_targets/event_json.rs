@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use store_outbox::event::{parse_event, ErrorCode};
-use store_outbox_fuzz::{check_event, ijson_violation, IJSON_MARK};
+use store_outbox_fuzz::{check_event, ijson_violation, nesting_depth, IJSON_MARK, MAX_PAYLOAD_DEPTH, TOO_DEEP_MARK};
 
 const MAX_EVENT_BYTES: u64 = 1024 * 1024;
 
@@ -30,6 +30,17 @@ fuzz_target!(|data: &[u8]| {
                     ijson_violation(&text).is_some(),
                     "refused as not I-JSON but it is ({}): {text:?}",
                     e.message
+                );
+            }
+            // Refused as too deep only when something is: the payload
+            // (inside the event, one level more) past the limit.
+            if e.message.ends_with(TOO_DEEP_MARK) {
+                assert_eq!(e.code, ErrorCode::InvalidEvent, "{}", e.message);
+                let text = String::from_utf8_lossy(data);
+                assert!(
+                    nesting_depth(&text) > MAX_PAYLOAD_DEPTH + 1,
+                    "refused as too deep but nests {} levels: {text:?}",
+                    nesting_depth(&text)
                 );
             }
             assert!(

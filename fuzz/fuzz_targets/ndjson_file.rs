@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     match parse_file(NAME, data, 1024 * 1024) {
         Ok(events) => {
             check_events(&events);
-            let lines = std::str::from_utf8(data).expect("accepted input is UTF-8").lines().count();
+            let lines = std::str::from_utf8(data)
+                .expect("accepted input is UTF-8")
+                .lines()
+                .count();
             assert!(events.len() <= lines, "{} events from {lines} lines", events.len());
             // Every line taken is I-JSON as a whole (the spool skips blank ones).
             let text = std::str::from_utf8(data).expect("accepted input is UTF-8");

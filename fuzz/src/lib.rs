@@ -48,6 +48,9 @@ pub fn is_json_value(text: &str) -> bool {
     serde_json::from_str::<&RawValue>(text).is_ok()
 }
 
+/// The message of an event refused for nesting too deep.
+pub const TOO_DEEP_MARK: &str = "levels of arrays and objects";
+
 /// How the library ends the message of an event refused as not I-JSON.
 pub const IJSON_MARK: &str = "(I-JSON, RFC 7493)";
 
@@ -57,12 +60,48 @@ pub const IJSON_MARK: &str = "(I-JSON, RFC 7493)";
 /// number beyond the double range and a lone surrogate when it parses, and
 /// a scan of the text finds a key twice in one object (a `Value` would keep
 /// only the last copy). Anything that does not parse is "not I-JSON" too.
+///
+/// Depth is not an I-JSON rule: the parse has no recursion limit (the
+/// library walks any depth, and refuses a payload deeper than 128 levels
+/// by its own rule, checked apart: [`nesting_depth`]).
 pub fn ijson_violation(text: &str) -> Option<String> {
-    if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let parsed = serde_json::Value::deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    if let Err(e) = parsed {
         return Some(format!("does not parse as a serde_json::Value: {e}"));
     }
     duplicate_key(text).map(|k| format!("key {k:?} twice in one object"))
 }
+
+/// How deep arrays and objects nest in `text` (valid JSON): `1` is 0,
+/// `[[1]]` is 2.
+pub fn nesting_depth(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    deepest
+}
+
+/// The contract's limit on a payload's nesting.
+pub const MAX_PAYLOAD_DEPTH: usize = 128;
 
 /// The first key found twice in one object of `text`, which must be valid
 /// JSON: a scan of its tokens with one key set per open object.
@@ -128,6 +167,11 @@ pub fn check_event(e: &NewEvent) {
     if let Some(why) = ijson_violation(&e.payload) {
         panic!("accepted payload is not I-JSON ({why}): {:?}", e.payload);
     }
+    assert!(
+        nesting_depth(&e.payload) <= MAX_PAYLOAD_DEPTH,
+        "accepted payload nests {} levels, the limit is {MAX_PAYLOAD_DEPTH}",
+        nesting_depth(&e.payload)
+    );
     assert!(
         e.occurred_at.ends_with('Z') && e.occurred_at.len() >= 20,
         "occurred_at is not RFC 3339 UTC: {:?}",
