@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The package under the real systemd, and real power cuts (issue 17): boots a
-# Debian bookworm VM (qemu, TCG: no KVM needed), installs the project's .deb
-# in it and checks, with systemd as PID 1:
+# The package under the real systemd, and real power cuts (issues 17 and 24):
+# boots a Debian bookworm VM (qemu, TCG: no KVM needed), installs the
+# project's .deb in it and checks, with systemd as PID 1:
 #
 #   install  READY reached (Type=notify: active), `systemctl reload` applies a
 #            new subscription, `systemctl kill -s KILL` -> restarted,
@@ -19,6 +19,27 @@
 #            every acknowledged event answers `duplicate: true` when sent
 #            again and is listed by `events --json`, PRAGMA integrity_check
 #            is ok, every handed-over spool file is stored exactly once
+#   cut-reload
+#            (power cut POWER_CUTS+1) the same producers while a reloader
+#            rewrites the config (central's max_in_flight changed, a
+#            subscription added or removed, each time) and runs `systemctl
+#            reload` again and again; the power is cut 0-1.5 s after a
+#            reload began (2-8 s into the load). Next boot: the same checks,
+#            the agent active, and it runs the config on disk (the last one
+#            written): status shows its subscriptions, urls, max_in_flight,
+#            no reload failure
+#   cut-dpkg (power cut POWER_CUTS+2) a backlog (300 events for a
+#            subscription whose endpoint is down, filtered to their type),
+#            the producers (riding out the restart) and `dpkg -i` of a newer
+#            version (+vm2); the power is cut at a random moment of the dpkg
+#            run (drawn within 90 % of the time the install boot's upgrade
+#            took). Next boot: the agent active before anything is
+#            repaired and dpkg's state (dpkg-query, dpkg --audit) reported;
+#            where dpkg was interrupted the check runs `dpkg --configure -a`
+#            (or `dpkg -i` again when the unpacking was cut or had not
+#            begun) as an admin would, and says so; the same checks; every
+#            event acknowledged for the backlog still pending, then
+#            delivered once its endpoint is up
 #   final    the same checks, then the subscription drains to a receiver on
 #            the host (`store-outbox receive`, which checks signatures and
 #            per-entity order across every power cut); then a second agent on
@@ -37,7 +58,8 @@
 # mount). Both are cached in $CACHE_DIR/vm.
 #
 # Environment:
-#   POWER_CUTS=N        power cuts (default 3; each adds a boot, about 2 min)
+#   POWER_CUTS=N        power cuts under load (default 3; each adds a boot, about
+#                       2 min); the reload and dpkg cuts come on top (two boots)
 #   SKIP_BUILD=1        package the binary already in $CARGO_TARGET_DIR/release
 #   QUICK_BUILD=1       release build without LTO (as .ci/run and check.sh)
 #   CACHE_DIR           default /var/cache/store-outbox-ci (shared with check.sh);
@@ -147,17 +169,23 @@ qemu_run() {
 info "$( (qemu_run --version) | head -1)"
 
 # ---- the packages -----------------------------------------------------------
-step "the .deb (packaging/build-deb.sh), and a newer version of it for the upgrade"
+step "the .deb (packaging/build-deb.sh), and two newer versions of it for the upgrades"
 DEB1=$(NO_BUILD=${SKIP_BUILD:-0} "$REPO/packaging/build-deb.sh" | tail -1)
 [[ -f $DEB1 ]] || die "build-deb.sh gave no .deb"
 version=$(dpkg-deb -f "$DEB1" Version)
 # The same files under a higher version: dpkg runs the real upgrade path
 # (prerm upgrade, new files, postinst configure <old version>, restart).
-dpkg-deb -R "$DEB1" "$WORK/deb2"
-sed -i "s/^Version: .*/Version: ${version}+vm1/" "$WORK/deb2/DEBIAN/control"
+# +vm1 for the install boot's upgrade, +vm2 for the one the power cut
+# interrupts (phase cut-dpkg).
+dpkg-deb -R "$DEB1" "$WORK/deb-newer"
+for n in 1 2; do
+  sed -i "s/^Version: .*/Version: ${version}+vm$n/" "$WORK/deb-newer/DEBIAN/control"
+  dpkg-deb --root-owner-group -b "$WORK/deb-newer" "$WORK/store-outbox-$((n + 1)).deb" >/dev/null
+done
+rm -rf "$WORK/deb-newer"
 DEB2=$WORK/store-outbox-2.deb
-dpkg-deb --root-owner-group -b "$WORK/deb2" "$DEB2" >/dev/null
-info "$(basename "$DEB1") ($version) and ${version}+vm1"
+DEB3=$WORK/store-outbox-3.deb
+info "$(basename "$DEB1") ($version), ${version}+vm1 and ${version}+vm2"
 BIN=$CARGO_TARGET_DIR/release/store-outbox
 
 # ---- the guest root, cached ---------------------------------------------------
@@ -197,6 +225,7 @@ mkdir -p "$root/root/vm"
 install -m 0755 "$REPO/packaging/vm/guest-check.py" "$root/root/vm/guest-check.py"
 cp "$DEB1" "$root/root/vm/store-outbox-1.deb"
 cp "$DEB2" "$root/root/vm/store-outbox-2.deb"
+cp "$DEB3" "$root/root/vm/store-outbox-3.deb"
 cat >"$root/root/vm/config.base.toml" <<'EOF'
 # Written by the VM check: the packaged paths, a known store.
 [agent]
@@ -255,9 +284,15 @@ wait_for 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$ACK_PORT" 2>/dev/null || die "a
 RESULTS_ALL=$WORK/results.txt
 : >"$RESULTS_ALL"
 BOOTS=0
-# boot <phase> <cut: 0|1> [more kernel arguments]: one boot of the VM until
-# its DONE line and power-off (or, with cut=1, a SIGKILL of qemu at a random
-# moment after PRODUCING).
+# How long the install boot's `dpkg -i` upgrade took (its INFO line), in ms:
+# the power cut during the later one is drawn within it.
+DPKG_MS=5000
+now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((t / 1000)); }
+# boot <phase> <cut> [more kernel arguments]: one boot of the VM until its
+# DONE line and power-off, or a SIGKILL of qemu (the power cut) at a random
+# moment. cut: 0 none; 1 2-12 s after PRODUCING; reload 0-1.5 s after a
+# RELOAD-START line that comes 2-8 s after PRODUCING; dpkg 0-90 % of
+# DPKG_MS after DPKG-START.
 boot() {
   local phase=$1 cut=$2 t0=$SECONDS out serial
   shift 2
@@ -274,52 +309,94 @@ boot() {
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
     -serial "file:$serial" -serial "file:$out" &
   QEMU_PID=$!
-  local deadline=$((SECONDS + BOOT_TIMEOUT)) cut_at=
+  local deadline=$((SECONDS + BOOT_TIMEOUT)) cut_at= armed_at= starts= now
   while kill -0 "$QEMU_PID" 2>/dev/null; do
     if ((SECONDS > deadline)); then
       kill -9 "$QEMU_PID"; wait "$QEMU_PID" 2>/dev/null || true; QEMU_PID=
       tail -30 "$serial" >&2
       die "boot $BOOTS ($phase) did not finish in $BOOT_TIMEOUT s"
     fi
-    if [[ $cut == 1 && -z $cut_at ]] && grep -q '^PRODUCING' "$out"; then
-      cut_at=$((SECONDS + 2 + RANDOM % 11))
+    now=$(now_ms)
+    if [[ -z $cut_at ]]; then
+      case $cut in
+        1) grep -q '^PRODUCING' "$out" && cut_at=$((now + 2000 + RANDOM % 10001)) ;;
+        reload)
+          if [[ -z $armed_at ]]; then
+            grep -q '^PRODUCING' "$out" && armed_at=$((now + 2000 + RANDOM % 6001))
+          elif ((now >= armed_at)); then
+            # The next reload to begin from here on.
+            if [[ -z $starts ]]; then
+              starts=$(grep -c '^RELOAD-START ' "$out" || true)
+            elif (($(grep -c '^RELOAD-START ' "$out" || true) > starts)); then
+              cut_at=$((now + RANDOM % 1501))
+            fi
+          fi ;;
+        dpkg) grep -q '^DPKG-START' "$out" && cut_at=$((now + (RANDOM * 32768 + RANDOM) % (DPKG_MS * 9 / 10 + 1))) ;;
+      esac
     fi
-    if [[ -n $cut_at ]] && ((SECONDS >= cut_at)); then
+    if [[ -n $cut_at ]] && ((now >= cut_at)); then
       kill -9 "$QEMU_PID"
       break
     fi
-    sleep 0.5
+    if [[ $cut == 0 || $cut == 1 ]]; then sleep 0.5; else sleep 0.1; fi
   done
   wait "$QEMU_PID" 2>/dev/null || true
   QEMU_PID=
   tr -d '\r' <"$out" >"$out.txt"
   # A line cut off by the power cut is no report.
   [[ -z $(tail -c1 "$out.txt") ]] || sed -i '$d' "$out.txt"
-  grep -E '^(ACK|HANDED) ' "$out.txt" >>"$WORK/serve/acks.txt" || true
+  grep -E '^(ACK|HANDED|RELOAD-START|RELOAD-DONE) ' "$out.txt" >>"$WORK/serve/acks.txt" || true
   grep -E '^(CHECK|INFO) ' "$out.txt" | sed "s/^/[$phase] /" | tee -a "$RESULTS_ALL" | sed 's/^/    /'
-  local acks handed
+  local acks handed when
   acks=$(grep -c '^ACK ' "$out.txt" || true)
   handed=$(grep -c '^HANDED ' "$out.txt" || true)
-  if [[ $cut == 1 ]]; then
-    [[ -n $cut_at ]] || die "boot $BOOTS ($phase): the guest never started producing (see $serial)"
-    echo "[$phase] INFO power cut after $((SECONDS - t0)) s of boot and load: $acks events acknowledged, $handed spool files handed over in this boot" | tee -a "$RESULTS_ALL" | sed 's/^/    /'
+  grep -q '^CHECK FAIL' "$out.txt" && die "boot $BOOTS ($phase): a check failed (above)"
+  if [[ $cut != 0 ]]; then
+    [[ -n $cut_at ]] || die "boot $BOOTS ($phase): the guest never reached the moment to cut (see $serial and above)"
+    when=
+    case $cut in
+      reload)
+        local started done_ last
+        started=$(grep -c '^RELOAD-START ' "$out.txt" || true)
+        done_=$(grep -c '^RELOAD-DONE ' "$out.txt" || true)
+        last=$(grep '^RELOAD-START ' "$out.txt" | tail -1 | cut -d' ' -f2)
+        if ((started > done_)); then
+          when=" within reload $last (config on disk, systemctl reload not returned; $done_ reloads returned before)"
+        else
+          when=" after reload $last returned ($done_ reloads returned)"
+        fi ;;
+      dpkg)
+        if grep -q '^DPKG-END ' "$out.txt"; then
+          when=" after dpkg -i had ended (the draw, within $DPKG_MS ms, was longer than this run)"
+        else
+          when=" during dpkg -i, $(grep -c '^DPKG-STATUS ' "$out.txt" || true) status lines in, the last: '$(grep '^DPKG-STATUS ' "$out.txt" | tail -1 | cut -d' ' -f2-)'"
+        fi ;;
+    esac
+    echo "[$phase] INFO power cut after $((SECONDS - t0)) s of boot and load$when: $acks events acknowledged, $handed spool files handed over in this boot" | tee -a "$RESULTS_ALL" | sed 's/^/    /'
   else
     grep -q "^DONE $phase ok" "$out.txt" || { tail -30 "$serial" >&2; die "boot $BOOTS ($phase) did not end with DONE ok"; }
   fi
-  grep -q '^CHECK FAIL' "$out.txt" && die "boot $BOOTS ($phase): a check failed (above)"
   info "boot $BOOTS ($phase): $((SECONDS - t0)) s"
 }
 
 step "boot 1: install, reload, KILL, STOP (watchdog), sandbox, upgrade"
 boot install 0
+took=$(awk '/^INFO dpkg -i upgrade took / {printf "%d", $6 * 1000}' "$WORK/ttyS1-$BOOTS.log.txt")
+[[ -n $took ]] && ((took > 0)) && DPKG_MS=$took
 step "boot 2: after the reboot; producers, then power cut 1"
 boot reboot 1 vmcheck.cycle=1
 for ((c = 2; c <= POWER_CUTS; c++)); do
   step "boot $((c + 1)): checks after power cut $((c - 1)); producers, then power cut $c"
   boot cut 1 "vmcheck.cycle=$c"
 done
-step "boot $((POWER_CUTS + 2)): checks after power cut $POWER_CUTS; drain"
-boot final 0 "vmcheck.cycle=$((POWER_CUTS + 1))"
+c=$((POWER_CUTS + 1))
+step "boot $((c + 1)): checks after power cut $POWER_CUTS; producers and reloads, then power cut $c around a reload"
+boot cut-reload reload "vmcheck.cycle=$c"
+c=$((c + 1))
+step "boot $((c + 1)): checks after power cut $((c - 1)), the config on disk; a backlog, producers, dpkg -i, then power cut $c during it"
+boot cut-dpkg dpkg "vmcheck.cycle=$c"
+step "boot $((c + 2)): dpkg's state after power cut $c, checks, the backlog delivered; drain"
+boot final 0 "vmcheck.cycle=$((c + 1))"
 
 step "the host's receiver: signatures and per-entity order across every power cut"
 acked=$(grep -c '^ACK ' "$WORK/serve/acks.txt" || true)
@@ -342,6 +419,6 @@ EOF
 
 checks=$(grep -c ' CHECK ok ' "$RESULTS_ALL" || true)
 step "summary"
-info "$checks checks passed in $BOOTS boots, $POWER_CUTS power cuts, $acked acknowledged events; cache=$CACHE_MODE; $((SECONDS - T_ALL)) s"
+info "$checks checks passed in $BOOTS boots, $((POWER_CUTS + 2)) power cuts ($POWER_CUTS under load, one around a reload, one during dpkg -i), $acked acknowledged events; cache=$CACHE_MODE; $((SECONDS - T_ALL)) s"
 [[ -n ${RESULTS:-} ]] && cp "$RESULTS_ALL" "$RESULTS"
 exit 0

@@ -9,19 +9,36 @@ line per fact, which the host reads from a file:
     HANDED <file> <lines>              a spool file is handed over (fsynced,
                                        renamed, directory fsynced)
     PRODUCING                          producers run: the host may cut power
+    RELOAD-START <n>                   config variant n is on disk (fsynced,
+                                       renamed, directory fsynced); `systemctl
+                                       reload` follows
+    RELOAD-DONE <n> <seconds>          `systemctl reload` returned
+    DPKG-START                         `dpkg -i` of the newer package begins
+    DPKG-STATUS <line>                 a line of dpkg's --status-fd
+    DPKG-END <rc>                      dpkg returned
     DONE <phase> ok|FAIL               the phase is over
 
 The phase comes from the kernel command line (vmcheck.phase=...):
-    install   dpkg -i, READY, reload, KILL, STOP (watchdog), sandbox,
-              backlog kept by an upgrade; then a clean reboot
-    reboot    the backlog and the journal survived the reboot, then produce
-              until the host cuts power
-    cut       check every earlier acknowledgement, then produce again
-    final     check, then wait for the subscription to drain; then a second
-              agent on a small ext4 disk (/dev/vdb) filled up
-The host serves what it collected (acks.txt) on 10.0.2.2 (vmcheck.acks=URL).
+    install     dpkg -i, READY, reload, KILL, STOP (watchdog), sandbox,
+                backlog kept by an upgrade; then a clean reboot
+    reboot      the backlog and the journal survived the reboot, then produce
+                until the host cuts power
+    cut         check every earlier acknowledgement, then produce again
+    cut-reload  check, then produce while a reloader rewrites the config
+                and runs `systemctl reload` again and again, until the host
+                cuts power around or within one of them
+    cut-dpkg    check, and that the agent runs the config left on disk by
+                the cut; then a backlog (an endpoint that is down), producers
+                and `dpkg -i` of a newer package, cut by the host during it
+    final       dpkg's state after the cut (repaired as an admin would), the
+                checks, the backlog kept and then delivered, the
+                subscription drained; then a second agent on a small ext4
+                disk (/dev/vdb) filled up
+The host serves what it collected (acks.txt: ACK, HANDED and RELOAD lines) on
+10.0.2.2 (vmcheck.acks=URL).
 """
 
+import http.client
 import json
 import os
 import random
@@ -32,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 
 UNIT = "store-outbox"
@@ -40,6 +58,11 @@ DB = "/var/lib/store-outbox/outbox.db"
 SOCK = "/run/store-outbox/ingest.sock"
 SPOOL = "/var/spool/store-outbox/incoming"
 STATE = "/root/vm/state.json"
+# The newer package that the power cut during dpkg -i interrupts.
+DEB_NEWER = "/root/vm/store-outbox-3.deb"
+# Events for the subscription that nobody answers before that dpkg -i.
+BACKLOG = 300
+DEAD = "http://127.0.0.1:9"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 OUT = open("/dev/ttyS1", "w", buffering=1)
@@ -105,21 +128,31 @@ def sub_status(name):
     return next((s for s in status()["subscriptions"] if s["name"] == name), None)
 
 
-def write_config(subscriptions):
+def write_config(subscriptions, note=""):
+    """The config as an admin's tool should write it: a temporary file,
+    fsynced, renamed, the directory fsynced (so after a power cut the file
+    on disk is the last one written). A subscription is (name, url) or
+    (name, url, {key: value}), each value written as JSON (an integer, a
+    list of strings: TOML as well)."""
     text = open("/root/vm/config.base.toml").read()
-    for name, url in subscriptions:
+    if note:
+        text = f"# {note}\n" + text
+    for name, url, *extra in subscriptions:
         text += f'\n[[subscription]]\nname = "{name}"\nurl = "{url}"\nsecret = "{SECRET}"\n'
         text += 'retry = { initial = "200ms", max = "2s" }\n'
+        for key, value in (extra[0] if extra else {}).items():
+            text += f"{key} = {json.dumps(value)}\n"
     tmp = CONFIG + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, CONFIG)
+    fsync_dir(os.path.dirname(CONFIG))
 
 
-def event(event_id, entity, n):
-    return {"event_id": event_id, "type": "PowerCut", "entity": entity, "payload": {"n": n}}
+def event(event_id, entity, n, event_type="PowerCut"):
+    return {"event_id": event_id, "type": event_type, "entity": entity, "payload": {"n": n}}
 
 
 def socket_send(events):
@@ -240,7 +273,11 @@ def phase_install(args):
     check(all(r["ok"] for r in replies), "200 events for the backlog acknowledged")
     pending = wait("the backlog in status", lambda: sub_status("held")["pending"] >= 240 and sub_status("held")["pending"], 60)
     pid = prop("MainPID")
+    t0 = time.monotonic()
     sh("dpkg", "-i", "/root/vm/store-outbox-2.deb")
+    # The host draws the moment of the power cut during the later dpkg -i
+    # (phase cut-dpkg) from this duration.
+    say(f"INFO dpkg -i upgrade took {time.monotonic() - t0:.1f} s (the restart included)")
     wait("the upgraded service", lambda: active() and prop("MainPID") not in ("0", pid), 120)
     version = sh("dpkg-query", "-W", "-f=${Version}", "store-outbox").stdout
     after = sub_status("held")["pending"]
@@ -338,17 +375,33 @@ def verify(args):
     return len(acked), len(handed)
 
 
-def produce(args):
+def produce(args, reloads=False, upgrade=False):
     """Producers on the socket, on loopback HTTP and in the spool, until the
-    power goes. Each acknowledgement is reported only after the reply."""
+    power goes. Each acknowledgement is reported only after the reply.
+    reloads: meanwhile a reloader rewrites the config and runs `systemctl
+    reload`, again and again. upgrade: meanwhile `dpkg -i` of the newer
+    package runs, and the producers ride out the restart it makes: a batch
+    whose connection is refused or cut goes again with the same ids."""
     cycle = args.get("cycle", "0")
     stop = threading.Event()
+
+    def sending(send, batch):
+        try:
+            return send(batch)
+        except (OSError, RuntimeError, ValueError, http.client.HTTPException):
+            if not upgrade:
+                raise
+            time.sleep(0.3)
+            return None
 
     def socket_producer():
         n = 0
         while not stop.is_set():
             batch = [event(f"s-{cycle}-{n + i}", f"sock:{(n + i) % 8}", n + i) for i in range(25)]
-            for e, r in zip(batch, socket_send(batch)):
+            replies = sending(socket_send, batch)
+            if replies is None:
+                continue
+            for e, r in zip(batch, replies):
                 if r.get("ok"):
                     say(f"ACK {e['event_id']}")
             n += 25
@@ -357,7 +410,10 @@ def produce(args):
         n = 0
         while not stop.is_set():
             batch = [event(f"h-{cycle}-{n + i}", f"http:{(n + i) % 8}", n + i) for i in range(20)]
-            for e, r in zip(batch, http_send(batch)):
+            replies = sending(http_send, batch)
+            if replies is None:
+                continue
+            for e, r in zip(batch, replies):
                 if r.get("ok"):
                     say(f"ACK {e['event_id']}")
             n += 20
@@ -373,14 +429,57 @@ def produce(args):
             n += 1
             time.sleep(0.05)
 
-    threads = [threading.Thread(target=t, daemon=True) for t in (socket_producer, http_producer, spool_producer)]
+    def reloader():
+        v = 0
+        while not stop.is_set():
+            v += 1
+            write_config(reload_variant(v, args["receiver"]), f"vm-check config variant {v}")
+            say(f"RELOAD-START {v}")
+            t0 = time.monotonic()
+            sh("systemctl", "reload", UNIT, timeout=120)
+            say(f"RELOAD-DONE {v} {time.monotonic() - t0:.2f}")
+            time.sleep(random.uniform(0, 0.5))
+
+    targets = [socket_producer, http_producer, spool_producer] + ([reloader] if reloads else [])
+    threads = [threading.Thread(target=t, daemon=True) for t in targets]
     for t in threads:
         t.start()
     say("PRODUCING")
+    if upgrade:
+        time.sleep(2)  # the producers under way
+        upgrade_under_load()
     # Until the host cuts the power; a producer that dies is a failure.
     while all(t.is_alive() for t in threads):
         time.sleep(1)
-    check(False, "producers run until the power cut", "a producer thread ended")
+    check(False, "producers run until the power cut", "a producer or the reloader thread ended")
+
+
+def upgrade_under_load():
+    """dpkg -i of the newer package, each line of its --status-fd on the
+    serial port as it comes (the host cuts the power during the run)."""
+    pid = prop("MainPID")
+    r, w = os.pipe()
+    log = open("/root/vm/dpkg-cut.log", "w")
+    say("DPKG-START")
+    t0 = time.monotonic()
+    p = subprocess.Popen(["dpkg", "--status-fd", str(w), "-i", DEB_NEWER], pass_fds=(w,), stdout=log,
+                         stderr=subprocess.STDOUT)
+    os.close(w)
+
+    def relay():
+        with os.fdopen(r) as f:
+            for line in f:
+                say(f"DPKG-STATUS {line.strip()}")
+
+    relay_thread = threading.Thread(target=relay, daemon=True)
+    relay_thread.start()
+    rc = p.wait()
+    relay_thread.join(5)
+    say(f"DPKG-END {rc}")
+    took = time.monotonic() - t0
+    check(rc == 0, "dpkg -i of the newer package under load", f"exit {rc} after {took:.1f} s")
+    wait("the upgraded service", lambda: active() and prop("MainPID") not in ("0", pid), 120)
+    say(f"INFO dpkg -i ended {took:.1f} s after it began and the power is still on; the agent restarted")
 
 
 def phase_cut(args):
@@ -391,9 +490,168 @@ def phase_cut(args):
     produce(args)
 
 
-def phase_final(args):
+# ---- a power cut around or within a reload --------------------------------
+
+
+def reload_variant(v, receiver):
+    """Config variant v of the reload cut: central's max_in_flight changes
+    each time (a changed subscription: its scheduler is replaced), and a
+    subscription standby comes and goes, with another url each time."""
+    subs = [("central", receiver, {"max_in_flight": 2 + v % 4})]
+    if v % 2:
+        subs.append(("standby", f"{DEAD}/standby-{v}"))
+    return subs
+
+
+def phase_cut_reload(args):
     acked, handed = verify(args)
-    say(f"INFO verified {acked} acknowledged events and {handed} spool files after the last power cut")
+    say(f"INFO verified {acked} acknowledged events and {handed} spool files after power cut {int(args['cycle']) - 1}")
+    if FAILED:
+        return
+    produce(args, reloads=True)
+
+
+def reloads_so_far(args):
+    """The RELOAD-START and RELOAD-DONE variants the host saw."""
+    with urllib.request.urlopen(args["acks"], timeout=60) as r:
+        lines = r.read().decode().splitlines()
+    started = [int(l.split()[1]) for l in lines if l.startswith("RELOAD-START ")]
+    returned = [int(l.split()[1]) for l in lines if l.startswith("RELOAD-DONE ")]
+    return started, returned
+
+
+def config_on_disk(args):
+    """After the power cut around or within a reload: the config file is
+    the last variant whose write was reported (or the one written after
+    it), and the agent runs that one: the same subscriptions, urls and
+    max_in_flight in status, no reload failure."""
+    text = open(CONFIG).read()
+    m = re.match(r"# vm-check config variant (\d+)\n", text)
+    variant = int(m.group(1)) if m else None
+    started, returned = reloads_so_far(args)
+    last = started[-1] if started else None
+    check(variant is not None and last is not None and variant in (last, last + 1),
+          "after a power cut around a reload: the config on disk is the last one written",
+          f"variant {variant} on disk; the host saw {len(started)} reloads start (the last {last}), "
+          f"{len(returned)} return (the last {returned[-1] if returned else None})")
+    want = {s["name"]: (s["url"].rstrip("/"), s.get("max_in_flight", 16)) for s in tomllib.loads(text).get("subscription", [])}
+
+    def running():
+        subs = {s["name"]: s for s in status()["subscriptions"] if s["configured"]}
+        got = {n: ((s["url"] or "").rstrip("/"), s["max_in_flight"]) for n, s in subs.items()}
+        return got if got == want else None
+
+    try:
+        got = wait("status to show the config on disk", running, 60)
+    except RuntimeError:
+        got = {s["name"]: (s["url"], s["max_in_flight"]) for s in status()["subscriptions"] if s["configured"]}
+    failed = status()["reload_failed"]
+    check(got == want and failed is None, "after a power cut around a reload: the agent runs the config on disk",
+          f"on disk {sorted(want.items())}; status {sorted(got.items())}; reload_failed {failed}")
+
+
+# ---- a power cut during dpkg -i with a backlog -------------------------------
+
+
+def phase_cut_dpkg(args):
+    acked, handed = verify(args)
+    started, returned = reloads_so_far(args)
+    say(f"INFO verified {acked} acknowledged events and {handed} spool files after power cut "
+        f"{int(args['cycle']) - 1} (around reload {started[-1] if started else None})")
+    config_on_disk(args)
+    if FAILED:
+        return
+    # A backlog: a subscription nobody answers, then events for it.
+    write_config(backlog_config(f"{DEAD}/backlog", args["receiver"]))
+    sh("systemctl", "reload", UNIT)
+    wait("the backlog subscription", lambda: sub_status("backlog")["configured"], 60)
+    ids = [f"backlog-{i}" for i in range(BACKLOG)]
+    replies = socket_send([event(i, f"backlog:{n % 4}", n, "Backlog") for n, i in enumerate(ids)])
+    for i, r in zip(ids, replies):
+        if r.get("ok"):
+            say(f"ACK {i}")
+    check(all(r.get("ok") for r in replies), f"{BACKLOG} events for the backlog acknowledged")
+    pending = wait("the backlog in status", lambda: sub_status("backlog")["pending"] >= BACKLOG and sub_status("backlog")["pending"], 60)
+    say(f"INFO backlog pending {pending} before dpkg -i of the newer package (under load)")
+    produce(args, upgrade=True)
+
+
+def backlog_config(backlog_url, receiver):
+    """central, and backlog for the Backlog events only: a new subscription
+    gets every event still in the outbox, thousands more to deliver in the
+    last boot."""
+    return [("central", receiver), ("backlog", backlog_url, {"events": ["Backlog"]})]
+
+
+def dpkg_state():
+    """dpkg's record of the package, as an admin would look at it."""
+    out = sh("dpkg-query", "-W", "-f=${Status}|${Version}", "store-outbox", check_rc=False).stdout
+    state, _, version = out.partition("|")
+    # Its first sentence says it; the package's description follows.
+    audit = " ".join(sh("dpkg", "--audit", check_rc=False).stdout.split()).split(": ")[0]
+    journal = [f for f in os.listdir("/var/lib/dpkg/updates") if f.isdigit()]
+    text = f"store-outbox {version} '{state}'"
+    if journal:
+        text += f", {len(journal)} entries in dpkg's journal (/var/lib/dpkg/updates)"
+    text += f"; dpkg --audit: {audit}" if audit else "; dpkg --audit: clean"
+    return state, version, bool(audit or journal), text
+
+
+def backlog_pending():
+    return {e["event_id"] for e in json.loads(sh("store-outbox", "events", "--json", "--subscription", "backlog",
+                                                 "--state", "pending", "--limit", "10000000").stdout)}
+
+
+def after_dpkg_cut(args):
+    """The boot after the power cut during dpkg -i: the agent up before
+    anything is repaired, what dpkg says, nothing lost, the backlog there;
+    then dpkg finished as an admin would, and the backlog delivered."""
+    wait("the service active after the power cut", active, 180)
+    newer = sh("dpkg-deb", "-f", DEB_NEWER, "Version").stdout.strip()
+    state, version, unclean, text = dpkg_state()
+    check(active(), "after a power cut during dpkg -i: the agent up after the boot", f"before any repair; {text}")
+    acked, handed = verify(args)
+    say(f"INFO verified {acked} acknowledged events and {handed} spool files after power cut "
+        f"{int(args['cycle']) - 1} (during dpkg -i)")
+    # Every backlog event acknowledged before dpkg -i waits for it still.
+    ids = [i for i in acked_so_far(args)[0] if i.startswith("backlog-")]
+    pending = backlog_pending()
+    missing = [i for i in ids if i not in pending]
+    check(len(ids) == BACKLOG and not missing, "after a power cut during dpkg -i: the backlog is still there",
+          f"{len(pending)} pending for backlog, {len(ids)} acknowledged for it before dpkg -i, "
+          f"{len(missing)} missing {missing[:5]}")
+    if state == "install ok installed" and version == newer and not unclean:
+        say(f"INFO dpkg had finished before the power cut ({newer} installed): nothing to repair")
+    else:
+        # An admin's step: configure what was unpacked; a package whose
+        # unpacking was cut (or had not begun) is installed again.
+        cmd = ["dpkg", "-i", DEB_NEWER]
+        if version == newer and "half-installed" not in state and "reinstreq" not in state:
+            cmd = ["dpkg", "--configure", "-a"]
+        r = sh(*cmd, check_rc=False)
+        try:
+            wait("the service active after the repair", active, 120)
+        except RuntimeError:
+            pass
+        state, version, unclean, text = dpkg_state()
+        check(r.returncode == 0 and state == "install ok installed" and version == newer and not unclean and active(),
+              f"after a power cut during dpkg -i: `{' '.join(cmd)}`, run by this check as an admin would, completes the upgrade",
+              f"exit {r.returncode}; {text}; the agent active")
+        kept = backlog_pending()
+        check(set(ids) <= kept, "after a power cut during dpkg -i: the repair keeps the backlog",
+              f"{len(kept)} pending for backlog, {len(set(ids) - kept)} missing")
+    # The endpoint comes up: the backlog goes out.
+    write_config(backlog_config(args["receiver"], args["receiver"]))
+    sh("systemctl", "reload", UNIT)
+    wait("the backlog delivered", lambda: sub_status("backlog")["configured"] and sub_status("backlog")["pending"] == 0, 600, 2)
+    backlog = sub_status("backlog")
+    check(backlog["pending"] == 0 and backlog["parked"] == 0 and backlog["delivered_total"] >= len(ids),
+          "after a power cut during dpkg -i: the backlog delivered once its endpoint is up",
+          f"delivered_total {backlog['delivered_total']} (at least the {len(ids)} acknowledged for it)")
+
+
+def phase_final(args):
+    after_dpkg_cut(args)
     wait("central drained", lambda: sub_status("central")["pending"] == 0, 600, 2)
     central = sub_status("central")
     check(central["pending"] == 0 and central["parked"] == 0, "the subscription drained after the power cuts",
@@ -470,7 +728,8 @@ def main():
     phase = args.get("phase", "")
     say(f"INFO phase {phase} boot {time.clock_gettime(time.CLOCK_BOOTTIME):.1f} s after power on")
     try:
-        {"install": phase_install, "reboot": phase_reboot, "cut": phase_cut, "final": phase_final}[phase](args)
+        {"install": phase_install, "reboot": phase_reboot, "cut": phase_cut, "cut-reload": phase_cut_reload,
+         "cut-dpkg": phase_cut_dpkg, "final": phase_final}[phase](args)
     except Exception as e:  # the report must say what broke
         check(False, f"phase {phase}", repr(e))
     say(f"DONE {phase} {'FAIL' if FAILED else 'ok'}")
