@@ -106,7 +106,12 @@ impl Guard {
 
     /// Checks a request's head.
     pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        // Exactly one: with two, a proxy in front may have read the other.
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let host = match (hosts.next(), hosts.next()) {
+            (Some(one), None) => one.to_str().ok(),
+            _ => None,
+        };
         match host {
             Some(h) if self.host_ok(h) => {}
             _ => {

@@ -30,8 +30,6 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// the log.
 pub async fn serve(listener: TcpListener, app: Router, mut shutdown: Shutdown, what: &'static str) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
     let mut full_logged = false;
     loop {
         // A permit first: at the cap, connections wait in the backlog.
@@ -67,29 +65,43 @@ pub async fn serve(listener: TcpListener, app: Router, mut shutdown: Shutdown, w
             },
             _ = shutdown.wait() => break,
         };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let mut app = app.clone();
-            async move { app.call(request).await }
-        });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let mut stop = shutdown.clone();
+        let (app, stop) = (app.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stop.wait() => {
-                    // Finish the request in progress, take no more.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(server = what, error = %e, "connection ended");
-            }
+            serve_connection(stream, app, stop, what).await;
         });
     }
     // Every connection returns its permit when it ends.
     let _ = permits.acquire_many(MAX_CONNECTIONS as u32).await;
+}
+
+/// Serves one connection (any byte stream: the fuzz target feeds one from
+/// memory) until the client is done, its head times out, or `stop`, when
+/// the request in progress is answered and no more are taken.
+pub async fn serve_connection<I>(io: I, app: Router, mut stop: Shutdown, what: &'static str)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // half_close: a client that shuts its side after the request (`nc -N`,
+    // a script) still gets its answer.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .half_close(true);
+    let service = hyper::service::service_fn(move |request| {
+        let mut app = app.clone();
+        async move { app.call(request).await }
+    });
+    let connection = http.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.wait() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(server = what, error = %e, "connection ended");
+    }
 }

@@ -14,6 +14,10 @@ use store_outbox::event::{check_entity, valid_event_id, NewEvent};
 #[path = "../fuzz/src/socket_framing.rs"]
 mod socket_framing;
 
+/// The `http_head` target's harness and checks, the very file it uses.
+#[path = "../fuzz/src/http_head.rs"]
+mod http_head;
+
 /// What a parser makes of one regression input.
 #[derive(Debug)]
 enum Expect {
@@ -30,10 +34,12 @@ use Expect::{Accepted, Refused};
 type Answer = Result<usize, String>;
 
 /// The targets (`fuzz/fuzz_targets/<target>.rs`) and their regression
-/// directories; `socket_framing` has none yet (its corpus is replayed).
-const TARGETS: [&str; 6] = [
+/// directories; `socket_framing` and `http_head` have none yet (their
+/// corpora are replayed).
+const TARGETS: [&str; 7] = [
     "config_toml",
     "event_json",
+    "http_head",
     "json_file",
     "ndjson_file",
     "poslog_xml",
@@ -356,4 +362,31 @@ fn socket_framing_regressions() {
         "socket framing checks failed for {failed:?} (messages above)"
     );
     assert!(events > 0, "the good lines of the corpus were parsed as events");
+}
+
+/// The HTTP servers' inputs: recorded crashes, if any, and the seed corpus
+/// (a good post, a text/plain one, an `Origin`, a rebound `Host`, two
+/// `Host`s, the admin routes, a half-sent head), each served as one
+/// connection by the real routers behind their guard.
+#[test]
+fn http_head_regressions() {
+    let regressions = fuzz_dir().join("regressions/http_head");
+    let recorded = if regressions.exists() {
+        files_in(&regressions)
+    } else {
+        vec![]
+    };
+    let seeds = files_in(&fuzz_dir().join("corpus/http_head"))
+        .into_iter()
+        .map(|(name, bytes)| (format!("corpus/{name}"), bytes));
+    let all: Vec<(String, Vec<u8>)> = recorded.into_iter().chain(seeds).collect();
+    assert!(all.len() >= 10, "the HTTP inputs are there");
+    let failed: Vec<&str> = all
+        .iter()
+        .filter(|(_, bytes)| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| http_head::check_connection(bytes))).is_err()
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert!(failed.is_empty(), "HTTP checks failed for {failed:?} (messages above)");
 }

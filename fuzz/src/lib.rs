@@ -197,3 +197,6 @@ pub fn check_events(events: &[NewEvent]) {
 
 /// The socket's framing harness (also replayed by the main crate's tests).
 pub mod socket_framing;
+
+/// The HTTP servers' harness (also replayed by the main crate's tests).
+pub mod http_head;

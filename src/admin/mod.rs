@@ -101,14 +101,14 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, shutdow
             return;
         }
     };
-    let guard = Guard::new(
-        "admin",
-        listen,
-        admin.config.admin.allow_remote,
-        OriginRule::SameOriginPosts,
-    );
-    let app = router(admin).layer(axum::middleware::from_fn_with_state(guard, crate::http_guard::enforce));
-    crate::http_server::serve(listener, app, shutdown, "admin").await;
+    crate::http_server::serve(listener, app(admin, listen), shutdown, "admin").await;
+}
+
+/// The admin router behind its guard, for a server listening on `listen`.
+pub fn app(admin: Arc<Admin>, listen: std::net::SocketAddr) -> Router {
+    let allow_remote = admin.config.admin.allow_remote;
+    let guard = Guard::new("admin", listen, allow_remote, OriginRule::SameOriginPosts);
+    router(admin).layer(axum::middleware::from_fn_with_state(guard, crate::http_guard::enforce))
 }
 
 type ApiError = (StatusCode, String);

@@ -63,17 +63,24 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<HttpIngest>) {
             return;
         }
     };
+    crate::http_server::serve(listener, app(state, listen), shutdown, "ingest").await;
+}
+
+/// The ingest router behind its guard, for a server listening on `listen`.
+pub fn app(state: Arc<HttpIngest>, listen: std::net::SocketAddr) -> Router {
     let guard = Guard::new("ingest", listen, state.allow_remote, OriginRule::RefuseAll);
-    let app = router(state).layer(axum::middleware::from_fn_with_state(guard, crate::http_guard::enforce));
-    crate::http_server::serve(listener, app, shutdown, "ingest").await;
+    router(state).layer(axum::middleware::from_fn_with_state(guard, crate::http_guard::enforce))
 }
 
 /// Whether the request says its body is JSON (`application/json`, with or
 /// without parameters such as `charset`).
 fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(only), None) = (types.next(), types.next()) else {
+        return false;
+    };
+    only.to_str()
+        .ok()
         .and_then(|v| v.split(';').next())
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
