@@ -556,3 +556,66 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
         EVENTS
     );
 }
+
+// ---- answers that ask for too much ---------------------------------------------
+
+/// Whether the agent process is still running (not exited, not aborted).
+fn alive(agent: &mut Agent) -> bool {
+    agent.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+}
+
+#[test]
+fn a_retry_after_beyond_any_clock_pauses_for_retry_max_and_the_agent_lives() {
+    const EVENTS: usize = 40;
+    const ENTITIES: usize = 4;
+    let rx = Receiver::start();
+    // The first answer asks for u64::MAX seconds (an `Instant` overflow),
+    // the second for 317 years, the third for a date in the year 9999;
+    // then the endpoint takes everything.
+    let asked = Arc::new(AtomicU64::new(0));
+    {
+        let asked = asked.clone();
+        rx.answer_with(move |_| match asked.fetch_add(1, Ordering::SeqCst) {
+            0 => Answer::status(429).header("retry-after", "18446744073709551615"),
+            1 => Answer::status(503).header("retry-after", "10000000000"),
+            2 => Answer::status(429).header("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            _ => Answer::ok(),
+        });
+    }
+    let retry_max = Duration::from_secs(2);
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        "timeout = \"5s\"\nretry = { initial = \"100ms\", max = \"2s\" }",
+    ));
+    agent.start();
+    let started = Instant::now();
+    agent.send_events(&Events::new("ra", 0..EVENTS, "SaleCreated").spread_over("till", ENTITIES));
+    // Three pauses of at most retry.max each, one after the other, plus a
+    // margin for a loaded machine (the drain itself takes well under 1 s).
+    let bound = retry_max * 3 + Duration::from_secs(20);
+    wait_until(bound, "everything delivered after the clamped pauses", || {
+        rx.delivered_ids().len() == EVENTS || !alive(&mut agent)
+    });
+    assert!(alive(&mut agent), "the agent died:\n{}", agent.log());
+    assert_eq!(rx.delivered_ids().len(), EVENTS, "{}", agent.log());
+    assert_complete_in_order("erp", &rx.delivered(), EVENTS, ENTITIES);
+    let took = started.elapsed();
+    assert!(asked.load(Ordering::SeqCst) >= 3, "all three throttles were answered");
+    wait_until(Duration::from_secs(30), "status shows it drained", || {
+        let s = agent.sub_status("erp");
+        s["pending"] == 0 && s["delivered_total"] == EVENTS
+    });
+    // Stopped and started again with the same answers, it lives too.
+    assert!(agent.stop().success(), "clean stop:\n{}", agent.log());
+    asked.store(0, Ordering::SeqCst);
+    agent.start();
+    agent.send_events(&Events::new("rb", 0..EVENTS, "SaleCreated").spread_over("till", ENTITIES));
+    wait_until(bound, "everything delivered after a restart", || {
+        rx.delivered_ids().len() == 2 * EVENTS || !alive(&mut agent)
+    });
+    assert!(alive(&mut agent), "the agent died after a restart:\n{}", agent.log());
+    println!(
+        "hostile Retry-After: 3 throttles asking for up to u64::MAX seconds, {EVENTS} events delivered in {took:?}"
+    );
+}
