@@ -619,3 +619,150 @@ fn a_retry_after_beyond_any_clock_pauses_for_retry_max_and_the_agent_lives() {
         "hostile Retry-After: 3 throttles asking for up to u64::MAX seconds, {EVENTS} events delivered in {took:?}"
     );
 }
+
+// ---- secrets in what people read ------------------------------------------------
+
+/// The proxy password the tests below must never find.
+const PROXY_PASSWORD: &str = "s3cretpass";
+
+/// A GET on the admin port, with the `Host` a browser on the store PC sends.
+fn admin_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n"
+    )
+    .expect("admin request");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `store-outbox <args>` with the config of `agent` and `env` added.
+fn cli_with_env(agent: &Agent, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(binary())
+        .arg("--config")
+        .arg(&agent.config)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the cli")
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_proxy_password_never_appears_in_logs_errors_status_doctor_the_page_or_metrics() {
+    let closed = free_port();
+    let subs = subscription(
+        "erp",
+        &format!("https://127.0.0.1:{}/hooks", free_port()),
+        "timeout = \"2s\"\nretry = { initial = \"100ms\", max = \"500ms\" }",
+    );
+    let mut agent = Agent::new(&subs);
+
+    // A proxy variable that does not parse: the agent refuses to start and
+    // says which variable, with the password redacted.
+    let malformed = format!("http://user:{PROXY_PASSWORD}@[::1");
+    let env = [
+        ("HTTPS_PROXY", malformed.as_str()),
+        ("NO_PROXY", ""),
+        ("STORE_OUTBOX_LOG", "debug"),
+    ];
+    let mut run = Command::new(binary());
+    run.args(["run", "--config"])
+        .arg(&agent.config)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Process(run.spawn().expect("spawn the agent"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while matches!(child.0.try_wait(), Ok(None)) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent started with a malformed HTTPS_PROXY"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut refused = String::new();
+    if let Some(mut err) = child.0.stderr.take() {
+        let _ = err.read_to_string(&mut refused);
+    }
+    let status = child.0.try_wait().ok().flatten();
+    assert!(status.is_some_and(|s| !s.success()), "refused: {status:?}");
+    assert!(
+        refused.contains("HTTPS_PROXY") && refused.contains("user:***@"),
+        "names the variable, redacted: {refused}"
+    );
+    assert!(!refused.contains(PROXY_PASSWORD), "start-up error: {refused}");
+    let doctor = text_of(&cli_with_env(&agent, &["doctor"], &env));
+    assert!(doctor.contains("HTTPS_PROXY"), "{doctor}");
+    assert!(!doctor.contains(PROXY_PASSWORD), "doctor: {doctor}");
+    let doctor_json = text_of(&cli_with_env(&agent, &["doctor", "--json"], &env));
+    assert!(!doctor_json.contains(PROXY_PASSWORD), "doctor --json: {doctor_json}");
+
+    // A good proxy URL on a closed port: the agent runs, every attempt
+    // fails naming the proxy, and its password is nowhere.
+    let proxy = format!("http://user:{PROXY_PASSWORD}@127.0.0.1:{closed}");
+    let env = [
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("NO_PROXY", ""),
+        ("STORE_OUTBOX_LOG", "debug"),
+    ];
+    agent.start_with_env(&env);
+    agent.send_events(&Events::new("px", 0..5, "SaleCreated"));
+    wait_until(Duration::from_secs(60), "attempts through the proxy recorded", || {
+        let n: i64 = agent
+            .open_db()
+            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+            .expect("attempts");
+        n >= 2
+    });
+    let status = agent.cli(&["status", "--json"]);
+    let status = text_of(&status);
+    assert!(status.contains(&format!("proxy 127.0.0.1:{closed}")), "{status}");
+    let errors: Vec<String> = agent
+        .open_db()
+        .prepare("SELECT DISTINCT error FROM attempts")
+        .expect("prepare")
+        .query_map([], |r| r.get::<_, Option<String>>(0))
+        .expect("query")
+        .map(|e| e.expect("row").unwrap_or_default())
+        .collect();
+    let doctor = text_of(&cli_with_env(&agent, &["doctor"], &env));
+    let doctor_json = text_of(&cli_with_env(&agent, &["doctor", "--json"], &env));
+    assert!(doctor.contains(&format!("127.0.0.1:{closed}")), "{doctor}");
+    let port = agent.admin_port.get();
+    let page = admin_get(port, "/");
+    let metrics = admin_get(port, "/metrics");
+    let api = admin_get(port, "/v1/status");
+    assert!(!page.is_empty() && !metrics.is_empty() && !api.is_empty());
+    agent.stop();
+    let log = agent.log();
+    for (what, text) in [
+        ("status --json", &status),
+        ("attempt errors", &errors.join("\n")),
+        ("doctor", &doctor),
+        ("doctor --json", &doctor_json),
+        ("the page", &page),
+        ("/metrics", &metrics),
+        ("/v1/status", &api),
+        ("the log", &log),
+    ] {
+        assert!(
+            !text.contains(PROXY_PASSWORD),
+            "{what} shows the proxy password:\n{text}"
+        );
+    }
+    println!(
+        "proxy password: not in the start-up error, doctor, status, attempts, page, metrics or log; errors: {errors:?}"
+    );
+}

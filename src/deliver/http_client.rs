@@ -116,25 +116,27 @@ impl Endpoint {
         connect_timeout: Duration,
         max_idle: usize,
     ) -> Result<Self, String> {
+        // Messages name the URL without its password or query (a token).
+        let shown = shown_url(url);
         let host = match url.host() {
             Some(h) => h.to_owned(),
-            None => return Err(format!("{url}: no host")),
+            None => return Err(format!("{shown}: no host")),
         };
-        let port = url.port_or_known_default().ok_or_else(|| format!("{url}: no port"))?;
+        let port = url.port_or_known_default().ok_or_else(|| format!("{shown}: no port"))?;
         let authority = match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         };
-        let authority = HeaderValue::from_str(&authority).map_err(|e| format!("{url}: host {authority:?}: {e}"))?;
+        let authority = HeaderValue::from_str(&authority).map_err(|e| format!("{shown}: host {authority:?}: {e}"))?;
         let path = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
-        let path: Uri = path.parse().map_err(|e| format!("{url}: path: {e}"))?;
+        let path: Uri = path.parse().map_err(|e| format!("{shown}: path: {e}"))?;
         let https = match url.scheme() {
             "https" => true,
             "http" => false,
-            other => return Err(format!("{url}: scheme {other:?} is not http or https")),
+            other => return Err(format!("{shown}: scheme {other:?} is not http or https")),
         };
         // The TLS files are read even for an `http://` URL: a file that is
         // missing or wrong is named now, not when the URL changes.
@@ -146,7 +148,7 @@ impl Endpoint {
         let tls = match config {
             Some(config) if https => {
                 let name = match &host {
-                    url::Host::Domain(d) => ServerName::try_from(d.clone()).map_err(|e| format!("{url}: {e}"))?,
+                    url::Host::Domain(d) => ServerName::try_from(d.clone()).map_err(|e| format!("{shown}: {e}"))?,
                     url::Host::Ipv4(ip) => ServerName::IpAddress((*ip).into()),
                     url::Host::Ipv6(ip) => ServerName::IpAddress((*ip).into()),
                 };
@@ -488,14 +490,17 @@ fn tls_config(files: TlsFiles<'_>) -> Result<rustls::ClientConfig, String> {
 /// domain it is in: `example.com` and `.example.com` both cover
 /// `erp.example.com`).
 fn proxy_for(url: &url::Url) -> Result<Option<Proxy>, String> {
-    fn var(names: &[&'static str]) -> Option<(&'static str, String)> {
-        names.iter().find_map(|name| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (*name, v))
-        })
-    }
+    proxy_from(url, |name| std::env::var(name).ok())
+}
+
+/// [`proxy_for`] with the environment given (`env` looks a variable up), so
+/// tests need not change the process's own.
+fn proxy_from(url: &url::Url, env: impl Fn(&str) -> Option<String>) -> Result<Option<Proxy>, String> {
+    let var = |names: &[&'static str]| -> Option<(&'static str, String)> {
+        names
+            .iter()
+            .find_map(|name| env(name).filter(|v| !v.trim().is_empty()).map(|v| (*name, v)))
+    };
     let scheme_var: &[&str] = match url.scheme() {
         "https" => &["HTTPS_PROXY", "https_proxy"],
         _ => &["HTTP_PROXY", "http_proxy"],
@@ -519,7 +524,8 @@ fn proxy_for(url: &url::Url) -> Result<Option<Proxy>, String> {
     } else {
         format!("http://{text}")
     };
-    let bad = |what: &str| format!("{name}={text:?}: {what}");
+    // The value may hold the proxy's password: messages show it redacted.
+    let bad = |what: &str| format!("{name}={:?}: {what}", redact_userinfo(text));
     let proxy = url::Url::parse(&with_scheme).map_err(|e| bad(&e.to_string()))?;
     if proxy.scheme() != "http" {
         return Err(bad("only http:// proxies are supported"));
@@ -540,6 +546,53 @@ fn proxy_for(url: &url::Url) -> Result<Option<Proxy>, String> {
         host: proxy_host,
         authorization,
     }))
+}
+
+/// `url` as messages show it: the password of its user info as `***`, no
+/// query (a token may ride there), no fragment.
+pub fn shown_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    redact_userinfo(shown.as_str())
+}
+
+/// `text`, a URL or what was meant to be one (a proxy variable that does not
+/// parse), with its user info redacted: `user:***@host`, or `***@host` when
+/// there is no password (a lone user part is often a token). A text that
+/// does not parse is redacted up to its last `@`: more than needed, never
+/// less.
+pub fn redact_userinfo(text: &str) -> String {
+    if text.contains("://") {
+        if let Ok(mut url) = url::Url::parse(text) {
+            if url.has_host() {
+                let redacted = if url.password().is_some() {
+                    url.set_password(Some("***")).is_ok()
+                } else if !url.username().is_empty() {
+                    url.set_username("***").is_ok()
+                } else {
+                    true
+                };
+                if redacted {
+                    return url.to_string();
+                }
+            }
+        }
+    }
+    let (scheme, rest) = match text.find("://") {
+        Some(i) => text.split_at(i + 3),
+        None => ("", text),
+    };
+    match rest.rfind('@') {
+        None => text.to_string(),
+        Some(at) => {
+            let user = match rest[..at].split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}{user}@{}", &rest[at + 1..])
+        }
+    }
 }
 
 fn percent_decoded(text: &str) -> String {
@@ -710,6 +763,69 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.contains("ca.pem") && err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn user_info_is_redacted_in_every_url_shown() {
+        assert_eq!(
+            redact_userinfo("http://user:s3cretpass@proxy.example:3128"),
+            "http://user:***@proxy.example:3128/"
+        );
+        assert_eq!(
+            redact_userinfo("http://t0ken@proxy.example/"),
+            "http://***@proxy.example/"
+        );
+        assert_eq!(
+            redact_userinfo("http://proxy.example:3128/"),
+            "http://proxy.example:3128/"
+        );
+        // Texts that do not parse: cut at the last '@'.
+        assert_eq!(redact_userinfo("http://user:s3cretpass@[::1"), "http://user:***@[::1");
+        assert_eq!(redact_userinfo("user:s3cret@pass@proxy:99999"), "user:***@proxy:99999");
+        assert_eq!(redact_userinfo("s3cretpass@"), "***@");
+        assert_eq!(redact_userinfo("no credentials"), "no credentials");
+        let url = url::Url::parse("https://erp:s3cretpass@erp.example/hooks?code=s3cretpass#x").expect("url");
+        assert_eq!(shown_url(&url), "https://erp:***@erp.example/hooks");
+    }
+
+    #[test]
+    fn a_proxy_variable_that_does_not_parse_is_named_without_its_password() {
+        let url = url::Url::parse("https://erp.example/hooks").expect("url");
+        for value in [
+            "http://user:s3cretpass@[::1",
+            "http://user:s3cretpass@proxy:99999",
+            "socks5://user:s3cretpass@proxy:1080",
+            "user:s3cretpass@",
+        ] {
+            let env = |name: &str| (name == "HTTPS_PROXY").then(|| value.to_string());
+            let err = proxy_from(&url, env)
+                .err()
+                .unwrap_or_else(|| panic!("{value}: refused"));
+            assert!(err.starts_with("HTTPS_PROXY=") && err.contains("***"), "{err}");
+            assert!(!err.contains("s3cretpass"), "{err}");
+        }
+        // A good one: its credentials go in Proxy-Authorization, never shown.
+        let env = |name: &str| (name == "HTTPS_PROXY").then(|| "http://user:s3cretpass@127.0.0.1:3128".to_string());
+        let proxy = proxy_from(&url, env).expect("parses").expect("a proxy");
+        assert_eq!(proxy.shown, "127.0.0.1:3128");
+        assert!(proxy.authorization.is_some());
+    }
+
+    #[test]
+    fn url_errors_do_not_show_the_password_or_the_query() {
+        let url = url::Url::parse("ftp://erp:s3cretpass@erp.example/hooks?code=s3cretpass").expect("url");
+        let files = TlsFiles {
+            ca_file: None,
+            client_cert: None,
+        };
+        let err = Endpoint::new(&url, files, Duration::from_secs(5), Duration::from_secs(5), 4)
+            .err()
+            .expect("refused");
+        assert!(
+            err.contains("ftp://erp:***@erp.example/hooks") && err.contains("not http or https"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cretpass"), "{err}");
     }
 
     #[test]
