@@ -40,6 +40,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// keeps 200 bytes); a longer body is left unread and its connection closed.
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// An answer's head (status line and headers) longer than this is a failed
+/// attempt, not read further (contract, "Endpoints"), as is one with more
+/// than [`HEADERS_LIMIT`] headers (hyper's default): an endpoint cannot make
+/// the agent buffer a head of any size.
+const HEAD_LIMIT: usize = 64 * 1024;
+/// Headers in an answer at most (hyper's own default, kept on its stack).
+const HEADERS_LIMIT: usize = 100;
+
 /// An HTTP answer: what the webhook needs of it.
 #[derive(Debug)]
 pub struct Reply {
@@ -218,6 +226,15 @@ impl Endpoint {
                     Some(unsent) if reused => {
                         request = unsent;
                         continue;
+                    }
+                    _ if e.error().is_parse_too_large() => {
+                        return Err(Failure::Broken(
+                            None,
+                            format!(
+                                "the answer's head is over {} KiB or {HEADERS_LIMIT} headers; not read",
+                                HEAD_LIMIT / 1024
+                            ),
+                        ))
                     }
                     _ => return Err(Failure::Broken(None, innermost(e.error()))),
                 },
@@ -432,7 +449,9 @@ impl AsyncWrite for Stream {
 /// The HTTP/1.1 handshake on `stream`, its connection driven by a task that
 /// ends when the connection closes or its last sender is dropped.
 async fn handshake(stream: Stream) -> Result<SendRequest<Full<Bytes>>, Failure> {
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_header_size(HEAD_LIMIT)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Failure::Connect(innermost(&e)))?;
     tokio::spawn(async move {
@@ -733,6 +752,96 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A server on loopback that reads one request and writes `head`, then
+    /// `body_bytes` of `x` (in 64 KiB writes, so nothing of that size is ever
+    /// held), then closes. Returns the URL and whether the whole body went out.
+    fn raw_server(head: Vec<u8>, body_bytes: usize) -> (url::Url, std::sync::mpsc::Receiver<bool>) {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let url = url::Url::parse(&format!("http://{}/hooks", listener.local_addr().expect("addr"))).expect("url");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut stream = stream;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = stream.write_all(&head).is_ok();
+            let mut left = body_bytes;
+            while sent && left > 0 {
+                let n = left.min(chunk.len());
+                sent = stream.write_all(&chunk[..n]).is_ok();
+                left -= n;
+            }
+            let _ = done.send(sent);
+        });
+        (url, finished)
+    }
+
+    /// A head with `count` headers of `value_bytes` each.
+    fn head_with_headers(count: usize, value_bytes: usize) -> Vec<u8> {
+        let mut head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n".to_vec();
+        for i in 0..count {
+            head.extend_from_slice(format!("x-h{i}: {}\r\n", "v".repeat(value_bytes)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\nok");
+        head
+    }
+
+    #[tokio::test]
+    async fn an_answer_head_over_64_kib_or_100_headers_is_a_failed_attempt_that_says_so() {
+        for (what, head) in [
+            ("100 KiB in 50 headers", head_with_headers(50, 2048)),
+            ("5,000 headers", head_with_headers(5_000, 1)),
+            ("one header of 70 KiB", head_with_headers(1, 70 * 1024)),
+        ] {
+            let (url, _) = raw_server(head, 0);
+            match endpoint(&url).post(HeaderMap::new(), Bytes::new()).await {
+                Err(Failure::Broken(None, reason)) => {
+                    assert!(reason.contains("over 64 KiB"), "{what}: {reason}")
+                }
+                other => panic!("{what}: {:?}", other.map(|r| (r.status, r.headers.len()))),
+            }
+        }
+        // Just below the bound: an answer like any other.
+        let (url, _) = raw_server(head_with_headers(60, 1000), 0);
+        let reply = endpoint(&url)
+            .post(HeaderMap::new(), Bytes::new())
+            .await
+            .expect("answered");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.headers.len(), 61);
+    }
+
+    #[tokio::test]
+    async fn of_a_50_mib_body_64_kib_are_read_and_the_rest_is_not() {
+        let big = 50 * 1024 * 1024;
+        let head = format!("HTTP/1.1 500 Internal Server Error\r\ncontent-length: {big}\r\n\r\n");
+        let (url, finished) = raw_server(head.into_bytes(), big);
+        let reply = endpoint(&url)
+            .post(HeaderMap::new(), Bytes::new())
+            .await
+            .expect("answered");
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply.body.len(), BODY_LIMIT);
+        // The connection was closed, not drained: the server could not send it all.
+        // (Polled: the connection's task must run on this runtime meanwhile.)
+        let mut sent_all = None;
+        for _ in 0..3000 {
+            if let Ok(sent) = finished.try_recv() {
+                sent_all = Some(sent);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let sent_all = sent_all.expect("the server ended within 30 s");
+        assert!(!sent_all, "the agent read the whole 50 MiB");
     }
 
     #[tokio::test]
