@@ -9,7 +9,14 @@
 //! failure (a certificate the agent does not trust; `openssl` makes the
 //! certificates, Python's `ssl` serves them). Those subscriptions keep
 //! everything pending and nothing is marked delivered; the healthy one is not
-//! held up; once the faults stop, everything arrives in order.
+//! held up; once the faults stop, everything arrives in order. The servers
+//! record a request on arrival, before answering, so their order is the
+//! agent's.
+//!
+//! Then answers that ask too much: a `Retry-After` past any clock pauses a
+//! subscription for `retry.max`, never kills the agent. And secrets: a
+//! proxy's password is in no error, log line, `status`, `doctor`, the page or
+//! `/metrics`. (`hostile_endpoint.rs` generates hostile answers at random.)
 
 mod common;
 
@@ -129,7 +136,11 @@ enum Fault {
 }
 
 /// A raw HTTP/1.1 server on loopback whose fault can be switched off; it
-/// records requests answered correctly, and counts the faulty ones.
+/// records every request it read on arrival, before answering (`answered`
+/// becomes 200 once a correct answer went out), and counts the faulty ones.
+/// Recording after the answer would let two connections record out of
+/// order: the agent may send an entity's next event as soon as it has the
+/// 200, before the first connection's thread got to record it.
 struct RawServer {
     port: u16,
     fault: Arc<AtomicU8>,
@@ -241,9 +252,38 @@ impl RawServer {
         self.fault.store(fault as u8, Ordering::SeqCst);
     }
 
+    /// The requests answered 200, in arrival order.
     fn delivered(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
+        answered_2xx(&self.requests)
     }
+}
+
+/// The requests of `requests` answered 2xx, in arrival order.
+fn answered_2xx(requests: &Mutex<Vec<Request>>) -> Vec<Request> {
+    requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| (200..300).contains(&r.answered))
+        .cloned()
+        .collect()
+}
+
+/// How many of `requests` were answered 2xx.
+fn count_2xx(requests: &Mutex<Vec<Request>>) -> usize {
+    requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| (200..300).contains(&r.answered))
+        .count()
+}
+
+/// Records a request on arrival (not answered yet); its index.
+fn arrived(requests: &Mutex<Vec<Request>>, request: Request) -> usize {
+    let mut all = requests.lock().unwrap();
+    all.push(request);
+    all.len() - 1
 }
 
 impl Drop for RawServer {
@@ -271,6 +311,7 @@ fn serve(stream: TcpStream, fault: &AtomicU8, faults: &AtomicU64, requests: &Mut
         let Some((headers, body)) = read_request(&mut reader) else {
             return;
         };
+        let index = arrived(requests, to_request(headers, body, 0));
         // Looked at again: the fault may have been switched off meanwhile.
         match fault.load(Ordering::SeqCst) {
             f if f == Fault::ResetMidBody as u8 => {
@@ -298,14 +339,16 @@ fn serve(stream: TcpStream, fault: &AtomicU8, faults: &AtomicU64, requests: &Mut
                 {
                     return;
                 }
-                requests.lock().unwrap().push(to_request(headers, body, 200));
+                requests.lock().unwrap()[index].answered = 200;
             }
         }
     }
 }
 
-/// A TLS webhook endpoint: Python's `http.server` behind `ssl`, one JSON body
-/// a line on stdout, recorded once the 200 went out.
+/// A TLS webhook endpoint: Python's `http.server` behind `ssl`. A request is
+/// a line on stdout on arrival (`REQ <n> <body>`, before the answer), and
+/// another once its 200 went out (`OK <n>`), for the same reason as
+/// [`RawServer`]'s order.
 struct TlsEndpoint {
     /// Killed on drop.
     _server: Process,
@@ -315,17 +358,24 @@ const TLS_SERVER_PY: &str = r#"
 import http.server, ssl, sys, threading
 port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 lock = threading.Lock()
+count = [0]
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with lock:
+            n = count[0]
+            count[0] += 1
+            say("REQ %d %s" % (n, body.decode()))
         self.send_response(200)
         self.send_header("content-length", "0")
         self.end_headers()
         self.wfile.flush()
         with lock:
-            sys.stdout.write(body.decode() + "\n")
-            sys.stdout.flush()
+            say("OK %d" % n)
     def log_message(self, *args):
         pass
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -353,12 +403,17 @@ impl TlsEndpoint {
         stdout.read_line(&mut first).expect("python server output");
         assert_eq!(first.trim(), "listening", "the Python TLS server did not start");
         std::thread::spawn(move || {
+            // The server's request numbers to indexes in `requests`.
+            let mut index = HashMap::new();
             for line in stdout.lines() {
                 let Ok(line) = line else { break };
-                requests
-                    .lock()
-                    .unwrap()
-                    .push(to_request(HashMap::new(), line.into_bytes(), 200));
+                if let Some(rest) = line.strip_prefix("REQ ") {
+                    let (n, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                    let at = arrived(&requests, to_request(HashMap::new(), body.as_bytes().to_vec(), 0));
+                    index.insert(n.to_string(), at);
+                } else if let Some(at) = line.strip_prefix("OK ").and_then(|n| index.get(n)) {
+                    requests.lock().unwrap()[*at].answered = 200;
+                }
             }
         });
         TlsEndpoint {
@@ -531,8 +586,8 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
     wait_until(Duration::from_secs(120), "every faulty subscription drained", || {
         [&mid_body, &mid_request, &slow]
             .iter()
-            .all(|s| s.requests.lock().unwrap().len() >= EVENTS)
-            && tls_requests.lock().unwrap().len() >= EVENTS
+            .all(|s| count_2xx(&s.requests) >= EVENTS)
+            && count_2xx(&tls_requests) >= EVENTS
     });
     let drained = healed.elapsed();
     let mut duplicates = 0;
@@ -540,7 +595,7 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
         ("reset-mid-body", mid_body.delivered()),
         ("reset-mid-request", mid_request.delivered()),
         ("slow-loris", slow.delivered()),
-        ("tls", tls_requests.lock().unwrap().clone()),
+        ("tls", answered_2xx(&tls_requests)),
     ] {
         duplicates += assert_complete_in_order(name, &requests, EVENTS, ENTITIES);
         wait_until(Duration::from_secs(30), "status shows it drained", || {
