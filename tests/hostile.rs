@@ -9,7 +9,14 @@
 //! failure (a certificate the agent does not trust; `openssl` makes the
 //! certificates, Python's `ssl` serves them). Those subscriptions keep
 //! everything pending and nothing is marked delivered; the healthy one is not
-//! held up; once the faults stop, everything arrives in order.
+//! held up; once the faults stop, everything arrives in order. The servers
+//! record a request on arrival, before answering, so their order is the
+//! agent's.
+//!
+//! Then answers that ask too much: a `Retry-After` past any clock pauses a
+//! subscription for `retry.max`, never kills the agent. And secrets: a
+//! proxy's password is in no error, log line, `status`, `doctor`, the page or
+//! `/metrics`. (`hostile_endpoint.rs` generates hostile answers at random.)
 
 mod common;
 
@@ -129,7 +136,11 @@ enum Fault {
 }
 
 /// A raw HTTP/1.1 server on loopback whose fault can be switched off; it
-/// records requests answered correctly, and counts the faulty ones.
+/// records every request it read on arrival, before answering (`answered`
+/// becomes 200 once a correct answer went out), and counts the faulty ones.
+/// Recording after the answer would let two connections record out of
+/// order: the agent may send an entity's next event as soon as it has the
+/// 200, before the first connection's thread got to record it.
 struct RawServer {
     port: u16,
     fault: Arc<AtomicU8>,
@@ -241,9 +252,38 @@ impl RawServer {
         self.fault.store(fault as u8, Ordering::SeqCst);
     }
 
+    /// The requests answered 200, in arrival order.
     fn delivered(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
+        answered_2xx(&self.requests)
     }
+}
+
+/// The requests of `requests` answered 2xx, in arrival order.
+fn answered_2xx(requests: &Mutex<Vec<Request>>) -> Vec<Request> {
+    requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| (200..300).contains(&r.answered))
+        .cloned()
+        .collect()
+}
+
+/// How many of `requests` were answered 2xx.
+fn count_2xx(requests: &Mutex<Vec<Request>>) -> usize {
+    requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| (200..300).contains(&r.answered))
+        .count()
+}
+
+/// Records a request on arrival (not answered yet); its index.
+fn arrived(requests: &Mutex<Vec<Request>>, request: Request) -> usize {
+    let mut all = requests.lock().unwrap();
+    all.push(request);
+    all.len() - 1
 }
 
 impl Drop for RawServer {
@@ -271,6 +311,7 @@ fn serve(stream: TcpStream, fault: &AtomicU8, faults: &AtomicU64, requests: &Mut
         let Some((headers, body)) = read_request(&mut reader) else {
             return;
         };
+        let index = arrived(requests, to_request(headers, body, 0));
         // Looked at again: the fault may have been switched off meanwhile.
         match fault.load(Ordering::SeqCst) {
             f if f == Fault::ResetMidBody as u8 => {
@@ -298,14 +339,16 @@ fn serve(stream: TcpStream, fault: &AtomicU8, faults: &AtomicU64, requests: &Mut
                 {
                     return;
                 }
-                requests.lock().unwrap().push(to_request(headers, body, 200));
+                requests.lock().unwrap()[index].answered = 200;
             }
         }
     }
 }
 
-/// A TLS webhook endpoint: Python's `http.server` behind `ssl`, one JSON body
-/// a line on stdout, recorded once the 200 went out.
+/// A TLS webhook endpoint: Python's `http.server` behind `ssl`. A request is
+/// a line on stdout on arrival (`REQ <n> <body>`, before the answer), and
+/// another once its 200 went out (`OK <n>`), for the same reason as
+/// [`RawServer`]'s order.
 struct TlsEndpoint {
     /// Killed on drop.
     _server: Process,
@@ -315,17 +358,24 @@ const TLS_SERVER_PY: &str = r#"
 import http.server, ssl, sys, threading
 port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 lock = threading.Lock()
+count = [0]
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with lock:
+            n = count[0]
+            count[0] += 1
+            say("REQ %d %s" % (n, body.decode()))
         self.send_response(200)
         self.send_header("content-length", "0")
         self.end_headers()
         self.wfile.flush()
         with lock:
-            sys.stdout.write(body.decode() + "\n")
-            sys.stdout.flush()
+            say("OK %d" % n)
     def log_message(self, *args):
         pass
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -353,12 +403,17 @@ impl TlsEndpoint {
         stdout.read_line(&mut first).expect("python server output");
         assert_eq!(first.trim(), "listening", "the Python TLS server did not start");
         std::thread::spawn(move || {
+            // The server's request numbers to indexes in `requests`.
+            let mut index = HashMap::new();
             for line in stdout.lines() {
                 let Ok(line) = line else { break };
-                requests
-                    .lock()
-                    .unwrap()
-                    .push(to_request(HashMap::new(), line.into_bytes(), 200));
+                if let Some(rest) = line.strip_prefix("REQ ") {
+                    let (n, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                    let at = arrived(&requests, to_request(HashMap::new(), body.as_bytes().to_vec(), 0));
+                    index.insert(n.to_string(), at);
+                } else if let Some(at) = line.strip_prefix("OK ").and_then(|n| index.get(n)) {
+                    requests.lock().unwrap()[*at].answered = 200;
+                }
             }
         });
         TlsEndpoint {
@@ -531,8 +586,8 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
     wait_until(Duration::from_secs(120), "every faulty subscription drained", || {
         [&mid_body, &mid_request, &slow]
             .iter()
-            .all(|s| s.requests.lock().unwrap().len() >= EVENTS)
-            && tls_requests.lock().unwrap().len() >= EVENTS
+            .all(|s| count_2xx(&s.requests) >= EVENTS)
+            && count_2xx(&tls_requests) >= EVENTS
     });
     let drained = healed.elapsed();
     let mut duplicates = 0;
@@ -540,7 +595,7 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
         ("reset-mid-body", mid_body.delivered()),
         ("reset-mid-request", mid_request.delivered()),
         ("slow-loris", slow.delivered()),
-        ("tls", tls_requests.lock().unwrap().clone()),
+        ("tls", answered_2xx(&tls_requests)),
     ] {
         duplicates += assert_complete_in_order(name, &requests, EVENTS, ENTITIES);
         wait_until(Duration::from_secs(30), "status shows it drained", || {
@@ -554,5 +609,215 @@ fn resets_slow_loris_and_tls_failures_keep_everything_until_the_endpoint_heals()
          {} events each, {duplicates} duplicates, 0 order violations",
         errors.join(" | "),
         EVENTS
+    );
+}
+
+// ---- answers that ask for too much ---------------------------------------------
+
+/// Whether the agent process is still running (not exited, not aborted).
+fn alive(agent: &mut Agent) -> bool {
+    agent.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+}
+
+#[test]
+fn a_retry_after_beyond_any_clock_pauses_for_retry_max_and_the_agent_lives() {
+    const EVENTS: usize = 40;
+    const ENTITIES: usize = 4;
+    let rx = Receiver::start();
+    // The first answer asks for u64::MAX seconds (an `Instant` overflow),
+    // the second for 317 years, the third for a date in the year 9999;
+    // then the endpoint takes everything.
+    let asked = Arc::new(AtomicU64::new(0));
+    {
+        let asked = asked.clone();
+        rx.answer_with(move |_| match asked.fetch_add(1, Ordering::SeqCst) {
+            0 => Answer::status(429).header("retry-after", "18446744073709551615"),
+            1 => Answer::status(503).header("retry-after", "10000000000"),
+            2 => Answer::status(429).header("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            _ => Answer::ok(),
+        });
+    }
+    let retry_max = Duration::from_secs(2);
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        "timeout = \"5s\"\nretry = { initial = \"100ms\", max = \"2s\" }",
+    ));
+    agent.start();
+    let started = Instant::now();
+    agent.send_events(&Events::new("ra", 0..EVENTS, "SaleCreated").spread_over("till", ENTITIES));
+    // Three pauses of at most retry.max each, one after the other, plus a
+    // margin for a loaded machine (the drain itself takes well under 1 s).
+    let bound = retry_max * 3 + Duration::from_secs(20);
+    wait_until(bound, "everything delivered after the clamped pauses", || {
+        rx.delivered_ids().len() == EVENTS || !alive(&mut agent)
+    });
+    assert!(alive(&mut agent), "the agent died:\n{}", agent.log());
+    assert_eq!(rx.delivered_ids().len(), EVENTS, "{}", agent.log());
+    assert_complete_in_order("erp", &rx.delivered(), EVENTS, ENTITIES);
+    let took = started.elapsed();
+    assert!(asked.load(Ordering::SeqCst) >= 3, "all three throttles were answered");
+    wait_until(Duration::from_secs(30), "status shows it drained", || {
+        let s = agent.sub_status("erp");
+        s["pending"] == 0 && s["delivered_total"] == EVENTS
+    });
+    // Stopped and started again with the same answers, it lives too.
+    assert!(agent.stop().success(), "clean stop:\n{}", agent.log());
+    asked.store(0, Ordering::SeqCst);
+    agent.start();
+    agent.send_events(&Events::new("rb", 0..EVENTS, "SaleCreated").spread_over("till", ENTITIES));
+    wait_until(bound, "everything delivered after a restart", || {
+        rx.delivered_ids().len() == 2 * EVENTS || !alive(&mut agent)
+    });
+    assert!(alive(&mut agent), "the agent died after a restart:\n{}", agent.log());
+    println!(
+        "hostile Retry-After: 3 throttles asking for up to u64::MAX seconds, {EVENTS} events delivered in {took:?}"
+    );
+}
+
+// ---- secrets in what people read ------------------------------------------------
+
+/// The proxy password the tests below must never find.
+const PROXY_PASSWORD: &str = "s3cretpass";
+
+/// A GET on the admin port, with the `Host` a browser on the store PC sends.
+fn admin_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n"
+    )
+    .expect("admin request");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `store-outbox <args>` with the config of `agent` and `env` added.
+fn cli_with_env(agent: &Agent, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(binary())
+        .arg("--config")
+        .arg(&agent.config)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the cli")
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_proxy_password_never_appears_in_logs_errors_status_doctor_the_page_or_metrics() {
+    let closed = free_port();
+    let subs = subscription(
+        "erp",
+        &format!("https://127.0.0.1:{}/hooks", free_port()),
+        "timeout = \"2s\"\nretry = { initial = \"100ms\", max = \"500ms\" }",
+    );
+    let mut agent = Agent::new(&subs);
+
+    // A proxy variable that does not parse: the agent refuses to start and
+    // says which variable, with the password redacted.
+    let malformed = format!("http://user:{PROXY_PASSWORD}@[::1");
+    let env = [
+        ("HTTPS_PROXY", malformed.as_str()),
+        ("NO_PROXY", ""),
+        ("STORE_OUTBOX_LOG", "debug"),
+    ];
+    let mut run = Command::new(binary());
+    run.args(["run", "--config"])
+        .arg(&agent.config)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Process(run.spawn().expect("spawn the agent"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while matches!(child.0.try_wait(), Ok(None)) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent started with a malformed HTTPS_PROXY"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut refused = String::new();
+    if let Some(mut err) = child.0.stderr.take() {
+        let _ = err.read_to_string(&mut refused);
+    }
+    let status = child.0.try_wait().ok().flatten();
+    assert!(status.is_some_and(|s| !s.success()), "refused: {status:?}");
+    assert!(
+        refused.contains("HTTPS_PROXY") && refused.contains("user:***@"),
+        "names the variable, redacted: {refused}"
+    );
+    assert!(!refused.contains(PROXY_PASSWORD), "start-up error: {refused}");
+    let doctor = text_of(&cli_with_env(&agent, &["doctor"], &env));
+    assert!(doctor.contains("HTTPS_PROXY"), "{doctor}");
+    assert!(!doctor.contains(PROXY_PASSWORD), "doctor: {doctor}");
+    let doctor_json = text_of(&cli_with_env(&agent, &["doctor", "--json"], &env));
+    assert!(!doctor_json.contains(PROXY_PASSWORD), "doctor --json: {doctor_json}");
+
+    // A good proxy URL on a closed port: the agent runs, every attempt
+    // fails naming the proxy, and its password is nowhere.
+    let proxy = format!("http://user:{PROXY_PASSWORD}@127.0.0.1:{closed}");
+    let env = [
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("NO_PROXY", ""),
+        ("STORE_OUTBOX_LOG", "debug"),
+    ];
+    agent.start_with_env(&env);
+    agent.send_events(&Events::new("px", 0..5, "SaleCreated"));
+    wait_until(Duration::from_secs(60), "attempts through the proxy recorded", || {
+        let n: i64 = agent
+            .open_db()
+            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+            .expect("attempts");
+        n >= 2
+    });
+    let status = agent.cli(&["status", "--json"]);
+    let status = text_of(&status);
+    assert!(status.contains(&format!("proxy 127.0.0.1:{closed}")), "{status}");
+    let errors: Vec<String> = agent
+        .open_db()
+        .prepare("SELECT DISTINCT error FROM attempts")
+        .expect("prepare")
+        .query_map([], |r| r.get::<_, Option<String>>(0))
+        .expect("query")
+        .map(|e| e.expect("row").unwrap_or_default())
+        .collect();
+    let doctor = text_of(&cli_with_env(&agent, &["doctor"], &env));
+    let doctor_json = text_of(&cli_with_env(&agent, &["doctor", "--json"], &env));
+    assert!(doctor.contains(&format!("127.0.0.1:{closed}")), "{doctor}");
+    let port = agent.admin_port.get();
+    let page = admin_get(port, "/");
+    let metrics = admin_get(port, "/metrics");
+    let api = admin_get(port, "/v1/status");
+    assert!(!page.is_empty() && !metrics.is_empty() && !api.is_empty());
+    agent.stop();
+    let log = agent.log();
+    for (what, text) in [
+        ("status --json", &status),
+        ("attempt errors", &errors.join("\n")),
+        ("doctor", &doctor),
+        ("doctor --json", &doctor_json),
+        ("the page", &page),
+        ("/metrics", &metrics),
+        ("/v1/status", &api),
+        ("the log", &log),
+    ] {
+        assert!(
+            !text.contains(PROXY_PASSWORD),
+            "{what} shows the proxy password:\n{text}"
+        );
+    }
+    println!(
+        "proxy password: not in the start-up error, doctor, status, attempts, page, metrics or log; errors: {errors:?}"
     );
 }

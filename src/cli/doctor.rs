@@ -126,11 +126,17 @@ async fn try_steps(sub: &SubscriptionConfig, source: &Source, steps: &mut Vec<St
     let budget = sub.timeout.min(Duration::from_secs(10));
     // Delivery's own client (TLS settings, the proxy from the environment).
     let endpoint = sub.nats.is_none().then(|| crate::deliver::webhook::endpoint(sub));
+    let bad_proxy = matches!(&endpoint, Some(Err(e)) if is_proxy_error(e));
     if let Some(proxy) = endpoint.as_ref().and_then(|e| e.as_ref().ok()).and_then(|e| e.proxy()) {
         // Through a proxy the store may not resolve or reach the host itself.
         let through = format!("through the proxy {proxy} (HTTPS_PROXY / HTTP_PROXY)");
         steps.push(step("dns", Verdict::Skip, format!("{host}: {through}"), None));
         steps.push(step("tcp", Verdict::Skip, through, None));
+    } else if bad_proxy {
+        // Delivery would go through that proxy: its error is the one to fix.
+        let unusable = "the proxy variable cannot be used (see tls)";
+        steps.push(step("dns", Verdict::Skip, unusable, None));
+        steps.push(step("tcp", Verdict::Skip, unusable, None));
     } else {
         let (addrs, found) = dns_step(&host, port, budget).await.map_err(|s| vec![s])?;
         steps.push(found);
@@ -142,15 +148,32 @@ async fn try_steps(sub: &SubscriptionConfig, source: &Source, steps: &mut Vec<St
     };
     // TLS + HTTP.
     let endpoint = endpoint.map_err(|e| {
-        vec![step(
-            "tls",
-            Verdict::Fail,
-            e,
-            Some("fix ca_file / client_cert / client_key in the config"),
-        )]
+        // Delivery's client names a proxy variable it cannot use with the
+        // password redacted (`http_client::redact_userinfo`).
+        let hint = if is_proxy_error(&e) {
+            "fix the proxy variable (HTTPS_PROXY / HTTP_PROXY / ALL_PROXY) in the agent's environment"
+        } else {
+            "fix ca_file / client_cert / client_key in the config"
+        };
+        vec![step("tls", Verdict::Fail, e, Some(hint))]
     })?;
     steps.extend(http_steps(sub, &endpoint).await?);
     Ok(())
+}
+
+/// Whether delivery's client refused a proxy variable (it names the
+/// variable, its password redacted), rather than the TLS files.
+fn is_proxy_error(error: &str) -> bool {
+    [
+        "HTTPS_PROXY=",
+        "https_proxy=",
+        "HTTP_PROXY=",
+        "http_proxy=",
+        "ALL_PROXY=",
+        "all_proxy=",
+    ]
+    .iter()
+    .any(|name| error.contains(name))
 }
 
 /// `nats` and `stream`: connect as the agent does (every server of `url`,

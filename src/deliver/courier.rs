@@ -113,8 +113,10 @@ impl<D: Destination> Crew<D> {
         self.metrics
             .attempt(&self.name, answer.result_name(), elapsed.as_secs_f64());
         if answer.kind == AnswerKind::Delivered {
-            self.metrics
-                .delivered_after(&self.name, ((now_ms() - head.event.ingested_at).max(0) as f64) / 1000.0);
+            self.metrics.delivered_after(
+                &self.name,
+                (now_ms().saturating_sub(head.event.ingested_at).max(0) as f64) / 1000.0,
+            );
         }
         let outcome = Outcome {
             sub_id: self.sub_id,
@@ -176,7 +178,7 @@ impl<D: Destination> Crew<D> {
                 &self.name,
                 heads
                     .iter()
-                    .map(|head| ((now - head.event.ingested_at).max(0) as f64) / 1000.0),
+                    .map(|head| (now.saturating_sub(head.event.ingested_at).max(0) as f64) / 1000.0),
             );
         }
         let outcomes = heads

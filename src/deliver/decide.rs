@@ -19,6 +19,34 @@ use crate::outbox::writer::Decision;
 pub const FAILURES_BEFORE_OFFLINE: u32 = 5;
 /// The longest pause after outcomes that could not be committed.
 pub const STORAGE_PAUSE_MAX: Duration = Duration::from_secs(30);
+/// No wait these rules compute is longer (ten years): an `Instant` or a
+/// millisecond timestamp plus it cannot overflow, whatever the config or an
+/// endpoint says.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// `now + wait`, never a panic: a wait past what an `Instant` holds is
+/// [`LONGEST_WAIT`] (and if even that does not fit, `now`: at once rather
+/// than never).
+pub fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait.min(LONGEST_WAIT)).unwrap_or(now)
+}
+
+/// Milliseconds of `d` as stored (`i64`), at most [`LONGEST_WAIT`]'s.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.min(LONGEST_WAIT).as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The wait an answer asks for, or the backoff after `failures` failures:
+/// a `Retry-After` is clamped to `retry.max` (an endpoint cannot pause a
+/// subscription longer than its own config allows); one asking for no wait
+/// at all (`0`, a date in the past) counts as none, so a throttling endpoint
+/// is never hammered without a backoff.
+pub fn wait_after(answer: &Answer, retry: &RetryConfig, failures: u32, jitter: f64) -> Duration {
+    match answer.retry_after.filter(|d| !d.is_zero()) {
+        Some(asked) => asked.min(retry.max).min(LONGEST_WAIT),
+        None => backoff::delay_with(retry, failures, jitter).min(LONGEST_WAIT),
+    }
+}
 
 /// A place in an entity's order. `seq` and `entity_seq` grow together within
 /// an entity, so either orders it; `seq` also orders entities by age.
@@ -94,7 +122,10 @@ pub fn after_answer(
     }
     let failing_since = first_failed_at_ms.unwrap_or(at_ms);
     if let Some(limit) = retry.give_up_after {
-        if at_ms - failing_since >= limit.as_millis() as i64 {
+        // Saturating: a `give_up_after` of millions of years must mean
+        // "not yet", not wrap negative and park on the first failure.
+        let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+        if at_ms.saturating_sub(failing_since) >= limit_ms {
             return Plan {
                 decision: Decision::Park,
                 wait: Duration::ZERO,
@@ -102,12 +133,10 @@ pub fn after_answer(
         }
     }
     let failures = attempts.clamp(1, i64::from(u32::MAX)) as u32;
-    let wait = answer
-        .retry_after
-        .unwrap_or_else(|| backoff::delay_with(retry, failures, jitter));
+    let wait = wait_after(answer, retry, failures, jitter);
     Plan {
         decision: Decision::Retry {
-            next_attempt_at_ms: at_ms + wait.as_millis() as i64,
+            next_attempt_at_ms: at_ms.saturating_add(millis(wait)),
         },
         wait,
     }
@@ -156,13 +185,13 @@ pub fn entity_after(
             },
         },
         Decision::Retry { .. } => EntityNext::Ready {
-            due: now + wait,
+            due: later(now, wait),
             from: sent.or_earlier(rewind),
         },
         // The same event again, once the subscription sends again (after
         // `wait`: zero for a 410, a storage pause for an unrecorded outcome).
         Decision::Hold => EntityNext::Ready {
-            due: now + wait,
+            due: later(now, wait),
             from: sent.or_earlier(rewind),
         },
     }
@@ -253,9 +282,10 @@ impl Link {
     }
 
     /// Takes in what an answer means for every entity, as soon as it is in:
-    /// a 429 or 503 pauses them all until its `Retry-After` (or the backoff
-    /// of the throttles in a row without one), a 410 stops the subscription.
-    /// A pause is only ever made longer by a later answer, never shorter.
+    /// a 429 or 503 pauses them all until its `Retry-After` (clamped to
+    /// `retry.max`) or the backoff of the throttles in a row without one; a
+    /// 410 stops the subscription. A pause is only ever made longer by a
+    /// later answer, never shorter, and never past `retry.max` from now.
     pub fn heed(&mut self, answer: &Answer, retry: &RetryConfig, jitter: f64, now: Instant) -> Heeded {
         match answer.kind {
             AnswerKind::Delivered => {
@@ -264,10 +294,7 @@ impl Link {
             }
             AnswerKind::Throttled => {
                 self.throttles_in_a_row = self.throttles_in_a_row.saturating_add(1);
-                let until = now
-                    + answer
-                        .retry_after
-                        .unwrap_or_else(|| backoff::delay_with(retry, self.throttles_in_a_row, jitter));
+                let until = later(now, wait_after(answer, retry, self.throttles_in_a_row, jitter));
                 match self.paused_until.filter(|p| *p > now) {
                     None => {
                         self.paused_until = Some(until);
@@ -341,11 +368,9 @@ impl Link {
             self.probe_failures = 0;
             change = LinkChange::WentOffline;
         }
-        self.probe_failures += 1;
-        let wait = answer
-            .retry_after
-            .unwrap_or_else(|| backoff::delay_with(retry, self.probe_failures, jitter));
-        self.next_probe_at = self.next_probe_at.max(now + wait);
+        self.probe_failures = self.probe_failures.saturating_add(1);
+        let wait = wait_after(answer, retry, self.probe_failures, jitter);
+        self.next_probe_at = self.next_probe_at.max(later(now, wait));
         change
     }
 }
@@ -712,6 +737,112 @@ mod tests {
         );
         let after = now + Duration::from_secs(60);
         assert_eq!(next_pick(&ready, &link, true, false, after), Some((now, 1, 1)));
+    }
+
+    #[test]
+    fn a_huge_retry_after_pauses_no_longer_than_retry_max_and_never_panics() {
+        let now = Instant::now();
+        let max = Duration::from_secs(300);
+        for asked in [
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+            Duration::from_secs(10_000_000_000),
+        ] {
+            let throttled = answer(AnswerKind::Throttled, Some(asked));
+            let mut link = Link::new(now);
+            assert_eq!(
+                link.heed(&throttled, &retry(None), 0.0, now),
+                Heeded::Paused { until: now + max },
+                "{asked:?}"
+            );
+            // The probe clock and the delivery's own retry are clamped too.
+            link.on_answer(&throttled, false, &retry(None), 0.0, now);
+            assert_eq!(link.next_probe_at, now + max);
+            let plan = after_answer(&throttled, 1, None, 1_000, &retry(None), 0.0);
+            assert_eq!(plan.wait, max);
+            assert_eq!(
+                plan.decision,
+                Decision::Retry {
+                    next_attempt_at_ms: 301_000
+                }
+            );
+            assert_eq!(
+                entity_after(plan.decision, plan.wait, at(1, 1), None, now),
+                EntityNext::Ready {
+                    due: now + max,
+                    from: at(1, 1)
+                }
+            );
+        }
+        // A Retry-After asking for no wait (0, a date in the past) is no
+        // Retry-After: the backoff of the throttles in a row.
+        let mut link = Link::new(now);
+        let zero = answer(AnswerKind::Throttled, Some(Duration::ZERO));
+        assert_eq!(
+            link.heed(&zero, &retry(None), 0.0, now),
+            Heeded::Paused {
+                until: now + Duration::from_secs(1)
+            }
+        );
+        assert_eq!(
+            after_answer(&zero, 3, None, 0, &retry(None), 0.0).wait,
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn extreme_config_durations_never_overflow_an_instant_or_a_timestamp() {
+        let now = Instant::now();
+        let endless = RetryConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::MAX,
+            give_up_after: Some(Duration::MAX),
+        };
+        let asked = answer(AnswerKind::Throttled, Some(Duration::MAX));
+        let mut link = Link::new(now);
+        assert_eq!(
+            link.heed(&asked, &endless, 0.0, now),
+            Heeded::Paused {
+                until: now + LONGEST_WAIT
+            }
+        );
+        link.on_answer(&asked, false, &endless, 0.0, now);
+        assert_eq!(link.next_probe_at, now + LONGEST_WAIT);
+        let failing = answer(AnswerKind::Refused, None);
+        let plan = after_answer(&failing, i64::MAX, Some(0), 1_000, &endless, 0.999);
+        assert_eq!(plan.wait, LONGEST_WAIT);
+        assert_eq!(
+            plan.decision,
+            Decision::Retry {
+                next_attempt_at_ms: 1_000 + LONGEST_WAIT.as_millis() as i64
+            },
+            "a give_up_after of ~584 billion years does not wrap into parking"
+        );
+        let late = after_answer(&failing, 1, Some(i64::MAX - 10), i64::MAX - 5, &endless, 0.0);
+        assert_eq!(
+            late.decision,
+            Decision::Retry {
+                next_attempt_at_ms: i64::MAX
+            },
+            "saturates"
+        );
+        // `give_up_after = "300000000years"` (past i64 milliseconds): not
+        // parked on the first failure.
+        let years = RetryConfig {
+            give_up_after: Some(Duration::from_secs(300_000_000 * 365 * 24 * 3600)),
+            ..retry(None)
+        };
+        assert!(matches!(
+            after_answer(&failing, 1, None, 1_000, &years, 0.0).decision,
+            Decision::Retry { .. }
+        ));
+        for wait in [Duration::MAX, LONGEST_WAIT, Duration::from_secs(u64::MAX)] {
+            assert!(matches!(
+                entity_after(Decision::Hold, wait, at(1, 1), None, now),
+                EntityNext::Ready { due, .. } if due == now + LONGEST_WAIT
+            ));
+        }
+        assert_eq!(later(now, Duration::MAX), now + LONGEST_WAIT);
     }
 
     #[test]

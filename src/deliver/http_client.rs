@@ -40,6 +40,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// keeps 200 bytes); a longer body is left unread and its connection closed.
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// An answer's head (status line and headers) longer than this is a failed
+/// attempt, not read further (contract, "Endpoints"), as is one with more
+/// than [`HEADERS_LIMIT`] headers (hyper's default): an endpoint cannot make
+/// the agent buffer a head of any size.
+const HEAD_LIMIT: usize = 64 * 1024;
+/// Headers in an answer at most (hyper's own default, kept on its stack).
+const HEADERS_LIMIT: usize = 100;
+
 /// An HTTP answer: what the webhook needs of it.
 #[derive(Debug)]
 pub struct Reply {
@@ -116,25 +124,27 @@ impl Endpoint {
         connect_timeout: Duration,
         max_idle: usize,
     ) -> Result<Self, String> {
+        // Messages name the URL without its password or query (a token).
+        let shown = shown_url(url);
         let host = match url.host() {
             Some(h) => h.to_owned(),
-            None => return Err(format!("{url}: no host")),
+            None => return Err(format!("{shown}: no host")),
         };
-        let port = url.port_or_known_default().ok_or_else(|| format!("{url}: no port"))?;
+        let port = url.port_or_known_default().ok_or_else(|| format!("{shown}: no port"))?;
         let authority = match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         };
-        let authority = HeaderValue::from_str(&authority).map_err(|e| format!("{url}: host {authority:?}: {e}"))?;
+        let authority = HeaderValue::from_str(&authority).map_err(|e| format!("{shown}: host {authority:?}: {e}"))?;
         let path = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
-        let path: Uri = path.parse().map_err(|e| format!("{url}: path: {e}"))?;
+        let path: Uri = path.parse().map_err(|e| format!("{shown}: path: {e}"))?;
         let https = match url.scheme() {
             "https" => true,
             "http" => false,
-            other => return Err(format!("{url}: scheme {other:?} is not http or https")),
+            other => return Err(format!("{shown}: scheme {other:?} is not http or https")),
         };
         // The TLS files are read even for an `http://` URL: a file that is
         // missing or wrong is named now, not when the URL changes.
@@ -146,7 +156,7 @@ impl Endpoint {
         let tls = match config {
             Some(config) if https => {
                 let name = match &host {
-                    url::Host::Domain(d) => ServerName::try_from(d.clone()).map_err(|e| format!("{url}: {e}"))?,
+                    url::Host::Domain(d) => ServerName::try_from(d.clone()).map_err(|e| format!("{shown}: {e}"))?,
                     url::Host::Ipv4(ip) => ServerName::IpAddress((*ip).into()),
                     url::Host::Ipv6(ip) => ServerName::IpAddress((*ip).into()),
                 };
@@ -216,6 +226,15 @@ impl Endpoint {
                     Some(unsent) if reused => {
                         request = unsent;
                         continue;
+                    }
+                    _ if e.error().is_parse_too_large() => {
+                        return Err(Failure::Broken(
+                            None,
+                            format!(
+                                "the answer's head is over {} KiB or {HEADERS_LIMIT} headers; not read",
+                                HEAD_LIMIT / 1024
+                            ),
+                        ))
                     }
                     _ => return Err(Failure::Broken(None, innermost(e.error()))),
                 },
@@ -430,7 +449,9 @@ impl AsyncWrite for Stream {
 /// The HTTP/1.1 handshake on `stream`, its connection driven by a task that
 /// ends when the connection closes or its last sender is dropped.
 async fn handshake(stream: Stream) -> Result<SendRequest<Full<Bytes>>, Failure> {
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_header_size(HEAD_LIMIT)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Failure::Connect(innermost(&e)))?;
     tokio::spawn(async move {
@@ -488,14 +509,17 @@ fn tls_config(files: TlsFiles<'_>) -> Result<rustls::ClientConfig, String> {
 /// domain it is in: `example.com` and `.example.com` both cover
 /// `erp.example.com`).
 fn proxy_for(url: &url::Url) -> Result<Option<Proxy>, String> {
-    fn var(names: &[&'static str]) -> Option<(&'static str, String)> {
-        names.iter().find_map(|name| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (*name, v))
-        })
-    }
+    proxy_from(url, |name| std::env::var(name).ok())
+}
+
+/// [`proxy_for`] with the environment given (`env` looks a variable up), so
+/// tests need not change the process's own.
+fn proxy_from(url: &url::Url, env: impl Fn(&str) -> Option<String>) -> Result<Option<Proxy>, String> {
+    let var = |names: &[&'static str]| -> Option<(&'static str, String)> {
+        names
+            .iter()
+            .find_map(|name| env(name).filter(|v| !v.trim().is_empty()).map(|v| (*name, v)))
+    };
     let scheme_var: &[&str] = match url.scheme() {
         "https" => &["HTTPS_PROXY", "https_proxy"],
         _ => &["HTTP_PROXY", "http_proxy"],
@@ -519,7 +543,8 @@ fn proxy_for(url: &url::Url) -> Result<Option<Proxy>, String> {
     } else {
         format!("http://{text}")
     };
-    let bad = |what: &str| format!("{name}={text:?}: {what}");
+    // The value may hold the proxy's password: messages show it redacted.
+    let bad = |what: &str| format!("{name}={:?}: {what}", redact_userinfo(text));
     let proxy = url::Url::parse(&with_scheme).map_err(|e| bad(&e.to_string()))?;
     if proxy.scheme() != "http" {
         return Err(bad("only http:// proxies are supported"));
@@ -540,6 +565,53 @@ fn proxy_for(url: &url::Url) -> Result<Option<Proxy>, String> {
         host: proxy_host,
         authorization,
     }))
+}
+
+/// `url` as messages show it: the password of its user info as `***`, no
+/// query (a token may ride there), no fragment.
+pub fn shown_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    redact_userinfo(shown.as_str())
+}
+
+/// `text`, a URL or what was meant to be one (a proxy variable that does not
+/// parse), with its user info redacted: `user:***@host`, or `***@host` when
+/// there is no password (a lone user part is often a token). A text that
+/// does not parse is redacted up to its last `@`: more than needed, never
+/// less.
+pub fn redact_userinfo(text: &str) -> String {
+    if text.contains("://") {
+        if let Ok(mut url) = url::Url::parse(text) {
+            if url.has_host() {
+                let redacted = if url.password().is_some() {
+                    url.set_password(Some("***")).is_ok()
+                } else if !url.username().is_empty() {
+                    url.set_username("***").is_ok()
+                } else {
+                    true
+                };
+                if redacted {
+                    return url.to_string();
+                }
+            }
+        }
+    }
+    let (scheme, rest) = match text.find("://") {
+        Some(i) => text.split_at(i + 3),
+        None => ("", text),
+    };
+    match rest.rfind('@') {
+        None => text.to_string(),
+        Some(at) => {
+            let user = match rest[..at].split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}{user}@{}", &rest[at + 1..])
+        }
+    }
 }
 
 fn percent_decoded(text: &str) -> String {
@@ -682,6 +754,96 @@ mod tests {
         }
     }
 
+    /// A server on loopback that reads one request and writes `head`, then
+    /// `body_bytes` of `x` (in 64 KiB writes, so nothing of that size is ever
+    /// held), then closes. Returns the URL and whether the whole body went out.
+    fn raw_server(head: Vec<u8>, body_bytes: usize) -> (url::Url, std::sync::mpsc::Receiver<bool>) {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let url = url::Url::parse(&format!("http://{}/hooks", listener.local_addr().expect("addr"))).expect("url");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut stream = stream;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = stream.write_all(&head).is_ok();
+            let mut left = body_bytes;
+            while sent && left > 0 {
+                let n = left.min(chunk.len());
+                sent = stream.write_all(&chunk[..n]).is_ok();
+                left -= n;
+            }
+            let _ = done.send(sent);
+        });
+        (url, finished)
+    }
+
+    /// A head with `count` headers of `value_bytes` each.
+    fn head_with_headers(count: usize, value_bytes: usize) -> Vec<u8> {
+        let mut head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n".to_vec();
+        for i in 0..count {
+            head.extend_from_slice(format!("x-h{i}: {}\r\n", "v".repeat(value_bytes)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\nok");
+        head
+    }
+
+    #[tokio::test]
+    async fn an_answer_head_over_64_kib_or_100_headers_is_a_failed_attempt_that_says_so() {
+        for (what, head) in [
+            ("100 KiB in 50 headers", head_with_headers(50, 2048)),
+            ("5,000 headers", head_with_headers(5_000, 1)),
+            ("one header of 70 KiB", head_with_headers(1, 70 * 1024)),
+        ] {
+            let (url, _) = raw_server(head, 0);
+            match endpoint(&url).post(HeaderMap::new(), Bytes::new()).await {
+                Err(Failure::Broken(None, reason)) => {
+                    assert!(reason.contains("over 64 KiB"), "{what}: {reason}")
+                }
+                other => panic!("{what}: {:?}", other.map(|r| (r.status, r.headers.len()))),
+            }
+        }
+        // Just below the bound: an answer like any other.
+        let (url, _) = raw_server(head_with_headers(60, 1000), 0);
+        let reply = endpoint(&url)
+            .post(HeaderMap::new(), Bytes::new())
+            .await
+            .expect("answered");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.headers.len(), 61);
+    }
+
+    #[tokio::test]
+    async fn of_a_50_mib_body_64_kib_are_read_and_the_rest_is_not() {
+        let big = 50 * 1024 * 1024;
+        let head = format!("HTTP/1.1 500 Internal Server Error\r\ncontent-length: {big}\r\n\r\n");
+        let (url, finished) = raw_server(head.into_bytes(), big);
+        let reply = endpoint(&url)
+            .post(HeaderMap::new(), Bytes::new())
+            .await
+            .expect("answered");
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply.body.len(), BODY_LIMIT);
+        // The connection was closed, not drained: the server could not send it all.
+        // (Polled: the connection's task must run on this runtime meanwhile.)
+        let mut sent_all = None;
+        for _ in 0..3000 {
+            if let Ok(sent) = finished.try_recv() {
+                sent_all = Some(sent);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let sent_all = sent_all.expect("the server ended within 30 s");
+        assert!(!sent_all, "the agent read the whole 50 MiB");
+    }
+
     #[tokio::test]
     async fn a_closed_port_is_a_connect_failure_that_names_the_reason() {
         let port = std::net::TcpListener::bind(("127.0.0.1", 0))
@@ -710,6 +872,69 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.contains("ca.pem") && err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn user_info_is_redacted_in_every_url_shown() {
+        assert_eq!(
+            redact_userinfo("http://user:s3cretpass@proxy.example:3128"),
+            "http://user:***@proxy.example:3128/"
+        );
+        assert_eq!(
+            redact_userinfo("http://t0ken@proxy.example/"),
+            "http://***@proxy.example/"
+        );
+        assert_eq!(
+            redact_userinfo("http://proxy.example:3128/"),
+            "http://proxy.example:3128/"
+        );
+        // Texts that do not parse: cut at the last '@'.
+        assert_eq!(redact_userinfo("http://user:s3cretpass@[::1"), "http://user:***@[::1");
+        assert_eq!(redact_userinfo("user:s3cret@pass@proxy:99999"), "user:***@proxy:99999");
+        assert_eq!(redact_userinfo("s3cretpass@"), "***@");
+        assert_eq!(redact_userinfo("no credentials"), "no credentials");
+        let url = url::Url::parse("https://erp:s3cretpass@erp.example/hooks?code=s3cretpass#x").expect("url");
+        assert_eq!(shown_url(&url), "https://erp:***@erp.example/hooks");
+    }
+
+    #[test]
+    fn a_proxy_variable_that_does_not_parse_is_named_without_its_password() {
+        let url = url::Url::parse("https://erp.example/hooks").expect("url");
+        for value in [
+            "http://user:s3cretpass@[::1",
+            "http://user:s3cretpass@proxy:99999",
+            "socks5://user:s3cretpass@proxy:1080",
+            "user:s3cretpass@",
+        ] {
+            let env = |name: &str| (name == "HTTPS_PROXY").then(|| value.to_string());
+            let err = proxy_from(&url, env)
+                .err()
+                .unwrap_or_else(|| panic!("{value}: refused"));
+            assert!(err.starts_with("HTTPS_PROXY=") && err.contains("***"), "{err}");
+            assert!(!err.contains("s3cretpass"), "{err}");
+        }
+        // A good one: its credentials go in Proxy-Authorization, never shown.
+        let env = |name: &str| (name == "HTTPS_PROXY").then(|| "http://user:s3cretpass@127.0.0.1:3128".to_string());
+        let proxy = proxy_from(&url, env).expect("parses").expect("a proxy");
+        assert_eq!(proxy.shown, "127.0.0.1:3128");
+        assert!(proxy.authorization.is_some());
+    }
+
+    #[test]
+    fn url_errors_do_not_show_the_password_or_the_query() {
+        let url = url::Url::parse("ftp://erp:s3cretpass@erp.example/hooks?code=s3cretpass").expect("url");
+        let files = TlsFiles {
+            ca_file: None,
+            client_cert: None,
+        };
+        let err = Endpoint::new(&url, files, Duration::from_secs(5), Duration::from_secs(5), 4)
+            .err()
+            .expect("refused");
+        assert!(
+            err.contains("ftp://erp:***@erp.example/hooks") && err.contains("not http or https"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cretpass"), "{err}");
     }
 
     #[test]

@@ -296,8 +296,9 @@ fn classify(reply: Reply) -> Answer {
     }
     let header = |name| reply.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     let retry_after = header(http::header::RETRY_AFTER).and_then(parse_retry_after);
+    // (A header value holds no control characters: the parser refuses them.)
     let location = header(http::header::LOCATION).map(str::to_string);
-    let text = String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]);
+    let text = printable(&String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]));
     let kind = match code {
         429 | 503 => AnswerKind::Throttled,
         410 => AnswerKind::Gone,
@@ -316,6 +317,13 @@ fn classify(reply: Reply) -> Answer {
         error: Some(detail),
         retry_after,
     }
+}
+
+/// `text` from an endpoint as it may go into a log line, `status` or the
+/// page: control characters (newlines, terminal escapes) become spaces, so
+/// an answer cannot forge a log line or repaint a terminal.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// What a request's outcome means for delivery. An answer whose body was
@@ -409,6 +417,47 @@ mod tests {
         assert_eq!(parsed["attributes"], serde_json::json!({}));
         let full = String::from_utf8(body(&stored("null", None), PayloadMode::Full, &source())).expect("UTF-8");
         assert!(full.ends_with(r#","data":null}"#), "{full}");
+    }
+
+    fn reply(code: u16, headers: &[(&'static str, &[u8])], body: &'static [u8]) -> Reply {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_bytes(value).expect("value"));
+        }
+        Reply {
+            status: http::StatusCode::from_u16(code).expect("status"),
+            headers: map,
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[test]
+    fn hostile_retry_after_values_are_read_without_a_panic_and_only_on_429_and_503() {
+        let retry_after =
+            |code, value: &'static [u8]| classify(reply(code, &[("retry-after", value)], b"")).retry_after;
+        assert_eq!(
+            retry_after(429, b"18446744073709551615"),
+            Some(Duration::from_secs(u64::MAX)),
+            "the rules clamp it to retry.max"
+        );
+        assert_eq!(retry_after(503, b"99999999999999999999999"), Some(Duration::MAX));
+        assert_eq!(retry_after(503, b"-30"), None);
+        assert_eq!(retry_after(429, b"soon \xff"), None, "not text: no Retry-After");
+        assert_eq!(retry_after(429, b"Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(retry_after(500, b"60"), None, "only a throttle pauses");
+    }
+
+    #[test]
+    fn an_endpoint_cannot_put_control_characters_in_the_error_people_read() {
+        let answer = classify(reply(
+            500,
+            &[],
+            b"boom\n2026-01-01T00:00:00Z INFO delivered all\x1b[2J\r",
+        ));
+        assert_eq!(
+            answer.error.as_deref(),
+            Some("HTTP 500: boom 2026-01-01T00:00:00Z INFO delivered all [2J")
+        );
     }
 
     #[test]
