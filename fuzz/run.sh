@@ -28,6 +28,7 @@ ALL_TARGETS=(
     poslog_xml:16384:poslog.dict
     config_toml:4096:config.dict
     socket_framing:8192:socket.dict
+    spool_file:16384:spool.dict
 )
 
 cd "$(dirname "$0")"

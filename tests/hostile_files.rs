@@ -3,6 +3,7 @@
 //! move to `failed/` with a report naming the reason, a link's target is
 //! never read nor moved, and good files beside them go in as usual; a big
 //! POSLog document neither stalls the agent's stop nor goes in by halves.
+//! The `spool_file` fuzz target's seeds pass its checks.
 
 mod common;
 
@@ -12,6 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// The `spool_file` fuzz target's checks, the very file the target uses.
+#[path = "../fuzz/src/spool_file.rs"]
+mod spool_file;
 
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
@@ -317,4 +322,80 @@ fn sigterm_during_a_big_poslog_stops_promptly_and_the_file_goes_in_whole_or_not_
     assert!(ids.contains(&"poslog:0042:03:1".to_string()) && ids.contains(&format!("poslog:0042:03:{N}")));
     assert!(!agent.spool().join("failed/big.xml").exists());
     assert!(agent.stop().success());
+}
+
+/// A spool file's error as text: `<file>[ line N][ index N][ field F][ element E] <code>: <message>`.
+fn file_error(e: &store_outbox::ingest::spool::FileError) -> String {
+    let mut out = e.file.clone();
+    for (what, value) in [
+        ("line", e.line.map(|n| n.to_string())),
+        ("index", e.index.map(|n| n.to_string())),
+        ("field", e.field.clone()),
+        ("element", e.element.clone()),
+    ] {
+        if let Some(value) = value {
+            out += &format!(" {what} {value}");
+        }
+    }
+    format!("{out} {}: {}", e.code.as_str(), e.message)
+}
+
+/// The seeds of the `spool_file` fuzz target (each kind of name, good and
+/// bad files, a file past a stop check) through the target's own checks, with
+/// the answer each must get.
+#[test]
+fn spool_file_fuzz_seeds_pass_the_targets_checks() {
+    let expected: [(&str, Result<usize, &[&str]>); 12] = [
+        ("array.json", Ok(2)),
+        (
+            "bad-item.json",
+            Err(&["bad.json index 1 invalid_event: event must be a JSON object"]),
+        ),
+        (
+            "bad-second-line.ndjson",
+            Err(&["bad.ndjson line 2 field entity invalid_event: entity: missing"]),
+        ),
+        ("content-not-utf8.json", Err(&["latin1.json invalid_json: not UTF-8"])),
+        ("crlf.ndjson", Ok(2)),
+        ("past-a-stop-check.ndjson", Ok(1)),
+        (
+            "poslog-missing-sequence.xml",
+            Err(&["line 8", "Transaction[2]/SequenceNumber"]),
+        ),
+        ("poslog-sale.xml", Ok(2)),
+        ("prefixed-two-transactions.xml", Ok(2)),
+        ("single.json", Ok(1)),
+        ("three-events.ndjson", Ok(3)),
+        (
+            "unknown-kind.csv",
+            Err(&["export.csv invalid_event: unknown file type"]),
+        ),
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/spool_file");
+    let on_disk: Vec<String> = names(&dir)
+        .into_iter()
+        .map(|n| String::from_utf8(n).expect("seed names are UTF-8"))
+        .collect();
+    let listed: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+    assert_eq!(on_disk, listed, "the seeds and their answers here");
+    let mut failed = Vec::new();
+    for (seed, want) in expected {
+        let data = std::fs::read(dir.join(seed)).expect("seed");
+        let mut accepted = 0;
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            spool_file::check_file(&data, &mut |_, _, events| accepted += events.len())
+        }));
+        let fine = match (&answer, want) {
+            (Ok(Ok(n)), Ok(m)) => *n == m && accepted == m,
+            (Ok(Err(e)), Err(parts)) => {
+                let text = file_error(e);
+                parts.iter().all(|p| text.contains(p))
+            }
+            _ => false,
+        };
+        if !fine {
+            failed.push(format!("{seed}: expected {want:?}, got {answer:?}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
