@@ -29,6 +29,7 @@ ALL_TARGETS=(
     config_toml:4096:config.dict
     socket_framing:8192:socket.dict
     http_head:4096:http.dict
+    spool_file:16384:spool.dict
 )
 
 cd "$(dirname "$0")"

@@ -204,7 +204,12 @@ fn closed_port_then_back_drains_everything() {
 fn retry_after_on_429_is_honoured() {
     let rx = Receiver::start();
     rx.answer_first(Answer::status(429).header("retry-after", "2"));
-    let mut agent = Agent::new(&subscription("erp", &rx.url(), FAST_RETRY));
+    // retry.max above the Retry-After, which is clamped to it.
+    let mut agent = Agent::new(&subscription(
+        "erp",
+        &rx.url(),
+        "retry = { initial = \"100ms\", max = \"5s\" }",
+    ));
     agent.start();
     send_lines(
         &agent.socket(),

@@ -14,6 +14,10 @@ use store_outbox::event::{check_entity, valid_event_id, NewEvent};
 #[path = "../fuzz/src/socket_framing.rs"]
 mod socket_framing;
 
+/// The `spool_file` target's checks, the very file the target uses.
+#[path = "../fuzz/src/spool_file.rs"]
+mod spool_file;
+
 /// The `http_head` target's harness and checks, the very file it uses.
 #[path = "../fuzz/src/http_head.rs"]
 mod http_head;
@@ -34,9 +38,9 @@ use Expect::{Accepted, Refused};
 type Answer = Result<usize, String>;
 
 /// The targets (`fuzz/fuzz_targets/<target>.rs`) and their regression
-/// directories; `socket_framing` and `http_head` have none yet (their
-/// corpora are replayed).
-const TARGETS: [&str; 7] = [
+/// directories; `socket_framing`, `spool_file` and `http_head` have none
+/// yet (their corpora are replayed).
+const TARGETS: [&str; 8] = [
     "config_toml",
     "event_json",
     "http_head",
@@ -44,6 +48,7 @@ const TARGETS: [&str; 7] = [
     "ndjson_file",
     "poslog_xml",
     "socket_framing",
+    "spool_file",
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -401,4 +406,61 @@ fn http_head_regressions() {
         .map(|(name, _)| name.as_str())
         .collect();
     assert!(failed.is_empty(), "HTTP checks failed for {failed:?} (messages above)");
+}
+
+/// The seeds of the `spool_file` target (each kind of name, good and bad
+/// files, a file past a stop check) through the target's own checks, with
+/// the answer each must get; it has no crash recorded yet.
+#[test]
+fn spool_file_regressions() {
+    let expected: [(&str, Result<usize, &[&str]>); 12] = [
+        ("array.json", Ok(2)),
+        (
+            "bad-item.json",
+            Err(&["bad.json index 1 invalid_event: event must be a JSON object"]),
+        ),
+        (
+            "bad-second-line.ndjson",
+            Err(&["bad.ndjson line 2 field entity invalid_event: entity: missing"]),
+        ),
+        ("content-not-utf8.json", Err(&["latin1.json invalid_json: not UTF-8"])),
+        ("crlf.ndjson", Ok(2)),
+        ("past-a-stop-check.ndjson", Ok(1)),
+        (
+            "poslog-missing-sequence.xml",
+            Err(&["line 8", "Transaction[2]/SequenceNumber"]),
+        ),
+        ("poslog-sale.xml", Ok(2)),
+        ("prefixed-two-transactions.xml", Ok(2)),
+        ("single.json", Ok(1)),
+        ("three-events.ndjson", Ok(3)),
+        (
+            "unknown-kind.csv",
+            Err(&["export.csv invalid_event: unknown file type"]),
+        ),
+    ];
+    let dir = fuzz_dir().join("corpus/spool_file");
+    let on_disk: Vec<String> = names_in(&dir);
+    let listed: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+    assert_eq!(on_disk, listed, "the seeds and their answers here");
+    let mut failed = Vec::new();
+    for (seed, want) in expected {
+        let data = std::fs::read(dir.join(seed)).expect("seed");
+        let mut accepted = 0;
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            spool_file::check_file(&data, &mut |_, _, events| accepted += events.len())
+        }));
+        let fine = match (&answer, want) {
+            (Ok(Ok(n)), Ok(m)) => *n == m && accepted == m,
+            (Ok(Err(e)), Err(parts)) => {
+                let text = file_error(e);
+                parts.iter().all(|p| text.contains(p))
+            }
+            _ => false,
+        };
+        if !fine {
+            failed.push(format!("{seed}: expected {want:?}, got {answer:?}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

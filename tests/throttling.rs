@@ -30,7 +30,8 @@ fn a_429_pauses_every_entity_of_the_subscription_until_retry_after() {
     let mut agent = Agent::new(&subscription(
         "erp",
         &rx.url_via(&wan),
-        "max_in_flight = 4\nretry = { initial = \"100ms\", max = \"200ms\" }",
+        // retry.max above the Retry-After: it is clamped to retry.max.
+        "max_in_flight = 4\nretry = { initial = \"100ms\", max = \"5s\" }",
     ));
     agent.start();
     agent.send_events(&Events::new("t", 0..40, "SaleCreated").spread_over("till", 8));

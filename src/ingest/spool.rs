@@ -7,8 +7,19 @@
 //! deleted only after the commit. Events without an `event_id` get one derived
 //! from the file's name and content, so a file read again after a crash
 //! between commit and delete is recognised as duplicates, not stored twice.
-//! A failing file moves to `failed/` with `<name>.error.json` beside it.
+//! A failing file moves to `failed/` with `<name>.error.json` beside it, and
+//! so does anything in `incoming/` that is not a regular file (a symbolic
+//! link, never followed; a FIFO, never opened; a directory) or whose name is
+//! not UTF-8: nothing finished waits there forever.
+//!
+//! Reading and parsing a file (up to [`MAX_FILE_BYTES`], CPU work) runs on a
+//! blocking thread, never on the async workers, and gives up when the agent
+//! stops; the file then stays in `incoming/` for the next start.
 
+use std::ffi::{OsStr, OsString};
+use std::io::Read as _;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::event::{parse_event_with, ErrorCode, IngestError, NewEvent, Reply};
+use crate::ingest::poslog::Stopped;
 use crate::outbox::writer::Writer;
 use crate::shutdown::Shutdown;
 
@@ -95,30 +107,134 @@ impl SpoolDirs {
     }
 
     /// Files waiting in `incoming/` and refused files in `failed/`.
+    ///
+    /// Waiting are the finished regular files with UTF-8 names: what a scan
+    /// takes. Anything else there is moved to `failed/` by the next scan, so
+    /// it is not counted as waiting.
     pub fn counts(&self) -> (usize, usize) {
-        let count = |dir: &Path, keep: &dyn Fn(&str) -> bool| {
+        let count = |dir: &Path, keep: &dyn Fn(&std::fs::DirEntry) -> bool| {
             std::fs::read_dir(dir)
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .filter(|e| keep(&e.file_name().to_string_lossy()))
-                        .count()
-                })
+                .map(|rd| rd.filter_map(Result::ok).filter(|e| keep(e)).count())
                 .unwrap_or(0)
         };
-        (
-            count(&self.incoming, &|n| eligible(n)),
-            count(&self.failed, &|n| !n.ends_with(".error.json")),
-        )
+        let waiting = |e: &std::fs::DirEntry| {
+            let name = e.file_name();
+            eligible(&name) && name.to_str().is_some() && e.file_type().is_ok_and(|t| t.is_file())
+        };
+        // Not the reports, nor a report being written (`.<report>.tmp`).
+        let refused = |e: &std::fs::DirEntry| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !name.ends_with(".error.json") && !name.ends_with(".error.json.tmp")
+        };
+        (count(&self.incoming, &waiting), count(&self.failed, &refused))
     }
 }
 
-/// Whether a name in `incoming/` is a finished file (not one being written).
-pub fn eligible(name: &str) -> bool {
-    !name.starts_with('.') && !name.ends_with(".tmp")
+/// Whether a name in `incoming/` is finished (not a producer's work in
+/// progress: a name starting with `.` or ending in `.tmp`, which stays
+/// untouched whatever it is).
+pub fn eligible(name: &OsStr) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.starts_with(b".") && !bytes.ends_with(b".tmp")
+}
+
+/// A name as reports and logs show it: a UTF-8 name as it is; in any other,
+/// each byte that is not UTF-8 as `\xNN` and a backslash as `\\`, so two
+/// different names never show the same.
+pub fn shown_name(name: &OsStr) -> String {
+    if let Some(text) = name.to_str() {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Why an entry of `incoming/` is not a file the spool takes; `None` for a
+/// regular file. Only the entry itself is looked at: a link's target is
+/// never opened or read.
+fn not_a_file(path: &Path, kind: std::fs::FileType) -> Option<String> {
+    let what = if kind.is_file() {
+        return None;
+    } else if kind.is_symlink() {
+        let target = std::fs::read_link(path)
+            .map(|t| format!(" (to {})", t.display()))
+            .unwrap_or_default();
+        return Some(format!(
+            "a symbolic link{target}, not a regular file: links are never followed, the link itself was moved here and its target left alone; rename the file itself into incoming/"
+        ));
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Some(format!(
+        "{what}, not a regular file: it was not opened; producers rename a finished regular file into incoming/"
+    ))
 }
 
 /// Parses a spool file into events (all or an error).
 pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<NewEvent>, Box<FileError>> {
+    parse_file_unless(name, bytes, max_event_bytes, &|| false).unwrap_or_else(|Stopped| {
+        // Never reached: nothing asks this parse to stop.
+        Err(FileError::whole(name, ErrorCode::Internal, "parse stopped").into())
+    })
+}
+
+/// How often (in lines or array items) a parse asks whether to give up.
+const STOP_CHECK_EVERY: usize = 1024;
+
+/// Why parsing a spool file ended without events.
+enum Halt {
+    /// The file is refused.
+    Refused(Box<FileError>),
+    /// The caller asked to stop.
+    Stopped,
+}
+
+impl From<FileError> for Halt {
+    fn from(e: FileError) -> Self {
+        Halt::Refused(Box::new(e))
+    }
+}
+
+/// Like [`parse_file`], asking `stop` now and then whether to give up (the
+/// agent is stopping): `Err(Stopped)` once it says yes.
+pub fn parse_file_unless(
+    name: &str,
+    bytes: &[u8],
+    max_event_bytes: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<Result<Vec<NewEvent>, Box<FileError>>, Stopped> {
+    match events_of(name, bytes, max_event_bytes, stop) {
+        Ok(events) => Ok(Ok(events)),
+        Err(Halt::Refused(e)) => Ok(Err(e)),
+        Err(Halt::Stopped) => Err(Stopped),
+    }
+}
+
+/// The events of a spool file, all or none.
+fn events_of(name: &str, bytes: &[u8], max_event_bytes: u64, stop: &dyn Fn() -> bool) -> Result<Vec<NewEvent>, Halt> {
+    // Asked before the i-th line or array item, every so many.
+    let go_on = |i: usize| {
+        if i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 && stop() {
+            Err(Halt::Stopped)
+        } else {
+            Ok(())
+        }
+    };
     // A stable identity for events without `event_id`: name + content.
     let digest = {
         let mut h = Sha256::new();
@@ -134,6 +250,7 @@ pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<
     let events = if name.ends_with(".ndjson") {
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
+            go_on(i)?;
             if line.trim().is_empty() {
                 continue;
             }
@@ -151,6 +268,7 @@ pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<
                 .map_err(|e| FileError::whole(name, ErrorCode::InvalidJson, e.to_string()))?;
             let mut out = Vec::new();
             for (i, raw) in items.iter().enumerate() {
+                go_on(i)?;
                 let ev =
                     parse_event_with(raw.get().as_bytes(), max_event_bytes, || id_for(i)).map_err(|e| FileError {
                         index: Some(i),
@@ -163,11 +281,13 @@ pub fn parse_file(name: &str, bytes: &[u8], max_event_bytes: u64) -> Result<Vec<
             vec![parse_event_with(bytes, max_event_bytes, || id_for(0)).map_err(|e| FileError::of_event(name, e))?]
         }
     } else if name.ends_with(".xml") {
-        crate::ingest::poslog::parse(text).map_err(|e| FileError {
-            line: Some(e.line),
-            element: Some(e.element.clone()),
-            ..FileError::whole(name, ErrorCode::InvalidEvent, e.message)
-        })?
+        crate::ingest::poslog::parse_unless(text, stop)
+            .map_err(|Stopped| Halt::Stopped)?
+            .map_err(|e| FileError {
+                line: Some(e.line),
+                element: Some(e.element.clone()),
+                ..FileError::whole(name, ErrorCode::InvalidEvent, e.message)
+            })?
     } else {
         return Err(FileError::whole(
             name,
@@ -250,13 +370,12 @@ impl Spool {
         drop(watcher);
     }
 
-    /// Takes every eligible file, in name order.
+    /// Takes every finished entry of `incoming/`, in name (byte) order.
     pub async fn scan(&self) {
-        let mut names: Vec<String> = match std::fs::read_dir(&self.dirs.incoming) {
+        let mut names: Vec<OsString> = match std::fs::read_dir(&self.dirs.incoming) {
             Ok(rd) => rd
                 .filter_map(Result::ok)
-                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .map(|e| e.file_name())
                 .filter(|n| eligible(n))
                 .collect(),
             Err(e) => {
@@ -275,28 +394,56 @@ impl Spool {
         }
     }
 
-    async fn take(&self, name: &str) -> Taken {
+    async fn take(&self, name: &OsStr) -> Taken {
         let path = self.dirs.incoming.join(name);
-        let size = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(_) => return Taken::Done, // gone meanwhile
-        };
-        if size > MAX_FILE_BYTES {
-            let msg = format!("{size} bytes, the limit is {MAX_FILE_BYTES}: split it");
-            return self.fail(name, FileError::whole(name, ErrorCode::TooLarge, msg));
-        }
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        // The entry itself, never what a link points to.
+        let kind = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m.file_type(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Taken::Done, // gone meanwhile
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read a spool file; will retry");
+                tracing::warn!(file = %path.display(), error = %e, "cannot look at a spool entry; will retry");
                 return Taken::Later;
             }
         };
-        let events = match parse_file(name, &bytes, self.max_event_bytes) {
-            Ok(events) => events,
-            Err(err) => {
+        let shown = shown_name(name);
+        if let Some(why) = not_a_file(&path, kind) {
+            return self.fail(name, FileError::whole(&shown, ErrorCode::InvalidEvent, why));
+        }
+        let Some(utf8) = name.to_str() else {
+            let why = format!(
+                "the file name is not UTF-8 (bytes {}): it was not read; rename it to a UTF-8 name ending in .json, .ndjson or .xml and move it into incoming/ again",
+                hex(name.as_bytes())
+            );
+            return self.fail(name, FileError::whole(&shown, ErrorCode::InvalidEvent, why));
+        };
+        // Reading and parsing up to 64 MiB is CPU work: on a blocking
+        // thread, so it holds no async worker, and given up on shutdown.
+        let read = {
+            let (path, name, max_event_bytes) = (path.clone(), utf8.to_string(), self.max_event_bytes);
+            let shutdown = self.shutdown.clone();
+            tokio::task::spawn_blocking(move || read_file(&path, &name, max_event_bytes, &|| shutdown.is_started()))
+                .await
+        };
+        let events = match read {
+            Ok(Read::Events(events)) => events,
+            Ok(Read::Invalid(err)) => {
                 self.writer.count_rejected(err.code);
                 return self.fail(name, *err);
+            }
+            Ok(Read::Refused(err)) => return self.fail(name, err),
+            Ok(Read::Gone) => return Taken::Done,
+            Ok(Read::Unreadable(e)) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read a spool file; will retry");
+                return Taken::Later;
+            }
+            Ok(Read::Stopped) => {
+                tracing::info!(file = utf8, "stopping: spool file left in incoming/ for the next start");
+                return Taken::Later;
+            }
+            Err(e) => {
+                // A bug in a parser: the file would fail the same way again.
+                let msg = format!("the file could not be parsed: {e}");
+                return self.fail(name, FileError::whole(utf8, ErrorCode::Internal, msg));
             }
         };
         let n = events.len();
@@ -311,44 +458,130 @@ impl Spool {
                     // Stored; deleting again next scan only finds duplicates.
                     tracing::warn!(file = %path.display(), error = %e, "stored but cannot delete the spool file");
                 }
-                tracing::debug!(file = name, events = n, "spool file taken");
+                tracing::debug!(file = utf8, events = n, "spool file taken");
                 Taken::Done
             }
             Some(e) => {
-                tracing::warn!(file = name, code = e.code.as_str(), error = %e.message, "spool file left in incoming/, will retry");
+                tracing::warn!(file = utf8, code = e.code.as_str(), error = %e.message, "spool file left in incoming/, will retry");
                 Taken::Later
             }
         }
     }
 
-    /// Moves a refused file to `failed/` with its `.error.json`.
-    fn fail(&self, name: &str, err: FileError) -> Taken {
-        let mut target = self.dirs.failed.join(name);
-        if target.exists() {
-            target = self.dirs.failed.join(format!("{name}.{}", crate::outbox::now_ms()));
-        }
-        let target_name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let report = serde_json::json!({
+    /// Moves a refused entry (the entry itself: a link, not its target) to
+    /// `failed/` under its own name, with its `.error.json` beside it. Neither
+    /// may replace what is there: a name taken gets a suffix.
+    fn fail(&self, name: &OsStr, err: FileError) -> Taken {
+        let taken = |p: &Path| p.symlink_metadata().is_ok();
+        let shown = shown_name(name);
+        let stamp = crate::outbox::now_ms();
+        let (target, report_name) = (0u64..1000)
+            .map(|n| {
+                let suffix = match n {
+                    0 => String::new(),
+                    1 => format!(".{stamp}"),
+                    n => format!(".{stamp}.{n}"),
+                };
+                let mut target = name.to_os_string();
+                target.push(&suffix);
+                (self.dirs.failed.join(target), format!("{shown}{suffix}.error.json"))
+            })
+            .find(|(target, report)| !taken(target) && !taken(&self.dirs.failed.join(report)))
+            .unwrap_or_default(); // none free: the rename below fails and says so
+        let mut report = serde_json::json!({
             "file": err.file, "line": err.line, "index": err.index, "field": err.field, "element": err.element,
             "code": err.code, "message": err.message, "failed_at": crate::event::now_rfc3339(),
         });
-        let report_path = self.dirs.failed.join(format!("{target_name}.error.json"));
-        let tmp = self.dirs.failed.join(format!(".{target_name}.error.json.tmp"));
+        if name.to_str().is_none() {
+            // The name's bytes, for a name `file` can only show escaped.
+            report["file_bytes_hex"] = hex(name.as_bytes()).into();
+        }
+        let report_path = self.dirs.failed.join(&report_name);
+        let tmp = self.dirs.failed.join(format!(".{report_name}.tmp"));
         let written = serde_json::to_vec_pretty(&report)
             .map_err(std::io::Error::other)
             .and_then(|body| std::fs::write(&tmp, body))
             .and_then(|()| std::fs::rename(&tmp, &report_path));
+        // `rename` moves a link itself, never its target.
         if let Err(e) = written.and_then(|()| std::fs::rename(self.dirs.incoming.join(name), &target)) {
-            tracing::error!(file = name, error = %e, "cannot move a refused spool file to failed/");
+            tracing::error!(file = shown, error = %e, "cannot move a refused spool entry to failed/");
             return Taken::Later;
         }
-        tracing::warn!(file = name, line = ?err.line, index = ?err.index, element = ?err.element, error = %err.message,
-            "spool file refused, moved to failed/");
+        tracing::warn!(file = shown, line = ?err.line, index = ?err.index, element = ?err.element, error = %err.message,
+            "spool entry refused, moved to failed/");
         Taken::Failed
     }
+}
+
+/// What reading one file gave.
+enum Read {
+    /// Its events, all valid.
+    Events(Vec<NewEvent>),
+    /// Its content is refused (counted as a rejection).
+    Invalid(Box<FileError>),
+    /// It is refused unread: too large, or not a regular file after all.
+    Refused(FileError),
+    /// It is gone.
+    Gone,
+    /// It cannot be read now (permissions, I/O).
+    Unreadable(std::io::Error),
+    /// The agent is stopping.
+    Stopped,
+}
+
+/// Reads and parses `path` (blocking). Opened without following a link and
+/// without waiting for a writer, then checked on the open descriptor: an entry
+/// swapped for a link or a FIFO after the scan looked at it is refused, never
+/// read or waited on.
+fn read_file(path: &Path, name: &str, max_event_bytes: u64, stop: &dyn Fn() -> bool) -> Read {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let unless_not_a_file = |e: std::io::Error| match std::fs::symlink_metadata(path) {
+        Err(gone) if gone.kind() == std::io::ErrorKind::NotFound => Read::Gone,
+        Ok(m) => match not_a_file(path, m.file_type()) {
+            Some(why) => Read::Refused(FileError::whole(name, ErrorCode::InvalidEvent, why)),
+            None => Read::Unreadable(e),
+        },
+        Err(_) => Read::Unreadable(e),
+    };
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => return unless_not_a_file(e),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return Read::Unreadable(e),
+    };
+    if let Some(why) = not_a_file(path, meta.file_type()) {
+        return Read::Refused(FileError::whole(name, ErrorCode::InvalidEvent, why));
+    }
+    let too_large = |size: u64| {
+        let msg = format!("{size} bytes, the limit is {MAX_FILE_BYTES}: split it");
+        Read::Refused(FileError::whole(name, ErrorCode::TooLarge, msg))
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return too_large(meta.len());
+    }
+    // No more than the limit, even if the file grows meanwhile.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
+        return Read::Unreadable(e);
+    }
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return too_large(bytes.len() as u64);
+    }
+    match parse_file_unless(name, &bytes, max_event_bytes, stop) {
+        Ok(Ok(events)) => Read::Events(events),
+        Ok(Err(err)) => Read::Invalid(err),
+        Err(Stopped) => Read::Stopped,
+    }
+}
+
+/// Bytes as lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -408,6 +641,7 @@ mod tests {
 
     #[test]
     fn eligibility_and_types() {
+        let eligible = |n: &str| eligible(OsStr::new(n));
         assert!(!eligible(".x.json") && !eligible("x.json.tmp") && eligible("x.json"));
         assert!(parse_file("x.csv", b"a", 1024)
             .unwrap_err()
@@ -417,5 +651,85 @@ mod tests {
             .unwrap_err()
             .message
             .contains("no event"));
+    }
+
+    #[test]
+    fn shown_names_keep_different_bytes_apart() {
+        let name = |b: &[u8]| shown_name(OsStr::from_bytes(b));
+        assert_eq!(name(b"caf\xc3\xa9.json"), "caf\u{e9}.json", "UTF-8 as it is");
+        assert_eq!(name(b"caf\xe9.json"), "caf\\xE9.json");
+        assert_ne!(name(b"caf\xe9.json"), name(b"caf\xe8.json"));
+        // A backslash in a name that is not UTF-8 is doubled, so it cannot
+        // pass for an escape.
+        assert_ne!(name(b"a\\xE9\xff"), name(b"a\xe9\xff"));
+        assert_eq!(name(b"a\\\xff"), "a\\\\\\xFF");
+    }
+
+    #[test]
+    fn counts_take_only_what_a_scan_would_take_as_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = SpoolDirs::new(dir.path());
+        dirs.create().expect("create");
+        let incoming = &dirs.incoming;
+        std::fs::write(incoming.join("a.json"), b"{}").expect("file");
+        std::fs::write(incoming.join(".b.json.tmp"), b"{}").expect("work in progress");
+        std::fs::write(incoming.join(OsStr::from_bytes(b"caf\xe9.json")), b"{}").expect("non-UTF-8 name");
+        std::os::unix::fs::symlink(incoming.join("a.json"), incoming.join("link.json")).expect("symlink");
+        std::fs::create_dir(incoming.join("sub.json")).expect("dir");
+        mkfifo(&incoming.join("pipe.json"));
+        std::fs::write(dirs.failed.join("x.json"), b"{}").expect("failed file");
+        std::fs::write(dirs.failed.join("x.json.error.json"), b"{}").expect("its report");
+        std::fs::write(dirs.failed.join(".y.json.error.json.tmp"), b"{}").expect("a report being written");
+        assert_eq!(dirs.counts(), (1, 1));
+    }
+
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(
+            unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+            0,
+            "mkfifo {}",
+            path.display()
+        );
+    }
+
+    /// What the scan found a regular file may be a FIFO or a link by the time
+    /// it is opened: refused, never waited on (a FIFO without a writer would
+    /// block the open) nor followed.
+    #[test]
+    fn reading_never_waits_on_a_fifo_nor_follows_a_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let event = br#"{"type":"T","entity":"e","payload":1}"#;
+        let (pipe, link, target) = (
+            dir.path().join("p.json"),
+            dir.path().join("l.json"),
+            dir.path().join("t.json"),
+        );
+        mkfifo(&pipe);
+        std::fs::write(&target, event).expect("target");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let read = |p: &Path| match read_file(p, "x.json", 1 << 20, &|| false) {
+                Read::Refused(e) => Ok(e.message),
+                Read::Events(_) => Err("read as events"),
+                _ => Err("another answer"),
+            };
+            let _ = tx.send((
+                read(&pipe),
+                read(&link),
+                matches!(read_file(&target, "x.json", 1 << 20, &|| false), Read::Events(_)),
+            ));
+        });
+        let (pipe, link, target_read) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("reading answers at once (a blocking open of the FIFO never returns)");
+        assert!(pipe.as_deref().is_ok_and(|m| m.starts_with("a FIFO")), "{pipe:?}");
+        assert!(
+            link.as_deref().is_ok_and(|m| m.starts_with("a symbolic link")),
+            "{link:?}"
+        );
+        assert!(target_read, "the regular file itself is read");
     }
 }

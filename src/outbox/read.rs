@@ -212,12 +212,12 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
                     last_success_at: last_success_at.map(ms_to_rfc3339),
                     last_error: r.get(6)?,
                     last_error_at: last_error_at.map(ms_to_rfc3339),
-                    last_error_age_s: last_error_at.map(|at| ((now - at) / 1000).max(0)),
+                    last_error_age_s: last_error_at.map(|at| (now.saturating_sub(at) / 1000).max(0)),
                     last_error_past: matches!((last_error_at, last_success_at), (Some(e), Some(s)) if s >= e),
                     configured: r.get(8)?,
                     url: r.get(9)?,
                     next_attempt_at: next_attempt_at.map(ms_to_rfc3339),
-                    next_attempt_in_s: next_attempt_at.map(|at| ((at - now) / 1000).max(0)),
+                    next_attempt_in_s: next_attempt_at.map(|at| (at.saturating_sub(now) / 1000).max(0)),
                 },
             ))
         })?
