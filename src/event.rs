@@ -305,6 +305,37 @@ struct Frame<'t> {
     index: usize,
 }
 
+/// Whether `token` is a number as JSON writes one:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(token: &[u8]) -> bool {
+    let digits = |t: &[u8]| t.iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut rest = token.strip_prefix(b"-").unwrap_or(token);
+    match rest.first() {
+        Some(b'0') => rest = &rest[1..],
+        Some(b'1'..=b'9') => rest = &rest[digits(rest)..],
+        _ => return false,
+    }
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = digits(fraction);
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    if let Some(exponent) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
+        let exponent = exponent
+            .strip_prefix(b"+")
+            .or_else(|| exponent.strip_prefix(b"-"))
+            .unwrap_or(exponent);
+        let n = digits(exponent);
+        if n == 0 {
+            return false;
+        }
+        rest = &exponent[n..];
+    }
+    rest.is_empty()
+}
+
 /// A JSON text walked byte by byte with an explicit stack, so any depth is
 /// checked without recursion (serde_json's visitor gives up at 128 levels
 /// and a payload nested deeper went through unchecked). `None` from a step
@@ -412,6 +443,11 @@ impl<'t> Walker<'t> {
                     }
                     let token = &self.text[start..self.at];
                     if !matches!(token, b"true" | b"false" | b"null") {
+                        // Rust's parser also takes `NaN`, `inf`, `.5`: JSON's
+                        // grammar first, so those stay syntax errors.
+                        if !is_json_number(token) {
+                            return Ok(None);
+                        }
                         let number = std::str::from_utf8(token).ok().and_then(|t| t.parse::<f64>().ok());
                         match number {
                             None => return Ok(None),
@@ -923,6 +959,25 @@ mod tests {
         }
         let objects = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
         assert!(parse(&with_payload(&objects)).unwrap_err().message.contains("deeper"));
+    }
+
+    #[test]
+    fn numbers_are_judged_by_jsons_grammar_first() {
+        for ok in ["0", "-0", "1", "-12", "1.5", "1e5", "1E+5", "1.25e-3", "10"] {
+            assert!(is_json_number(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "NaN", "Infinity", "-inf", ".5", "1.", "01", "+1", "1e", "1e+", "-", "", "1.5.5", "0x10",
+        ] {
+            assert!(!is_json_number(bad.as_bytes()), "{bad}");
+        }
+        for text in ["NaN", "Infinity", "-Infinity"] {
+            assert_eq!(
+                parse(&with_payload(text)).unwrap_err().code,
+                ErrorCode::InvalidJson,
+                "{text}"
+            );
+        }
     }
 
     #[test]
