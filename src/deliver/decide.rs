@@ -41,9 +41,21 @@ fn millis(d: Duration) -> i64 {
 /// subscription longer than its own config allows); one asking for no wait
 /// at all (`0`, a date in the past) counts as none, so a throttling endpoint
 /// is never hammered without a backoff.
+///
+/// Jittered either way, so that a fleet of stores told the same thing does
+/// not come back on the same second (contract: "A fleet against one
+/// central"): the backoff's last half is random (equal jitter), and a
+/// `Retry-After` R becomes a random moment in the last half of a pause of
+/// 2R, between R and 2R: never before R and never past `retry.max` (a
+/// Retry-After at `retry.max` or above is `retry.max` itself).
 pub fn wait_after(answer: &Answer, retry: &RetryConfig, failures: u32, jitter: f64) -> Duration {
     match answer.retry_after.filter(|d| !d.is_zero()) {
-        Some(asked) => asked.min(retry.max).min(LONGEST_WAIT),
+        Some(asked) => {
+            let asked = asked.min(retry.max).min(LONGEST_WAIT);
+            let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
+            let spread = Duration::try_from_secs_f64(asked.as_secs_f64() * jitter).unwrap_or_default();
+            asked.saturating_add(spread).min(retry.max.max(asked))
+        }
         None => backoff::delay_with(retry, failures, jitter).min(LONGEST_WAIT),
     }
 }
@@ -737,6 +749,43 @@ mod tests {
         );
         let after = now + Duration::from_secs(60);
         assert_eq!(next_pick(&ready, &link, true, false, after), Some((now, 1, 1)));
+    }
+
+    #[test]
+    fn a_retry_after_resumes_at_a_random_moment_between_it_and_twice_it_never_past_retry_max() {
+        let now = Instant::now();
+        let throttled = |secs| answer(AnswerKind::Throttled, Some(Duration::from_secs(secs)));
+        // retry.max is 300 s: 10 s becomes 10 s to 20 s, by the draw.
+        for (draw, want) in [
+            (0.0, 10_000),
+            (0.5, 15_000),
+            (0.999, 19_990),
+            (f64::NAN, 10_000),
+            (7.0, 20_000),
+        ] {
+            let wait = wait_after(&throttled(10), &retry(None), 1, draw);
+            assert_eq!(wait, Duration::from_millis(want), "draw {draw}");
+        }
+        // Near retry.max the spread stops there; at or past it, retry.max.
+        assert_eq!(
+            wait_after(&throttled(200), &retry(None), 1, 0.999),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            wait_after(&throttled(900), &retry(None), 1, 0.5),
+            Duration::from_secs(300)
+        );
+        // A fleet's pauses for the same answer spread over all of it.
+        let untils: Vec<Instant> = (0..100)
+            .map(|i| {
+                let mut link = Link::new(now);
+                link.heed(&throttled(10), &retry(None), f64::from(i) / 100.0, now);
+                link.paused_at(now).expect("paused")
+            })
+            .collect();
+        let (first, last) = (untils.iter().min().expect("some"), untils.iter().max().expect("some"));
+        assert!(*first >= now + Duration::from_secs(10), "never before the Retry-After");
+        assert!(*last - *first >= Duration::from_millis(9_800), "spread over 10 s");
     }
 
     #[test]
