@@ -171,6 +171,9 @@ pub struct SubscriptionConfig {
     pub timeout: Duration,
     /// Most requests in flight at once (different entities).
     pub max_in_flight: usize,
+    /// `max_rate`: most requests a second (a token bucket), whatever the
+    /// concurrency; `None`: no cap.
+    pub max_rate: Option<f64>,
     /// Backoff policy.
     pub retry: RetryConfig,
     /// Extra headers on every request.
@@ -326,6 +329,7 @@ struct FileSubscription {
     payload: Option<PayloadSetting>,
     timeout: Option<Spanned<Dur>>,
     max_in_flight: Option<serde_spanned::Spanned<i64>>,
+    max_rate: Option<Spanned<f64>>,
     #[serde(default)]
     retry: FileRetry,
     #[serde(default)]
@@ -942,6 +946,10 @@ fn subscription_section(
         None => 16,
         Some(v) => in_flight_limit(src, &key("max_in_flight"), &v)?,
     };
+    let max_rate = match &sub.max_rate {
+        None => None,
+        Some(v) => Some(rate_limit(src, &key("max_rate"), v)?),
+    };
     let retry = retry_policy(src, table, &sub.retry)?;
     let headers = request_headers(src, &key("headers"), sub.headers)?;
     let timeout = sub.timeout.as_ref().map_or(Duration::from_secs(30), |t| t.get_ref().0);
@@ -961,6 +969,7 @@ fn subscription_section(
         },
         timeout,
         max_in_flight,
+        max_rate,
         retry,
         headers,
         ca_file: sub.ca_file.map(|p| src.resolve(p)),
@@ -1272,6 +1281,21 @@ fn in_flight_limit(src: &Source, key: &str, value: &Spanned<i64>) -> Result<usiz
         return Err(src.at(value.span(), key, format!("{n} is not between 1 and 1024")));
     }
     Ok(n as usize)
+}
+
+/// `max_rate`: requests per second, more than 0 and at most 100,000 (one
+/// request in 10 µs: beyond what any endpoint takes from one store, and the
+/// bucket's arithmetic stays exact).
+fn rate_limit(src: &Source, key: &str, value: &Spanned<f64>) -> Result<f64, ConfigError> {
+    let n = *value.get_ref();
+    if !(n > 0.0 && n <= 100_000.0) {
+        return Err(src.at(
+            value.span(),
+            key,
+            format!("{n} is not a number of requests per second above 0 and at most 100000"),
+        ));
+    }
+    Ok(n)
 }
 
 /// `client_cert` and `client_key` (mTLS): both or neither.

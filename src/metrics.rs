@@ -106,7 +106,8 @@ impl Metrics {
     }
 
     /// The Prometheus text: database figures read now, plus the in-memory ones.
-    pub fn render(&self, conn: &Connection, max_db_bytes: u64) -> rusqlite::Result<String> {
+    pub fn render(&self, conn: &Connection, config: &crate::config::Config) -> rusqlite::Result<String> {
+        let max_db_bytes = config.storage.max_db_bytes;
         let mut registry = Registry::with_prefix("store_outbox");
         let counters = read::ingest_counters(conn)?;
         registry.register(
@@ -130,6 +131,7 @@ impl Metrics {
         let parked: Family<SubLabel, Gauge> = Family::default();
         let in_flight: Family<SubLabel, Gauge> = Family::default();
         let limit: Family<SubLabel, Gauge> = Family::default();
+        let rate: Family<SubLabel, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
         let up: Family<SubLabel, Gauge> = Family::default();
         let gone: Family<SubLabel, Gauge> = Family::default();
         let oldest: Family<SubLabel, Gauge> = Family::default();
@@ -145,6 +147,14 @@ impl Metrics {
             // reload): a missing sample, not a made-up 0.
             if let Some(l) = s.concurrency_limit {
                 limit.get_or_create(&label).set(l);
+            }
+            if let Some(r) = config
+                .subscriptions
+                .iter()
+                .find(|c| c.name == s.name)
+                .and_then(|c| c.max_rate)
+            {
+                rate.get_or_create(&label).set(r);
             }
             up.get_or_create(&label)
                 .set(i64::from(s.state == SubscriptionState::Online));
@@ -168,6 +178,11 @@ impl Metrics {
             "concurrency_limit",
             "Requests the subscription may keep on the wire now: max_in_flight, or between 1 and it when concurrency is adaptive",
             limit,
+        );
+        registry.register(
+            "max_rate_requests_per_second",
+            "max_rate: most requests a second the subscription sends (only for those that set it)",
+            rate,
         );
         registry.register("deliveries_delivered", "Deliveries that got a 2xx", delivered);
         registry.register(

@@ -159,6 +159,9 @@ pub struct SubscriptionStatus {
     /// when fixed, between 1 and it when adaptive; `null` while the agent
     /// does not run the subscription.
     pub concurrency_limit: Option<i64>,
+    /// `max_rate`: most requests a second, from the config; `null` when
+    /// there is no cap (or the subscription is not configured).
+    pub max_rate: Option<f64>,
     /// Deliveries parked after `give_up_after`.
     pub parked: i64,
     /// Age of the oldest pending event, seconds.
@@ -186,6 +189,12 @@ pub struct SubscriptionStatus {
     pub next_attempt_in_s: Option<i64>,
 }
 
+/// A `max_rate` as people read it: `50`, `0.5`, `12.25`.
+pub fn rate_text(rate: f64) -> String {
+    let text = format!("{rate:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 #[cfg(test)]
 impl SubscriptionStatus {
     /// An online subscription with a small backlog and no concurrency known
@@ -199,6 +208,7 @@ impl SubscriptionStatus {
             concurrency: None,
             max_in_flight: None,
             concurrency_limit: None,
+            max_rate: None,
             parked: 0,
             oldest_pending_age_s: Some(3),
             delivered_total: 7,

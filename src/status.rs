@@ -101,6 +101,13 @@ pub fn report_with(config: &crate::config::Config, agent_running: bool) -> Resul
         None => None,
     };
     let mut subscriptions = read::subscriptions(&conn).map_err(db_err)?;
+    for s in subscriptions.iter_mut().filter(|s| s.configured) {
+        s.max_rate = config
+            .subscriptions
+            .iter()
+            .find(|c| c.name == s.name)
+            .and_then(|c| c.max_rate);
+    }
     if !agent_running {
         for s in subscriptions.iter_mut().filter(|s| s.configured) {
             s.state = SubscriptionState::Stopped;

@@ -648,6 +648,7 @@ impl Harness {
                 payload: PayloadMode::Full,
                 timeout: Duration::from_secs(30),
                 max_in_flight: 4,
+                max_rate: None,
                 retry: RetryConfig {
                     initial: Duration::from_millis(10),
                     max: Duration::from_millis(40),

@@ -332,10 +332,10 @@ async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     let path = admin.db_path();
     let metrics = admin.metrics.clone();
-    let max = admin.config.storage.max_db_bytes;
+    let config = admin.config.clone();
     let text = blocking(move || {
         let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
-        metrics.render(&conn, max).map_err(|e| e.to_string())
+        metrics.render(&conn, &config).map_err(|e| e.to_string())
     })
     .await?;
     if openmetrics {

@@ -82,13 +82,20 @@ small.limit{white-space:nowrap}
 /// wire now, while the agent runs it: "of 16" (fixed), or "limit 3 of 16,
 /// adaptive".
 fn limit_note(s: &crate::report::SubscriptionStatus) -> String {
-    match (s.concurrency, s.concurrency_limit, s.max_in_flight) {
+    let mut note = match (s.concurrency, s.concurrency_limit, s.max_in_flight) {
         (Some(ConcurrencyMode::Adaptive), Some(limit), Some(max)) => {
             format!("<br><small class=limit>limit {limit} of {max}, adaptive</small>")
         }
         (Some(ConcurrencyMode::Fixed), Some(_), Some(max)) => format!("<br><small class=limit>of {max}</small>"),
         _ => String::new(),
+    };
+    if let Some(rate) = s.max_rate {
+        note += &format!(
+            "<br><small class=limit>at most {} requests/s</small>",
+            crate::report::rate_text(rate)
+        );
     }
+    note
 }
 
 /// Renders the page.

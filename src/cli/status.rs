@@ -229,6 +229,7 @@ pub fn render(r: &StatusReport) -> String {
         );
     }
     out += &adaptive_limits(r);
+    out += &rate_limits(r);
     out
 }
 
@@ -256,6 +257,27 @@ fn adaptive_limits(r: &StatusReport) -> String {
     format!("\nrequest concurrency:\n{}", lines.concat())
 }
 
+/// Below the table, the subscriptions with a `max_rate`: what a store may
+/// send at most, whatever its concurrency (central IT's cap for a fleet).
+fn rate_limits(r: &StatusReport) -> String {
+    let lines: Vec<String> = r
+        .subscriptions
+        .iter()
+        .filter_map(|s| {
+            let rate = s.max_rate?;
+            Some(format!(
+                "  {:<16} at most {} requests/s (max_rate)\n",
+                s.name,
+                crate::report::rate_text(rate)
+            ))
+        })
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\nrequest rate:\n{}", lines.concat())
+}
+
 /// The last error with its age; "past" once a delivery succeeded after it.
 fn last_error(s: &crate::report::SubscriptionStatus) -> String {
     let Some(error) = s.last_error.as_deref() else {
@@ -281,6 +303,7 @@ mod tests {
             concurrency: mode,
             max_in_flight: mode.map(|_| 16),
             concurrency_limit: limit,
+            max_rate: None,
             ..SubscriptionStatus::example(name)
         }
     }

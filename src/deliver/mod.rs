@@ -15,6 +15,7 @@
 //!   (the webhook body, published and acknowledged).
 //! - [`backoff`]: retry delays with jitter and `Retry-After`.
 //! - [`batch`]: when a batch is formed, what fits in it, its id.
+//! - [`rate`]: `max_rate`, the token bucket of a subscription's requests.
 //!
 //! To add a kind of destination: a module beside `webhook.rs` with a type
 //! that implements [`destination::Destination`], and one arm in
@@ -31,5 +32,6 @@ pub mod destination;
 pub mod http_client;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod rate;
 pub mod scheduler;
 pub mod webhook;

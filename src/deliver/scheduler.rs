@@ -51,6 +51,7 @@ use super::batch;
 use super::courier::{Crew, Job, Sent, Unit};
 use super::decide::{self, Concurrency, EntityNext, Heeded, Link, LinkChange, Plan, Position, ReadyKey};
 use super::destination::{Answer, AnswerKind, Destination};
+use super::rate::RateLimit;
 use crate::config::BatchConfig;
 use crate::metrics::Metrics;
 use crate::outbox::gone::{self, Marker};
@@ -229,6 +230,8 @@ pub struct Scheduler<D> {
     link: Link,
     /// Whether the offline probe is out.
     probe_in_flight: bool,
+    /// `max_rate`'s bucket, if the subscription has one.
+    rate: Option<RateLimit>,
     /// Outcomes in a row that could not be committed (a full disk, a broken
     /// database): no request starts before `storage_pause_until`, so the
     /// endpoint is not flooded with repeats of events we cannot mark. The
@@ -293,6 +296,7 @@ impl<D: Destination> Scheduler<D> {
         let (adaptive, max_in_flight) = (sub.config.adaptive_concurrency, sub.config.max_in_flight);
         let heartbeat = crate::notify::Heartbeat::default();
         heartbeat.beat();
+        let rate = sub.config.max_rate.map(|r| RateLimit::new(r, Instant::now()));
         Scheduler {
             sub,
             writer,
@@ -312,6 +316,7 @@ impl<D: Destination> Scheduler<D> {
             idle: Vec::new(),
             link: Link::new(Instant::now()),
             probe_in_flight: false,
+            rate,
             unrecorded_in_a_row: 0,
             storage_pause_until: None,
             persisted: (SubscriptionState::Stopped, usize::MAX, None, 0),
@@ -347,6 +352,7 @@ impl<D: Destination> Scheduler<D> {
         self.requests < self.concurrency_limit()
             && self.flights.len() < max * DELIVERIES_PER_SLOT
             && !self.idle.is_empty()
+            && self.rate.as_ref().is_none_or(|r| r.may_send(Instant::now()))
     }
 
     /// A request slot is free and nothing is ready to go now, while
@@ -892,10 +898,13 @@ impl<D: Destination> Scheduler<D> {
             now,
         );
         let held = held.map(|at| self.storage_pause_until.map_or(at, |until| until.max(at)));
-        match (wake, held) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // Held back by `max_rate` alone: wake when the next request may go.
+        let rate = self
+            .rate
+            .as_ref()
+            .and_then(|r| r.next_at(now))
+            .filter(|_| !self.ready.is_empty() || !self.held.is_empty());
+        [wake, held, rate].into_iter().flatten().min()
     }
 
     /// The entity to send next, if one may be sent now.
@@ -1249,6 +1258,9 @@ impl<D: Destination> Scheduler<D> {
         self.requests += 1;
         self.concurrency.on_start(self.requests);
         self.probe_in_flight |= was_probe;
+        if let Some(rate) = &mut self.rate {
+            rate.take(now);
+        }
         true
     }
 

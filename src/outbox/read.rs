@@ -206,6 +206,8 @@ pub fn subscriptions(conn: &Connection) -> rusqlite::Result<Vec<SubscriptionStat
                     concurrency: r.get(11)?,
                     max_in_flight: r.get(12)?,
                     concurrency_limit: r.get(13)?,
+                    // A config key, not stored: `status` fills it in.
+                    max_rate: None,
                     parked: 0,
                     oldest_pending_age_s: None,
                     delivered_total: r.get(4)?,
