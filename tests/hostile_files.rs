@@ -318,3 +318,76 @@ fn sigterm_during_a_big_poslog_stops_promptly_and_the_file_goes_in_whole_or_not_
     assert!(!agent.spool().join("failed/big.xml").exists());
     assert!(agent.stop().success());
 }
+
+/// A file the agent's user may not read is refused with the reason, and the
+/// files after it go in: retrying could not help, only a person can.
+#[test]
+fn a_file_the_agent_may_not_read_moves_to_failed_and_holds_no_later_file() {
+    let mut agent = Agent::new("");
+    let incoming = agent.spool().join("incoming");
+    let failed = agent.spool().join("failed");
+    std::fs::create_dir_all(&incoming).expect("incoming");
+    let one = |id: &str| event(id, "till:1", "SaleCreated", serde_json::json!(1));
+    agent.drop_file("a-locked.json", one("locked-1").as_bytes());
+    agent.drop_file("b-good.json", one("good-1").as_bytes());
+
+    // Root reads any file: as root, the agent runs as `nobody`, which owns
+    // its directory but may not read the locked file.
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root {
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(agent.dir.path())
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+    }
+    let locked = incoming.join("a-locked.json");
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).expect("chmod 000");
+    let mut cmd = if as_root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(binary());
+        c
+    } else {
+        std::process::Command::new(binary())
+    };
+    let log = std::fs::File::create(agent.dir.path().join("agent-locked.log")).expect("log");
+    let child = cmd
+        .args(["run", "--config"])
+        .arg(&agent.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn the agent");
+    agent.child = Some(child);
+
+    let log = || std::fs::read_to_string(agent.dir.path().join("agent-locked.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !failed.join("a-locked.json.error.json").exists() {
+        assert!(Instant::now() < deadline, "the locked file was not refused:\n{}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_until(Duration::from_secs(30), "the later file stored", || {
+        agent.stored_events() == 1
+    });
+    assert_eq!(
+        stored_ids(&agent),
+        ["good-1"],
+        "the later file went in, the locked one did not"
+    );
+    assert!(
+        names(&incoming).is_empty(),
+        "nothing left waiting: {:?}",
+        names(&incoming)
+    );
+    assert!(failed.join("a-locked.json").exists(), "moved under its own name");
+    let why = report(&failed, "a-locked.json.error.json");
+    let text = why.to_string();
+    assert!(
+        text.contains("Permission denied") && text.contains("read access"),
+        "the report says why and what to do: {text}"
+    );
+}

@@ -548,6 +548,14 @@ fn read_file(path: &Path, name: &str, max_event_bytes: u64, stop: &dyn Fn() -> b
     };
     let file = match opened {
         Ok(f) => f,
+        // Retrying would not help (and would hold every later file): only a
+        // person can give the agent's user read access.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let why = format!(
+                "cannot read it: {e}; the agent runs as a user that may not read this file: give that user read access (chmod or chown) and move it into incoming/ again"
+            );
+            return Read::Refused(FileError::whole(name, ErrorCode::Internal, why));
+        }
         Err(e) => return unless_not_a_file(e),
     };
     let meta = match file.metadata() {
