@@ -26,10 +26,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::admin;
 use crate::config::{Config, SubscriptionConfig};
 use crate::deliver::destination::Destination;
+use crate::deliver::envelope::Source;
 #[cfg(feature = "nats")]
 use crate::deliver::nats::Nats;
 use crate::deliver::scheduler::Scheduler;
-use crate::deliver::webhook::{Source, Webhook};
+use crate::deliver::webhook::Webhook;
 use crate::ingest;
 use crate::metrics::Metrics;
 use crate::notify::Heartbeats;

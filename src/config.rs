@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_spanned::Spanned;
 
+use crate::timefmt::{check_size, parse_duration, parse_size};
+
 /// Where the config file is looked for when neither `--config` nor the
 /// environment names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/store-outbox/config.toml";
@@ -404,49 +406,6 @@ impl OneOrMany {
             OneOrMany::Many(v) => v,
         }
     }
-}
-
-/// The longest duration any key takes: 100 years. Every duration is added
-/// to clocks and turned into milliseconds of an `i64`; far below where
-/// either overflows, and far beyond any retry, retention or period a store
-/// needs (`give_up_after` has "never" for no limit).
-pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 24 * 3600);
-
-/// The largest size any key takes: what SQLite's 64-bit signed integers
-/// hold (sizes are compared with the database's figures).
-pub const MAX_SIZE: u64 = i64::MAX as u64;
-
-/// Parses `30s`, `5m`, `7d`, `1h30m`; at most [`MAX_DURATION`].
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"30s\", \"5m\", \"7d\""))?;
-    if d > MAX_DURATION {
-        return Err(format!(
-            "duration {text:?} is longer than 100 years (\"36525d\"), the longest the agent takes"
-        ));
-    }
-    Ok(d)
-}
-
-/// Parses `512KiB`, `2GiB`, `1MB` or a plain number of bytes; at most
-/// [`MAX_SIZE`].
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let n = text
-        .trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("invalid size {text:?} ({e}); write it like \"512KiB\", \"2GiB\""))?;
-    check_size(n).map_err(|e| format!("size {text:?} {e}"))
-}
-
-/// A size within [`MAX_SIZE`].
-fn check_size(n: u64) -> Result<u64, String> {
-    if n > MAX_SIZE {
-        return Err(format!(
-            "is more than {MAX_SIZE} bytes (8 EiB), the largest the agent takes"
-        ));
-    }
-    Ok(n)
 }
 
 #[derive(Deserialize)]

@@ -19,9 +19,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::event::{NewEvent, Reply};
+use crate::outbox::report::SubscriptionStatus;
 use crate::outbox::state::SubscriptionState;
 use crate::outbox::writer::Writer;
-use crate::report::SubscriptionStatus;
 use crate::shutdown::Shutdown;
 
 /// The event type of the agent's heartbeats. Subscriptions get them only

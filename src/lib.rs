@@ -10,8 +10,10 @@
 //! - [`config`]: the TOML file, defaults, validation with file/line/key errors.
 //! - [`event`]: the event a producer sends, its validation, the reply.
 //! - [`outbox`]: the SQLite database: schema and migrations, the single
-//!   group-committing writer (`outbox::writer`), read queries, states.
-//!   Nothing is acknowledged before commit.
+//!   group-committing writer (`outbox::writer`), read queries, states, the
+//!   shapes the reads fill (`outbox::report`) and the tables of held
+//!   batches, gone subscriptions and history. Nothing is acknowledged
+//!   before commit.
 //! - [`ingest`]: the ways in (Unix socket, HTTP, spool directory, POSLog
 //!   files); bytes to validated events. A new way in is a module here.
 //! - [`deliver`]: per-subscription schedulers (per-entity order, a bounded
@@ -23,10 +25,9 @@
 //! - [`notify`]: systemd readiness, status and watchdog (sd_notify).
 //! - [`signing`]: Standard Webhooks signatures, shared by sender and receiver.
 //! - [`receiver`]: a checking webhook receiver (`receive`, `demo`).
-//! - [`report`]: the shapes of the reports (`events` rows, `show`, status figures).
 //! - [`status`]: the status report (CLI, admin API, page).
-//! - [`history`]: a sample a minute per subscription, kept 24 h in the
-//!   outbox (the page's charts, `/v1/history`).
+//! - [`history`]: the sampler, a sample a minute per subscription, kept
+//!   24 h in the outbox (`outbox::history`: the page's charts, `/v1/history`).
 //! - [`http_server`]: serving both HTTP servers (head timeout, connection
 //!   cap, graceful shutdown); [`http_guard`]: their `Host` and `Origin` checks.
 //! - [`admin`]: admin HTTP: status page, JSON API, `/metrics`, `/healthz`.
@@ -55,7 +56,6 @@ pub mod notify;
 pub mod outbox;
 pub mod receiver;
 pub mod reload;
-pub mod report;
 pub mod shutdown;
 pub mod signing;
 pub mod status;

@@ -6,9 +6,9 @@ use std::os::unix::net::UnixStream;
 
 use serde::Serialize;
 
+pub use crate::outbox::report::{IngestCounters, SubscriptionStatus};
 use crate::outbox::state::SubscriptionState;
 use crate::outbox::{self, read};
-pub use crate::report::{IngestCounters, SubscriptionStatus};
 
 /// The `status --json` document.
 #[derive(Debug, Serialize)]

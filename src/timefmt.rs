@@ -1,6 +1,53 @@
-//! Times and durations as people read and write them: stored wall-clock
-//! milliseconds as RFC 3339, ages as "3h12m", and the "since" filter of the
-//! CLI and the admin API (an RFC 3339 time or a duration ago).
+//! Times, durations and sizes as people read and write them: stored
+//! wall-clock milliseconds as RFC 3339, ages as "3h12m", durations ("30s",
+//! "1h30m") and sizes ("512KiB") with the bounds every key keeps, and the
+//! "since" filter of the CLI and the admin API (an RFC 3339 time or a
+//! duration ago).
+
+use std::time::Duration;
+
+/// The longest duration any key takes: 100 years. Every duration is added
+/// to clocks and turned into milliseconds of an `i64`; far below where
+/// either overflows, and far beyond any retry, retention or period a store
+/// needs (`give_up_after` has "never" for no limit).
+pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 24 * 3600);
+
+/// The largest size any key takes: what SQLite's 64-bit signed integers
+/// hold (sizes are compared with the database's figures).
+pub const MAX_SIZE: u64 = i64::MAX as u64;
+
+/// Parses `30s`, `5m`, `7d`, `1h30m`; at most [`MAX_DURATION`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"30s\", \"5m\", \"7d\""))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is longer than 100 years (\"36525d\"), the longest the agent takes"
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses `512KiB`, `2GiB`, `1MB` or a plain number of bytes; at most
+/// [`MAX_SIZE`].
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let n = text
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {text:?} ({e}); write it like \"512KiB\", \"2GiB\""))?;
+    check_size(n).map_err(|e| format!("size {text:?} {e}"))
+}
+
+/// A size within [`MAX_SIZE`].
+pub fn check_size(n: u64) -> Result<u64, String> {
+    if n > MAX_SIZE {
+        return Err(format!(
+            "is more than {MAX_SIZE} bytes (8 EiB), the largest the agent takes"
+        ));
+    }
+    Ok(n)
+}
 
 /// Formats wall-clock ms as RFC 3339 UTC (empty if out of range).
 pub fn ms_to_rfc3339(ms: i64) -> String {
@@ -33,7 +80,7 @@ pub struct BadSince {
 /// Parses a "since" value into wall-clock ms: an RFC 3339 time, or a
 /// duration ("2h", "7d") before `now_ms`.
 pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, BadSince> {
-    if let Ok(d) = crate::config::parse_duration(text) {
+    if let Ok(d) = parse_duration(text) {
         return Ok(now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
     }
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)

@@ -159,7 +159,7 @@ fn last_error_shows_its_age_and_is_past_after_a_later_success() {
 /// period stored twice keeps one row, samples older than the kept window go.
 #[test]
 fn the_writer_counts_ingest_per_subscription_and_keeps_only_the_window() {
-    use store_outbox::history::Sample;
+    use store_outbox::outbox::history::Sample;
     let dir = tempfile::tempdir().expect("tempdir");
     let outbox = library_outbox(dir.path(), "");
     let rt = current_thread_runtime();

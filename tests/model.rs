@@ -114,15 +114,16 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, Test
 use rusqlite::Connection;
 
 use store_outbox::config::{PayloadMode, RetryConfig, SubscriptionConfig};
+use store_outbox::deliver::envelope::Source;
 use store_outbox::deliver::scheduler::Scheduler;
-use store_outbox::deliver::webhook::{Source, Webhook};
+use store_outbox::deliver::webhook::Webhook;
 use store_outbox::event::{now_rfc3339, NewEvent, Reply};
 use store_outbox::metrics::Metrics;
 use store_outbox::outbox::read::{list_deliveries, DeliveryFilter};
+use store_outbox::outbox::report::DeliveryRow;
 use store_outbox::outbox::resend::{resend, ResendOutcome, ResendRequest};
 use store_outbox::outbox::writer::Writer;
 use store_outbox::outbox::{open_reader, open_writer, register_subscriptions};
-use store_outbox::report::DeliveryRow;
 use store_outbox::shutdown;
 
 use common::{Answer, Receiver, Request};

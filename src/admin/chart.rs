@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use crate::history::{Point, KEPT_PERIODS};
+use crate::outbox::history::{Point, KEPT_PERIODS};
 use crate::timefmt::{human_duration, ms_to_rfc3339};
 
 const WIDTH: f64 = 720.0;
@@ -153,8 +153,8 @@ pub fn render(name: &str, points: &[Point], period_ms: i64, now_ms: i64) -> Stri
     let _ = write!(
         svg,
         "<svg class=history viewBox=\"0 0 {WIDTH} {height}\" width=\"100%\" role=img aria-label=\"history of {}: pending, delivered per period, ingest per period, offline periods shaded\" data-subscription=\"{}\">",
-        super::page::esc(name),
-        super::page::esc(name)
+        super::html::esc(name),
+        super::html::esc(name)
     );
     let band = |svg: &mut String, run: &Run, class: &str, title: &str| {
         let x0 = x_of(run.from_ms.max(start_ms), start_ms, span_ms);

@@ -10,6 +10,7 @@
 //! web page read every payload), and a POST from another origin 403.
 
 mod chart;
+mod html;
 mod page;
 
 use std::path::PathBuf;
@@ -304,8 +305,8 @@ async fn page_handler(State(admin): State<Arc<Admin>>, Query(q): Query<PageQuery
             ..Default::default()
         };
         let parked = read::list_deliveries(&conn, &filter).map_err(|e| e.to_string())?;
-        let since = now_ms - crate::history::KEPT_PERIODS * period_ms;
-        let history = crate::history::read(&conn, None, since, period)
+        let since = now_ms - crate::outbox::history::KEPT_PERIODS * period_ms;
+        let history = crate::outbox::history::read(&conn, None, since, period)
             .map_err(|e| e.to_string())?
             .map(|h| h.subscriptions)
             .unwrap_or_default();
@@ -371,14 +372,14 @@ async fn history(State(admin): State<Arc<Admin>>, Query(q): Query<HistoryQuery>)
     let period = crate::history::period();
     let now = outbox::now_ms();
     let since_ms = match q.since.as_deref() {
-        None => now - crate::history::KEPT_PERIODS * period.as_millis() as i64,
+        None => now - crate::outbox::history::KEPT_PERIODS * period.as_millis() as i64,
         Some(t) => timefmt::parse_since(t, now).map_err(|e| (StatusCode::BAD_REQUEST, format!("since={e}")))?,
     };
     let path = admin.db_path();
     let only = q.subscription.clone();
     let history = blocking(move || {
         let conn = outbox::open_reader(&path).map_err(|e| e.to_string())?;
-        crate::history::read(&conn, only.as_deref(), since_ms, period).map_err(|e| e.to_string())
+        crate::outbox::history::read(&conn, only.as_deref(), since_ms, period).map_err(|e| e.to_string())
     })
     .await?;
     match history {

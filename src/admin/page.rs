@@ -3,10 +3,12 @@
 
 use std::fmt::Write;
 
+use crate::outbox::report::DeliveryRow;
 use crate::outbox::state::ConcurrencyMode;
-use crate::report::DeliveryRow;
 use crate::status::StatusReport;
 use crate::timefmt::human_duration;
+
+use super::html::esc;
 
 /// What the page shows.
 pub struct View<'a> {
@@ -21,27 +23,11 @@ pub struct View<'a> {
     /// Whether resend is possible (a token file is configured).
     pub mutations: bool,
     /// Per configured subscription, its history (oldest first).
-    pub history: &'a [crate::history::Series],
+    pub history: &'a [crate::outbox::history::Series],
     /// The history's sample period, ms.
     pub period_ms: i64,
     /// Now, wall-clock ms (the charts end here).
     pub now_ms: i64,
-}
-
-/// Escapes text for HTML.
-pub(super) fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const STYLE: &str = "
@@ -81,7 +67,7 @@ small.limit{white-space:nowrap}
 /// Under the requests in flight, how many the subscription may have on the
 /// wire now, while the agent runs it: "of 16" (fixed), or "limit 3 of 16,
 /// adaptive".
-fn limit_note(s: &crate::report::SubscriptionStatus) -> String {
+fn limit_note(s: &crate::outbox::report::SubscriptionStatus) -> String {
     let mut note = match (s.concurrency, s.concurrency_limit, s.max_in_flight) {
         (Some(ConcurrencyMode::Adaptive), Some(limit), Some(max)) => {
             format!("<br><small class=limit>limit {limit} of {max}, adaptive</small>")
@@ -92,7 +78,7 @@ fn limit_note(s: &crate::report::SubscriptionStatus) -> String {
     if let Some(rate) = s.max_rate {
         note += &format!(
             "<br><small class=limit>at most {} requests/s</small>",
-            crate::report::rate_text(rate)
+            crate::outbox::report::rate_text(rate)
         );
     }
     note
@@ -255,7 +241,7 @@ pub fn render(v: &View<'_>) -> String {
 
 /// The last error with its age; marked as past once a delivery succeeded
 /// after it (the subscription recovered since).
-fn last_error_cell(s: &crate::report::SubscriptionStatus) -> String {
+fn last_error_cell(s: &crate::outbox::report::SubscriptionStatus) -> String {
     let Some(error) = s.last_error.as_deref() else {
         return "-".into();
     };
@@ -278,7 +264,7 @@ fn history_section(h: &mut String, v: &View<'_>) {
     if v.history.is_empty() {
         return;
     }
-    let span = super::chart::span_label(crate::history::KEPT_PERIODS * v.period_ms / 1000);
+    let span = super::chart::span_label(crate::outbox::history::KEPT_PERIODS * v.period_ms / 1000);
     let _ = write!(
         h,
         "<section><h2>History, last {span}</h2><p class=legend><small><span style=\"background:#e08a00\"></span>pending<span style=\"background:#1f8a4c\"></span>delivered / min<span style=\"background:#3b6fd4\"></span>ingest / min<span style=\"background:#c4302b55\"></span>offline<span style=\"background:#7a819433\"></span>no samples (agent not running)</small></p>"
@@ -312,16 +298,11 @@ fn history_section(h: &mut String, v: &View<'_>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{esc, limit_note, ConcurrencyMode};
-
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
-    }
+    use super::{limit_note, ConcurrencyMode};
 
     #[test]
     fn the_limit_shows_under_in_flight_while_the_agent_runs_the_subscription() {
-        let mut s = crate::report::SubscriptionStatus::example("erp");
+        let mut s = crate::outbox::report::SubscriptionStatus::example("erp");
         assert_eq!(limit_note(&s), "", "not running: nothing");
         s.concurrency = Some(ConcurrencyMode::Adaptive);
         s.max_in_flight = Some(16);

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::{init_logging, load_config, runtime, CliError, CliResult};
 use crate::config::SubscriptionConfig;
+use crate::deliver::envelope::Source;
 use crate::deliver::http_client::{Failure, Reply};
-use crate::deliver::webhook::Source;
 
 /// Arguments of `doctor`.
 #[derive(Args, Debug)]

@@ -37,7 +37,7 @@ pub struct FleetArgs {
     #[arg(long, value_name = "PATH")]
     pub ca_file: Option<PathBuf>,
     /// How long to wait for the servers.
-    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::timefmt::parse_duration)]
     pub timeout: Duration,
     /// Print JSON instead of a table.
     #[arg(long)]

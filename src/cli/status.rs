@@ -268,7 +268,7 @@ fn rate_limits(r: &StatusReport) -> String {
             Some(format!(
                 "  {:<16} at most {} requests/s (max_rate)\n",
                 s.name,
-                crate::report::rate_text(rate)
+                crate::outbox::report::rate_text(rate)
             ))
         })
         .collect();
@@ -279,7 +279,7 @@ fn rate_limits(r: &StatusReport) -> String {
 }
 
 /// The last error with its age; "past" once a delivery succeeded after it.
-fn last_error(s: &crate::report::SubscriptionStatus) -> String {
+fn last_error(s: &crate::outbox::report::SubscriptionStatus) -> String {
     let Some(error) = s.last_error.as_deref() else {
         return "-".into();
     };
@@ -294,7 +294,7 @@ fn last_error(s: &crate::report::SubscriptionStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{IngestCounters, SubscriptionStatus};
+    use crate::outbox::report::{IngestCounters, SubscriptionStatus};
     use crate::status::{DbStatus, SpoolStatus};
 
     fn sub(name: &str, mode: Option<ConcurrencyMode>, limit: Option<i64>) -> SubscriptionStatus {

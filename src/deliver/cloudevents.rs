@@ -16,7 +16,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::webhook::Source;
+use super::envelope::Source;
 use crate::config::PayloadMode;
 use crate::outbox::read::StoredEvent;
 

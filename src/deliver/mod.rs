@@ -29,6 +29,7 @@ pub mod cloudevents;
 pub mod courier;
 pub mod decide;
 pub mod destination;
+pub mod envelope;
 pub mod http_client;
 #[cfg(feature = "nats")]
 pub mod nats;

@@ -1,6 +1,6 @@
 //! The NATS JetStream destination ([`Destination`] for `nats://` and
 //! `tls://` URLs): each event is published to JetStream with the webhook's
-//! body, byte for byte ([`webhook::body`]), and counts as delivered only
+//! body, byte for byte ([`envelope::body`]), and counts as delivered only
 //! when the stream acknowledged it.
 //!
 //! - Subject: the subscription's `subject` template with `{store_id}`,
@@ -41,7 +41,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
 
 use super::destination::{Answer, AnswerKind, Destination};
-use super::webhook::{self, Source};
+use super::envelope::{self, Source};
 use crate::config::{NatsConfig, SubscriptionConfig};
 use crate::outbox::read::StoredEvent;
 
@@ -260,7 +260,7 @@ impl Destination for Nats {
                 ),
             );
         }
-        let body = webhook::body(event, self.config.payload, &self.source);
+        let body = envelope::body(event, self.config.payload, &self.source);
         let headers = self.headers(event, &body);
         let subject = self.subject(event);
         let published = match context

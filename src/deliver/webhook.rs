@@ -1,5 +1,6 @@
-//! The webhook destination: the webhook body of the contract, the Standard
-//! Webhooks headers, and what an HTTP answer means ([`Destination`] for
+//! The webhook destination: the contract's envelope ([`super::envelope`])
+//! POSTed with the Standard Webhooks headers, gzip, and what an HTTP answer
+//! means ([`Destination`] for
 //! `http://` and `https://` URLs). The connections are
 //! [`super::http_client`]'s.
 
@@ -8,27 +9,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use serde::Serialize;
-use serde_json::value::RawValue;
 
 use super::backoff::parse_retry_after;
 use super::cloudevents;
 use super::destination::{Answer, AnswerKind, Destination};
+use super::envelope::{batch_body, body, Source};
 use super::http_client::{Endpoint, Failure, Reply, TlsFiles};
-use crate::config::{Compression, Format, PayloadMode, SubscriptionConfig};
+use crate::config::{Compression, Format, SubscriptionConfig};
 use crate::outbox::read::StoredEvent;
 
 /// The content type of webhook bodies and of CloudEvents' JSON data.
 const JSON: &str = "application/json";
-
-/// `source` in every body.
-#[derive(Debug, Clone, Serialize)]
-pub struct Source {
-    /// `agent.store_id`.
-    pub store_id: String,
-    /// `agent.agent_id`.
-    pub agent_id: String,
-}
 
 /// A subscription's webhook endpoint, ready to send.
 pub struct Webhook {
@@ -74,55 +65,6 @@ pub fn fixed_headers(config: &SubscriptionConfig) -> Result<HeaderMap, String> {
         fixed.append(name, value);
     }
     Ok(fixed)
-}
-
-/// The JSON body of the contract.
-pub fn body(event: &StoredEvent, payload: PayloadMode, source: &Source) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        id: &'a str,
-        #[serde(rename = "type")]
-        event_type: &'a str,
-        timestamp: &'a str,
-        entity: &'a str,
-        entity_seq: i64,
-        source: &'a Source,
-        correlation_id: Option<&'a str>,
-        is_test: bool,
-        attributes: &'a RawValue,
-    }
-    let empty: &RawValue = serde_json::from_str("{}").expect("static JSON");
-    let attributes = event
-        .attributes
-        .as_deref()
-        .and_then(|a| serde_json::from_str(a).ok())
-        .unwrap_or(empty);
-    let mut out = Vec::with_capacity(event.payload.len() + 512);
-    let envelope = Body {
-        id: &event.event_id,
-        event_type: &event.event_type,
-        timestamp: &event.occurred_at,
-        entity: &event.entity,
-        entity_seq: event.entity_seq,
-        source,
-        correlation_id: event.correlation_id.as_deref(),
-        is_test: event.is_test,
-        attributes,
-    };
-    if serde_json::to_writer(&mut out, &envelope).is_err() {
-        return Vec::new();
-    }
-    if payload == PayloadMode::Full {
-        // `data` goes last. The payload was checked as JSON when it came in
-        // and is stored verbatim: it is appended as it is, not parsed and
-        // written again for every attempt.
-        let data = event.payload.trim();
-        out.pop(); // the envelope's closing brace
-        out.extend_from_slice(b",\"data\":");
-        out.extend_from_slice(if data.is_empty() { b"null" } else { data.as_bytes() });
-        out.push(b'}');
-    }
-    out
 }
 
 impl Webhook {
@@ -223,20 +165,6 @@ pub fn gzip(body: &[u8]) -> Vec<u8> {
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(body);
     encoder.finish().unwrap_or_default()
-}
-
-/// A batch's body: a JSON array of the events' bodies, in the order given.
-pub fn batch_body(events: &[&StoredEvent], payload: PayloadMode, source: &Source) -> Vec<u8> {
-    let mut out = Vec::with_capacity(events.iter().map(|e| e.payload.len() + 300).sum::<usize>() + 2);
-    out.push(b'[');
-    for (i, event) in events.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(&body(event, payload, source));
-    }
-    out.push(b']');
-    out
 }
 
 impl Destination for Webhook {
@@ -356,6 +284,7 @@ pub fn describe_failure(failure: &Failure, timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PayloadMode;
 
     fn stored(payload: &str, attributes: Option<&str>) -> StoredEvent {
         StoredEvent {

@@ -13,7 +13,9 @@
 
 pub mod gone;
 pub mod held;
+pub mod history;
 pub mod read;
+pub mod report;
 pub mod resend;
 pub mod retention;
 pub mod schema;

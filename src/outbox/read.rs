@@ -8,8 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::now_ms;
 use super::state::{DeliveryState, SubscriptionState};
-use crate::report::{AttemptRow, DeliveryRow, EventDelivery, EventDetail};
-use crate::report::{IngestCounters, SubscriptionStatus};
+use crate::outbox::report::{AttemptRow, DeliveryRow, EventDelivery, EventDetail};
+use crate::outbox::report::{IngestCounters, SubscriptionStatus};
 use crate::timefmt::ms_to_rfc3339;
 
 /// An event as stored, with what its webhook body needs.
@@ -388,7 +388,7 @@ pub fn event_detail(conn: &Connection, event_id: &str) -> rusqlite::Result<Optio
                         attributes: attributes
                             .and_then(|a| serde_json::from_str(&a).ok())
                             .unwrap_or_else(|| serde_json::json!({})),
-                        payload: crate::report::Payload::from_text(payload),
+                        payload: crate::outbox::report::Payload::from_text(payload),
                         deliveries: Vec::new(),
                     },
                 ))

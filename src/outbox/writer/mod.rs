@@ -122,7 +122,7 @@ enum WriteOp {
     /// Store a period's history samples (best effort, no answer).
     History {
         /// One per configured subscription.
-        samples: Vec<crate::history::Sample>,
+        samples: Vec<crate::outbox::history::Sample>,
         /// Samples from before this (wall-clock ms) go.
         keep_from_ms: i64,
     },
@@ -441,7 +441,7 @@ impl Writer {
 
     /// Queues a period's history samples; samples from before `keep_from_ms`
     /// are dropped in the same transaction. False when the writer is gone.
-    pub async fn record_history(&self, samples: Vec<crate::history::Sample>, keep_from_ms: i64) -> bool {
+    pub async fn record_history(&self, samples: Vec<crate::outbox::history::Sample>, keep_from_ms: i64) -> bool {
         self.tx.send(WriteOp::History { samples, keep_from_ms }).await.is_ok()
     }
 
@@ -721,7 +721,9 @@ impl WriterState {
                     ..
                 } => *pruned = sql::prune(&tx, *older_than_ms, *limit)?,
                 WriteOp::Ping { .. } => sql::ping(&tx)?,
-                WriteOp::History { samples, keep_from_ms } => sql::record_history(&tx, samples, *keep_from_ms)?,
+                WriteOp::History { samples, keep_from_ms } => {
+                    crate::outbox::history::record(&tx, samples, *keep_from_ms)?
+                }
                 WriteOp::Meta { entries, .. } => sql::set_meta(&tx, entries)?,
                 // Split off by `process`: never in a batch.
                 WriteOp::Reconfigure { .. } => {}

@@ -324,34 +324,6 @@ pub(super) fn add_totals(tx: &Connection, effects: &Effects, sub_ids: &[i64]) ->
     Ok(())
 }
 
-/// Stores one period's history samples (a sample taken again for the same
-/// period replaces the first) and drops samples from before `keep_from_ms`.
-pub(super) fn record_history(
-    tx: &Connection,
-    samples: &[crate::history::Sample],
-    keep_from_ms: i64,
-) -> rusqlite::Result<()> {
-    for s in samples {
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO history(sub_id, at, period_ms, pending, parked, delivered_total, ingested_total, offline_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            s.sub_id,
-            s.at_ms,
-            s.period_ms,
-            s.pending,
-            s.parked,
-            s.delivered_total,
-            s.ingested_total,
-            s.offline_ms
-        ])?;
-    }
-    tx.prepare_cached("DELETE FROM history WHERE at < ?1")?
-        .execute([keep_from_ms])?;
-    Ok(())
-}
-
 /// Sets (`Some`) or deletes (`None`) entries of `meta`.
 pub(super) fn set_meta(tx: &Connection, entries: &[(&'static str, Option<String>)]) -> rusqlite::Result<()> {
     for (key, value) in entries {

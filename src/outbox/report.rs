@@ -1,13 +1,13 @@
 //! The shapes of what people and scripts read, filled by the queries in
 //! `outbox::read`: the `events` listing (one row per subscription and event),
 //! `show`'s one event with every delivery attempt, and the per-subscription
-//! and ingest figures of `status` (assembled in [`crate::status`]). Shared by
-//! the CLI, the admin API and the page. A leaf: it depends on nothing but the
-//! states, so the outbox can fill it without depending on a report.
+//! and ingest figures of `status` (assembled by `crate::status`, above).
+//! Shared by the CLI, the admin API and the page. It depends on nothing but
+//! the states.
 
 use serde::Serialize;
 
-use crate::outbox::state::{ConcurrencyMode, DeliveryState, SubscriptionState};
+use super::state::{ConcurrencyMode, DeliveryState, SubscriptionState};
 
 /// One delivery, as `events` lists it.
 #[derive(Debug, Clone, Serialize)]
