@@ -26,6 +26,7 @@
 pub mod backoff;
 pub mod batch;
 pub mod cloudevents;
+pub mod concurrency;
 pub mod courier;
 pub mod decide;
 pub mod destination;

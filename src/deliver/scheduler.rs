@@ -48,8 +48,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::batch;
+use super::concurrency::Concurrency;
 use super::courier::{Crew, Job, Sent, Unit};
-use super::decide::{self, Concurrency, EntityNext, Heeded, Link, LinkChange, Plan, Position, ReadyKey};
+use super::decide::{self, EntityNext, Heeded, Link, LinkChange, Plan, Position, ReadyKey};
 use super::destination::{Answer, AnswerKind, Destination};
 use super::rate::RateLimit;
 use crate::config::BatchConfig;
