@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::handoff::Flow;
-use super::WriteOp;
+use super::request::WriteOp;
 
 /// Most requests folded into one transaction.
 pub const MAX_BATCH: usize = 2048;

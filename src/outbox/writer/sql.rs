@@ -6,7 +6,7 @@
 use rusqlite::{params, Connection};
 
 use super::handoff::{Decision, Outcome};
-use super::Fanout;
+use super::request::Fanout;
 use crate::event::{ErrorCode, NewEvent, Reply};
 use crate::outbox::now_ms;
 use crate::outbox::state::DeliveryState::{Delivered, Parked, Pending};
