@@ -51,23 +51,6 @@ fn ids_of(r: &Request) -> Vec<String> {
     events_of(r).into_iter().map(|e| e.id).collect()
 }
 
-/// Verifies every request (its body as the receiver has it after undoing
-/// any content encoding) with the official Standard Webhooks library.
-fn verify_with_python(requests: &[(HashMap<String, String>, String)], dir: &std::path::Path) -> String {
-    let capture: Vec<serde_json::Value> = requests
-        .iter()
-        .map(|(headers, body)| serde_json::json!({"headers": headers, "body": body}))
-        .collect();
-    let path = dir.join("capture.json");
-    std::fs::write(&path, serde_json::to_vec(&capture).expect("json")).expect("write capture");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/verify_batches.py");
-    let out = run_ok(
-        Command::new("python3").arg(script).arg(&path).arg(SECRET),
-        "the official verifier (python3 and `pip install standardwebhooks`, see scripts/install-test-peers)",
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn batches_through_the_uplink_keep_entity_order_lose_nothing_and_verify_with_the_official_library() {
     let rx = Receiver::start();
@@ -109,11 +92,7 @@ fn batches_through_the_uplink_keep_entity_order_lose_nothing_and_verify_with_the
             }
         }
     }
-    let captured: Vec<_> = requests
-        .iter()
-        .map(|r| (r.headers.clone(), String::from_utf8(r.body.clone()).expect("utf-8")))
-        .collect();
-    let verified = verify_with_python(&captured, agent.dir.path());
+    let verified = verify_with_python(Verifier::Batches, &requests, agent.dir.path(), &[SECRET]);
     assert_eq!(verified, format!("verified {} requests, 600 events", requests.len()));
     assert_eq!(agent.sub_status("erp")["delivered_total"], 600);
 }
@@ -447,12 +426,15 @@ fn gzip_batches_are_signed_over_the_uncompressed_body_and_verify_with_the_offici
         agent.sub_status("erp")["delivered_total"] == 300
     });
     let requests = rx.delivered();
-    let plain: Vec<(HashMap<String, String>, String)> = requests
+    let plain: Vec<Captured> = requests
         .iter()
-        .map(|r| (r.headers.clone(), String::from_utf8(gunzip(r)).expect("utf-8")))
+        .map(|r| Captured {
+            headers: r.headers.clone(),
+            body: String::from_utf8(gunzip(r)).expect("utf-8"),
+        })
         .collect();
     let compressed: usize = requests.iter().map(|r| r.body.len()).sum();
-    let uncompressed: usize = plain.iter().map(|(_, b)| b.len()).sum();
+    let uncompressed: usize = plain.iter().map(|c| c.body.len()).sum();
     assert!(
         compressed * 2 < uncompressed,
         "gzip pays: {compressed} of {uncompressed} bytes"
@@ -460,9 +442,9 @@ fn gzip_batches_are_signed_over_the_uncompressed_body_and_verify_with_the_offici
     let events: Vec<Request> = requests
         .iter()
         .zip(&plain)
-        .flat_map(|(r, (_, body))| {
+        .flat_map(|(r, c)| {
             events_of(&Request {
-                json: serde_json::from_str(body).expect("JSON after gunzip"),
+                json: serde_json::from_str(&c.body).expect("JSON after gunzip"),
                 ..r.clone()
             })
         })
@@ -470,7 +452,7 @@ fn gzip_batches_are_signed_over_the_uncompressed_body_and_verify_with_the_offici
     assert_eq!(events.len(), 300);
     assert_eq!(assert_entity_order(&events), 0);
     assert_eq!(
-        verify_with_python(&plain, agent.dir.path()),
+        verify_with_python(Verifier::Batches, &plain, agent.dir.path(), &[SECRET]),
         format!("verified {} requests, 300 events", requests.len())
     );
 }

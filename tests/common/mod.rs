@@ -14,6 +14,7 @@
 //! | `producer.rs` | the ingest socket's producers: [`send_lines`], [`event`], [`Events`] |
 //! | `http.rs` | a minimal HTTP/1.1 client: [`http`], [`http_request`], [`HttpResponse`] |
 //! | `receiver.rs` | [`Receiver`], the webhook endpoint on loopback, and [`assert_entity_order`] |
+//! | `verifier.rs` | the official Standard Webhooks library (Python) over what a receiver got: [`verify_with_python`] |
 //! | `process.rs` | [`binary`], [`Process`], [`spawn_listening`], [`run_ok`], [`cli_with_config`] |
 //! | `net.rs` | loopback TCP: [`free_port`], [`wait_for_port`] |
 //! | `wait.rs` | [`wait_until`] |
@@ -42,6 +43,7 @@ mod receiver;
 mod sd_notify;
 mod tls;
 mod tmpfs;
+mod verifier;
 mod wait;
 pub mod wan;
 
@@ -49,5 +51,5 @@ pub mod wan;
 #[allow(unused_imports)]
 pub use self::{
     agent::*, config::*, http::*, library::*, nats::*, net::*, process::*, producer::*, receiver::*, sd_notify::*,
-    tls::*, tmpfs::*, wait::*,
+    tls::*, tmpfs::*, verifier::*, wait::*,
 };
