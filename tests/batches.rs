@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::wan::Link;
@@ -367,28 +366,15 @@ fn assert_new_events_in_order(events: &[Request]) -> usize {
 
 #[test]
 fn the_receive_command_checks_batches_event_by_event() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let receiver = spawn_listening(
-        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", SECRET, "--json"]),
-        Stdio::piped(),
-        port,
-        "store-outbox receive",
-    );
-    let mut agent = Agent::new(&subscription("erp", &format!("http://127.0.0.1:{port}/hooks"), BATCH));
+    let receive = Receive::start(&["--secret", SECRET, "--json"]);
+    let mut agent = Agent::new(&subscription("erp", &receive.url(), BATCH));
     agent.start();
     agent.send_events(&Events::new("rc", 0..30, "SaleCreated").spread_over("till", 3));
     wait_until(Duration::from_secs(30), "delivered", || {
         agent.sub_status("erp")["delivered_total"] == 30
     });
     agent.stop();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
-    let out = receiver.wait_with_output().expect("wait");
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let events = receive.stop_json();
     assert_eq!(events.len(), 30);
     for e in &events {
         assert_eq!(e["signature_valid"], true);
@@ -459,33 +445,16 @@ fn gzip_batches_are_signed_over_the_uncompressed_body_and_verify_with_the_offici
 
 #[test]
 fn the_receive_command_undoes_gzip_before_checking_signatures() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let receiver = spawn_listening(
-        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", SECRET, "--json"]),
-        Stdio::piped(),
-        port,
-        "store-outbox receive",
-    );
+    let receive = Receive::start(&["--secret", SECRET, "--json"]);
     // One event per request, gzip: compression does not need batches.
-    let mut agent = Agent::new(&subscription(
-        "erp",
-        &format!("http://127.0.0.1:{port}/hooks"),
-        "compression = \"gzip\"",
-    ));
+    let mut agent = Agent::new(&subscription("erp", &receive.url(), "compression = \"gzip\""));
     agent.start();
     agent.send_events(&Events::new("gz", 0..10, "SaleCreated").spread_over("till", 2));
     wait_until(Duration::from_secs(30), "delivered", || {
         agent.sub_status("erp")["delivered_total"] == 10
     });
     agent.stop();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
-    let out = receiver.wait_with_output().expect("wait");
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let events = receive.stop_json();
     assert_eq!(events.len(), 10);
     assert!(events
         .iter()

@@ -30,7 +30,6 @@ mod common;
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -303,24 +302,6 @@ fn events_of(body: &[u8]) -> Vec<(String, String, i64)> {
     match &json {
         serde_json::Value::Array(all) => all.iter().map(one).collect(),
         other => vec![one(other)],
-    }
-}
-
-/// Sends an RST instead of a FIN when `stream` is dropped.
-fn reset_on_drop(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized option.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
     }
 }
 
@@ -697,15 +678,6 @@ fn run_case(case: u64, script: &[Move], chaos: Duration) -> Result<Stats, String
         max_rss_kib,
         slowest_after_good: slowest,
     })
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}={text:?}: not a number ({e})")),
-    )
 }
 
 #[test]

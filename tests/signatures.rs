@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -57,28 +56,15 @@ fn during_rotation_each_secret_verifies() {
 
 #[test]
 fn the_receive_command_verifies_and_checks_order() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let receiver = spawn_listening(
-        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", SECRET, "--json"]),
-        Stdio::piped(),
-        port,
-        "store-outbox receive",
-    );
-    let mut agent = Agent::new(&subscription("erp", &format!("http://127.0.0.1:{port}/hooks"), ""));
+    let receive = Receive::start(&["--secret", SECRET, "--json"]);
+    let mut agent = Agent::new(&subscription("erp", &receive.url(), ""));
     agent.start();
     agent.send_events(&Events::new("rc", 0..10, "SaleCreated").spread_over("till", 2));
     wait_until(Duration::from_secs(30), "delivered", || {
         agent.status()["subscriptions"][0]["delivered_total"] == 10
     });
     agent.stop();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
-    let out = receiver.wait_with_output().expect("wait");
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let events = receive.stop_json();
     assert_eq!(events.len(), 10);
     for e in &events {
         assert_eq!(e["signature_valid"], true);
@@ -88,17 +74,10 @@ fn the_receive_command_verifies_and_checks_order() {
 
 #[test]
 fn the_receive_command_refuses_a_wrong_signature() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let _receiver = Process(spawn_listening(
-        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", NEW_SECRET]),
-        Stdio::null(),
-        port,
-        "store-outbox receive",
-    ));
+    let receive = Receive::start(&["--secret", NEW_SECRET]);
     let mut agent = Agent::new(&subscription(
         "erp",
-        &format!("http://127.0.0.1:{port}/hooks"),
+        &receive.url(),
         "retry = { initial = \"5s\", max = \"5s\" }",
     ));
     agent.start();

@@ -21,6 +21,21 @@ pub struct LibraryOutbox {
     pub thread: std::thread::JoinHandle<()>,
 }
 
+impl LibraryOutbox {
+    /// The parts, for a test that uses them apart: (database file,
+    /// subscription id, writer, writer thread).
+    pub fn into_parts(
+        self,
+    ) -> (
+        PathBuf,
+        i64,
+        store_outbox::outbox::writer::Writer,
+        std::thread::JoinHandle<()>,
+    ) {
+        (self.db, self.sub_id, self.writer, self.thread)
+    }
+}
+
 /// Opens an outbox in `dir`; `subscription_extra` is added to the
 /// subscription's TOML table (for example `retry = { give_up_after = "0s" }`).
 pub fn library_outbox(dir: &Path, subscription_extra: &str) -> LibraryOutbox {

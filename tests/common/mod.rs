@@ -14,13 +14,15 @@
 //! | `producer.rs` | the ingest socket's producers: [`send_lines`], [`event`], [`Events`] |
 //! | `http.rs` | a minimal HTTP/1.1 client: [`http`], [`http_request`], [`HttpResponse`] |
 //! | `receiver.rs` | [`Receiver`], the webhook endpoint on loopback, and [`assert_entity_order`] |
+//! | `receive.rs` | [`Receive`]: the binary's own `receive` command as the endpoint |
 //! | `verifier.rs` | the official Standard Webhooks library (Python) over what a receiver got: [`verify_with_python`] |
 //! | `process.rs` | [`binary`], [`Process`], [`spawn_listening`], [`run_ok`], [`cli_with_config`] |
-//! | `net.rs` | loopback TCP: [`free_port`], [`wait_for_port`] |
+//! | `net.rs` | loopback TCP: [`free_port`], [`wait_for_port`], [`reset_on_drop`] |
 //! | `wait.rs` | [`wait_until`] |
+//! | `env.rs` | switches from the environment: [`env_number`] |
 //! | `tmpfs.rs` | [`TmpfsMount`] (root only) |
 //! | `tls.rs` | test certificates with `openssl`: [`ca_and_server_cert`] |
-//! | `sd_notify.rs` | the systemd side of `NOTIFY_SOCKET`: [`notify_messages`] |
+//! | `sd_notify.rs` | the systemd side of `NOTIFY_SOCKET`: [`NotifySocket`] |
 //! | `library.rs` | the outbox as a library: [`library_outbox`], [`outcome`], [`new_event`], runtimes |
 //! | `nats.rs` | [`NatsCluster`], a JetStream cluster on loopback |
 //! | `wan.rs` | a store's uplink as a TCP proxy (also included by `bench/`, so self-contained) |
@@ -33,12 +35,14 @@
 
 mod agent;
 mod config;
+mod env;
 mod http;
 mod library;
 mod nats;
 mod net;
 mod process;
 mod producer;
+mod receive;
 mod receiver;
 mod sd_notify;
 mod tls;
@@ -50,6 +54,6 @@ pub mod wan;
 // A suite uses only some of these; an unused re-export is no warning.
 #[allow(unused_imports)]
 pub use self::{
-    agent::*, config::*, http::*, library::*, nats::*, net::*, process::*, producer::*, receiver::*, sd_notify::*,
-    tls::*, tmpfs::*, verifier::*, wait::*,
+    agent::*, config::*, env::*, http::*, library::*, nats::*, net::*, process::*, producer::*, receive::*,
+    receiver::*, sd_notify::*, tls::*, tmpfs::*, verifier::*, wait::*,
 };

@@ -1,6 +1,8 @@
 //! Loopback TCP: free ports for servers a test starts later, waiting for a
-//! server to listen.
+//! server to listen, a connection reset (RST) by a peer.
 
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use super::wait_until;
@@ -47,4 +49,23 @@ pub fn wait_for_port(port: u16, what: &str) {
     wait_until(Duration::from_secs(30), what, || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
+}
+
+/// Sends an RST instead of a FIN when `stream` (and every clone of it) is
+/// dropped: a peer that resets the connection.
+pub fn reset_on_drop(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized option.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
