@@ -148,31 +148,6 @@ struct RawServer {
     stop: Arc<AtomicBool>,
 }
 
-/// Reads one request (head and `content-length` body); `None` at EOF.
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(HashMap<String, String>, Vec<u8>)> {
-    let mut headers = HashMap::new();
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let n: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = vec![0; n];
-    reader.read_exact(&mut body).ok()?;
-    Some((headers, body))
-}
-
 fn to_request(headers: HashMap<String, String>, body: Vec<u8>, answered: u16) -> Request {
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     Request {

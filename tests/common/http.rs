@@ -1,7 +1,11 @@
-//! A minimal HTTP/1.1 client over loopback (the agent's ingest and admin
-//! servers, `receive`): status, headers and body as received.
+//! HTTP/1.1 by hand over loopback: a minimal client (the agent's ingest and
+//! admin servers, `receive`) that gives status, headers and body as
+//! received, and the request reader of the raw servers that answer as no
+//! HTTP library would (`hostile*.rs`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 /// A minimal HTTP/1.1 request over loopback: (status, JSON body or Null).
@@ -60,7 +64,6 @@ pub fn try_http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    use std::io::Read;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
@@ -110,4 +113,30 @@ pub fn try_http(
         }
     }
     Ok(HttpResponse { status, headers, body })
+}
+
+/// Reads one request off a connection (head and `content-length` body):
+/// its headers (names in lower case) and body; `None` at EOF.
+pub fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(HashMap<String, String>, Vec<u8>)> {
+    let mut headers = HashMap::new();
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let n: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; n];
+    reader.read_exact(&mut body).ok()?;
+    Some((headers, body))
 }
