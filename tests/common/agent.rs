@@ -2,12 +2,13 @@
 //! file (written and rewritten), start, SIGTERM, SIGKILL, SIGHUP and reload,
 //! its logs, its CLI, its status and a read-only look at its database.
 
+use std::collections::HashSet;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{binary, free_port, http_request, send_lines, wait_until, Events};
+use super::{binary, event, free_port, http_request, send_lines, wait_until, Events};
 
 /// A test's directory with a config file, and the agent process.
 pub struct Agent {
@@ -133,6 +134,13 @@ impl Agent {
         std::fs::rename(&tmp, incoming.join(name)).expect("rename into incoming");
     }
 
+    /// The spool's `incoming/` (created) and `failed/` directories.
+    pub fn spool_dirs(&self) -> (PathBuf, PathBuf) {
+        let incoming = self.spool().join("incoming");
+        std::fs::create_dir_all(&incoming).expect("incoming");
+        (incoming, self.spool().join("failed"))
+    }
+
     /// Events stored.
     pub fn stored_events(&self) -> i64 {
         self.open_db()
@@ -147,6 +155,40 @@ impl Agent {
         let refused: Vec<&serde_json::Value> = replies.iter().filter(|r| r["ok"] != true).collect();
         assert!(refused.is_empty(), "every event acknowledged, but: {refused:?}");
         replies
+    }
+
+    /// Fills the outbox: sends events one at a time over the socket,
+    /// `{ids}-{i}` of entity `till:{i % entities}` with `payload(i)`, until
+    /// three were refused with `storage_full` (a refusal of another kind
+    /// fails the test), at most 2,000. Returns the ids acknowledged and how
+    /// many were refused.
+    pub fn fill_until_refused(
+        &self,
+        ids: &str,
+        entities: usize,
+        payload: impl Fn(usize) -> serde_json::Value,
+    ) -> (HashSet<String>, usize) {
+        let mut acked = HashSet::new();
+        let mut refused = 0;
+        for i in 0..2000 {
+            let line = event(
+                &format!("{ids}-{i}"),
+                &format!("till:{}", i % entities),
+                "SaleCreated",
+                payload(i),
+            );
+            let reply = &send_lines(&self.socket(), &[line])[0];
+            if reply["ok"] == true {
+                acked.insert(format!("{ids}-{i}"));
+            } else {
+                assert_eq!(reply["error"]["code"], "storage_full", "{reply}");
+                refused += 1;
+                if refused >= 3 {
+                    break;
+                }
+            }
+        }
+        (acked, refused)
     }
 
     /// Builds `events` and sends them with [`Agent::send_all`].
