@@ -1,5 +1,6 @@
 //! The agent under test as a process: its temporary directory and config
 //! file (written and rewritten), start, SIGTERM, SIGKILL, SIGHUP and reload,
+//! events sent to it (socket, HTTP, spool; filling it until it refuses),
 //! its logs, its CLI, its status and a read-only look at its database.
 
 use std::collections::HashSet;

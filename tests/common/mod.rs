@@ -9,10 +9,10 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `agent.rs` | [`Agent`]: the agent process, its directory and config, start, stop, kill, reload, its CLI and status |
+//! | `agent.rs` | [`Agent`]: the agent process, its directory and config, start, stop, kill, reload, its CLI and status, its spool |
 //! | `config.rs` | the TOML tests write: [`SECRET`], [`subscription`], [`PARK_FAST`] |
 //! | `producer.rs` | the ingest socket's producers: [`send_lines`], [`event`], [`Events`] |
-//! | `http.rs` | a minimal HTTP/1.1 client: [`http`], [`http_request`], [`HttpResponse`] |
+//! | `http.rs` | HTTP/1.1 by hand: a minimal client ([`http`], [`http_request`], [`HttpResponse`]) and [`read_request`] for raw servers |
 //! | `receiver.rs` | [`Receiver`], the webhook endpoint on loopback, and [`assert_entity_order`] |
 //! | `receive.rs` | [`Receive`]: the binary's own `receive` command as the endpoint |
 //! | `verifier.rs` | the official Standard Webhooks library (Python) over what a receiver got: [`verify_with_python`] |
