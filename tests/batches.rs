@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::wan::Link;
@@ -51,23 +50,6 @@ fn ids_of(r: &Request) -> Vec<String> {
     events_of(r).into_iter().map(|e| e.id).collect()
 }
 
-/// Verifies every request (its body as the receiver has it after undoing
-/// any content encoding) with the official Standard Webhooks library.
-fn verify_with_python(requests: &[(HashMap<String, String>, String)], dir: &std::path::Path) -> String {
-    let capture: Vec<serde_json::Value> = requests
-        .iter()
-        .map(|(headers, body)| serde_json::json!({"headers": headers, "body": body}))
-        .collect();
-    let path = dir.join("capture.json");
-    std::fs::write(&path, serde_json::to_vec(&capture).expect("json")).expect("write capture");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/verify_batches.py");
-    let out = run_ok(
-        Command::new("python3").arg(script).arg(&path).arg(SECRET),
-        "the official verifier (python3 and `pip install standardwebhooks`, see scripts/install-test-peers)",
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn batches_through_the_uplink_keep_entity_order_lose_nothing_and_verify_with_the_official_library() {
     let rx = Receiver::start();
@@ -109,11 +91,7 @@ fn batches_through_the_uplink_keep_entity_order_lose_nothing_and_verify_with_the
             }
         }
     }
-    let captured: Vec<_> = requests
-        .iter()
-        .map(|r| (r.headers.clone(), String::from_utf8(r.body.clone()).expect("utf-8")))
-        .collect();
-    let verified = verify_with_python(&captured, agent.dir.path());
+    let verified = verify_with_python(Verifier::Batches, &requests, agent.dir.path(), &[SECRET]);
     assert_eq!(verified, format!("verified {} requests, 600 events", requests.len()));
     assert_eq!(agent.sub_status("erp")["delivered_total"], 600);
 }
@@ -388,28 +366,15 @@ fn assert_new_events_in_order(events: &[Request]) -> usize {
 
 #[test]
 fn the_receive_command_checks_batches_event_by_event() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let receiver = spawn_listening(
-        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", SECRET, "--json"]),
-        Stdio::piped(),
-        port,
-        "store-outbox receive",
-    );
-    let mut agent = Agent::new(&subscription("erp", &format!("http://127.0.0.1:{port}/hooks"), BATCH));
+    let receive = Receive::start(&["--secret", SECRET, "--json"]);
+    let mut agent = Agent::new(&subscription("erp", &receive.url(), BATCH));
     agent.start();
     agent.send_events(&Events::new("rc", 0..30, "SaleCreated").spread_over("till", 3));
     wait_until(Duration::from_secs(30), "delivered", || {
         agent.sub_status("erp")["delivered_total"] == 30
     });
     agent.stop();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
-    let out = receiver.wait_with_output().expect("wait");
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let events = receive.stop_json();
     assert_eq!(events.len(), 30);
     for e in &events {
         assert_eq!(e["signature_valid"], true);
@@ -447,12 +412,15 @@ fn gzip_batches_are_signed_over_the_uncompressed_body_and_verify_with_the_offici
         agent.sub_status("erp")["delivered_total"] == 300
     });
     let requests = rx.delivered();
-    let plain: Vec<(HashMap<String, String>, String)> = requests
+    let plain: Vec<Captured> = requests
         .iter()
-        .map(|r| (r.headers.clone(), String::from_utf8(gunzip(r)).expect("utf-8")))
+        .map(|r| Captured {
+            headers: r.headers.clone(),
+            body: String::from_utf8(gunzip(r)).expect("utf-8"),
+        })
         .collect();
     let compressed: usize = requests.iter().map(|r| r.body.len()).sum();
-    let uncompressed: usize = plain.iter().map(|(_, b)| b.len()).sum();
+    let uncompressed: usize = plain.iter().map(|c| c.body.len()).sum();
     assert!(
         compressed * 2 < uncompressed,
         "gzip pays: {compressed} of {uncompressed} bytes"
@@ -460,9 +428,9 @@ fn gzip_batches_are_signed_over_the_uncompressed_body_and_verify_with_the_offici
     let events: Vec<Request> = requests
         .iter()
         .zip(&plain)
-        .flat_map(|(r, (_, body))| {
+        .flat_map(|(r, c)| {
             events_of(&Request {
-                json: serde_json::from_str(body).expect("JSON after gunzip"),
+                json: serde_json::from_str(&c.body).expect("JSON after gunzip"),
                 ..r.clone()
             })
         })
@@ -470,40 +438,23 @@ fn gzip_batches_are_signed_over_the_uncompressed_body_and_verify_with_the_offici
     assert_eq!(events.len(), 300);
     assert_eq!(assert_entity_order(&events), 0);
     assert_eq!(
-        verify_with_python(&plain, agent.dir.path()),
+        verify_with_python(Verifier::Batches, &plain, agent.dir.path(), &[SECRET]),
         format!("verified {} requests, 300 events", requests.len())
     );
 }
 
 #[test]
 fn the_receive_command_undoes_gzip_before_checking_signatures() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let receiver = spawn_listening(
-        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", SECRET, "--json"]),
-        Stdio::piped(),
-        port,
-        "store-outbox receive",
-    );
+    let receive = Receive::start(&["--secret", SECRET, "--json"]);
     // One event per request, gzip: compression does not need batches.
-    let mut agent = Agent::new(&subscription(
-        "erp",
-        &format!("http://127.0.0.1:{port}/hooks"),
-        "compression = \"gzip\"",
-    ));
+    let mut agent = Agent::new(&subscription("erp", &receive.url(), "compression = \"gzip\""));
     agent.start();
     agent.send_events(&Events::new("gz", 0..10, "SaleCreated").spread_over("till", 2));
     wait_until(Duration::from_secs(30), "delivered", || {
         agent.sub_status("erp")["delivered_total"] == 10
     });
     agent.stop();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
-    let out = receiver.wait_with_output().expect("wait");
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let events = receive.stop_json();
     assert_eq!(events.len(), 10);
     assert!(events
         .iter()

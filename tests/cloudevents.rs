@@ -5,26 +5,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::wan::Link;
 use common::*;
-
-fn verify_with_python(requests: &[Request], dir: &std::path::Path) -> String {
-    let capture: Vec<serde_json::Value> = requests
-        .iter()
-        .map(|r| serde_json::json!({"headers": r.headers, "body": String::from_utf8_lossy(&r.body)}))
-        .collect();
-    let path = dir.join("capture.json");
-    std::fs::write(&path, serde_json::to_vec(&capture).expect("json")).expect("write capture");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/verify_batches.py");
-    let out = run_ok(
-        Command::new("python3").arg(script).arg(&path).arg(SECRET),
-        "the official verifier (python3 and `pip install standardwebhooks`)",
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 #[test]
 fn binary_mode_puts_the_attributes_in_percent_encoded_ce_headers_and_the_data_in_the_body() {
@@ -64,7 +48,7 @@ fn binary_mode_puts_the_attributes_in_percent_encoded_ce_headers_and_the_data_in
     let seqs: Vec<String> = requests.iter().map(|r| r.headers["ce-entityseq"].clone()).collect();
     assert_eq!(seqs, ["1", "2", "3", "4", "5"]);
     assert_eq!(
-        verify_with_python(&requests, agent.dir.path()),
+        verify_with_python(Verifier::Batches, &requests, agent.dir.path(), &[SECRET]),
         "verified 5 requests, 5 events"
     );
 }
@@ -106,7 +90,7 @@ fn with_batch_the_batched_mode_sends_an_array_of_structured_events() {
     assert_eq!(assert_entity_order(&events), 0);
     assert!(events.iter().all(|e| e.json["data"].is_number()));
     assert_eq!(
-        verify_with_python(&requests, agent.dir.path()),
+        verify_with_python(Verifier::Batches, &requests, agent.dir.path(), &[SECRET]),
         format!("verified {} requests, 120 events", requests.len())
     );
 }

@@ -401,15 +401,11 @@ fn the_agent_waits_for_space_on_a_full_disk_then_starts() {
     // its log goes to a file we read.
     let log_path = fx.agent.dir.path().join("full-start.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let notify_path = fx.agent.dir.path().join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    notify
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
+    let notify = NotifySocket::bind(fx.agent.dir.path());
     let child = std::process::Command::new(binary())
         .args(["run", "--config"])
         .arg(&fx.agent.config)
-        .env("NOTIFY_SOCKET", &notify_path)
+        .env("NOTIFY_SOCKET", &notify.path)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -432,7 +428,7 @@ fn the_agent_waits_for_space_on_a_full_disk_then_starts() {
     assert!(log_text.contains("disk"), "the log names the full disk:\n{log_text}");
     // systemd hears why, and gets more start time instead of killing the
     // start at TimeoutStartSec (then restarting into its start limit).
-    let waiting = notify_messages(&notify, Duration::from_secs(15), |m| m.contains("EXTEND_TIMEOUT_USEC="));
+    let waiting = notify.messages(Duration::from_secs(15), |m| m.contains("EXTEND_TIMEOUT_USEC="));
     assert!(
         waiting
             .iter()
@@ -473,7 +469,7 @@ fn the_agent_waits_for_space_on_a_full_disk_then_starts() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let ready = notify_messages(&notify, Duration::from_secs(15), |m| m.contains("READY=1"));
+    let ready = notify.messages(Duration::from_secs(15), |m| m.contains("READY=1"));
     assert!(
         ready.iter().any(|m| m.contains("READY=1")),
         "READY=1 once started: {ready:?}"

@@ -23,7 +23,6 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -149,49 +148,6 @@ struct RawServer {
     stop: Arc<AtomicBool>,
 }
 
-fn reset(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized option.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-    // Dropping the stream now sends an RST instead of a FIN.
-}
-
-/// Reads one request (head and `content-length` body); `None` at EOF.
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(HashMap<String, String>, Vec<u8>)> {
-    let mut headers = HashMap::new();
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let n: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = vec![0; n];
-    reader.read_exact(&mut body).ok()?;
-    Some((headers, body))
-}
-
 fn to_request(headers: HashMap<String, String>, body: Vec<u8>, answered: u16) -> Request {
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     Request {
@@ -305,7 +261,7 @@ fn serve(stream: TcpStream, fault: &AtomicU8, faults: &AtomicU64, requests: &Mut
             let mut first = [0u8; 16];
             let _ = reader.read(&mut first);
             faults.fetch_add(1, Ordering::Relaxed);
-            reset(&writer);
+            reset_on_drop(&writer);
             return;
         }
         let Some((headers, body)) = read_request(&mut reader) else {
@@ -319,7 +275,7 @@ fn serve(stream: TcpStream, fault: &AtomicU8, faults: &AtomicU64, requests: &Mut
                 let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"received\":");
                 let _ = writer.flush();
                 std::thread::sleep(Duration::from_millis(50));
-                reset(&writer);
+                reset_on_drop(&writer);
                 return;
             }
             f if f == Fault::SlowLoris as u8 => {

@@ -28,9 +28,8 @@
 mod common;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -264,32 +263,6 @@ impl Drop for Hostile {
     }
 }
 
-/// Reads one request (head and `content-length` body); `None` at EOF.
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().ok()?;
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    Some(body)
-}
-
 /// The events of a webhook body: one object, or a batch's array.
 fn events_of(body: &[u8]) -> Vec<(String, String, i64)> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
@@ -306,29 +279,11 @@ fn events_of(body: &[u8]) -> Vec<(String, String, i64)> {
     }
 }
 
-/// Sends an RST instead of a FIN when `stream` is dropped.
-fn reset_on_drop(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized option.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
 /// One connection: requests in turn, each answered as the script says.
 fn serve(stream: TcpStream, shared: &Shared) {
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
-    while let Some(body) = read_request(&mut reader) {
+    while let Some((_, body)) = read_request(&mut reader) {
         let next = shared.next_move();
         let maybe_delivered = next.as_ref().is_none_or(Move::may_look_delivered);
         // Recorded on arrival, with whether the answer may count as 2xx,
@@ -697,15 +652,6 @@ fn run_case(case: u64, script: &[Move], chaos: Duration) -> Result<Stats, String
         max_rss_kib,
         slowest_after_good: slowest,
     })
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}={text:?}: not a number ({e})")),
-    )
 }
 
 #[test]

@@ -67,9 +67,7 @@ fn kind_of(path: &Path) -> &'static str {
 #[test]
 fn entries_that_are_not_regular_files_or_have_no_utf8_name_move_to_failed_with_the_reason() {
     let mut agent = Agent::new("");
-    let incoming = agent.spool().join("incoming");
-    let failed = agent.spool().join("failed");
-    std::fs::create_dir_all(&incoming).expect("incoming");
+    let (incoming, failed) = agent.spool_dirs();
     let outside = agent.dir.path().join("outside");
     std::fs::create_dir_all(&outside).expect("outside");
     let one = |id: &str| event(id, "till:1", "SaleCreated", serde_json::json!(1));
@@ -212,9 +210,7 @@ fn a_report_never_replaces_another() {
     // A refused entry whose name is taken in failed/ (by an earlier file, or
     // by the report of a name that shows the same) goes under another name.
     let mut agent = Agent::new("");
-    let incoming = agent.spool().join("incoming");
-    let failed = agent.spool().join("failed");
-    std::fs::create_dir_all(&incoming).expect("incoming");
+    let (incoming, failed) = agent.spool_dirs();
     std::fs::create_dir_all(&failed).expect("failed");
     std::fs::write(failed.join("p.json"), b"an earlier refused file").expect("earlier");
     std::fs::write(failed.join("p.json.error.json"), b"{\"earlier\":true}").expect("earlier report");
@@ -324,9 +320,7 @@ fn sigterm_during_a_big_poslog_stops_promptly_and_the_file_goes_in_whole_or_not_
 #[test]
 fn a_file_the_agent_may_not_read_moves_to_failed_and_holds_no_later_file() {
     let mut agent = Agent::new("");
-    let incoming = agent.spool().join("incoming");
-    let failed = agent.spool().join("failed");
-    std::fs::create_dir_all(&incoming).expect("incoming");
+    let (incoming, failed) = agent.spool_dirs();
     let one = |id: &str| event(id, "till:1", "SaleCreated", serde_json::json!(1));
     agent.drop_file("a-locked.json", one("locked-1").as_bytes());
     agent.drop_file("b-good.json", one("good-1").as_bytes());

@@ -313,26 +313,7 @@ fn a_full_outbox_refuses_new_events_keeps_the_acknowledged_and_recovers() {
     let sub = subscription("erp", &rx.url(), "retry = { initial = \"100ms\", max = \"300ms\" }");
     let mut agent = Agent::new(&format!("[storage]\nmax_db_bytes = \"400KiB\"\n{sub}"));
     agent.start();
-    let mut acked = std::collections::HashSet::new();
-    let mut refused = 0;
-    for i in 0..2000 {
-        let line = event(
-            &format!("full-{i}"),
-            &format!("till:{}", i % 5),
-            "SaleCreated",
-            serde_json::json!("p".repeat(800)),
-        );
-        let reply = &send_lines(&agent.socket(), &[line])[0];
-        if reply["ok"] == true {
-            acked.insert(format!("full-{i}"));
-        } else {
-            assert_eq!(reply["error"]["code"], "storage_full", "{reply}");
-            refused += 1;
-            if refused >= 3 {
-                break;
-            }
-        }
-    }
+    let (acked, refused) = agent.fill_until_refused("full", 5, |_| serde_json::json!("p".repeat(800)));
     assert!(refused >= 3 && acked.len() > 50, "filled up: {} acked", acked.len());
     let status = agent.status();
     assert_eq!(status["db"]["full"], true, "{status}");

@@ -343,7 +343,7 @@ struct Agent {
 /// entities, so that entities leave it and are found again by the backlog
 /// scan all the time (`STORE_OUTBOX_MODEL_WINDOW`, default 2).
 fn window() -> usize {
-    env_number("STORE_OUTBOX_MODEL_WINDOW").unwrap_or(2) as usize
+    common::env_number("STORE_OUTBOX_MODEL_WINDOW").unwrap_or(2) as usize
 }
 
 impl Agent {
@@ -1247,20 +1247,11 @@ fn add_to_totals(operations: usize, s: &Stats) {
     count(&TOTALS.late_requests, s.late_requests);
 }
 
-fn env_number(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}={text:?}: not a number ({e})")),
-    )
-}
-
 #[test]
 fn deliveries_follow_the_model() {
     let started = Instant::now();
-    let cases = env_number("STORE_OUTBOX_MODEL_CASES").unwrap_or(32) as u32;
-    let seed = env_number("STORE_OUTBOX_MODEL_SEED").unwrap_or(DEFAULT_SEED);
+    let cases = common::env_number("STORE_OUTBOX_MODEL_CASES").unwrap_or(32) as u32;
+    let seed = common::env_number("STORE_OUTBOX_MODEL_SEED").unwrap_or(DEFAULT_SEED);
     let config = Config {
         cases,
         // A minimised failure is kept by hand as a #[test] below, not in a

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use common::*;
@@ -11,20 +10,17 @@ use common::*;
 fn ready_status_watchdog_and_stopping_reach_systemd() {
     let rx = Receiver::start();
     let mut agent = Agent::new(&subscription("erp", &rx.url(), ""));
-    let path = agent.dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let path_text = path.display().to_string();
-    agent.start_with_env(&[("NOTIFY_SOCKET", path_text.as_str()), ("WATCHDOG_USEC", "1000000")]);
+    let notify = NotifySocket::bind(agent.dir.path());
+    agent.start_with_env(&[notify.env(), ("WATCHDOG_USEC", "1000000")]);
 
-    let first = notify_messages(&sock, Duration::from_secs(20), |m| m.contains("READY=1"));
+    let first = notify.messages(Duration::from_secs(20), |m| m.contains("READY=1"));
     let ready = first.iter().find(|m| m.contains("READY=1")).expect("READY=1 sent");
     assert!(ready.contains("STATUS=backlog 0"), "{ready}");
     // READY comes after the listeners: the socket answers now.
     assert!(std::os::unix::net::UnixStream::connect(agent.socket()).is_ok());
 
-    let pets = notify_messages(&sock, Duration::from_secs(10), |_| false)
+    let pets = notify
+        .messages(Duration::from_secs(10), |_| false)
         .into_iter()
         .filter(|m| m.contains("WATCHDOG=1"))
         .count();
@@ -36,7 +32,7 @@ fn ready_status_watchdog_and_stopping_reach_systemd() {
     let pid = agent.child.as_ref().expect("running").id();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let last = notify_messages(&sock, Duration::from_secs(20), |m| m.contains("STOPPING=1"));
+    let last = notify.messages(Duration::from_secs(20), |m| m.contains("STOPPING=1"));
     assert!(last.iter().any(|m| m.contains("STOPPING=1")), "{last:?}");
     let status = agent.child.take().expect("child").wait().expect("wait");
     assert!(status.success());

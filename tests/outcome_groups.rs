@@ -34,12 +34,7 @@ fn outcome(sub_id: i64, seq: i64) -> Outcome {
 #[test]
 fn a_request_that_never_answers_holds_back_no_commit() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let common::LibraryOutbox {
-        db,
-        sub_id,
-        writer,
-        thread,
-    } = common::library_outbox(dir.path(), "");
+    let (db, sub_id, writer, thread) = common::library_outbox(dir.path(), "").into_parts();
     let rt = common::multi_thread_runtime();
     let events: Vec<_> = (1..=40)
         .map(|i| common::new_event(&format!("ev-{i}"), &format!("till:{:02}", i % 8)))

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -335,16 +334,12 @@ fn sighup_no_longer_ends_the_agent_and_restart_only_keys_are_named() {
 fn a_reload_tells_systemd_reloading_then_ready() {
     let erp = Receiver::start();
     let mut agent = Agent::new(&subscription("erp", &erp.url(), ""));
-    let path = agent.dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let path_text = path.display().to_string();
-    agent.start_with_env(&[("NOTIFY_SOCKET", path_text.as_str())]);
-    notify_messages(&sock, Duration::from_secs(20), |m| m.contains("READY=1"));
+    let notify = NotifySocket::bind(agent.dir.path());
+    agent.start_with_env(&[notify.env()]);
+    notify.messages(Duration::from_secs(20), |m| m.contains("READY=1"));
 
     agent.sighup();
-    let messages = notify_messages(&sock, Duration::from_secs(30), |m| m.contains("READY=1"));
+    let messages = notify.messages(Duration::from_secs(30), |m| m.contains("READY=1"));
     let reloading = messages
         .iter()
         .position(|m| m.contains("RELOADING=1"))

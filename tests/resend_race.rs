@@ -28,12 +28,8 @@ fn state_of(db: &std::path::Path, seq: i64) -> (i64, i64, i64) {
 #[test]
 fn an_outcome_committed_after_a_resend_does_not_undo_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let common::LibraryOutbox {
-        db,
-        sub_id,
-        writer,
-        thread,
-    } = common::library_outbox(dir.path(), r#"retry = { give_up_after = "0s" }"#);
+    let (db, sub_id, writer, thread) =
+        common::library_outbox(dir.path(), r#"retry = { give_up_after = "0s" }"#).into_parts();
     let reader = store_outbox::outbox::open_reader(&db).expect("reader");
     let rt = common::current_thread_runtime();
     let record = |seq: i64, resends: i64, status: u16, decision: Decision| {

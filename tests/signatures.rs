@@ -3,33 +3,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 const NEW_SECRET: &str = "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24=";
-
-fn verify_with_python(rx: &Receiver, dir: &std::path::Path, secrets: &[&str]) -> String {
-    let capture: Vec<serde_json::Value> = rx
-        .delivered()
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "headers": r.headers,
-                "body": String::from_utf8(r.body.clone()).expect("utf-8 body"),
-            })
-        })
-        .collect();
-    let path = dir.join("capture.json");
-    std::fs::write(&path, serde_json::to_vec(&capture).expect("json")).expect("write capture");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/verify_standardwebhooks.py");
-    let out = run_ok(
-        Command::new("python3").arg(script).arg(&path).args(secrets),
-        "the official verifier (python3 and `pip install standardwebhooks`, see .ci/run) on our signatures",
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 #[test]
 fn the_official_standard_webhooks_library_verifies_our_signatures() {
@@ -43,7 +21,10 @@ fn the_official_standard_webhooks_library_verifies_our_signatures() {
     lines.push(r#"{"type":"PosLog","entity":"pos:1/2","payload":"<Transaction/>"}"#.to_string());
     agent.send_all(&lines);
     wait_until(Duration::from_secs(30), "6 delivered", || rx.delivered_ids().len() == 6);
-    assert_eq!(verify_with_python(&rx, agent.dir.path(), &[SECRET]), "verified 6");
+    assert_eq!(
+        verify_with_python(Verifier::OneEventEach, &rx.delivered(), agent.dir.path(), &[SECRET]),
+        "verified 6"
+    );
 }
 
 #[test]
@@ -63,35 +44,27 @@ fn during_rotation_each_secret_verifies() {
     let header = &rx.delivered()[0].headers["webhook-signature"];
     assert_eq!(header.split(' ').count(), 2, "one signature per secret: {header}");
     assert_eq!(
-        verify_with_python(&rx, agent.dir.path(), &[SECRET, NEW_SECRET]),
+        verify_with_python(
+            Verifier::OneEventEach,
+            &rx.delivered(),
+            agent.dir.path(),
+            &[SECRET, NEW_SECRET]
+        ),
         "verified 1"
     );
 }
 
 #[test]
 fn the_receive_command_verifies_and_checks_order() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let receiver = spawn_listening(
-        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", SECRET, "--json"]),
-        Stdio::piped(),
-        port,
-        "store-outbox receive",
-    );
-    let mut agent = Agent::new(&subscription("erp", &format!("http://127.0.0.1:{port}/hooks"), ""));
+    let receive = Receive::start(&["--secret", SECRET, "--json"]);
+    let mut agent = Agent::new(&subscription("erp", &receive.url(), ""));
     agent.start();
     agent.send_events(&Events::new("rc", 0..10, "SaleCreated").spread_over("till", 2));
     wait_until(Duration::from_secs(30), "delivered", || {
         agent.status()["subscriptions"][0]["delivered_total"] == 10
     });
     agent.stop();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(receiver.id() as i32, libc::SIGTERM) };
-    let out = receiver.wait_with_output().expect("wait");
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let events = receive.stop_json();
     assert_eq!(events.len(), 10);
     for e in &events {
         assert_eq!(e["signature_valid"], true);
@@ -101,17 +74,10 @@ fn the_receive_command_verifies_and_checks_order() {
 
 #[test]
 fn the_receive_command_refuses_a_wrong_signature() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let _receiver = Process(spawn_listening(
-        Command::new(binary()).args(["receive", "--listen", &listen, "--secret", NEW_SECRET]),
-        Stdio::null(),
-        port,
-        "store-outbox receive",
-    ));
+    let receive = Receive::start(&["--secret", NEW_SECRET]);
     let mut agent = Agent::new(&subscription(
         "erp",
-        &format!("http://127.0.0.1:{port}/hooks"),
+        &receive.url(),
         "retry = { initial = \"5s\", max = \"5s\" }",
     ));
     agent.start();

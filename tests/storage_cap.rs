@@ -147,26 +147,7 @@ fn with_nothing_delivered_left_new_events_are_refused_and_the_acknowledged_kept(
     // The endpoint goes down: new events pile up until nothing delivered is
     // left to delete, then they are refused.
     rx.shut();
-    let mut acked: HashSet<String> = HashSet::new();
-    let mut refused = 0;
-    for i in 0..2000 {
-        let line = event(
-            &format!("late-{i}"),
-            &format!("till:{}", i % 3),
-            "SaleCreated",
-            bulky(i),
-        );
-        let reply = &send_lines(&agent.socket(), &[line])[0];
-        if reply["ok"] == true {
-            acked.insert(format!("late-{i}"));
-        } else {
-            assert_eq!(reply["error"]["code"], "storage_full", "{reply}");
-            refused += 1;
-            if refused >= 3 {
-                break;
-            }
-        }
-    }
+    let (acked, refused) = agent.fill_until_refused("late", 3, bulky);
     assert_eq!(refused, 3, "the outbox filled up after {} events", acked.len());
     // A 2 KiB event fills a 4 KiB page: 600 KiB hold about 140 events, so
     // beside the 60 early ones only about 80 late ones would fit. More went
