@@ -114,9 +114,9 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, Test
 use rusqlite::Connection;
 
 use store_outbox::config::{PayloadMode, RetryConfig, SubscriptionConfig};
+use store_outbox::deliver::destinations::webhook::Webhook;
 use store_outbox::deliver::envelope::Source;
 use store_outbox::deliver::scheduler::Scheduler;
-use store_outbox::deliver::webhook::Webhook;
 use store_outbox::event::{now_rfc3339, NewEvent, Reply};
 use store_outbox::metrics::Metrics;
 use store_outbox::outbox::read::{list_deliveries, DeliveryFilter};

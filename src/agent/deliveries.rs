@@ -10,13 +10,11 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, SubscriptionConfig};
+use crate::config::Config;
 use crate::deliver::destination::Destination;
+use crate::deliver::destinations::{self, Built};
 use crate::deliver::envelope::Source;
-#[cfg(feature = "nats")]
-use crate::deliver::nats::Nats;
 use crate::deliver::scheduler::Scheduler;
-use crate::deliver::webhook::Webhook;
 use crate::metrics::Metrics;
 use crate::notify::Heartbeats;
 use crate::outbox::{self, writer::Writer};
@@ -24,41 +22,6 @@ use crate::reload;
 use crate::shutdown::{Shutdown, Trigger};
 
 use super::SHUTDOWN_GRACE;
-
-/// A subscription's destination, of the kind its URL names. A new kind of
-/// destination is one more variant here, built in [`build_destination`]
-/// and started in [`Deliveries::start`]; the scheduler is the same for all
-/// (`deliver::destination`).
-pub(super) enum Built {
-    /// `http://` and `https://`: signed webhooks.
-    Webhook(Arc<Webhook>),
-    /// `nats://` and `tls://`: JetStream publishes, acknowledged.
-    #[cfg(feature = "nats")]
-    Nats(Arc<Nats>),
-}
-
-/// A NATS JetStream destination.
-#[cfg(feature = "nats")]
-fn build_nats(config: &Arc<SubscriptionConfig>, source: &Source) -> Result<Built, String> {
-    Nats::new(config.clone(), source.clone()).map(|nats| Built::Nats(Arc::new(nats)))
-}
-
-/// Without the `nats` feature a NATS subscription cannot start: say so,
-/// rather than fail later.
-#[cfg(not(feature = "nats"))]
-fn build_nats(_config: &Arc<SubscriptionConfig>, _source: &Source) -> Result<Built, String> {
-    Err("this build of store-outbox has no NATS support (build it with `cargo build --release --features nats`)".into())
-}
-
-/// The destination of one subscription; the error names the subscription.
-pub(super) fn build_destination(config: &Arc<SubscriptionConfig>, source: &Source) -> Result<Built, String> {
-    let built = if config.nats.is_some() {
-        build_nats(config, source)
-    } else {
-        Webhook::new(config.clone(), source.clone()).map(|webhook| Built::Webhook(Arc::new(webhook)))
-    };
-    built.map_err(|e| format!("subscription {:?}: {e}", config.name))
-}
 
 /// The schedulers, one per configured subscription, and what starts and
 /// stops them: at start, on a reload, at shutdown.
@@ -217,7 +180,7 @@ impl Deliveries {
         for config in new.subscriptions.iter().filter(|c| changes.starts(&c.name)) {
             built.push((
                 config.name.clone(),
-                build_destination(&Arc::new(config.clone()), &self.source)?,
+                destinations::build(&Arc::new(config.clone()), &self.source)?,
             ));
         }
         let stopped = self.stop(|name| changes.stops(name)).await;
@@ -252,7 +215,7 @@ impl Deliveries {
     pub(super) fn restart_stopped(&mut self, stopped: Vec<outbox::Subscription>) {
         for sub in stopped {
             let name = sub.config.name.clone();
-            let restarted = build_destination(&sub.config, &self.source)
+            let restarted = destinations::build(&sub.config, &self.source)
                 .map_err(|e| anyhow!(e))
                 .and_then(|built| self.start(sub, built));
             if let Err(e) = restarted {

@@ -35,7 +35,8 @@ use crate::shutdown::Shutdown;
 
 mod deliveries;
 
-use deliveries::{build_destination, Built, Deliveries};
+use crate::deliver::destinations::{self, Built};
+use deliveries::Deliveries;
 
 /// How long in-flight deliveries may finish after a stop request.
 pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -107,7 +108,7 @@ pub async fn run(
     };
     let destinations = subs
         .iter()
-        .map(|sub| build_destination(&sub.config, &source).map_err(|e| anyhow!(e)))
+        .map(|sub| destinations::build(&sub.config, &source).map_err(|e| anyhow!(e)))
         .collect::<anyhow::Result<Vec<Built>>>()?;
     let storage_full = Arc::new(tokio::sync::Notify::new());
     let (writer, writer_thread) = Writer::start(conn, &subs, config.storage.max_db_bytes, storage_full.clone());

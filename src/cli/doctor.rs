@@ -4,7 +4,7 @@
 //! a hint. Exit 1 if any step fails.
 //!
 //! The TLS and HTTP steps use the very client delivery uses
-//! (`deliver::webhook::endpoint`: its TLS settings, the proxy from the
+//! (`deliver::destinations::webhook::endpoint`: its TLS settings, the proxy from the
 //! environment), so a pass here means delivery can connect too. Nothing is
 //! POSTed: the check is a GET.
 
@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::{init_logging, load_config, runtime, CliError, CliResult};
 use crate::config::SubscriptionConfig;
+use crate::deliver::destinations::webhook::http_client::{Failure, Reply};
 use crate::deliver::envelope::Source;
-use crate::deliver::http_client::{Failure, Reply};
 
 /// Arguments of `doctor`.
 #[derive(Args, Debug)]
@@ -125,7 +125,10 @@ async fn try_steps(sub: &SubscriptionConfig, source: &Source, steps: &mut Vec<St
     };
     let budget = sub.timeout.min(Duration::from_secs(10));
     // Delivery's own client (TLS settings, the proxy from the environment).
-    let endpoint = sub.nats.is_none().then(|| crate::deliver::webhook::endpoint(sub));
+    let endpoint = sub
+        .nats
+        .is_none()
+        .then(|| crate::deliver::destinations::webhook::endpoint(sub));
     let bad_proxy = matches!(&endpoint, Some(Err(e)) if is_proxy_error(e));
     if let Some(proxy) = endpoint.as_ref().and_then(|e| e.as_ref().ok()).and_then(|e| e.proxy()) {
         // Through a proxy the store may not resolve or reach the host itself.
@@ -182,14 +185,15 @@ fn is_proxy_error(error: &str) -> bool {
 /// takes every type).
 #[cfg(feature = "nats")]
 async fn nats_steps(sub: &SubscriptionConfig, source: &Source) -> Result<Vec<Step>, Vec<Step>> {
-    let nats = crate::deliver::nats::Nats::new(std::sync::Arc::new(sub.clone()), source.clone()).map_err(|e| {
-        vec![step(
-            "nats",
-            Verdict::Fail,
-            e,
-            Some("fix credentials_file in the config"),
-        )]
-    })?;
+    let nats = crate::deliver::destinations::nats::Nats::new(std::sync::Arc::new(sub.clone()), source.clone())
+        .map_err(|e| {
+            vec![step(
+                "nats",
+                Verdict::Fail,
+                e,
+                Some("fix credentials_file in the config"),
+            )]
+        })?;
     let mut types: Vec<String> = sub.events.iter().flatten().cloned().collect();
     if sub.heartbeats {
         types.push(crate::heartbeat::EVENT_TYPE.to_string());
@@ -329,11 +333,11 @@ async fn tcp_step(addrs: &[std::net::SocketAddr], budget: Duration) -> Result<St
 /// `tls`, `http` and `clock`, from one GET with delivery's client.
 async fn http_steps(
     sub: &SubscriptionConfig,
-    endpoint: &crate::deliver::http_client::Endpoint,
+    endpoint: &crate::deliver::destinations::webhook::http_client::Endpoint,
 ) -> Result<Vec<Step>, Vec<Step>> {
     let tls = sub.url.scheme() == "https";
     let started = Instant::now();
-    let headers = crate::deliver::webhook::fixed_headers(sub).map_err(|e| {
+    let headers = crate::deliver::destinations::webhook::fixed_headers(sub).map_err(|e| {
         vec![step(
             "http",
             Verdict::Fail,
@@ -413,7 +417,7 @@ fn unanswered_steps(tls: bool, failure: &Failure, timeout: Duration) -> Vec<Step
                 Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
             )]
         }
-        other => crate::deliver::webhook::describe_failure(other, timeout),
+        other => crate::deliver::destinations::webhook::describe_failure(other, timeout),
     };
     let tls_step = if tls {
         step("tls", Verdict::Skip, "not reached", None)

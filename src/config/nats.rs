@@ -89,7 +89,7 @@ pub(super) fn nats_settings(
 /// A subject template is valid if, with every placeholder filled in, it is a
 /// subject one can publish to: dot-separated tokens, none empty, no
 /// whitespace, no wildcard (`*`, `>`). Placeholder values are encoded to one
-/// token each when an event is sent (`deliver::nats::subject_token`).
+/// token each when an event is sent (`deliver::destinations::nats::subject_token`).
 pub fn check_subject_template(template: &str) -> Result<(), String> {
     let mut filled = template.to_string();
     for placeholder in SUBJECT_PLACEHOLDERS {

@@ -3,9 +3,9 @@
 //! A destination sends one prepared unit (one stored event, or a batch of
 //! them when the subscription has `batch`) and says what the answer means; it knows nothing of entities, order,
 //! backoff, probing or parking, which stay in the scheduler. The webhook
-//! ([`super::webhook::Webhook`]) is one implementation; a new kind of
-//! destination is a sibling module implementing [`Destination`], chosen by
-//! the subscription's URL in `agent.rs`.
+//! ([`super::destinations::webhook::Webhook`]) is one implementation; a new
+//! kind of destination is a folder in [`super::destinations`] implementing
+//! [`Destination`], chosen by the subscription's URL there.
 
 use std::future::Future;
 use std::time::Duration;

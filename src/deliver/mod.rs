@@ -25,15 +25,11 @@
 
 pub mod backoff;
 pub mod batch;
-pub mod cloudevents;
 pub mod concurrency;
 pub mod courier;
 pub mod decide;
 pub mod destination;
+pub mod destinations;
 pub mod envelope;
-pub mod http_client;
-#[cfg(feature = "nats")]
-pub mod nats;
 pub mod rate;
 pub mod scheduler;
-pub mod webhook;

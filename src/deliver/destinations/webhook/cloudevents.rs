@@ -16,8 +16,8 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::envelope::Source;
 use crate::config::PayloadMode;
+use crate::deliver::envelope::Source;
 use crate::outbox::read::StoredEvent;
 
 /// The batched mode's media type.

@@ -1,8 +1,8 @@
-//! The webhook destination: the contract's envelope ([`super::envelope`])
+//! The webhook destination: the contract's envelope ([`crate::deliver::envelope`])
 //! POSTed with the Standard Webhooks headers, gzip, and what an HTTP answer
 //! means ([`Destination`] for
 //! `http://` and `https://` URLs). The connections are
-//! [`super::http_client`]'s.
+//! [`http_client`]'s (CloudEvents bodies and headers: [`cloudevents`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::backoff::parse_retry_after;
-use super::cloudevents;
-use super::destination::{Answer, AnswerKind, Destination};
-use super::envelope::{batch_body, body, Source};
-use super::http_client::{Endpoint, Failure, Reply, TlsFiles};
+pub mod cloudevents;
+pub mod http_client;
+
 use crate::config::{Compression, Format, SubscriptionConfig};
+use crate::deliver::backoff::parse_retry_after;
+use crate::deliver::destination::{Answer, AnswerKind, Destination};
+use crate::deliver::envelope::{batch_body, body, Source};
 use crate::outbox::read::StoredEvent;
+use http_client::{Endpoint, Failure, Reply, TlsFiles};
 
 /// The content type of webhook bodies and of CloudEvents' JSON data.
 const JSON: &str = "application/json";

@@ -40,9 +40,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
 
-use super::destination::{Answer, AnswerKind, Destination};
-use super::envelope::{self, Source};
 use crate::config::{NatsConfig, SubscriptionConfig};
+use crate::deliver::destination::{Answer, AnswerKind, Destination};
+use crate::deliver::envelope::{self, Source};
 use crate::outbox::read::StoredEvent;
 
 /// How long a send waits for the client to reconnect (a node of the
