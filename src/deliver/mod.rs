@@ -31,5 +31,6 @@ pub mod decide;
 pub mod destination;
 pub mod destinations;
 pub mod envelope;
+pub mod probe;
 pub mod rate;
 pub mod scheduler;

@@ -37,6 +37,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod doctor;
+
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub mod cloudevents;
+pub mod doctor;
 pub mod http_client;
 
 use crate::config::{Compression, Format, SubscriptionConfig};
