@@ -73,6 +73,8 @@ pub type TraceRow = (f64, u32, u16, u32, f64);
 /// Everything counted. Windows are 1 s since central came back.
 pub struct State0 {
     pub offered: Vec<u64>,
+    /// Offered per 100 ms window (a herd shows as a spike within one second).
+    pub offered_100ms: Vec<u64>,
     pub accepted: Vec<u64>,
     pub refused: Vec<u64>,
     /// New events delivered per window.
@@ -173,7 +175,13 @@ fn bump<T: Copy + Default + std::ops::AddAssign + From<u8>>(v: &mut Vec<T>, at: 
 impl Central {
     /// Listens on `addr` (loopback), down until [`Central::come_back`],
     /// unless `up` (the closed-port outage: it is started as it comes back).
-    pub async fn start(addr: SocketAddr, spec: Spec, stores: usize, expected: u64, up: bool) -> anyhow::Result<Central> {
+    pub async fn start(
+        addr: SocketAddr,
+        spec: Spec,
+        stores: usize,
+        expected: u64,
+        up: bool,
+    ) -> anyhow::Result<Central> {
         let keys = (0..stores)
             .map(|i| store_outbox::signing::decode_secret(&secret_of(i)).map_err(|e| anyhow::anyhow!(e)))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -187,6 +195,7 @@ impl Central {
             tat: Mutex::new(0.0),
             state: Mutex::new(State0 {
                 offered: Vec::new(),
+                offered_100ms: Vec::new(),
                 accepted: Vec::new(),
                 refused: Vec::new(),
                 events: Vec::new(),
@@ -323,7 +332,10 @@ fn check(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Checked {
     }
     Ok((
         store,
-        events.into_iter().map(|e| (e.entity.into_owned(), e.entity_seq)).collect(),
+        events
+            .into_iter()
+            .map(|e| (e.entity.into_owned(), e.entity_seq))
+            .collect(),
     ))
 }
 
@@ -359,6 +371,7 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         let w = since(arrived) as usize;
         bump(&mut s.offered, w);
+        bump(&mut s.offered_100ms, (since(arrived) * 10.0) as usize);
         s.requests_up += 1;
         if serve_at.is_none() {
             bump(&mut s.refused, w);
@@ -417,8 +430,7 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         }
     }
     if spec.trace {
-        s.trace
-            .push((t * 1e3, store as u32, 200, n, (at - arrived) * 1e3));
+        s.trace.push((t * 1e3, store as u32, 200, n, (at - arrived) * 1e3));
     }
     StatusCode::OK.into_response()
 }

@@ -32,7 +32,7 @@ use crate::sys;
 use crate::Run;
 
 /// A setting of the agents' subscription.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Config {
     name: &'static str,
     /// The `--fleet-baseline-bin` binary (fixed Retry-After, no max_rate).
@@ -106,7 +106,7 @@ pub struct Opts {
     pub retry_after_s: u64,
     pub max_in_flight: usize,
     pub batch_max_events: usize,
-    pub rate_factor: f64,
+    pub rate_factors: Vec<f64>,
     pub queue_max_wait_s: f64,
     /// "503" (central answers 503 while down) or "closed" (its port is closed).
     pub outage: String,
@@ -123,7 +123,7 @@ impl Opts {
         let agents = a.fleet_agents.unwrap_or(if quick { 20 } else { 100 });
         let capacity_one = a.fleet_capacity.unwrap_or(if quick { 400.0 } else { 1000.0 });
         let capacity_batch = a.fleet_batch_capacity.unwrap_or(if quick { 40.0 } else { 100.0 });
-        let secs = a.fleet_drain_secs.unwrap_or(if quick { 10.0 } else { 30.0 });
+        let secs = a.fleet_drain_secs.unwrap_or(if quick { 10.0 } else { 20.0 });
         let per_store = |events: f64| ((events / agents.max(1) as f64).round() as u64).max(1);
         Opts {
             agents,
@@ -137,7 +137,7 @@ impl Opts {
             retry_after_s: a.fleet_retry_after,
             max_in_flight: a.fleet_max_in_flight,
             batch_max_events: a.fleet_batch_max_events,
-            rate_factor: a.fleet_rate_factor,
+            rate_factors: a.fleet_rate_factor.clone(),
             queue_max_wait_s: a.fleet_queue_secs,
             outage: a.fleet_outage.clone(),
             modes: a
@@ -184,6 +184,8 @@ pub struct Figures {
     pub offered_max_window: usize,
     /// Mean over the same windows of offered / C.
     pub offered_mean_ratio: f64,
+    /// Max over 100 ms windows after the first 2 s of offered (per second) / C.
+    pub offered_peak_100ms_ratio: f64,
     pub requests: u64,
     pub accepted: u64,
     pub refused: u64,
@@ -196,6 +198,7 @@ pub struct Figures {
     pub median_finish_s: f64,
     pub slowest_finish_s: f64,
     pub slowest_over_median: f64,
+    /// Events not delivered (when `cut_short`: not yet delivered at the cut).
     pub lost: u64,
     pub order_violations: u64,
     pub duplicates: u64,
@@ -242,7 +245,17 @@ fn pss_kib(pid: u32) -> Option<u64> {
 }
 
 /// The config of store `i`.
-fn write_config(dir: &AgentDir, i: usize, url: &str, o: &Opts, case: Case, cfg: Config, capacity: f64) -> anyhow::Result<Option<f64>> {
+#[allow(clippy::too_many_arguments)]
+fn write_config(
+    dir: &AgentDir,
+    i: usize,
+    url: &str,
+    o: &Opts,
+    case: Case,
+    cfg: &Config,
+    factor: f64,
+    capacity: f64,
+) -> anyhow::Result<Option<f64>> {
     let d = dir.dir.display();
     let mut text = format!(
         "[agent]\nstore_id = \"{}\"\nagent_id = \"fleet\"\ndata_dir = \"{d}/data\"\n\n\
@@ -266,7 +279,7 @@ fn write_config(dir: &AgentDir, i: usize, url: &str, o: &Opts, case: Case, cfg: 
     }
     let rate = cfg.max_rate.then(|| {
         // Rounded to 3 decimals: what a person would write.
-        (capacity / o.agents as f64 * o.rate_factor * 1000.0).round() / 1000.0
+        (capacity / o.agents as f64 * factor * 1000.0).round() / 1000.0
     });
     if let Some(r) = rate {
         text.push_str(&format!("max_rate = {r}\n"));
@@ -356,10 +369,16 @@ async fn drain(
     o: &Opts,
     case: Case,
     mode: Mode,
-    cfg: Config,
+    cfg: &Config,
+    factor: f64,
     trace: Option<&Path>,
 ) -> anyhow::Result<Figures> {
-    let tag = format!("{}-{}-{}", case.name, mode.name(), cfg.name);
+    let label = if cfg.max_rate && o.rate_factors.len() > 1 {
+        format!("{}x{factor}", cfg.name)
+    } else {
+        cfg.name.to_string()
+    };
+    let tag = format!("{}-{}-{label}", case.name, mode.name());
     let root = work.join(format!("fleet-{tag}"));
     let _ = std::fs::remove_dir_all(&root);
     let (capacity, per_store) = if case.batch {
@@ -394,7 +413,7 @@ async fn drain(
     let mut max_rate = None;
     for i in 0..o.agents {
         let dir = AgentDir::new(root.join(format!("a{i:04}")))?;
-        max_rate = write_config(&dir, i, &url, o, case, cfg, capacity)?;
+        max_rate = write_config(&dir, i, &url, o, case, cfg, factor, capacity)?;
         fleet.dirs.push(dir);
     }
     let result = async {
@@ -459,7 +478,7 @@ async fn drain(
         };
         let cpu0 = cpu(&fleet);
         let ideal = backlog as f64 / (capacity * if case.batch { o.batch_max_events as f64 } else { 1.0 });
-        let limit = Duration::from_secs_f64((ideal * 8.0).max(120.0));
+        let limit = Duration::from_secs_f64((ideal * 6.0).max(60.0));
         let (mut peak_total, mut peak_agent) = (0u64, 0u64);
         let mut next_sample = Instant::now();
         let mut next_note = Instant::now() + Duration::from_secs(10);
@@ -527,11 +546,15 @@ async fn drain(
             let windows: Vec<f64> = (2..full)
                 .map(|w| s.offered.get(w).copied().unwrap_or(0) as f64 / capacity)
                 .collect();
-            let (offered_max_window, offered_max) = windows
-                .iter()
-                .enumerate()
-                .fold((0, 0.0f64), |(bw, bv), (k, v)| if *v > bv { (k + 2, *v) } else { (bw, bv) });
+            let (offered_max_window, offered_max) =
+                windows.iter().enumerate().fold(
+                    (0, 0.0f64),
+                    |(bw, bv), (k, v)| if *v > bv { (k + 2, *v) } else { (bw, bv) },
+                );
             let offered_mean = windows.iter().sum::<f64>() / windows.len().max(1) as f64;
+            let peak_100ms = (20..(drain_s * 10.0).floor() as usize)
+                .map(|w| s.offered_100ms.get(w).copied().unwrap_or(0) as f64 * 10.0 / capacity)
+                .fold(0.0, f64::max);
             let mut finishes: Vec<f64> = s.finished_at.iter().map(|f| f.unwrap_or(drain_s)).collect();
             let first_finish = finishes.iter().copied().fold(f64::INFINITY, f64::min);
             let slowest = finishes.iter().copied().fold(0.0, f64::max);
@@ -601,7 +624,7 @@ async fn drain(
             let figs = Figures {
                 case: case.name.into(),
                 mode: mode.name().into(),
-                config: cfg.name.into(),
+                config: label.clone(),
                 binary: if cfg.baseline { "baseline".into() } else { "new".into() },
                 agents: o.agents,
                 events_per_store: per_store,
@@ -619,6 +642,7 @@ async fn drain(
                 offered_max_ratio: offered_max,
                 offered_max_window,
                 offered_mean_ratio: offered_mean,
+                offered_peak_100ms_ratio: peak_100ms,
                 requests,
                 accepted: s.accepted_up,
                 refused: s.refused_up,
@@ -708,33 +732,37 @@ async fn drain(
     result
 }
 
-/// The table of every drain.
+/// The table of every drain (markdown).
 fn table(all: &[Figures]) -> String {
-    let mut t = String::new();
-    t.push_str(&format!(
-        "{:<13} {:<7} {:<18} {:>7} {:>6} {:>7} {:>7} {:>8} {:>7} {:>7} {:>5} {:>5} {:>5} {:>8} {:>6}  goals\n",
-        "case", "central", "config", "T s", "T/id", "offer/C", "refused", "Jain min", "slow/md", "ev/req", "lost", "viol", "dups", "wait p99", "CPU %"
-    ));
+    let mut t = String::from(
+        "| case | central | config | max_rate | T s | T/ideal | offered/C max 1 s | peak 100 ms | refused | Jain min | slowest/median | ev/req | lost | order viol. | dups | queue wait p99 | CPU % (agents+central) | goals |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
     for f in all {
         let g = &f.goals;
         let mark = |ok: bool| if ok { "y" } else { "N" };
         t.push_str(&format!(
-            "{:<13} {:<7} {:<18} {:>7.1} {:>6.2} {:>7.2} {:>6.1}% {:>8} {:>7.2} {:>7.1} {:>5} {:>5} {:>5} {:>6.0}ms {:>6.0}  {}{}{}{}{}{}\n",
+            "| {} | {} | {} | {} | {}{:.1} | {}{:.2} | {:.2} | {:.2} | {:.1} % | {} | {:.2} | {:.1} | {} | {} | {} | {:.0} ms | {:.0}+{:.0} | {}{}{}{}{}{} |\n",
             f.case,
             f.mode,
             f.config,
+            f.max_rate.map_or("-".into(), |r| format!("{r}")),
+            if f.cut_short { ">" } else { "" },
             f.drain_s,
+            if f.cut_short { ">" } else { "" },
             f.drain_ratio,
             f.offered_max_ratio,
+            f.offered_peak_100ms_ratio,
             f.refused_share * 100.0,
             f.jain_min.map_or("-".into(), |j| format!("{j:.3}")),
             f.slowest_over_median,
             f.events_per_request,
-            f.lost,
+            if f.cut_short { format!("({} left)", f.lost) } else { f.lost.to_string() },
             f.order_violations,
             f.duplicates,
             f.queue_wait_p99_ms,
-            f.agents_cpu_pct + f.central_cpu_pct,
+            f.agents_cpu_pct,
+            f.central_cpu_pct,
             mark(g.drain_le_1_2),
             mark(g.offered_le_1_25),
             mark(g.refused_le_10pct),
@@ -744,8 +772,8 @@ fn table(all: &[Figures]) -> String {
         ));
     }
     t.push_str(
-        "goals, in order: T/ideal <= 1.2, offered/C <= 1.25, refused <= 10 %, Jain >= 0.9, slowest/median <= 1.5, \
-         nothing lost (and every agent's status settled)\n",
+        "\ngoals (y/N), in order: T/ideal <= 1.2, offered/C (1 s windows after the first 2 s) <= 1.25, refused <= 10 %, \
+         Jain >= 0.9, slowest/median <= 1.5, nothing lost or out of order (and every agent's status settled)\n",
     );
     t
 }
@@ -792,7 +820,14 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
                 "queue" => Mode::Queue,
                 other => bail!("--fleet-modes: refuse or queue, not {other:?}"),
             };
-            for cfg in CONFIGS.iter().filter(|c| o.configs.iter().any(|n| n == c.name)) {
+            let chosen = CONFIGS.iter().filter(|c| o.configs.iter().any(|n| n == c.name));
+            let runs: Vec<(&Config, f64)> = chosen
+                .flat_map(|c| {
+                    let factors = if c.max_rate { o.rate_factors.clone() } else { vec![1.0] };
+                    factors.into_iter().map(move |f| (c, f))
+                })
+                .collect();
+            for (cfg, factor) in runs {
                 let bin = if cfg.baseline {
                     match &baseline {
                         Some(b) => b.clone(),
@@ -804,13 +839,30 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
                 } else {
                     run.bin.clone()
                 };
-                match drain(&bin, &run.work, &csv_dir, &o, *case, mode, *cfg, run.args.fleet_trace.as_deref()).await {
+                match drain(
+                    &bin,
+                    &run.work,
+                    &csv_dir,
+                    &o,
+                    *case,
+                    mode,
+                    cfg,
+                    factor,
+                    run.args.fleet_trace.as_deref(),
+                )
+                .await
+                {
                     Ok(f) => {
                         run.set(&format!("fleet_{}_{}_{}", f.case, f.mode, f.config), &f);
                         all.push(f);
                     }
                     Err(e) => {
-                        eprintln!("  fleet {} {} {} failed: {e:#}", case.name, mode.name(), cfg.name);
+                        eprintln!(
+                            "  fleet {} {} {} x{factor} failed: {e:#}",
+                            case.name,
+                            mode.name(),
+                            cfg.name
+                        );
                         errors.push(format!("{} {} {}: {e:#}", case.name, mode.name(), cfg.name));
                     }
                 }

@@ -205,9 +205,10 @@ struct Args {
     /// `fleet`: batch.max_events of the batches + gzip case.
     #[arg(long, default_value_t = 50)]
     fleet_batch_max_events: usize,
-    /// `fleet`: max_rate = capacity / agents x this (configs new_rate*).
-    #[arg(long, default_value_t = 1.0)]
-    fleet_rate_factor: f64,
+    /// `fleet`: max_rate = capacity / agents x this (configs new_rate*); several
+    /// (`1.0,1.1`) run each.
+    #[arg(long, value_delimiter = ',', default_value = "1.0")]
+    fleet_rate_factor: Vec<f64>,
     /// `fleet`: the longest a request waits in central's queue (`queue` mode) before a 503, s.
     #[arg(long, default_value_t = 5.0)]
     fleet_queue_secs: f64,
