@@ -20,7 +20,9 @@
 //! process group).
 
 mod agent;
+mod central;
 mod events;
+mod fleet;
 mod ingest;
 mod nats;
 mod nginx;
@@ -163,9 +165,71 @@ struct Args {
     /// Keep the work directory (databases, agent logs) afterwards.
     #[arg(long)]
     keep: bool,
-    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink,nats,nginx.
+    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink,nats,nginx,fleet.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
+    /// `fleet` (issue 27): agents against the one central (default 100; --quick/--fleet-quick 20).
+    #[arg(long)]
+    fleet_agents: Option<usize>,
+    /// `fleet`: small sizes (20 agents, C 400 and 40 req/s, 10 s of ideal drain).
+    #[arg(long)]
+    fleet_quick: bool,
+    /// `fleet`: the baseline agent binary, measured in the same run, alternately
+    /// (e.g. a build of b6f4487: fixed Retry-After, no max_rate).
+    #[arg(long)]
+    fleet_baseline_bin: Option<PathBuf>,
+    /// `fleet`: central's capacity, requests/s, one event per request (default 1000).
+    #[arg(long)]
+    fleet_capacity: Option<f64>,
+    /// `fleet`: central's capacity, requests/s, batches + gzip (default 100).
+    #[arg(long)]
+    fleet_batch_capacity: Option<f64>,
+    /// `fleet`: the ideal drain (backlog / capacity) the backlogs are sized for, s (default 30).
+    #[arg(long)]
+    fleet_drain_secs: Option<f64>,
+    /// `fleet`: events per store, one event per request (default: capacity x drain secs / agents).
+    #[arg(long)]
+    fleet_events: Option<u64>,
+    /// `fleet`: events per store, batches (default: capacity x batch.max_events x drain secs / agents).
+    #[arg(long)]
+    fleet_batch_events: Option<u64>,
+    /// `fleet`: entities (tills) per store.
+    #[arg(long, default_value_t = 8)]
+    fleet_entities: u64,
+    /// `fleet`: Retry-After of central's 503s, s.
+    #[arg(long, default_value_t = 1)]
+    fleet_retry_after: u64,
+    /// `fleet`: each agent's max_in_flight.
+    #[arg(long, default_value_t = 16)]
+    fleet_max_in_flight: usize,
+    /// `fleet`: batch.max_events of the batches + gzip case.
+    #[arg(long, default_value_t = 50)]
+    fleet_batch_max_events: usize,
+    /// `fleet`: max_rate = capacity / agents x this (configs new_rate*); several
+    /// (`1.0,1.1`) run each.
+    #[arg(long, value_delimiter = ',', default_value = "1.0")]
+    fleet_rate_factor: Vec<f64>,
+    /// `fleet`: the longest a request waits in central's queue (`queue` mode) before a 503, s.
+    #[arg(long, default_value_t = 5.0)]
+    fleet_queue_secs: f64,
+    /// `fleet`: the outage: "503" (central answers 503 + Retry-After) or "closed" (its port is closed).
+    #[arg(long, default_value = "503")]
+    fleet_outage: String,
+    /// `fleet`: central's modes (default refuse,queue).
+    #[arg(long, value_delimiter = ',')]
+    fleet_modes: Option<Vec<String>>,
+    /// `fleet`: cases (default one_event,batches_gzip).
+    #[arg(long, value_delimiter = ',')]
+    fleet_cases: Option<Vec<String>>,
+    /// `fleet`: configs (default base,new,new_rate; also new_adaptive, new_rate_adaptive).
+    #[arg(long, value_delimiter = ',')]
+    fleet_configs: Option<Vec<String>>,
+    /// `fleet`: every request central saw, as CSV, into this file.
+    #[arg(long)]
+    fleet_trace: Option<PathBuf>,
+    /// `fleet`: where the per-second CSVs go (default: the work directory).
+    #[arg(long)]
+    fleet_csv_dir: Option<PathBuf>,
 }
 
 /// Sizes and time limits of one run.
@@ -348,7 +412,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 
     type PhaseFn =
         for<'a> fn(&'a mut Run) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
-    let phases: [(&str, PhaseFn); 10] = [
+    let phases: [(&str, PhaseFn); 11] = [
         ("size", |r| Box::pin(phase_size(r))),
         ("raw", |r| Box::pin(phase_raw(r))),
         ("ingest", |r| Box::pin(phase_ingest(r))),
@@ -359,6 +423,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         ("uplink", |r| Box::pin(phase_uplink(r))),
         ("nats", |r| Box::pin(nats::phase(r))),
         ("nginx", |r| Box::pin(nginx::phase(r))),
+        ("fleet", |r| Box::pin(fleet::phase(r))),
     ];
     for (name, f) in phases {
         if !run.wants(name) {
