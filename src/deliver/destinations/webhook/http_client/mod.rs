@@ -23,14 +23,20 @@ use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::error_text::innermost;
+
+mod proxy;
+mod tls;
+
+use proxy::{proxy_for, Proxy};
+pub use proxy::{redact_userinfo, shown_url};
+use tls::tls_config;
 
 /// A connection unused for this long is not used again (the endpoint may
 /// have dropped it; reqwest's pool used the same).
@@ -81,17 +87,6 @@ struct Target {
     authority: HeaderValue,
     /// The request target: path and query (origin form).
     path: Uri,
-}
-
-/// A proxy from the environment: connections to the endpoint are tunnels
-/// through it (`CONNECT`).
-struct Proxy {
-    host: url::Host<String>,
-    port: u16,
-    /// `Proxy-Authorization` from the proxy URL's user and password.
-    authorization: Option<String>,
-    /// The proxy URL without its password, for messages.
-    shown: String,
 }
 
 /// One endpoint's connections.
@@ -462,176 +457,9 @@ async fn handshake(stream: Stream) -> Result<SendRequest<Full<Bytes>>, Failure> 
     Ok(sender)
 }
 
-/// rustls with the usual web roots, the subscription's own CA added, and its
-/// client certificate if it has one; HTTP/1.1 by ALPN.
-fn tls_config(files: TlsFiles<'_>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = files.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-        let mut found = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-            roots.add(cert).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-            found += 1;
-        }
-        if found == 0 {
-            return Err(format!("ca_file {}: no PEM certificate in it", ca.display()));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots);
-    let mut config = match files.client_cert {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let pem = std::fs::read(cert).map_err(|e| format!("client_cert {}: {e}", cert.display()))?;
-            let chain = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("client_cert {}: {e}", cert.display()))?;
-            let key_pem = std::fs::read(key).map_err(|e| format!("client_key {}: {e}", key.display()))?;
-            let key_der =
-                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("client_key {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| format!("client_cert/client_key: {e}"))?
-        }
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// The proxy the environment names for `url`: `HTTPS_PROXY` for
-/// `https://` (`HTTP_PROXY` for `http://`), else `ALL_PROXY`, upper or
-/// lower case; none when `NO_PROXY` lists the host (`*`, the host, or a
-/// domain it is in: `example.com` and `.example.com` both cover
-/// `erp.example.com`).
-fn proxy_for(url: &url::Url) -> Result<Option<Proxy>, String> {
-    proxy_from(url, |name| std::env::var(name).ok())
-}
-
-/// [`proxy_for`] with the environment given (`env` looks a variable up), so
-/// tests need not change the process's own.
-fn proxy_from(url: &url::Url, env: impl Fn(&str) -> Option<String>) -> Result<Option<Proxy>, String> {
-    let var = |names: &[&'static str]| -> Option<(&'static str, String)> {
-        names
-            .iter()
-            .find_map(|name| env(name).filter(|v| !v.trim().is_empty()).map(|v| (*name, v)))
-    };
-    let scheme_var: &[&str] = match url.scheme() {
-        "https" => &["HTTPS_PROXY", "https_proxy"],
-        _ => &["HTTP_PROXY", "http_proxy"],
-    };
-    let Some((name, value)) = var(scheme_var).or_else(|| var(&["ALL_PROXY", "all_proxy"])) else {
-        return Ok(None);
-    };
-    let host = url
-        .host_str()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    if let Some((_, no_proxy)) = var(&["NO_PROXY", "no_proxy"]) {
-        if no_proxy_covers(&no_proxy, host) {
-            return Ok(None);
-        }
-    }
-    let text = value.trim();
-    let with_scheme = if text.contains("://") {
-        text.to_string()
-    } else {
-        format!("http://{text}")
-    };
-    // The value may hold the proxy's password: messages show it redacted.
-    let bad = |what: &str| format!("{name}={:?}: {what}", redact_userinfo(text));
-    let proxy = url::Url::parse(&with_scheme).map_err(|e| bad(&e.to_string()))?;
-    if proxy.scheme() != "http" {
-        return Err(bad("only http:// proxies are supported"));
-    }
-    let proxy_host = proxy.host().ok_or_else(|| bad("no host"))?.to_owned();
-    let authorization = (!proxy.username().is_empty()).then(|| {
-        use base64::Engine as _;
-        let user = percent_decoded(proxy.username());
-        let password = percent_decoded(proxy.password().unwrap_or_default());
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-        )
-    });
-    Ok(Some(Proxy {
-        port: proxy.port_or_known_default().unwrap_or(80),
-        shown: format!("{proxy_host}:{}", proxy.port_or_known_default().unwrap_or(80)),
-        host: proxy_host,
-        authorization,
-    }))
-}
-
-/// `url` as messages show it: the password of its user info as `***`, no
-/// query (a token may ride there), no fragment.
-pub fn shown_url(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    shown.set_query(None);
-    shown.set_fragment(None);
-    redact_userinfo(shown.as_str())
-}
-
-/// `text`, a URL or what was meant to be one (a proxy variable that does not
-/// parse), with its user info redacted: `user:***@host`, or `***@host` when
-/// there is no password (a lone user part is often a token). A text that
-/// does not parse is redacted up to its last `@`: more than needed, never
-/// less.
-pub fn redact_userinfo(text: &str) -> String {
-    if text.contains("://") {
-        if let Ok(mut url) = url::Url::parse(text) {
-            if url.has_host() {
-                let redacted = if url.password().is_some() {
-                    url.set_password(Some("***")).is_ok()
-                } else if !url.username().is_empty() {
-                    url.set_username("***").is_ok()
-                } else {
-                    true
-                };
-                if redacted {
-                    return url.to_string();
-                }
-            }
-        }
-    }
-    let (scheme, rest) = match text.find("://") {
-        Some(i) => text.split_at(i + 3),
-        None => ("", text),
-    };
-    match rest.rfind('@') {
-        None => text.to_string(),
-        Some(at) => {
-            let user = match rest[..at].split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => "***".to_string(),
-            };
-            format!("{scheme}{user}@{}", &rest[at + 1..])
-        }
-    }
-}
-
-fn percent_decoded(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// Whether a `NO_PROXY` list names `host`.
-fn no_proxy_covers(list: &str, host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
-    list.split(',').map(str::trim).filter(|e| !e.is_empty()).any(|entry| {
-        let entry = entry.to_ascii_lowercase();
-        let domain = entry.trim_start_matches("*.").trim_start_matches('.');
-        entry == "*" || host == domain || host.ends_with(&format!(".{domain}"))
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::proxy::{no_proxy_covers, proxy_from};
     use super::*;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
