@@ -80,7 +80,9 @@ pub struct BadSince {
 /// Parses a "since" value into wall-clock ms: an RFC 3339 time, or a
 /// duration ("2h", "7d") before `now_ms`.
 pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, BadSince> {
-    if let Ok(d) = parse_duration(text) {
+    // Not `parse_duration`: its 100-year bound is for config keys. A filter
+    // reaching back further than that is simply "since the beginning".
+    if let Ok(d) = humantime::parse_duration(text.trim()) {
         return Ok(now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
     }
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
@@ -101,6 +103,11 @@ mod tests {
     fn since_takes_a_time_or_a_duration_ago() {
         assert_eq!(parse_since("2h", T0), Ok(T0 - 2 * 3600 * 1000));
         assert_eq!(parse_since("2026-11-21T10:00:00Z", 0), Ok(T0));
+        // Beyond the config keys' 100 years (and beyond any i64 of ms): since
+        // the beginning, not an error.
+        let before_epoch = parse_since("900256h", T0).expect("a duration");
+        assert!(before_epoch < 0, "{before_epoch}");
+        assert!(parse_since("5000000000000000000s", T0).is_ok());
         let err = parse_since("yesterday", T0).expect_err("not a time");
         assert_eq!(
             err.to_string(),

@@ -157,7 +157,7 @@ async fn events(State(admin): State<Arc<Admin>>, Query(q): Query<EventsQuery>) -
     let since_ms = match q.since.as_deref() {
         None => None,
         Some(t) => Some(
-            timefmt::parse_since(t, outbox::now_ms()).map_err(|e| (StatusCode::BAD_REQUEST, format!("--since {e}")))?,
+            timefmt::parse_since(t, outbox::now_ms()).map_err(|e| (StatusCode::BAD_REQUEST, format!("since={e}")))?,
         ),
     };
     let filter = read::DeliveryFilter {
