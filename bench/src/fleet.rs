@@ -17,8 +17,7 @@
 //! `max_rate` = C / N x `--fleet-rate-factor` (and adaptive concurrency if
 //! asked). Every run measures them alternately, same sizes.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -288,38 +287,6 @@ fn write_config(
     Ok(rate)
 }
 
-/// Sends store `i`'s backlog through its socket, pipelined, and checks
-/// every reply.
-fn ingest(socket: &Path, i: usize, n: u64, entities: u64) -> anyhow::Result<()> {
-    let stream = UnixStream::connect(socket).context("the ingest socket")?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut writer = stream.try_clone()?;
-    let reader = std::thread::spawn(move || -> anyhow::Result<()> {
-        let mut r = BufReader::new(stream);
-        for _ in 0..n {
-            let mut line = String::new();
-            if r.read_line(&mut line)? == 0 || !line.contains("\"ok\":true") {
-                bail!("event refused: {line}");
-            }
-        }
-        Ok(())
-    });
-    let mut out = std::io::BufWriter::new(&mut writer);
-    for k in 0..n {
-        let line = format!(
-            r#"{{"event_id":"{}-{k:08}","type":"SaleCreated","entity":"till:{}","attributes":{{"terminal":"03"}},"payload":{}}}"#,
-            central::store_id(i),
-            k % entities.max(1),
-            crate::uplink::sale(i as u64 * 1_000_000 + k)
-        );
-        out.write_all(line.as_bytes())?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
-    drop(out);
-    reader.join().map_err(|_| anyhow!("reader panicked"))?
-}
-
 /// Jain's fairness index of `x` (1 when all are equal, 1/n when one gets all).
 fn jain(x: &[f64]) -> Option<f64> {
     let sum: f64 = x.iter().sum();
@@ -443,7 +410,17 @@ async fn drain(
             let (socket, gate, entities) = (dir.socket.clone(), gate.clone(), o.entities);
             tasks.spawn(async move {
                 let _permit = gate.acquire_owned().await?;
-                tokio::task::spawn_blocking(move || ingest(&socket, i, per_store, entities)).await?
+                tokio::task::spawn_blocking(move || {
+                    crate::uplink::ingest(
+                        &socket,
+                        &central::store_id(i),
+                        "till",
+                        per_store,
+                        entities,
+                        i as u64 * 1_000_000,
+                    )
+                })
+                .await?
             });
         }
         while let Some(done) = tasks.join_next().await {

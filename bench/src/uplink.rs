@@ -200,10 +200,20 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     StatusCode::OK
 }
 
-/// Sends `n` events over `entities` entities through the agent's socket,
-/// pipelined, and checks every reply.
-fn ingest(socket: &std::path::Path, prefix: &str, n: u64, entities: u64) -> anyhow::Result<()> {
+/// Sends `n` events over `entities` entities (`<entity_kind>:<k>`) through
+/// the agent's socket, pipelined, and checks every reply. Ids are
+/// `<id_prefix>-<k>`; the sale payloads are numbered from `sale_base`, so
+/// stores of a fleet send different sales.
+pub fn ingest(
+    socket: &std::path::Path,
+    id_prefix: &str,
+    entity_kind: &str,
+    n: u64,
+    entities: u64,
+    sale_base: u64,
+) -> anyhow::Result<()> {
     let stream = UnixStream::connect(socket).context("the ingest socket")?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
     let mut writer = stream.try_clone()?;
     let reader = std::thread::spawn(move || -> anyhow::Result<()> {
         let mut r = BufReader::new(stream);
@@ -218,9 +228,9 @@ fn ingest(socket: &std::path::Path, prefix: &str, n: u64, entities: u64) -> anyh
     let mut out = std::io::BufWriter::new(&mut writer);
     for i in 0..n {
         let line = format!(
-            r#"{{"event_id":"{prefix}-{i:08}","type":"SaleCreated","entity":"order:{}","attributes":{{"terminal":"03"}},"payload":{}}}"#,
-            i % entities,
-            sale(i)
+            r#"{{"event_id":"{id_prefix}-{i:08}","type":"SaleCreated","entity":"{entity_kind}:{}","attributes":{{"terminal":"03"}},"payload":{}}}"#,
+            i % entities.max(1),
+            sale(sale_base + i)
         );
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
@@ -271,7 +281,7 @@ async fn drain(
     agent.wait_ready(&dir, Duration::from_secs(30)).await?;
     let socket = dir.socket.clone();
     let prefix = tag.clone();
-    tokio::task::spawn_blocking(move || ingest(&socket, &prefix, n, entities)).await??;
+    tokio::task::spawn_blocking(move || ingest(&socket, &prefix, "order", n, entities, 0)).await??;
     agent.stop(Duration::from_secs(30));
 
     let shared = Arc::new(Shared {

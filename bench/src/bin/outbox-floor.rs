@@ -30,8 +30,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use store_outbox::deliver::destination::{AnswerKind, Destination};
-use store_outbox::deliver::envelope::Source;
 use store_outbox::deliver::destinations::webhook::Webhook;
+use store_outbox::deliver::envelope::Source;
 use store_outbox::outbox::writer::handoff::{Decision, Outcome, Receipt, Recorded};
 use store_outbox::outbox::writer::Writer;
 use store_outbox::outbox::{self, now_ms, read};
