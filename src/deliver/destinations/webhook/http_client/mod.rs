@@ -556,22 +556,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_cut_off_keeps_its_status_and_headers() {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
-        let url = url::Url::parse(&format!("http://{}/hooks", listener.local_addr().expect("addr"))).expect("url");
-        std::thread::spawn(move || {
-            let Ok((stream, _)) = listener.accept() else { return };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut stream = stream;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-            }
-            // Promises 100 bytes, sends 8 and hangs up.
-            let _ = stream
-                .write_all(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 100\r\n\r\nslow dow");
-        });
+        // Promises 100 bytes, sends 8 and hangs up.
+        let (url, _sent) = raw_server(
+            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 100\r\n\r\nslow dow".to_vec(),
+            0,
+        );
         match endpoint(&url).post(HeaderMap::new(), Bytes::new()).await {
             Err(Failure::Broken(Some(reply), _)) => {
                 assert_eq!(reply.status, 429);
