@@ -55,7 +55,7 @@ pub fn wait_after(answer: &Answer, retry: &RetryConfig, failures: u32, jitter: f
             let asked = asked.min(retry.max).min(LONGEST_WAIT);
             let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
             let spread = Duration::try_from_secs_f64(asked.as_secs_f64() * jitter).unwrap_or_default();
-            asked.saturating_add(spread).min(retry.max.max(asked))
+            asked.saturating_add(spread).min(retry.max).min(LONGEST_WAIT)
         }
         None => backoff::delay_with(retry, failures, jitter).min(LONGEST_WAIT),
     }
