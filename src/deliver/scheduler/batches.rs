@@ -9,7 +9,7 @@ use crate::deliver::batch;
 use crate::deliver::courier::Unit;
 use crate::deliver::decide::Position;
 use crate::deliver::destination::Destination;
-use crate::outbox::held::{self};
+use crate::outbox::held;
 use crate::outbox::read::{self, Head};
 use crate::outbox::state::DeliveryState;
 

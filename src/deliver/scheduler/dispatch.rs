@@ -8,7 +8,7 @@ use crate::deliver::batch;
 use crate::deliver::courier::{Job, Unit};
 use crate::deliver::decide::{self, Position, ReadyKey};
 use crate::deliver::destination::Destination;
-use crate::outbox::read::{self};
+use crate::outbox::read;
 use crate::outbox::state::DeliveryState;
 
 use super::*;

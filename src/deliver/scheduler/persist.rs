@@ -11,7 +11,7 @@ use crate::deliver::decide::{self, Position};
 use crate::deliver::destination::Destination;
 use crate::outbox::gone::{self, Marker};
 use crate::outbox::now_ms;
-use crate::outbox::read::{self};
+use crate::outbox::read;
 use crate::outbox::state::{ConcurrencyMode, ConcurrencyState, SubscriptionState};
 
 use super::*;

@@ -6,13 +6,14 @@ use tokio::time::Instant;
 
 use crate::deliver::decide::Position;
 use crate::deliver::destination::Destination;
-use crate::outbox::read::{self};
+use crate::outbox::read;
 
 use super::*;
 
 impl<D: Destination> Scheduler<D> {
     /// Whether another request may start: a request slot, room for one more
-    /// delivery waiting for its commit, and an idle courier.
+    /// delivery waiting for its commit, an idle courier, and a `max_rate`
+    /// token when the subscription has one.
     pub(super) fn slot_free(&self) -> bool {
         let max = self.sub.config.max_in_flight;
         self.requests < self.concurrency_limit()
