@@ -84,7 +84,13 @@ impl Guard {
             },
         };
         let port_ok = match port {
-            Some(p) => p.parse::<u16>().ok() == Some(self.listen.port()),
+            // RFC 3986: port = *DIGIT, so "07391" is 7391, but "+7391"
+            // (which u16's parser takes) is no port at all.
+            Some(p) => {
+                !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && p.parse::<u16>().ok() == Some(self.listen.port())
+            }
             None => self.listen.port() == 80,
         };
         if !port_ok {
@@ -221,7 +227,13 @@ mod tests {
             false,
             OriginRule::RefuseAll,
         );
-        for ok in ["127.0.0.1:7390", "localhost:7390", "LocalHost:7390", "[::1]:7390"] {
+        for ok in [
+            "127.0.0.1:7390",
+            "localhost:7390",
+            "LocalHost:7390",
+            "[::1]:7390",
+            "localhost:07390",
+        ] {
             assert!(g.host_ok(ok), "{ok}");
         }
         for bad in [
@@ -235,6 +247,9 @@ mod tests {
             "[::1:7390",
             "localhost.:7390",
             "127.0.0.1:7390:7390",
+            "localhost:+7390",
+            "localhost:",
+            "localhost: 7390",
             "",
         ] {
             assert!(!g.host_ok(bad), "{bad}");

@@ -381,7 +381,8 @@ fn socket_framing_regressions() {
     assert!(events > 0, "the good lines of the corpus were parsed as events");
 }
 
-/// The HTTP servers' inputs: recorded crashes, if any, and the seed corpus
+/// The HTTP servers' inputs: recorded crashes (a `Host` port with a leading
+/// zero, which RFC 3986 allows, or a `+`, which it does not) and the seed corpus
 /// (a good post, a text/plain one, an `Origin`, a rebound `Host`, two
 /// `Host`s, the admin routes, a half-sent head), each served as one
 /// connection by the real routers behind their guard.

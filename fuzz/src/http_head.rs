@@ -125,16 +125,20 @@ fn head_of(request: &[u8]) -> Option<Head> {
 
 /// Whether `host` is one the guard may take for a server on `listen`
 /// (127.0.0.1): `localhost`, 127.0.0.1 or ::1, in any spelling an address
-/// parser takes, with the listen port.
+/// parser takes, with the listen port (digits only, leading zeros allowed
+/// as RFC 3986 allows them: `localhost:07391` is port 7391).
 fn own_host(host: &[u8], listen: &str) -> bool {
-    let port = listen.rsplit(':').next().unwrap_or("");
+    let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let Ok(text) = std::str::from_utf8(host) else {
         return false;
     };
     let text = text.trim();
-    let Some(name) = text.strip_suffix(port).and_then(|t| t.strip_suffix(':')) else {
+    let Some((name, given)) = text.rsplit_once(':') else {
         return false;
     };
+    if given.is_empty() || !given.bytes().all(|b| b.is_ascii_digit()) || given.parse::<u16>().ok() != Some(port) {
+        return false;
+    }
     let name = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
     name.eq_ignore_ascii_case("localhost")
         || name
