@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use crate::config::{self, Config, SubscriptionConfig};
+use crate::config::{Config, SubscriptionConfig};
 
 /// Where reload requests come from: SIGHUP for the service, nothing for an
 /// agent run inside another command (the demo).
@@ -46,7 +46,7 @@ impl Requests {
 /// Reads and validates the config file the agent started with, as `run`
 /// does (errors name file, line and key).
 pub fn read_config(source: Option<&Path>) -> Result<Config, String> {
-    config::load(source).map_err(|e| e.0)
+    crate::deliver::destinations::load_config(source).map_err(|e| e.0)
 }
 
 /// How the subscriptions of a re-read config differ from the running ones.
@@ -184,7 +184,7 @@ mod tests {
     use super::*;
 
     fn config(text: &str) -> Config {
-        config::parse(text, None).expect("valid config")
+        crate::deliver::destinations::parse_config(text, None).expect("valid config")
     }
 
     const BASE: &str = "[agent]\nstore_id = \"0042\"\nagent_id = \"till-03\"\n";

@@ -334,7 +334,10 @@ fn config_toml_regressions() {
                 Refused(&[PATH, "line 5", "max_inflight"]),
             ),
         ],
-        |_, bytes| match store_outbox::config::parse(&String::from_utf8_lossy(bytes), Some(Path::new(PATH))) {
+        |_, bytes| match store_outbox::deliver::destinations::parse_config(
+            &String::from_utf8_lossy(bytes),
+            Some(Path::new(PATH)),
+        ) {
             Ok(config) => Ok(config.subscriptions.len()),
             Err(e) => {
                 assert!(e.0.starts_with(PATH), "the message starts with the file: {}", e.0);

@@ -67,7 +67,7 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
         ),
     )
     .expect("config");
-    let cfg = store_outbox::config::load(Some(&config)).expect("config valid");
+    let cfg = store_outbox::deliver::destinations::load_config(Some(&config)).expect("config valid");
     let mut conn = store_outbox::outbox::open_writer(&cfg.db_path()).expect("db");
     let subs = store_outbox::outbox::register_subscriptions(&mut conn, &cfg.subscriptions).expect("subs");
     let (writer, thread) = Writer::start(

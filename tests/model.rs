@@ -659,7 +659,7 @@ impl Harness {
                 ca_file: None,
                 client_cert: None,
                 client_key: None,
-                nats: None,
+                kind: store_outbox::deliver::destinations::webhook::config::kind_config(),
                 batch: None,
                 compression: store_outbox::config::Compression::None,
                 format: store_outbox::config::Format::Webhook,

@@ -43,7 +43,7 @@ fn harness() -> &'static Harness {
         );
         let path = dir.join("config.toml");
         std::fs::write(&path, &text).expect("config");
-        let config = store_outbox::config::parse(&text, Some(&path)).expect("config valid");
+        let config = store_outbox::deliver::destinations::parse_config(&text, Some(&path)).expect("config valid");
         let mut conn = store_outbox::outbox::open_writer(&config.db_path()).expect("db");
         let subs = store_outbox::outbox::register_subscriptions(&mut conn, &config.subscriptions).expect("subs");
         let (writer, _thread) = store_outbox::outbox::writer::Writer::start(

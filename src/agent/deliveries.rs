@@ -11,10 +11,8 @@ use anyhow::anyhow;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::deliver::destination::Destination;
-use crate::deliver::destinations::{self, Built};
+use crate::deliver::destinations::{self, Built, SchedulerParts};
 use crate::deliver::envelope::Source;
-use crate::deliver::scheduler::Scheduler;
 use crate::metrics::Metrics;
 use crate::notify::Heartbeats;
 use crate::outbox::{self, writer::Writer};
@@ -60,33 +58,18 @@ impl Deliveries {
     /// Starts the scheduler of `sub` on its own read connection.
     pub(super) fn start(&mut self, sub: outbox::Subscription, built: Built) -> anyhow::Result<()> {
         let (stop, shutdown) = self.shutdown.with_own_stop();
-        let task = match built {
-            Built::Webhook(webhook) => self.spawn_scheduler(&sub, webhook, shutdown)?,
-            #[cfg(feature = "nats")]
-            Built::Nats(nats) => self.spawn_scheduler(&sub, nats, shutdown)?,
-        };
+        let started = built.start(SchedulerParts {
+            sub: sub.clone(),
+            writer: self.writer.clone(),
+            reader: outbox::open_reader(&self.db_path)?,
+            shutdown,
+            grace: SHUTDOWN_GRACE,
+            metrics: self.metrics.clone(),
+        });
+        self.heartbeats.insert(&sub.config.name, started.heartbeat);
+        let task = tokio::spawn(started.run);
         self.running.push(RunningScheduler { sub, stop, task });
         Ok(())
-    }
-
-    pub(super) fn spawn_scheduler<D: Destination>(
-        &self,
-        sub: &outbox::Subscription,
-        destination: Arc<D>,
-        shutdown: Shutdown,
-    ) -> anyhow::Result<JoinHandle<()>> {
-        let reader = outbox::open_reader(&self.db_path)?;
-        let scheduler = Scheduler::new(
-            sub.clone(),
-            destination,
-            self.writer.clone(),
-            reader,
-            shutdown,
-            SHUTDOWN_GRACE,
-            self.metrics.clone(),
-        );
-        self.heartbeats.insert(&sub.config.name, scheduler.heartbeat());
-        Ok(tokio::spawn(scheduler.run()))
     }
 
     /// Stops the schedulers `which` picks and waits until each ended: its

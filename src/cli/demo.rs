@@ -123,7 +123,7 @@ retry = {{ initial = "200ms", max = "1s" }}
 "#,
         dir = dir.display()
     );
-    let config = crate::config::parse(&config_text, None).map_err(CliError::runtime)?;
+    let config = crate::deliver::destinations::parse_config(&config_text, None).map_err(CliError::runtime)?;
 
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Received>();
     let shared = Arc::new(Shared {

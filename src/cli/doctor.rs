@@ -166,7 +166,9 @@ mod tests {
                 )
             })
             .collect();
-        crate::config::parse(&text, None).expect("valid").subscriptions
+        crate::deliver::destinations::parse_config(&text, None)
+            .expect("valid")
+            .subscriptions
     }
 
     async fn fine_or_panic(sub: SubscriptionConfig) -> Report {
@@ -222,7 +224,7 @@ mod tests {
             "[[subscription]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:{port}\"\n\
              subject = \"pos.{{type}}\"\ntimeout = \"1s\"\n"
         );
-        let sub = crate::config::parse(&text, None)
+        let sub = crate::deliver::destinations::parse_config(&text, None)
             .expect("valid")
             .subscriptions
             .remove(0);

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config};
+use crate::config::Config;
 
 /// A command's failure: the exit code and what to tell the person.
 #[derive(Debug)]
@@ -118,7 +118,7 @@ pub fn main(cli: Cli) -> CliResult {
 
 /// Loads the config, mapping errors to exit code 2.
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, CliError> {
-    config::load(path).map_err(CliError::usage)
+    crate::deliver::destinations::load_config(path).map_err(CliError::usage)
 }
 
 /// Logs to stderr; `STORE_OUTBOX_LOG` (or `RUST_LOG`) sets the filter.

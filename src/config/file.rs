@@ -63,8 +63,10 @@ pub(super) struct FileAdmin {
     pub(super) token_file: Option<PathBuf>,
 }
 
+/// The keys every `[[subscription]]` may have. Not `deny_unknown_fields`:
+/// the others are its kind's own ([`SubscriptionKeys`] has them all, and
+/// `super::destination::own_keys` refuses what no one takes).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct FileSubscription {
     pub(super) name: serde_spanned::Spanned<String>,
     pub(super) url: serde_spanned::Spanned<String>,
@@ -82,15 +84,18 @@ pub(super) struct FileSubscription {
     pub(super) ca_file: Option<PathBuf>,
     pub(super) client_cert: Option<Spanned<PathBuf>>,
     pub(super) client_key: Option<Spanned<PathBuf>>,
-    pub(super) subject: Option<Spanned<String>>,
-    pub(super) credentials_file: Option<Spanned<PathBuf>>,
-    pub(super) token: Option<Spanned<String>>,
-    pub(super) user: Option<Spanned<String>>,
-    pub(super) password: Option<Spanned<String>>,
     pub(super) batch: Option<Spanned<FileBatch>>,
     pub(super) compression: Option<Spanned<String>>,
     pub(super) format: Option<Spanned<String>>,
     pub(super) concurrency: Option<Spanned<String>>,
+}
+
+/// Every key of every `[[subscription]]`, with its place: the file read a
+/// second time for the keys [`FileSubscription`] does not know.
+#[derive(Deserialize, Default)]
+pub(super) struct SubscriptionKeys {
+    #[serde(default)]
+    pub(super) subscription: Vec<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -8,19 +8,21 @@
 //! - `file`: the TOML tables as written;
 //! - `source`: spans, lines and keys, and the errors that name them;
 //! - `sections`: `[agent]`, `[ingest]`, `[storage]`, `[admin]`;
-//! - `subscription`: `[[subscription]]`; `nats`: a NATS URL's own keys.
+//! - `subscription`: `[[subscription]]`;
+//! - `destination`: the seam to each kind of destination, which reads its
+//!   own keys (`deliver::destinations` passes the kinds in).
 
 use std::path::{Path, PathBuf};
 
+mod destination;
 mod file;
 mod model;
-mod nats;
 mod sections;
 mod source;
 mod subscription;
 
+pub use destination::{DestinationKind, KindParsed, OwnKeys};
 pub use model::*;
-pub use nats::check_subject_template;
 
 use file::*;
 use sections::*;
@@ -41,28 +43,30 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// Loads and validates the configuration found by [`locate`], or the built-in
-/// defaults when there is no file.
-pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+/// defaults when there is no file; subscriptions of `kinds`.
+pub fn load_with(explicit: Option<&Path>, kinds: &[&DestinationKind]) -> Result<Config, ConfigError> {
     match locate(explicit) {
         Some(path) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
-            parse(&text, Some(&path))
+            parse_with(&text, Some(&path), kinds)
         }
-        None => parse("", None),
+        None => parse_with("", None, kinds),
     }
 }
 
 /// Parses and validates config text; `path` is used in messages and to
-/// resolve relative paths (against the file's directory).
-pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+/// resolve relative paths (against the file's directory). A subscription's
+/// `url` picks one of `kinds`, which reads the keys that are its own.
+pub fn parse_with(text: &str, path: Option<&Path>, kinds: &[&DestinationKind]) -> Result<Config, ConfigError> {
     let src = Source::new(text, path);
     let file: FileConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    let keys: SubscriptionKeys = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
     let agent = agent_section(&src, file.agent)?;
     let ingest = ingest_section(&src, file.ingest, &agent.data_dir)?;
     let storage = storage_section(&src, file.storage)?;
     let admin = admin_section(&src, file.admin)?;
-    let subscriptions = subscription_sections(&src, file.subscription)?;
+    let subscriptions = subscription_sections(&src, file.subscription, keys, kinds)?;
     Ok(Config {
         source: path.map(Path::to_path_buf),
         agent,
@@ -76,6 +80,7 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deliver::destinations::parse_config as parse;
     use std::time::Duration;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -178,6 +183,8 @@ headers = {{ "authorization" = "Bearer x" }}
 #[cfg(test)]
 mod line_tests {
     use super::*;
+    use crate::deliver::destinations::nats::config::NatsSettings;
+    use crate::deliver::destinations::parse_config as parse;
     use std::time::Duration;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -333,7 +340,7 @@ mod line_tests {
     fn a_nats_url_takes_several_servers_a_subject_and_no_secret() {
         let config = parse(&nats_sub("token = \"t0k\"\n"), None).expect("valid");
         let first = &config.subscriptions[0];
-        let nats = first.nats.as_ref().expect("a NATS subscription");
+        let nats = first.kind.settings::<NatsSettings>().expect("a NATS subscription");
         assert_eq!(nats.servers, ["nats://n1:4222", "nats://n2:4222"]);
         assert_eq!(nats.subject, "pos.{store_id}.{type}");
         assert_eq!(nats.token.as_deref(), Some("t0k"));
@@ -342,7 +349,9 @@ mod line_tests {
         assert!(!format!("{nats:?}").contains("t0k"), "the token is not in Debug output");
         let signed = parse(&nats_sub(&format!("secret = \"{SECRET}\"\n")), None).expect("valid");
         assert_eq!(signed.subscriptions[0].secrets.len(), 1);
-        assert!(parse(&sub(""), None).expect("valid").subscriptions[0].nats.is_none());
+        let webhook = &parse(&sub(""), None).expect("valid").subscriptions[0];
+        assert!(webhook.kind.settings::<NatsSettings>().is_none());
+        assert_eq!(webhook.kind.name(), "webhook");
     }
 
     #[test]
@@ -380,6 +389,7 @@ mod line_tests {
 #[cfg(test)]
 mod filter_tests {
     use super::*;
+    use crate::deliver::destinations::parse_config as parse;
     use std::time::Duration;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -2,9 +2,11 @@
 //! settings with defaults applied, and the subscriptions. What the rest of
 //! the agent reads; nothing here parses.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the config file is looked for when neither `--config` nor the
@@ -149,10 +151,10 @@ pub struct SubscriptionConfig {
     /// Unique name, the key of its delivery state in the database.
     pub name: String,
     /// Endpoint receiving the POSTs; for a NATS subscription the first
-    /// server of `url` (all of them are in [`NatsConfig::servers`]).
+    /// server of `url` (all of them are in its kind's settings).
     pub url: url::Url,
     /// Signing keys (already base64-decoded); the first is the newest. Empty
-    /// only for a NATS subscription without `secret` (no signature headers).
+    /// only for a bus subscription without `secret` (no signature headers).
     pub secrets: Vec<Vec<u8>>,
     /// Event types wanted; `None` means all (no `events` key, or `"*"`).
     /// Ask [`SubscriptionConfig::takes`] rather than reading this.
@@ -179,9 +181,9 @@ pub struct SubscriptionConfig {
     pub client_cert: Option<PathBuf>,
     /// Client key (PEM) for mTLS.
     pub client_key: Option<PathBuf>,
-    /// Set for `nats://` and `tls://` URLs: the subscription publishes to
-    /// NATS JetStream instead of POSTing.
-    pub nats: Option<NatsConfig>,
+    /// The kind of destination `url` names, with its own settings (those
+    /// of NATS JetStream, say), which only that kind reads.
+    pub kind: KindConfig,
     /// `batch`: several events per request; `None`: one event per request.
     pub batch: Option<BatchConfig>,
     /// `compression` of request bodies.
@@ -193,56 +195,12 @@ pub struct SubscriptionConfig {
     pub adaptive_concurrency: bool,
 }
 
-/// The NATS side of a subscription whose `url` is `nats://` or `tls://`.
-#[derive(Clone, PartialEq)]
-pub struct NatsConfig {
-    /// The servers of `url`, as written (comma-separated in the file).
-    pub servers: Vec<String>,
-    /// `subject`: the subject template, with `{store_id}`, `{agent_id}`,
-    /// `{type}` and `{entity}` placeholders.
-    pub subject: String,
-    /// `credentials_file`: a NATS `.creds` file (JWT and NKey seed).
-    pub credentials_file: Option<PathBuf>,
-    /// `token`: a token for token authentication.
-    pub token: Option<String>,
-    /// `user` and `password`, which go together.
-    pub user_password: Option<(String, String)>,
-}
-
-impl std::fmt::Debug for NatsConfig {
-    /// Like the derived one, without the token and password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsConfig")
-            .field("servers", &self.servers)
-            .field("subject", &self.subject)
-            .field("credentials_file", &self.credentials_file)
-            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
-            .field("user", &self.user_password.as_ref().map(|(u, _)| u))
-            .finish()
-    }
-}
-
-/// The placeholders a NATS `subject` may hold.
-pub const SUBJECT_PLACEHOLDERS: [&str; 4] = ["{store_id}", "{agent_id}", "{type}", "{entity}"];
-
 impl SubscriptionConfig {
     /// The URL without credentials or query string, safe to log and show
-    /// (for NATS every server, comma-separated).
+    /// (or what its kind shows instead: for NATS every server).
     pub fn url_for_logs(&self) -> String {
-        if let Some(nats) = &self.nats {
-            return nats
-                .servers
-                .iter()
-                .map(|s| match url::Url::parse(s) {
-                    Ok(mut url) => {
-                        let _ = url.set_username("");
-                        let _ = url.set_password(None);
-                        url.to_string()
-                    }
-                    Err(_) => s.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join(",");
+        if let Some(shown) = self.kind.url_for_logs() {
+            return shown;
         }
         let mut url = self.url.clone();
         let _ = url.set_username("");
@@ -265,5 +223,92 @@ impl Config {
     /// Path of the outbox database.
     pub fn db_path(&self) -> PathBuf {
         self.agent.data_dir.join("outbox.db")
+    }
+}
+
+/// A kind's own settings, as its parser made them. `PartialEq` so a reload
+/// sees that they changed; `Debug` without secrets.
+pub trait KindSettings: std::fmt::Debug + PartialEq + Send + Sync + 'static {
+    /// The URL safe to show, when the kind's `url` is not a single URL
+    /// (NATS: every server); `None`: the subscription's `url` without its
+    /// credentials.
+    fn url_for_logs(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The kind of a subscription's destination and its own settings.
+#[derive(Clone)]
+pub struct KindConfig {
+    name: &'static str,
+    settings: Option<Arc<dyn ErasedSettings>>,
+}
+
+impl KindConfig {
+    /// A kind with no settings of its own (the webhook).
+    pub fn plain(name: &'static str) -> Self {
+        KindConfig { name, settings: None }
+    }
+
+    /// A kind with its own settings.
+    pub fn with<T: KindSettings>(name: &'static str, settings: T) -> Self {
+        KindConfig {
+            name,
+            settings: Some(Arc::new(settings)),
+        }
+    }
+
+    /// The kind's name ([`DestinationKind::name`]).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The kind's own settings, if they are a `T`.
+    pub fn settings<T: KindSettings>(&self) -> Option<&T> {
+        self.settings.as_ref()?.as_any().downcast_ref()
+    }
+
+    /// What [`KindSettings::url_for_logs`] says.
+    pub fn url_for_logs(&self) -> Option<String> {
+        self.settings.as_ref()?.url_for_logs()
+    }
+}
+
+impl PartialEq for KindConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && match (&self.settings, &other.settings) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_as(b.as_ref()),
+                _ => false,
+            }
+    }
+}
+
+impl std::fmt::Debug for KindConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.settings {
+            Some(settings) => write!(f, "{} {settings:?}", self.name),
+            None => f.write_str(self.name),
+        }
+    }
+}
+
+/// [`KindSettings`] behind `dyn`: compared and downcast by their type.
+trait ErasedSettings: std::fmt::Debug + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn same_as(&self, other: &dyn ErasedSettings) -> bool;
+    fn url_for_logs(&self) -> Option<String>;
+}
+
+impl<T: KindSettings> ErasedSettings for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn same_as(&self, other: &dyn ErasedSettings) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+    fn url_for_logs(&self) -> Option<String> {
+        KindSettings::url_for_logs(self)
     }
 }

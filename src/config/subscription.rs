@@ -1,6 +1,6 @@
 //! Validation of `[[subscription]]`: name, URL, secrets, filter, retry,
-//! batches, headers, limits, each error naming its line and key; a NATS
-//! URL's own keys are `super::nats`'s.
+//! batches, headers, limits, each error naming its line and key; the keys
+//! of its kind of destination are that kind's (`super::destination`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -8,46 +8,53 @@ use std::time::Duration;
 
 use serde_spanned::Spanned;
 
+use super::destination::*;
 use super::file::*;
 use super::model::*;
-use super::nats::*;
 use super::source::*;
 
 pub(super) fn subscription_sections(
     src: &Source,
     file: Vec<Spanned<FileSubscription>>,
+    keys: SubscriptionKeys,
+    kinds: &[&DestinationKind],
 ) -> Result<Vec<SubscriptionConfig>, ConfigError> {
     let mut subscriptions: Vec<SubscriptionConfig> = Vec::new();
+    let mut keys = keys.subscription.into_iter();
     for (index, sub) in file.into_iter().enumerate() {
         let table = Table {
             name: format!("subscription[{index}]"),
             span: sub.span(),
         };
-        let parsed = subscription_section(src, &table, sub.into_inner(), &subscriptions)?;
+        let all_keys = keys.next().unwrap_or_default().into_iter().collect();
+        let parsed = subscription_section(src, &table, sub.into_inner(), all_keys, kinds, &subscriptions)?;
         subscriptions.push(parsed);
     }
     Ok(subscriptions)
 }
 
-/// One `[[subscription]]`; `earlier` are the ones before it (names must be
-/// unique).
+/// One `[[subscription]]`, `all_keys` being every key written in it;
+/// `earlier` are the ones before it (names must be unique).
 pub(super) fn subscription_section(
     src: &Source,
     table: &Table,
     sub: FileSubscription,
+    all_keys: WrittenKeys,
+    kinds: &[&DestinationKind],
     earlier: &[SubscriptionConfig],
 ) -> Result<SubscriptionConfig, ConfigError> {
     let key = |k: &str| table.key(k);
     let name = subscription_name(src, &key("name"), &sub.name, earlier)?;
-    let (url, nats) = if is_nats_url(sub.url.get_ref()) {
-        let (first, servers) = nats_servers(src, &key("url"), &sub.url)?;
-        (first, Some(nats_settings(src, table, &sub, servers)?))
-    } else {
-        refuse_nats_keys(src, table, &sub)?;
-        (endpoint_url(src, &key("url"), &sub.url)?, None)
-    };
+    let kind = kind_of(src, table, &sub.url, kinds)?;
+    let values = own_keys(src, table, kind, kinds, struct_fields::<FileSubscription>(), all_keys)?;
+    let parsed = (kind.parse)(&OwnKeys {
+        src,
+        table,
+        url: &sub.url,
+        values,
+    })?;
     // A bus message is signed only if asked to: `secret` is optional there.
-    let secrets = if nats.is_some() && sub.secret.is_none() && sub.secret_file.is_none() {
+    let secrets = if !kind.secret_required && sub.secret.is_none() && sub.secret_file.is_none() {
         Vec::new()
     } else {
         subscription_secrets(src, table, &sub)?
@@ -83,7 +90,7 @@ pub(super) fn subscription_section(
     check_client_identity(src, table, &sub.client_cert, &sub.client_key)?;
     Ok(SubscriptionConfig {
         name,
-        url,
+        url: parsed.url,
         secrets,
         events,
         heartbeats,
@@ -99,7 +106,7 @@ pub(super) fn subscription_section(
         ca_file: sub.ca_file.map(|p| src.resolve(p)),
         client_cert: sub.client_cert.map(|p| src.resolve(p.into_inner())),
         client_key: sub.client_key.map(|p| src.resolve(p.into_inner())),
-        nats,
+        kind: parsed.settings,
         batch,
         compression,
         format,
@@ -107,27 +114,13 @@ pub(super) fn subscription_section(
     })
 }
 
-/// `batch`, `compression` and `format`: webhooks only (a NATS message is
-/// one event, as published).
+/// `batch`, `compression` and `format` (a kind that takes none of them
+/// refuses them before: `DestinationKind::refuses`).
 pub(super) fn delivery_shape(
     src: &Source,
     table: &Table,
     sub: &FileSubscription,
 ) -> Result<(Option<BatchConfig>, Compression, Format), ConfigError> {
-    if is_nats_url(sub.url.get_ref()) {
-        let given = [
-            sub.batch.as_ref().map(|v| (v.span(), "batch")),
-            sub.compression.as_ref().map(|v| (v.span(), "compression")),
-            sub.format.as_ref().map(|v| (v.span(), "format")),
-        ];
-        if let Some((span, which)) = given.into_iter().flatten().next() {
-            return Err(src.at(
-                span,
-                &table.key(which),
-                "only for http(s) urls; a NATS subscription publishes one event per message".into(),
-            ));
-        }
-    }
     let batch = match &sub.batch {
         None => None,
         Some(b) => Some(batch_settings(src, table, b.get_ref())?),
@@ -251,20 +244,6 @@ pub(super) fn request_headers(
         headers.insert(h.into_inner(), v.into_inner());
     }
     Ok(headers)
-}
-
-/// `url`: where the POSTs go.
-pub(super) fn endpoint_url(src: &Source, key: &str, url: &Spanned<String>) -> Result<url::Url, ConfigError> {
-    let parsed =
-        url::Url::parse(url.get_ref()).map_err(|e| src.at(url.span(), key, format!("{:?}: {e}", url.get_ref())))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(src.at(
-            url.span(),
-            key,
-            "must be an http:// or https:// URL (or nats:// and tls:// servers for NATS JetStream)".into(),
-        ));
-    }
-    Ok(parsed)
 }
 
 /// `max_in_flight`: 1 to 1024.

@@ -50,7 +50,7 @@ pub fn library_outbox(dir: &Path, subscription_extra: &str) -> LibraryOutbox {
         ),
     )
     .expect("config");
-    let cfg = store_outbox::config::load(Some(&config)).expect("config valid");
+    let cfg = store_outbox::deliver::destinations::load_config(Some(&config)).expect("config valid");
     let db = cfg.db_path();
     let mut conn = store_outbox::outbox::open_writer(&db).expect("db");
     let subs = store_outbox::outbox::register_subscriptions(&mut conn, &cfg.subscriptions).expect("subs");

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub mod cloudevents;
+pub mod config;
 pub mod doctor;
 pub mod http_client;
 
@@ -20,6 +21,14 @@ use crate::deliver::destination::{Answer, AnswerKind, Destination};
 use crate::deliver::envelope::{batch_body, body, Source};
 use crate::outbox::read::StoredEvent;
 use http_client::{Endpoint, Failure, Reply, TlsFiles};
+
+/// The webhook in the registry of kinds.
+pub static KIND: super::Kind = super::Kind {
+    config: &config::CONFIG,
+    build: |config, source| Webhook::new(config.clone(), source.clone()).map(|w| super::Built::of(Arc::new(w))),
+    probe: |sub, _source, steps| Box::pin(doctor::probe(sub, steps)),
+    step_names: &doctor::STEP_NAMES,
+};
 
 /// The content type of webhook bodies and of CloudEvents' JSON data.
 const JSON: &str = "application/json";
