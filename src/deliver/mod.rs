@@ -8,18 +8,18 @@
 //!   and hand outcomes to the writer.
 //! - [`destination`]: the seam: the [`destination::Destination`] trait a
 //!   destination implements (send one unit, classify the answer).
-//! - [`webhook`]: the webhook destination (HTTP, Standard Webhooks).
-//! - [`cloudevents`]: CloudEvents 1.0 over HTTP for `format = "cloudevents"`
-//!   (binary mode, batched mode), sent by the webhook destination.
-//! - `nats` (with the cargo feature `nats`): the NATS JetStream destination
-//!   (the webhook body, published and acknowledged).
+//! - [`destinations`]: the kinds of destination, a folder each (the
+//!   webhook, NATS JetStream), and their one registry.
+//! - [`envelope`]: the contract's body of one event and of a batch, the
+//!   same bytes for every destination.
+//! - [`http_client`]: the HTTP/1.1 client every destination over HTTP uses.
+//! - [`probe`]: what `doctor` probes return, and the shared DNS/TCP steps.
 //! - [`backoff`]: retry delays with jitter and `Retry-After`.
 //! - [`batch`]: when a batch is formed, what fits in it, its id.
 //! - [`rate`]: `max_rate`, the token bucket of a subscription's requests.
 //!
-//! To add a kind of destination: a module beside `webhook.rs` with a type
-//! that implements [`destination::Destination`], and one arm in
-//! `agent.rs` that builds it for the subscriptions whose URL it takes.
+//! To add a kind of destination: a folder in [`destinations`] and its line
+//! in `destinations::KINDS` (ARCHITECTURE.md says what the folder holds).
 //! Nothing in the scheduler, the couriers or the rules changes: they never
 //! see what is behind the trait.
 
@@ -31,6 +31,7 @@ pub mod decide;
 pub mod destination;
 pub mod destinations;
 pub mod envelope;
+pub mod http_client;
 pub mod probe;
 pub mod rate;
 pub mod scheduler;

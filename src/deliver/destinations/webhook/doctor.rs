@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use super::http_client::{Endpoint, Failure, Reply};
+use crate::deliver::http_client::{Endpoint, Failure, Reply};
 use crate::config::SubscriptionConfig;
 use crate::deliver::probe::{dns_step, step, tcp_step, Step, Verdict};
 

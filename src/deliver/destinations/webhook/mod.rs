@@ -13,14 +13,13 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 pub mod cloudevents;
 pub mod config;
 pub mod doctor;
-pub mod http_client;
 
 use crate::config::{Compression, Format, SubscriptionConfig};
 use crate::deliver::backoff::parse_retry_after;
 use crate::deliver::destination::{Answer, AnswerKind, Destination};
 use crate::deliver::envelope::{batch_body, body, Source};
 use crate::outbox::read::StoredEvent;
-use http_client::{Endpoint, Failure, Reply, TlsFiles};
+use crate::deliver::http_client::{Endpoint, Failure, Reply, TlsFiles};
 
 /// The webhook in the registry of kinds.
 pub static KIND: super::Kind = super::Kind {

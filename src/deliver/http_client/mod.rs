@@ -1,4 +1,5 @@
-//! The webhook destination's HTTP/1.1 client: keep-alive connections to one
+//! The agent's HTTP/1.1 client, for every destination over HTTP (the
+//! webhook, Pub/Sub's REST API, its token exchange): keep-alive connections to one
 //! endpoint (plain TCP or rustls, directly or through the proxy the
 //! environment names), used one request at a time each, kept for the next
 //! request while they stay open. `doctor` checks endpoints with it too, so
