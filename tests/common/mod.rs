@@ -25,6 +25,7 @@
 //! | `sd_notify.rs` | the systemd side of `NOTIFY_SOCKET`: [`NotifySocket`] |
 //! | `library.rs` | the outbox as a library: [`library_outbox`], [`outcome`], [`new_event`], runtimes |
 //! | `nats.rs` | [`NatsCluster`], a JetStream cluster on loopback |
+//! | `servicebus.rs` | [`ServiceBus`], Azure Service Bus and Entra ID's token endpoint on loopback, from Microsoft's REST reference; [`sas_token`] |
 //! | `wan.rs` | a store's uplink as a TCP proxy (also included by `bench/`, so self-contained) |
 //!
 //! Each test binary compiles this module on its own and uses only part of
@@ -45,6 +46,7 @@ mod producer;
 mod receive;
 mod receiver;
 mod sd_notify;
+mod servicebus;
 mod tls;
 mod tmpfs;
 mod verifier;
@@ -55,5 +57,5 @@ pub mod wan;
 #[allow(unused_imports)]
 pub use self::{
     agent::*, config::*, env::*, http::*, library::*, nats::*, net::*, process::*, producer::*, receive::*,
-    receiver::*, sd_notify::*, tls::*, tmpfs::*, verifier::*, wait::*,
+    receiver::*, sd_notify::*, servicebus::*, tls::*, tmpfs::*, verifier::*, wait::*,
 };
