@@ -12,7 +12,9 @@
 //!   webhook, NATS JetStream), and their one registry.
 //! - [`envelope`]: the contract's body of one event and of a batch, the
 //!   same bytes for every destination.
-//! - [`http_client`]: the HTTP/1.1 client every destination over HTTP uses.
+//! - [`http_client`]: the HTTP/1.1 client every destination over HTTP uses;
+//!   [`http_answer`]: what its answers mean for delivery;
+//!   [`access_token`]: a bus's bearer token, kept and renewed.
 //! - [`probe`]: what `doctor` probes return, and the shared DNS/TCP steps.
 //! - [`backoff`]: retry delays with jitter and `Retry-After`.
 //! - [`batch`]: when a batch is formed, what fits in it, its id.
@@ -23,6 +25,7 @@
 //! Nothing in the scheduler, the couriers or the rules changes: they never
 //! see what is behind the trait.
 
+pub mod access_token;
 pub mod backoff;
 pub mod batch;
 pub mod concurrency;
@@ -31,6 +34,7 @@ pub mod decide;
 pub mod destination;
 pub mod destinations;
 pub mod envelope;
+pub mod http_answer;
 pub mod http_client;
 pub mod probe;
 pub mod rate;

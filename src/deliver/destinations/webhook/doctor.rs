@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::deliver::http_client::{Endpoint, Failure, Reply};
 use crate::config::SubscriptionConfig;
+use crate::deliver::http_client::{Endpoint, Failure, Reply};
 use crate::deliver::probe::{dns_step, step, tcp_step, Step, Verdict};
 
 /// The steps of a webhook, in the order they run.
@@ -159,7 +159,7 @@ fn unanswered_steps(tls: bool, failure: &Failure, timeout: Duration) -> Vec<Step
                 Some("the server's certificate is not trusted: set ca_file to the CA that signed it, or check the system time"),
             )]
         }
-        other => super::describe_failure(other, timeout),
+        other => crate::deliver::http_answer::describe_failure(other, timeout),
     };
     let tls_step = if tls {
         step("tls", Verdict::Skip, "not reached", None)
