@@ -36,8 +36,19 @@ pub struct DestinationKind {
     /// Whether a subscription of this kind needs `secret` (a webhook is
     /// always signed; a bus message only when asked to).
     pub secret_required: bool,
+    /// The most a batch may hold for this kind (its API's limits per
+    /// request); `None`: the shared bounds only.
+    pub batch_limits: Option<BatchLimits>,
     /// Reads `url` and the kind's own keys.
     pub parse: fn(&OwnKeys<'_>) -> Result<KindParsed, ConfigError>,
+}
+
+/// A kind's bounds on `batch.max_events` and `batch.max_bytes`.
+pub struct BatchLimits {
+    /// Messages in one request at most.
+    pub max_events: usize,
+    /// Bytes of one request's messages at most.
+    pub max_bytes: u64,
 }
 
 impl DestinationKind {

@@ -21,7 +21,7 @@ mod sections;
 mod source;
 mod subscription;
 
-pub use destination::{DestinationKind, KindParsed, OwnKeys};
+pub use destination::{BatchLimits, DestinationKind, KindParsed, OwnKeys};
 pub use model::*;
 
 use file::*;

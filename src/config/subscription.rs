@@ -61,6 +61,9 @@ pub(super) fn subscription_section(
     };
     let heartbeats = names_heartbeats(&sub.events);
     let (batch, compression, format) = delivery_shape(src, table, &sub)?;
+    if let (Some(batch), Some(limits)) = (&batch, &kind.batch_limits) {
+        check_batch_limits(src, table, &sub, kind.name, batch, limits)?;
+    }
     let adaptive_concurrency = match sub.concurrency.as_ref().map(|c| (c.span(), c.get_ref().as_str())) {
         None | Some((_, "fixed")) => false,
         Some((_, "adaptive")) => true,
@@ -191,6 +194,41 @@ pub(super) fn batch_settings(src: &Source, table: &Table, file: &FileBatch) -> R
         max_bytes,
         linger,
     })
+}
+
+/// `batch` within what one request of the kind takes.
+fn check_batch_limits(
+    src: &Source,
+    table: &Table,
+    sub: &FileSubscription,
+    kind: &str,
+    batch: &BatchConfig,
+    limits: &BatchLimits,
+) -> Result<(), ConfigError> {
+    let file = sub.batch.as_ref().map(|b| b.get_ref());
+    if batch.max_events > limits.max_events {
+        let span = file.and_then(|f| span_of(&f.max_events));
+        return Err(src.at_or_key(
+            span,
+            &table.key("batch.max_events"),
+            format!(
+                "{} is more than one {kind} request takes ({})",
+                batch.max_events, limits.max_events
+            ),
+        ));
+    }
+    if batch.max_bytes > limits.max_bytes {
+        let span = file.and_then(|f| span_of(&f.max_bytes));
+        return Err(src.at_or_key(
+            span,
+            &table.key("batch.max_bytes"),
+            format!(
+                "{} bytes is more than one {kind} request takes ({} bytes)",
+                batch.max_bytes, limits.max_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `retry`: backoff from `initial` (1s) to `max` (5m), parked after

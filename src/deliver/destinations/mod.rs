@@ -1,6 +1,7 @@
 //! The kinds of destination, one folder each, and the one registry of them
-//! ([`KINDS`]): the webhook (`http://`, `https://`) and NATS JetStream
-//! (`nats://`, `tls://`, its client behind cargo feature `nats`). Each
+//! ([`KINDS`]): the webhook (`http://`, `https://`), NATS JetStream
+//! (`nats://`, `tls://`, its client behind cargo feature `nats`) and Google
+//! Cloud Pub/Sub (`pubsub://`). Each
 //! folder holds the kind's config keys (`config.rs`, a
 //! [`crate::config::DestinationKind`]), its encoder and client (a
 //! [`crate::deliver::destination::Destination`]) and its `doctor` probes,
@@ -27,10 +28,11 @@ use crate::outbox::{writer::Writer, Subscription};
 use crate::shutdown::Shutdown;
 
 pub mod nats;
+pub mod pubsub;
 pub mod webhook;
 
 /// Every kind of destination, in the order messages list them.
-pub static KINDS: &[&Kind] = &[&webhook::KIND, &nats::KIND];
+pub static KINDS: &[&Kind] = &[&webhook::KIND, &nats::KIND, &pubsub::KIND];
 
 /// A kind of destination: its config keys, how a subscription's
 /// destination is made, and how `doctor` checks it.

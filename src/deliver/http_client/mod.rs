@@ -33,10 +33,12 @@ use tokio_rustls::TlsConnector;
 use crate::error_text::innermost;
 
 mod proxy;
+mod subscription;
 mod tls;
 
 use proxy::{proxy_for, Proxy};
 pub use proxy::{redact_userinfo, shown_url};
+pub use subscription::{subscription_endpoint, subscription_headers, USER_AGENT};
 use tls::tls_config;
 
 /// A connection unused for this long is not used again (the endpoint may

@@ -15,6 +15,7 @@ pub static CONFIG: DestinationKind = DestinationKind {
         ("format", ONE_PER_MESSAGE),
     ],
     secret_required: false,
+    batch_limits: None,
     parse,
 };
 

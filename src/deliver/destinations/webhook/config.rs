@@ -12,6 +12,7 @@ pub static CONFIG: DestinationKind = DestinationKind {
     keys: &[],
     refuses: &[],
     secret_required: true,
+    batch_limits: None,
     parse,
 };
 

@@ -79,7 +79,7 @@ fn is_proxy_error(error: &str) -> bool {
 async fn http_steps(sub: &SubscriptionConfig, endpoint: &Endpoint) -> Result<Vec<Step>, Vec<Step>> {
     let tls = sub.url.scheme() == "https";
     let started = Instant::now();
-    let headers = super::fixed_headers(sub).map_err(|e| {
+    let headers = crate::deliver::http_client::subscription_headers(sub).map_err(|e| {
         vec![step(
             "http",
             Verdict::Fail,

@@ -5,7 +5,6 @@
 //! [`http_client`]'s (CloudEvents bodies and headers: [`cloudevents`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -18,7 +17,7 @@ use crate::config::{Compression, Format, SubscriptionConfig};
 use crate::deliver::destination::{Answer, AnswerKind, Destination};
 use crate::deliver::envelope::{batch_body, body, Source};
 use crate::deliver::http_answer::answer_of;
-use crate::deliver::http_client::{Endpoint, TlsFiles};
+use crate::deliver::http_client::{subscription_endpoint, subscription_headers, Endpoint};
 use crate::outbox::read::StoredEvent;
 
 /// The webhook in the registry of kinds.
@@ -45,44 +44,17 @@ pub struct Webhook {
     source: Source,
 }
 
-const USER_AGENT: &str = concat!("store-outbox/", env!("CARGO_PKG_VERSION"));
-
-/// The connections of a subscription: rustls with its CA and client
-/// certificate, its timeout (connecting: at most 10 s of it). Redirects are
-/// not followed: a moved endpoint is a config error to fix, not something to
-/// follow with signed business data.
+/// The connections of a subscription (see
+/// [`crate::deliver::http_client::subscription_endpoint`]) to its `url`.
 pub fn endpoint(config: &SubscriptionConfig) -> Result<Endpoint, String> {
-    Endpoint::new(
-        &config.url,
-        TlsFiles {
-            ca_file: config.ca_file.as_deref(),
-            client_cert: config.client_cert.as_deref().zip(config.client_key.as_deref()),
-        },
-        config.timeout,
-        config.timeout.min(Duration::from_secs(10)),
-        config.max_in_flight,
-    )
-}
-
-/// The headers of every request to a subscription: `user-agent`, `accept`
-/// and its own `headers`.
-pub fn fixed_headers(config: &SubscriptionConfig) -> Result<HeaderMap, String> {
-    let mut fixed = HeaderMap::new();
-    fixed.insert(http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-    fixed.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
-    for (name, value) in &config.headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name:?}: {e}"))?;
-        let value = HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?;
-        fixed.append(name, value);
-    }
-    Ok(fixed)
+    subscription_endpoint(config, &config.url)
 }
 
 impl Webhook {
     /// Prepares the endpoint of one subscription.
     pub fn new(config: Arc<SubscriptionConfig>, source: Source) -> Result<Self, String> {
         let endpoint = endpoint(&config)?;
-        let fixed_headers = fixed_headers(&config)?;
+        let fixed_headers = subscription_headers(&config)?;
         Ok(Webhook {
             endpoint,
             fixed_headers,
