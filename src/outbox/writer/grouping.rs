@@ -53,7 +53,7 @@ pub(super) fn next_batch(rx: &mut mpsc::Receiver<WriteOp>, flow: &Flow) -> Optio
 /// than waking for every outcome: waking this thread once per outcome cost
 /// about a tenth of the drain's CPU.
 fn wait_for_outcomes(rx: &mut mpsc::Receiver<WriteOp>, flow: &Flow, batch: &mut Vec<WriteOp>) {
-    if !batch.iter().all(WriteOp::may_wait) {
+    if !batch.iter().all(|op| op.may_wait()) {
         return;
     }
     let deadline = Instant::now() + OUTCOME_GROUP_WAIT;

@@ -15,7 +15,9 @@ use crate::outbox::resend::{ResendError, ResendOutcome, ResendRequest};
 use crate::outbox::state::{ConcurrencyState, SubscriptionState};
 use crate::outbox::Subscription;
 
-use super::request::{Fanout, WriteOp};
+use super::fanout::Fanout;
+use super::request::WriteOp;
+use super::requests;
 use super::thread;
 
 /// Handle to the writer thread; cheap to clone.
@@ -88,12 +90,12 @@ impl Writer {
     async fn submit_ingest(&self, events: Vec<NewEvent>, supersedes: bool) -> Ticket {
         let n = events.len();
         let (reply, rx) = oneshot::channel();
-        let op = WriteOp::Ingest {
+        let op: WriteOp = Box::new(requests::Ingest {
             events,
             supersedes,
             replies: Vec::new(),
             reply,
-        };
+        });
         match self.tx.send(op).await {
             Ok(()) => Ticket { n, rx: Some(rx) },
             Err(_) => Ticket { n, rx: None },
@@ -121,7 +123,10 @@ impl Writer {
         drop(expected);
         // If the writer is gone, the op and its receipt are dropped: the
         // receipt tells "the writer stopped".
-        let _ = self.tx.send(WriteOp::Outcome { outcome, receipt }).await;
+        let _ = self
+            .tx
+            .send(Box::new(requests::RecordOutcome { outcome, receipt }))
+            .await;
     }
 
     /// Queues the attempt of a batch (one outcome per event, committed
@@ -137,18 +142,18 @@ impl Writer {
         drop(expected);
         let _ = self
             .tx
-            .send(WriteOp::Outcomes {
+            .send(Box::new(requests::RecordOutcomes {
                 outcomes,
                 held,
                 receipt,
-            })
+            }))
             .await;
     }
 
     /// Deletes stored held batches of `sub_id` (best effort; false if the
     /// writer's queue is full or it is gone).
     pub fn forget_held(&self, sub_id: i64, ids: Vec<String>) -> bool {
-        ids.is_empty() || self.tx.try_send(WriteOp::ForgetHeld { sub_id, ids }).is_ok()
+        ids.is_empty() || self.tx.try_send(Box::new(requests::ForgetHeld { sub_id, ids })).is_ok()
     }
 
     /// Records a delivery attempt and waits for its commit (tests, tools).
@@ -174,13 +179,13 @@ impl Writer {
         concurrency: Option<ConcurrencyState>,
     ) -> bool {
         self.tx
-            .try_send(WriteOp::SubState {
+            .try_send(Box::new(requests::SubState {
                 sub_id,
                 state,
                 in_flight,
                 next_attempt_at_ms,
                 concurrency,
-            })
+            }))
             .is_ok()
     }
 
@@ -188,18 +193,18 @@ impl Writer {
     /// by a 410 (`outbox::gone`). Best effort, like [`Writer::set_sub_state`]:
     /// false when the queue is full, and the caller tries again.
     pub fn set_gone(&self, sub_id: i64, marker: Option<crate::outbox::gone::Marker>) -> bool {
-        self.tx.try_send(WriteOp::Gone { sub_id, marker }).is_ok()
+        self.tx.try_send(Box::new(requests::Gone { sub_id, marker })).is_ok()
     }
 
     /// Queues deliveries again, in the writer's next transaction; the
     /// schedulers see it through `resend_generation`.
     pub async fn resend(&self, request: ResendRequest) -> Result<ResendOutcome, ResendError> {
         let (reply, rx) = oneshot::channel();
-        let op = WriteOp::Resend {
+        let op: WriteOp = Box::new(requests::Resend {
             request,
             result: None,
             reply,
-        };
+        });
         let stopped = || ResendError::Stopped;
         self.tx.send(op).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -209,12 +214,12 @@ impl Writer {
     /// ingested before `older_than_ms` if given; returns how many went.
     pub async fn prune(&self, older_than_ms: Option<i64>, limit: usize) -> usize {
         let (reply, rx) = oneshot::channel();
-        let op = WriteOp::Prune {
+        let op: WriteOp = Box::new(requests::Prune {
             older_than_ms,
             limit,
             pruned: 0,
             reply,
-        };
+        });
         if self.tx.send(op).await.is_err() {
             return 0;
         }
@@ -225,7 +230,7 @@ impl Writer {
     /// transaction; true once committed.
     pub async fn set_meta(&self, entries: Vec<(&'static str, Option<String>)>) -> bool {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(WriteOp::Meta { entries, reply }).await.is_err() {
+        if self.tx.send(Box::new(requests::Meta { entries, reply })).await.is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -241,7 +246,7 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         let stopped = || "the outbox writer stopped".to_string();
         self.tx
-            .send(WriteOp::Reconfigure { configs, reply })
+            .send(Box::new(requests::Reconfiguration { configs, reply }))
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -250,7 +255,7 @@ impl Writer {
     /// Commits a tiny write; true if the database took it (for `/healthz`).
     pub async fn ping(&self) -> bool {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(WriteOp::Ping { reply }).await.is_err() {
+        if self.tx.send(Box::new(requests::Ping { reply })).await.is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -259,12 +264,15 @@ impl Writer {
     /// Queues a period's history samples; samples from before `keep_from_ms`
     /// are dropped in the same transaction. False when the writer is gone.
     pub async fn record_history(&self, samples: Vec<crate::outbox::history::Sample>, keep_from_ms: i64) -> bool {
-        self.tx.send(WriteOp::History { samples, keep_from_ms }).await.is_ok()
+        self.tx
+            .send(Box::new(requests::History { samples, keep_from_ms }))
+            .await
+            .is_ok()
     }
 
     /// Counts an event rejected before reaching storage, by error code.
     /// Best effort: never blocks a producer's reply.
     pub fn count_rejected(&self, code: ErrorCode) {
-        let _ = self.tx.try_send(WriteOp::Rejected(code));
+        let _ = self.tx.try_send(Box::new(requests::Rejected(code)));
     }
 }

@@ -11,7 +11,9 @@
 //!
 //! The parts:
 //! - `handle`: the handle ([`Writer`]) and its tickets;
-//! - `request`: the requests, one variant each;
+//! - `request`: the `Request` trait the thread applies (apply, answer,
+//!   fail); `requests`: every kind of request, each in one place;
+//! - `fanout`: the subscriptions new events go to;
 //! - `thread`: the thread, its batches, and what a batch answers once
 //!   committed or failed;
 //! - [`grouping`]: which requests share a transaction (the group-commit
@@ -20,10 +22,12 @@
 //!   counters that steer grouping);
 //! - [`sql`]: every statement, run inside the batch's transaction.
 
+mod fanout;
 pub mod grouping;
 mod handle;
 pub mod handoff;
 mod request;
+mod requests;
 mod sql;
 mod thread;
 

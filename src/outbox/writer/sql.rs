@@ -5,8 +5,8 @@
 
 use rusqlite::{params, Connection};
 
+use super::fanout::Fanout;
 use super::handoff::{Decision, Outcome};
-use super::request::Fanout;
 use crate::event::{ErrorCode, NewEvent, Reply};
 use crate::outbox::now_ms;
 use crate::outbox::state::DeliveryState::{Delivered, Parked, Pending};

@@ -7,15 +7,14 @@ use std::sync::Arc;
 use rusqlite::{Connection, ErrorCode as SqliteCode};
 use tokio::sync::mpsc;
 
+use super::fanout::Fanout;
 use super::grouping;
 use super::handoff::Flow;
+use super::request::{Applying, WriteOp};
 use super::sql::{self, Effects};
 use crate::config::SubscriptionConfig;
-use crate::event::{ErrorCode, IngestError, Reply};
-use crate::outbox::resend::{self, ResendError};
+use crate::event::{ErrorCode, IngestError};
 use crate::outbox::Subscription;
-
-use super::request::{Fanout, WriteOp};
 
 /// Delivered events deleted per transaction when an ingest finds the outbox
 /// at its cap: small, so one commit stays short.
@@ -91,20 +90,20 @@ impl WriterState {
     fn process(&mut self, mut batch: Vec<WriteOp>) {
         // A reconfiguration runs alone: what was queued before it is fanned
         // out with the old subscriptions, what came after with the new.
-        if let Some(at) = batch.iter().position(|op| matches!(op, WriteOp::Reconfigure { .. })) {
+        if let Some(at) = batch.iter().position(|op| op.runs_alone()) {
             let after = batch.split_off(at + 1);
-            if let Some(WriteOp::Reconfigure { configs, reply }) = batch.pop() {
+            if let Some(alone) = batch.pop() {
                 if !batch.is_empty() {
                     self.process(batch);
                 }
-                let _ = reply.send(self.reconfigure(&configs));
+                alone.run_alone(&mut |configs| self.reconfigure(configs));
             }
             if !after.is_empty() {
                 self.process(after);
             }
             return;
         }
-        let ingests = batch.iter().any(|op| matches!(op, WriteOp::Ingest { .. }));
+        let ingests = batch.iter().any(|op| op.brings_events());
         let full = ingests && self.over_cap() && !self.make_room();
         if ingests && full != self.full {
             self.full = full;
@@ -255,77 +254,15 @@ impl WriterState {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut at = Applying {
+            tx: &tx,
+            fanout: &self.fanout,
+            effects: &mut effects,
+            full,
+            max_db_bytes: self.max_db_bytes,
+        };
         for op in batch.iter_mut() {
-            match op {
-                WriteOp::Ingest {
-                    events,
-                    supersedes,
-                    replies,
-                    ..
-                } => {
-                    *replies = if full {
-                        effects.reject(ErrorCode::StorageFull, events.len() as i64);
-                        let msg = format!("the outbox reached storage.max_db_bytes ({} bytes)", self.max_db_bytes);
-                        vec![IngestError::new(ErrorCode::StorageFull, msg).into(); events.len()]
-                    } else {
-                        events
-                            .iter()
-                            .map(|e| sql::insert_event(&tx, &self.fanout, e, &mut effects))
-                            .collect::<rusqlite::Result<Vec<_>>>()?
-                    };
-                    if *supersedes {
-                        for (e, reply) in events.iter().zip(replies.iter()) {
-                            if let Reply::Accepted { entity_seq, .. } = reply {
-                                sql::supersede_heartbeats(&tx, &e.entity, *entity_seq)?;
-                            }
-                        }
-                    }
-                }
-                WriteOp::Outcome { outcome, .. } => sql::apply_outcome(&tx, outcome, &mut effects)?,
-                WriteOp::Outcomes { outcomes, held, .. } => {
-                    for outcome in outcomes.iter() {
-                        sql::apply_outcome(&tx, outcome, &mut effects)?;
-                    }
-                    if let Some(sub_id) = outcomes.first().map(|o| o.sub_id) {
-                        crate::outbox::held::apply(&tx, sub_id, held)?;
-                    }
-                }
-                WriteOp::ForgetHeld { sub_id, ids } => {
-                    for id in ids {
-                        crate::outbox::held::forget(&tx, *sub_id, id)?;
-                    }
-                }
-                WriteOp::SubState {
-                    sub_id,
-                    state,
-                    in_flight,
-                    next_attempt_at_ms,
-                    concurrency,
-                } => sql::set_sub_state(&tx, *sub_id, *state, *in_flight, *next_attempt_at_ms, *concurrency)?,
-                WriteOp::Gone { sub_id, marker } => crate::outbox::gone::set_marker(&tx, *sub_id, marker.as_ref())?,
-                WriteOp::Rejected(code) => effects.reject(*code, 1),
-                WriteOp::Prune {
-                    older_than_ms,
-                    limit,
-                    pruned,
-                    ..
-                } => *pruned = sql::prune(&tx, *older_than_ms, *limit)?,
-                WriteOp::Ping { .. } => sql::ping(&tx)?,
-                WriteOp::History { samples, keep_from_ms } => {
-                    crate::outbox::history::record(&tx, samples, *keep_from_ms)?
-                }
-                WriteOp::Meta { entries, .. } => sql::set_meta(&tx, entries)?,
-                // Split off by `process`: never in a batch.
-                WriteOp::Reconfigure { .. } => {}
-                WriteOp::Resend { request, result, .. } => {
-                    *result = match resend::apply(&tx, request) {
-                        // The whole batch rolls back and is retried request
-                        // by request.
-                        Err(ResendError::Storage(e)) => return Err(e),
-                        other => Some(other),
-                    }
-                }
-            }
+            op.apply(&mut at)?;
         }
         let sub_ids: Vec<i64> = self.fanout.iter().map(|f| f.id).collect();
         sql::add_totals(&tx, &effects, &sub_ids)?;
@@ -346,29 +283,7 @@ impl WriterState {
             }
         }
         for op in batch {
-            match op {
-                WriteOp::Ingest { replies, reply, .. } => {
-                    let _ = reply.send(replies);
-                }
-                WriteOp::Outcome { receipt, .. } | WriteOp::Outcomes { receipt, .. } => receipt.tell(Ok(())),
-                WriteOp::Prune { pruned, reply, .. } => {
-                    let _ = reply.send(pruned);
-                }
-                WriteOp::Ping { reply } | WriteOp::Meta { reply, .. } => {
-                    let _ = reply.send(true);
-                }
-                WriteOp::Reconfigure { reply, .. } => {
-                    let _ = reply.send(Err("not applied".into()));
-                }
-                WriteOp::Resend { result, reply, .. } => {
-                    let _ = reply.send(result.unwrap_or(Err(ResendError::Stopped)));
-                }
-                WriteOp::SubState { .. }
-                | WriteOp::Gone { .. }
-                | WriteOp::ForgetHeld { .. }
-                | WriteOp::Rejected(_)
-                | WriteOp::History { .. } => {}
-            }
+            op.answer();
         }
         let mut per_sub: Vec<Vec<(i64, i64, i64)>> = vec![Vec::new(); self.fanout.len()];
         for (index, entity, seq, entity_seq) in effects.touched {
@@ -388,31 +303,7 @@ impl WriterState {
             tracing::error!(error = %e, "could not commit to the outbox");
         }
         for op in batch {
-            match op {
-                WriteOp::Ingest { events, reply, .. } => {
-                    let _ = reply.send(vec![err.clone().into(); events.len()]);
-                }
-                WriteOp::Outcome { receipt, .. } | WriteOp::Outcomes { receipt, .. } => {
-                    receipt.tell(Err(err.message.clone()))
-                }
-                WriteOp::Prune { reply, .. } => {
-                    let _ = reply.send(0);
-                }
-                WriteOp::Ping { reply } | WriteOp::Meta { reply, .. } => {
-                    let _ = reply.send(false);
-                }
-                WriteOp::Reconfigure { reply, .. } => {
-                    let _ = reply.send(Err(err.message.clone()));
-                }
-                WriteOp::Resend { reply, .. } => {
-                    let _ = reply.send(Err(ResendError::NotStored(err.message.clone())));
-                }
-                WriteOp::SubState { .. }
-                | WriteOp::Gone { .. }
-                | WriteOp::ForgetHeld { .. }
-                | WriteOp::Rejected(_)
-                | WriteOp::History { .. } => {}
-            }
+            op.fail(&err);
         }
     }
 }
