@@ -1,10 +1,12 @@
 //! Couriers: a subscription's request workers, one per request slot. A
 //! courier takes one unit at a time (an event, or a batch) from its scheduler, has the destination
 //! send it, decides what the answer means for the delivery
-//! ([`decide::after_answer`]), tells the scheduler ([`Sent`]) and queues the
-//! outcome with the writer, whose [`Receipt`] later tells the scheduler
-//! that it is committed. It is free for the next event as soon as the
-//! outcome is queued: no task is spawned per event.
+//! ([`decide::after_answer`]), tells the scheduler ([`Report::Answered`])
+//! and queues the outcome with the writer, whose [`Receipt`] later tells
+//! the scheduler that it is committed ([`Report::Recorded`]), on the same
+//! channel: the answer of a delivery always comes before its commit. It is
+//! free for the next event as soon as the outcome is queued: no task is
+//! spawned per event.
 
 use std::sync::Arc;
 
@@ -44,9 +46,16 @@ pub struct Job {
     pub expected: ExpectedOutcome,
 }
 
+/// What a scheduler hears of a delivery, in this order, on one channel.
+pub enum Report {
+    /// Its request is answered and the courier free (sent before the
+    /// outcome is queued).
+    Answered(Sent),
+    /// The writer committed its outcome, or could not.
+    Recorded(Recorded),
+}
+
 /// A courier's word that a request is answered and the courier is free.
-/// Sent before the outcome is queued, so the scheduler always has it before
-/// the writer's [`Recorded`] for the same ticket.
 pub struct Sent {
     /// Which courier is free again.
     pub courier: usize,
@@ -74,10 +83,8 @@ pub struct Crew<D> {
     pub retry: RetryConfig,
     /// Delivery metrics.
     pub metrics: Metrics,
-    /// To the scheduler: answers.
-    pub sent: mpsc::UnboundedSender<Sent>,
-    /// To the scheduler, through the writer: commits.
-    pub recorded: mpsc::UnboundedSender<Recorded>,
+    /// To the scheduler: answers, and (through the writer) commits.
+    pub reports: mpsc::UnboundedSender<Report>,
 }
 
 impl<D: Destination> Crew<D> {
@@ -128,16 +135,14 @@ impl<D: Destination> Crew<D> {
             decision: plan.decision,
             resends: head.resends,
         };
-        let _ = self.sent.send(Sent {
+        let _ = self.reports.send(Report::Answered(Sent {
             courier,
             ticket,
             answer,
             plan,
             elapsed,
-        });
-        self.writer
-            .record(outcome, Some(expected), Receipt::new(ticket, self.recorded.clone()))
-            .await;
+        }));
+        self.writer.record(outcome, Some(expected), self.receipt(ticket)).await;
     }
 
     /// Sends a batch as one request: its answer is every event's answer, and
@@ -198,20 +203,25 @@ impl<D: Destination> Crew<D> {
             Decision::Retry { .. } | Decision::Hold => HeldChange::Keep { id, parts },
             Decision::Delivered | Decision::Park => HeldChange::Forget { id },
         };
-        let _ = self.sent.send(Sent {
+        let _ = self.reports.send(Report::Answered(Sent {
             courier,
             ticket,
             answer,
             plan,
             elapsed,
-        });
+        }));
         self.writer
-            .record_batch(
-                outcomes,
-                held,
-                Some(expected),
-                Receipt::new(ticket, self.recorded.clone()),
-            )
+            .record_batch(outcomes, held, Some(expected), self.receipt(ticket))
             .await;
+    }
+
+    /// Where the writer tells the commit of delivery `ticket`: the same
+    /// channel as its answer, which went first.
+    fn receipt(&self, ticket: u64) -> Receipt {
+        let reports = self.reports.clone();
+        Receipt::with(ticket, move |recorded| {
+            // A scheduler that is gone has nobody left to tell.
+            let _ = reports.send(Report::Recorded(recorded));
+        })
     }
 }

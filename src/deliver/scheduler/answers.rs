@@ -1,12 +1,12 @@
-//! Answers: what the couriers report (`Sent`), what the writer recorded
-//! (`Recorded`), and what each means for the entity, the link and the
+//! Answers: what the couriers report (`Report::Answered`), what the writer
+//! recorded (`Report::Recorded`), and what each means for the entity, the link and the
 //! subscription (the rules are `super::super::decide`'s).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::deliver::courier::Sent;
+use crate::deliver::courier::{Report, Sent};
 use crate::deliver::decide::{self, EntityNext, Heeded, LinkChange};
 use crate::deliver::destination::{Answer, AnswerKind, Destination};
 use crate::outbox::gone::Marker;
@@ -18,21 +18,17 @@ use super::*;
 impl<D: Destination> Scheduler<D> {
     /// Takes every answer and commit already waiting.
     pub(super) fn take_reports(&mut self) {
-        loop {
-            self.take_sent();
-            match self.recorded_rx.try_recv() {
-                Ok(recorded) => self.on_recorded(recorded),
-                Err(_) => return,
-            }
+        while let Ok(report) = self.reports_rx.try_recv() {
+            self.on_report(report);
         }
     }
 
-    /// Takes every answer already waiting. Called before each commit is
-    /// handled: a courier tells its answer before it queues the outcome, so
-    /// the answer of a committed outcome is always here by then.
-    pub(super) fn take_sent(&mut self) {
-        while let Ok(sent) = self.sent_rx.try_recv() {
-            self.on_sent(sent);
+    /// One delivery's answer, or its commit (which always comes after its
+    /// answer: the courier tells it before it queues the outcome).
+    pub(super) fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Answered(sent) => self.on_sent(sent),
+            Report::Recorded(recorded) => self.on_recorded(recorded),
         }
     }
 

@@ -53,7 +53,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::concurrency::Concurrency;
-use super::courier::{Crew, Job, Sent};
+use super::courier::{Crew, Job, Report};
 use super::decide::{Link, Plan, Position, ReadyKey};
 use super::destination::{Answer, Destination};
 use super::rate::RateLimit;
@@ -61,7 +61,7 @@ use crate::metrics::Metrics;
 use crate::outbox::gone::Marker;
 use crate::outbox::held::HeldPart;
 use crate::outbox::state::SubscriptionState;
-use crate::outbox::writer::{Recorded, Starving, Writer};
+use crate::outbox::writer::{Starving, Writer};
 use crate::outbox::Subscription;
 use crate::shutdown::Shutdown;
 
@@ -227,10 +227,9 @@ pub struct Scheduler<D> {
     /// failure holds its slot until its outcome is committed, so an endpoint
     /// going down gets no more requests than before.
     requests: usize,
-    /// From the couriers.
-    sent_rx: mpsc::UnboundedReceiver<Sent>,
-    /// From the writer.
-    recorded_rx: mpsc::UnboundedReceiver<Recorded>,
+    /// From the couriers, and through the writer: each delivery's answer,
+    /// then its commit.
+    reports_rx: mpsc::UnboundedReceiver<Report>,
     /// Each courier's queue of one event (started by `run`).
     couriers: Vec<mpsc::Sender<Job>>,
     /// Couriers without an event.
@@ -288,8 +287,7 @@ impl<D: Destination> Scheduler<D> {
         grace: Duration,
         metrics: Metrics,
     ) -> Self {
-        let (sent_tx, sent_rx) = mpsc::unbounded_channel();
-        let (recorded_tx, recorded_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let crew = Crew {
             destination: destination.clone(),
             writer: writer.clone(),
@@ -297,8 +295,7 @@ impl<D: Destination> Scheduler<D> {
             name: sub.config.name.clone(),
             retry: sub.config.retry,
             metrics,
-            sent: sent_tx,
-            recorded: recorded_tx,
+            reports: reports_tx,
         };
         let starving = writer.starving();
         let fingerprint = config_fingerprint(&sub.config);
@@ -319,8 +316,7 @@ impl<D: Destination> Scheduler<D> {
             flights: HashMap::new(),
             next_ticket: 0,
             requests: 0,
-            sent_rx,
-            recorded_rx,
+            reports_rx,
             couriers: Vec::new(),
             idle: Vec::new(),
             link: Link::new(Instant::now()),
@@ -387,13 +383,8 @@ impl<D: Destination> Scheduler<D> {
                 // A group commit reports many outcomes at once: take them
                 // all before the next round of lookups (one read transaction
                 // and one check for resends for all).
-                Some(sent) = self.sent_rx.recv() => {
-                    self.on_sent(sent);
-                    self.take_reports();
-                }
-                Some(recorded) = self.recorded_rx.recv() => {
-                    self.take_sent();
-                    self.on_recorded(recorded);
+                Some(report) = self.reports_rx.recv() => {
+                    self.on_report(report);
                     self.take_reports();
                 }
                 _ = self.sub.inbox.wait() => self.merge_inbox(),
@@ -423,11 +414,7 @@ impl<D: Destination> Scheduler<D> {
         }
         while !self.flights.is_empty() {
             tokio::select! {
-                Some(sent) = self.sent_rx.recv() => self.on_sent(sent),
-                Some(recorded) = self.recorded_rx.recv() => {
-                    self.take_sent();
-                    self.on_recorded(recorded);
-                }
+                Some(report) = self.reports_rx.recv() => self.on_report(report),
                 _ = agent.wait(), if !agent_stopping => {
                     agent_stopping = true;
                     deadline = deadline.min(Instant::now() + self.grace);

@@ -78,14 +78,26 @@ pub struct Recorded {
 pub struct Receipt {
     /// The scheduler's number for the delivery.
     ticket: u64,
-    /// The scheduler's channel; `None` once told.
-    to: Option<mpsc::UnboundedSender<Recorded>>,
+    /// Hands the word to the scheduler; `None` once told.
+    to: Option<Box<dyn FnOnce(Recorded) + Send>>,
 }
 
 impl Receipt {
     /// A receipt that tells `to` about delivery `ticket`.
     pub fn new(ticket: u64, to: mpsc::UnboundedSender<Recorded>) -> Self {
-        Receipt { ticket, to: Some(to) }
+        Self::with(ticket, move |recorded| {
+            // A scheduler that is gone has nobody left to tell.
+            let _ = to.send(recorded);
+        })
+    }
+
+    /// A receipt that hands its word to `tell` (a scheduler's one channel
+    /// of reports, say).
+    pub fn with(ticket: u64, tell: impl FnOnce(Recorded) + Send + 'static) -> Self {
+        Receipt {
+            ticket,
+            to: Some(Box::new(tell)),
+        }
     }
 
     /// Tells the result; the receipt is spent.
@@ -95,8 +107,7 @@ impl Receipt {
 
     fn send(&mut self, result: Result<(), String>) {
         if let Some(to) = self.to.take() {
-            // A scheduler that is gone has nobody left to tell.
-            let _ = to.send(Recorded {
+            to(Recorded {
                 ticket: self.ticket,
                 result,
             });
