@@ -26,6 +26,7 @@ mod fleet;
 mod ingest;
 mod nats;
 mod nginx;
+mod pubsub;
 mod raw;
 mod receiver;
 mod report;
@@ -139,6 +140,9 @@ struct Args {
     /// (default 1,000,000; --quick 100,000; 0 skips it).
     #[arg(long)]
     uplink_loopback_events: Option<u64>,
+    /// Events of each drain of the `pubsub` phase (one per call, batched).
+    #[arg(long, default_value_t = 100_000)]
+    pubsub_events: u64,
     /// Events of the `nginx` phase's drain (default 300,000; --quick 50,000).
     #[arg(long)]
     nginx_events: Option<u64>,
@@ -165,7 +169,7 @@ struct Args {
     /// Keep the work directory (databases, agent logs) afterwards.
     #[arg(long)]
     keep: bool,
-    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink,nats,nginx,fleet.
+    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink,nats,pubsub,nginx,fleet.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// `fleet` (issue 27): agents against the one central (default 100; --quick/--fleet-quick 20).
@@ -412,7 +416,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 
     type PhaseFn =
         for<'a> fn(&'a mut Run) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
-    let phases: [(&str, PhaseFn); 11] = [
+    let phases: [(&str, PhaseFn); 12] = [
         ("size", |r| Box::pin(phase_size(r))),
         ("raw", |r| Box::pin(phase_raw(r))),
         ("ingest", |r| Box::pin(phase_ingest(r))),
@@ -422,6 +426,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         ("naive", |r| Box::pin(phase_requests_and_naive(r, false, true))),
         ("uplink", |r| Box::pin(phase_uplink(r))),
         ("nats", |r| Box::pin(nats::phase(r))),
+        ("pubsub", |r| Box::pin(pubsub::phase(r))),
         ("nginx", |r| Box::pin(nginx::phase(r))),
         ("fleet", |r| Box::pin(fleet::phase(r))),
     ];
@@ -799,6 +804,7 @@ fn rows(run: &Run) -> Vec<Row> {
         .vs("naive loop: 1 tx + 1 sync POST per event", n("naive_eps")),
     );
     rows.extend(nats::rows(run));
+    rows.extend(pubsub::rows(run));
     rows.extend(nginx::rows(run));
     rows
 }

@@ -283,6 +283,31 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// CPU ticks of every process in the process group led by `leader` (a
+/// JVM that a launcher script started, say).
+pub fn group_cpu_ticks(leader: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ticks = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = text.rfind(')').and_then(|i| text.get(i + 2..)) else {
+            continue;
+        };
+        // The process group is field 5 of the line, 3 here.
+        if rest.split_whitespace().nth(2).and_then(|g| g.parse::<u32>().ok()) == Some(leader) {
+            ticks += cpu_ticks(pid).unwrap_or(0);
+        }
+    }
+    ticks
+}
+
 /// Time the threads of `pid` spent runnable but waiting for a CPU (run
 /// queue delay, /proc/PID/task/*/schedstat), µs; threads that already
 /// exited are not counted. None where schedstat is unavailable.

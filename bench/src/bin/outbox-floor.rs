@@ -62,7 +62,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn drain(config_path: PathBuf, http_only: bool) -> anyhow::Result<()> {
-    let config = store_outbox::deliver::destinations::load_config(Some(&config_path)).map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    let config =
+        store_outbox::deliver::destinations::load_config(Some(&config_path)).map_err(|e| anyhow::anyhow!("{}", e.0))?;
     let db = config.agent.data_dir.join("outbox.db");
     let mut conn = outbox::open_writer(&db).map_err(|e| anyhow::anyhow!("{e}"))?;
     let subs = outbox::register_subscriptions(&mut conn, &config.subscriptions)?;
