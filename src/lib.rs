@@ -19,8 +19,9 @@
 //! - [`deliver`]: per-subscription schedulers (per-entity order, a bounded
 //!   window of entities, backoff, offline probing, parking), their rules
 //!   (`deliver::decide`), the couriers, and the destinations behind
-//!   `deliver::destination::Destination` (the webhook and NATS JetStream). A new kind of
-//!   destination is a module there plus one arm in [`agent`].
+//!   `deliver::destination::Destination` (the webhook, NATS JetStream, Azure
+//!   Service Bus). A new kind of destination is a folder in
+//!   `deliver::destinations` plus its line in `destinations::KINDS`.
 //! - [`metrics`]: Prometheus metrics, from the database and from delivery.
 //! - [`notify`]: systemd readiness, status and watchdog (sd_notify).
 //! - [`signing`]: Standard Webhooks signatures, shared by sender and receiver.

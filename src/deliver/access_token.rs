@@ -65,6 +65,16 @@ impl AccessToken {
     pub async fn forget(&self) {
         *self.kept.lock().await = None;
     }
+
+    /// Forgets the kept token if it is `refused`: several requests sent
+    /// with one token that the bus refuses each forget it, but not the new
+    /// one the first of them already fetched.
+    pub async fn forget_refused(&self, refused: &HeaderValue) {
+        let mut kept = self.kept.lock().await;
+        if kept.as_ref().is_some_and(|k| k.header == *refused) {
+            *kept = None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -97,6 +107,12 @@ mod tests {
         token.forget().await;
         assert_eq!(token.get(get).await.expect("fetched again"), "Bearer t3");
         assert_eq!(fetches.load(SeqCst), 3);
+        // A late refusal of an older token leaves the new one.
+        token.forget_refused(&HeaderValue::from_static("Bearer t2")).await;
+        assert_eq!(token.get(get).await.expect("kept"), "Bearer t3");
+        token.forget_refused(&HeaderValue::from_static("Bearer t3")).await;
+        assert_eq!(token.get(get).await.expect("fetched again"), "Bearer t4");
+        assert_eq!(fetches.load(SeqCst), 4);
         assert!(token.get(get).await.expect("kept").is_sensitive());
     }
 

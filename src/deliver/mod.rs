@@ -9,7 +9,7 @@
 //! - [`destination`]: the seam: the [`destination::Destination`] trait a
 //!   destination implements (send one unit, classify the answer).
 //! - [`destinations`]: the kinds of destination, a folder each (the
-//!   webhook, NATS JetStream), and their one registry.
+//!   webhook, NATS JetStream, Azure Service Bus), and their one registry.
 //! - [`envelope`]: the contract's body of one event and of a batch, the
 //!   same bytes for every destination.
 //! - [`http_client`]: the HTTP/1.1 client every destination over HTTP uses;

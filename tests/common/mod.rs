@@ -25,6 +25,7 @@
 //! | `sd_notify.rs` | the systemd side of `NOTIFY_SOCKET`: [`NotifySocket`] |
 //! | `library.rs` | the outbox as a library: [`library_outbox`], [`outcome`], [`new_event`], runtimes |
 //! | `nats.rs` | [`NatsCluster`], a JetStream cluster on loopback |
+//! | `pubsub.rs` | Google Cloud Pub/Sub: [`PubSubEmulator`], [`service_account_key`], the OAuth2 [`TokenServer`], the authenticating [`AuthFront`] |
 //! | `servicebus.rs` | [`ServiceBus`], Azure Service Bus and Entra ID's token endpoint on loopback, from Microsoft's REST reference; [`sas_token`] |
 //! | `wan.rs` | a store's uplink as a TCP proxy (also included by `bench/`, so self-contained) |
 //!
@@ -43,6 +44,7 @@ mod nats;
 mod net;
 mod process;
 mod producer;
+mod pubsub;
 mod receive;
 mod receiver;
 mod sd_notify;
@@ -56,6 +58,6 @@ pub mod wan;
 // A suite uses only some of these; an unused re-export is no warning.
 #[allow(unused_imports)]
 pub use self::{
-    agent::*, config::*, env::*, http::*, library::*, nats::*, net::*, process::*, producer::*, receive::*,
+    agent::*, config::*, env::*, http::*, library::*, nats::*, net::*, process::*, producer::*, pubsub::*, receive::*,
     receiver::*, sd_notify::*, servicebus::*, tls::*, tmpfs::*, verifier::*, wait::*,
 };

@@ -1,7 +1,8 @@
 //! The kinds of destination, one folder each, and the one registry of them
 //! ([`KINDS`]): the webhook (`http://`, `https://`), NATS JetStream
-//! (`nats://`, `tls://`, its client behind cargo feature `nats`) and Google
-//! Cloud Pub/Sub (`pubsub://`). Each
+//! (`nats://`, `tls://`, its client behind cargo feature `nats`), Google
+//! Cloud Pub/Sub (`pubsub://`) and Azure Service Bus (`servicebus://`),
+//! the buses over their REST APIs. Each
 //! folder holds the kind's config keys (`config.rs`, a
 //! [`crate::config::DestinationKind`]), its encoder and client (a
 //! [`crate::deliver::destination::Destination`]) and its `doctor` probes,
@@ -29,10 +30,11 @@ use crate::shutdown::Shutdown;
 
 pub mod nats;
 pub mod pubsub;
+pub mod servicebus;
 pub mod webhook;
 
 /// Every kind of destination, in the order messages list them.
-pub static KINDS: &[&Kind] = &[&webhook::KIND, &nats::KIND, &pubsub::KIND];
+pub static KINDS: &[&Kind] = &[&webhook::KIND, &nats::KIND, &pubsub::KIND, &servicebus::KIND];
 
 /// A kind of destination: its config keys, how a subscription's
 /// destination is made, and how `doctor` checks it.
