@@ -60,12 +60,6 @@ impl AccessToken {
         Ok(fetched.header)
     }
 
-    /// Forgets the kept token (the bus refused it): the next request
-    /// fetches a new one.
-    pub async fn forget(&self) {
-        *self.kept.lock().await = None;
-    }
-
     /// Forgets the kept token if it is `refused`: several requests sent
     /// with one token that the bus refuses each forget it, but not the new
     /// one the first of them already fetched.
@@ -104,7 +98,7 @@ mod tests {
         assert_eq!(token.get(get).await.expect("still kept"), "Bearer t1");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(token.get(get).await.expect("renewed"), "Bearer t2");
-        token.forget().await;
+        token.forget_refused(&HeaderValue::from_static("Bearer t2")).await;
         assert_eq!(token.get(get).await.expect("fetched again"), "Bearer t3");
         assert_eq!(fetches.load(SeqCst), 3);
         // A late refusal of an older token leaves the new one.

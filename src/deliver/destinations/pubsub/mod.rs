@@ -8,8 +8,10 @@
 //!   `orderingKey` = the entity; attributes `webhook-id` (the event id),
 //!   `type`, `store_id`, `agent_id`, `entity_seq`, and with `secret` the
 //!   Standard Webhooks `webhook-timestamp` and `webhook-signature` over
-//!   the same bytes. A batch is one publish call, its messages in the
-//!   batch's order (so in `entity_seq` order within each ordering key).
+//!   the same bytes. A batch is one publish call per entity (the API takes
+//!   one ordering key per call: "All PubsubMessages published in a given
+//!   PublishRequest must specify the same orderingKey value"), side by
+//!   side, each with that entity's events in `entity_seq` order.
 //! - Auth: a service account's OAuth token (`token.rs`), kept and renewed
 //!   before it expires, as `Authorization: Bearer`; none for the emulator.
 //! - Answers: a 429, a 503 or `RESOURCE_EXHAUSTED` throttle the
@@ -135,8 +137,30 @@ impl PubSub {
         })
     }
 
-    /// Publishes `events` in one call and says what the answer means.
+    /// Publishes `events`: one call per ordering key (the API takes one
+    /// key per call), side by side, each key's events in their order. All
+    /// of them delivered is the answer; otherwise the first failure is, and
+    /// the batch goes again whole (a key already published is published
+    /// again: the same `webhook-id`, which consumers deduplicate on).
     async fn publish(&self, events: &[&StoredEvent]) -> Answer {
+        let mut keys: Vec<(&str, Vec<&StoredEvent>)> = Vec::new();
+        for event in events {
+            match keys.iter_mut().find(|(key, _)| *key == event.entity) {
+                Some((_, group)) => group.push(event),
+                None => keys.push((&event.entity, vec![event])),
+            }
+        }
+        let calls = keys.iter().map(|(_, group)| self.publish_call(group));
+        let answers = futures_util::future::join_all(calls).await;
+        let failed = answers.iter().position(|a| a.kind != AnswerKind::Delivered);
+        match failed {
+            Some(i) => answers.into_iter().nth(i).unwrap_or_else(|| Answer::delivered(None)),
+            None => answers.into_iter().next().unwrap_or_else(|| Answer::delivered(None)),
+        }
+    }
+
+    /// One publish call of events with the same ordering key.
+    async fn publish_call(&self, events: &[&StoredEvent]) -> Answer {
         let messages: Vec<serde_json::Value> = events.iter().map(|e| self.message(e)).collect();
         let call = serde_json::json!({ "messages": messages }).to_string();
         let headers = match self.headers().await {
@@ -144,12 +168,13 @@ impl PubSub {
             // No token: Google's sign-in is unreachable or refused the key.
             Err(e) => return Answer::failed(AnswerKind::Unavailable, None, e),
         };
+        let bearer = headers.get(AUTHORIZATION).cloned();
         let result = self.publish.request(Method::POST, headers, Bytes::from(call)).await;
         match result {
             Ok(reply) => {
                 let answer = self.meaning(reply, events.len());
-                if answer.status == Some(401) {
-                    self.token.forget().await;
+                if let (Some(401), Some(bearer)) = (answer.status, &bearer) {
+                    self.token.forget_refused(bearer).await;
                 }
                 answer
             }
