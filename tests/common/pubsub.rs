@@ -1423,6 +1423,13 @@ impl AuthFront {
         lock(&self.state.canned).extend(std::iter::repeat_n((status, body), n));
     }
 
+    /// Drops the answers queued by [`AuthFront::answer_next`] that are not
+    /// given yet: with a large count first, a test holds the front at one
+    /// answer (503 while it sets the emulator up again) until it is ready.
+    pub fn clear_answers(&self) {
+        lock(&self.state.canned).clear();
+    }
+
     /// Forwards publishes with several ordering keys too (the emulator
     /// takes them), for a test that wants to see what the emulator does.
     pub fn allow_mixed_ordering_keys(&self) {
