@@ -45,6 +45,40 @@ fn pubsub_subscription(name: &str, endpoint: &str, extra: &str) -> String {
     )
 }
 
+/// Google's side of a signed-in subscription: a token server that checks
+/// the service account's JWT, a front before the emulator that checks the
+/// token, and the account's key file (in its own temp dir, kept alive).
+struct SignedIn {
+    tokens: TokenServer,
+    front: AuthFront,
+    key_file: std::path::PathBuf,
+    _keys: tempfile::TempDir,
+}
+
+impl SignedIn {
+    fn before(emulator: &PubSubEmulator) -> SignedIn {
+        let tokens = TokenServer::start();
+        let front = AuthFront::start(emulator, &tokens);
+        let keys = tempfile::tempdir().expect("temp dir");
+        let key_file = tokens.new_key(keys.path());
+        SignedIn {
+            tokens,
+            front,
+            key_file,
+            _keys: keys,
+        }
+    }
+
+    /// A subscription `name` through the front with the key file, and `extra`.
+    fn subscription(&self, name: &str, extra: &str) -> String {
+        pubsub_subscription(
+            name,
+            &self.front.endpoint(),
+            &format!("credentials_file = \"{}\"\n{extra}", self.key_file.display()),
+        )
+    }
+}
+
 fn ids_of(events: &Events) -> HashSet<String> {
     events
         .lines()
@@ -171,17 +205,11 @@ fn every_event_arrives_once_per_ordering_key_in_order_with_its_attributes_and_th
 fn a_service_account_signs_in_once_batches_go_one_call_per_ordering_key_and_a_refused_token_is_replaced() {
     let Some(emulator) = emulator() else { return };
     topic_and_subscription(&emulator);
-    let tokens = TokenServer::start();
-    let front = AuthFront::start(&emulator, &tokens);
-    let keys = tempfile::tempdir().expect("temp dir");
-    let key_file = tokens.new_key(keys.path());
-    let mut agent = Agent::new(&pubsub_subscription(
+    let google = SignedIn::before(&emulator);
+    let (tokens, front, key_file) = (&google.tokens, &google.front, &google.key_file);
+    let mut agent = Agent::new(&google.subscription(
         "gcp",
-        &front.endpoint(),
-        &format!(
-            "credentials_file = \"{}\"\nbatch = {{ max_events = 50, linger = \"100ms\" }}\n{QUICK}",
-            key_file.display()
-        ),
+        &format!("batch = {{ max_events = 50, linger = \"100ms\" }}\n{QUICK}"),
     ));
     agent.start();
     let first = Events::new("ba", 0..90, "SaleCreated").spread_over("till", 3);
@@ -227,7 +255,7 @@ fn a_service_account_signs_in_once_batches_go_one_call_per_ordering_key_and_a_re
     assert_in_order(&per_key, false);
 
     // No key, assertion or token in status, doctor or the log.
-    let key_text = std::fs::read_to_string(&key_file).expect("key file");
+    let key_text = std::fs::read_to_string(key_file).expect("key file");
     let key_json: serde_json::Value = serde_json::from_str(&key_text).expect("key JSON");
     let private = key_json["private_key"].as_str().expect("private_key");
     let body_line = private.lines().nth(1).expect("a line of the key");
@@ -261,18 +289,9 @@ fn a_service_account_signs_in_once_batches_go_one_call_per_ordering_key_and_a_re
 fn throttling_and_a_missing_permission_are_named_and_lose_nothing() {
     let Some(emulator) = emulator() else { return };
     topic_and_subscription(&emulator);
-    let tokens = TokenServer::start();
-    let front = AuthFront::start(&emulator, &tokens);
-    let keys = tempfile::tempdir().expect("temp dir");
-    let key_file = tokens.new_key(keys.path());
-    let mut agent = Agent::new(&pubsub_subscription(
-        "gcp",
-        &front.endpoint(),
-        &format!(
-            "credentials_file = \"{}\"\nmax_in_flight = 1\n{QUICK}",
-            key_file.display()
-        ),
-    ));
+    let google = SignedIn::before(&emulator);
+    let front = &google.front;
+    let mut agent = Agent::new(&google.subscription("gcp", &format!("max_in_flight = 1\n{QUICK}")));
     front.answer_next(403, "", 1_000_000);
     agent.start();
     let events = Events::new("th", 0..20, "SaleCreated").spread_over("till", 2);
@@ -337,21 +356,15 @@ fn the_emulator_down_at_start_and_killed_mid_drain_loses_nothing_the_agent_ackno
     // The front answers 503 while the emulator is down, and is held at 503
     // while the test makes the topic and its subscription again (Pub/Sub
     // drops what is published to a topic with no subscription yet).
-    let tokens = TokenServer::start();
-    let front = AuthFront::start(&emulator, &tokens);
-    let keys = tempfile::tempdir().expect("temp dir");
-    let key_file = tokens.new_key(keys.path());
+    let google = SignedIn::before(&emulator);
+    let front = &google.front;
     let set_up_again = |emulator: &mut PubSubEmulator| {
         front.answer_next(503, "", 1_000_000);
         emulator.restart();
         topic_and_subscription(emulator);
         front.clear_answers();
     };
-    let mut agent = Agent::new(&pubsub_subscription(
-        "gcp",
-        &front.endpoint(),
-        &format!("credentials_file = \"{}\"\nmax_rate = 40\n{QUICK}", key_file.display()),
-    ));
+    let mut agent = Agent::new(&google.subscription("gcp", &format!("max_rate = 40\n{QUICK}")));
     agent.start();
     let events = Events::new("dn", 0..200, "SaleCreated").spread_over("till", 4);
     agent.send_events(&events);
