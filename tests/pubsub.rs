@@ -199,6 +199,23 @@ fn every_event_arrives_once_per_ordering_key_in_order_with_its_attributes_and_th
     let s = agent.sub_status("gcp");
     assert_eq!(s["url"], format!("pubsub://projects/{TEST_PROJECT}/topics/{TOPIC}"));
     assert_eq!(s["state"], "online");
+    // /metrics and the status page show it like the webhook.
+    let metrics = http(agent.admin_port.get(), "GET", "/metrics", &[], b"").text();
+    let webhook_series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("subscription=\"hook\""))
+        .collect();
+    assert!(webhook_series.len() > 5, "{metrics}");
+    for line in webhook_series {
+        let ours = line.replace("subscription=\"hook\"", "subscription=\"gcp\"");
+        let series = ours.split(' ').next().unwrap_or_default();
+        assert!(metrics.contains(series), "/metrics has {series}");
+    }
+    let page = http(agent.admin_port.get(), "GET", "/", &[], b"").text();
+    assert!(
+        page.contains("gcp") && page.contains("pubsub://projects/"),
+        "the page shows it"
+    );
 }
 
 #[test]
