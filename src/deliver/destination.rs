@@ -8,6 +8,8 @@
 //! [`Destination`], chosen by the subscription's URL there.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::outbox::read::StoredEvent;
@@ -106,5 +108,50 @@ pub trait Destination: Send + Sync + 'static {
     /// the scheduler keeps batches under `batch.max_bytes`.
     fn batch_bytes(&self, event: &StoredEvent) -> usize {
         event.payload.len() + 512
+    }
+}
+
+/// The future of a send behind [`AnyDestination`].
+pub type Sending<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
+
+/// [`Destination`] as a trait object (its futures boxed), so that one
+/// scheduler serves every kind: a scheduler (and its couriers) made for
+/// each kind of destination would be another copy of all their code in the
+/// binary (about half a megabyte each, measured), for a saving of one
+/// allocation per request.
+pub trait DynDestination: Send + Sync + 'static {
+    /// [`Destination::send`].
+    fn send_dyn<'a>(&'a self, event: &'a StoredEvent) -> Sending<'a>;
+    /// [`Destination::send_batch`].
+    fn send_batch_dyn<'a>(&'a self, id: &'a str, events: &'a [&'a StoredEvent]) -> Sending<'a>;
+    /// [`Destination::batch_bytes`].
+    fn batch_bytes_dyn(&self, event: &StoredEvent) -> usize;
+}
+
+impl<D: Destination> DynDestination for D {
+    fn send_dyn<'a>(&'a self, event: &'a StoredEvent) -> Sending<'a> {
+        Box::pin(self.send(event))
+    }
+    fn send_batch_dyn<'a>(&'a self, id: &'a str, events: &'a [&'a StoredEvent]) -> Sending<'a> {
+        Box::pin(self.send_batch(id, events))
+    }
+    fn batch_bytes_dyn(&self, event: &StoredEvent) -> usize {
+        self.batch_bytes(event)
+    }
+}
+
+/// Any destination, its kind erased: what the agent's schedulers drive.
+#[derive(Clone)]
+pub struct AnyDestination(pub Arc<dyn DynDestination>);
+
+impl Destination for AnyDestination {
+    async fn send(&self, event: &StoredEvent) -> Answer {
+        self.0.send_dyn(event).await
+    }
+    async fn send_batch(&self, id: &str, events: &[&StoredEvent]) -> Answer {
+        self.0.send_batch_dyn(id, events).await
+    }
+    fn batch_bytes(&self, event: &StoredEvent) -> usize {
+        self.0.batch_bytes_dyn(event)
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use crate::config::{Config, ConfigError, DestinationKind, SubscriptionConfig};
-use crate::deliver::destination::Destination;
+use crate::deliver::destination::{AnyDestination, Destination};
 use crate::deliver::envelope::Source;
 use crate::deliver::probe::{step, Step, Verdict};
 use crate::deliver::scheduler::Scheduler;
@@ -113,6 +113,13 @@ pub struct Started {
 impl Built {
     /// The destination `destination`, whatever its kind.
     pub fn of<D: Destination>(destination: Arc<D>) -> Built {
+        Self::erased(AnyDestination(destination))
+    }
+
+    /// One scheduler type for every kind (see [`AnyDestination`]): this is
+    /// the only place a scheduler is made for the agent.
+    fn erased(destination: AnyDestination) -> Built {
+        let destination = Arc::new(destination);
         Built {
             start: Box::new(move |p: SchedulerParts| {
                 let scheduler = Scheduler::new(p.sub, destination, p.writer, p.reader, p.shutdown, p.grace, p.metrics);
