@@ -1,6 +1,6 @@
 //! Phase `client_ab` (issue 25 item 8): two agent binaries (the one under
 //! test, `--agent-bin`, and `--ab-bin`; for issue 25 the hand-written HTTP
-//! client and the `reqwest-client` build) measured in one run, alternately,
+//! client and the `store_outbox_reqwest` build) measured in one run, alternately,
 //! round after round (A B, then B A, so that a drift of the machine's load
 //! is shared):
 //!

@@ -11,7 +11,7 @@
 //! CPU per event than reading and committing the event (docs/BENCHMARKS.md,
 //! "nginx as the raw limit"). The default [`Endpoint`] (`hyper_backend.rs`)
 //! is hyper's own client connection with the little a webhook needs on top:
-//! a pool, the timeouts, TLS, a proxy. The `reqwest-client` feature swaps in
+//! a pool, the timeouts, TLS, a proxy. The `store_outbox_reqwest` cfg (`RUSTFLAGS="--cfg store_outbox_reqwest"`) swaps in
 //! the same API over reqwest 0.12 (`reqwest_backend.rs`), only to measure the
 //! two against each other (docs/BENCHMARKS.md, "Session 13"); this file, the
 //! proxy, TLS and subscription parts are shared by both.
@@ -27,13 +27,13 @@ mod tls;
 
 // Exactly one backend: the feature decides which `Endpoint` the rest of the
 // crate sees; both have the same API and the same limits on answers.
-#[cfg(not(feature = "reqwest-client"))]
+#[cfg(not(store_outbox_reqwest))]
 mod hyper_backend;
-#[cfg(not(feature = "reqwest-client"))]
+#[cfg(not(store_outbox_reqwest))]
 pub use hyper_backend::Endpoint;
-#[cfg(feature = "reqwest-client")]
+#[cfg(store_outbox_reqwest)]
 mod reqwest_backend;
-#[cfg(feature = "reqwest-client")]
+#[cfg(store_outbox_reqwest)]
 pub use reqwest_backend::Endpoint;
 
 pub use proxy::{redact_userinfo, shown_url};
@@ -242,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_head_over_64_kib_or_100_headers_is_a_failed_attempt_that_says_so() {
-        #[cfg(not(feature = "reqwest-client"))]
+        #[cfg(not(store_outbox_reqwest))]
         let refused = [
             ("100 KiB in 50 headers", head_with_headers(50, 2048)),
             ("5,000 headers", head_with_headers(5_000, 1)),
@@ -252,12 +252,12 @@ mod tests {
         // reqwest sets no head limit of its own: hyper's read buffer (about
         // 408 KiB) and 100 headers bound it. The difference, asserted here so
         // that the comparison says what it is (reqwest_backend.rs).
-        #[cfg(feature = "reqwest-client")]
+        #[cfg(store_outbox_reqwest)]
         let refused = [
             ("5,000 headers", head_with_headers(5_000, 1)),
             ("500 KiB in 50 headers", head_with_headers(50, 10 * 1024)),
         ];
-        #[cfg(feature = "reqwest-client")]
+        #[cfg(store_outbox_reqwest)]
         for (what, head) in [
             ("100 KiB in 50 headers", head_with_headers(50, 2048)),
             ("one header of 70 KiB", head_with_headers(1, 70 * 1024)),

@@ -1,4 +1,4 @@
-//! The `reqwest-client` backend of [`Endpoint`]: reqwest 0.12 behind the
+//! The `store_outbox_reqwest` backend (`RUSTFLAGS="--cfg store_outbox_reqwest"`) of [`Endpoint`]: reqwest 0.12 behind the
 //! hand-written client's API, so that the two can be measured against each
 //! other with nothing else in the agent changed (docs/BENCHMARKS.md,
 //! "Session 13"). Off by default.
