@@ -21,6 +21,7 @@
 
 mod agent;
 mod central;
+mod client_ab;
 mod events;
 mod fleet;
 mod ingest;
@@ -169,7 +170,7 @@ struct Args {
     /// Keep the work directory (databases, agent logs) afterwards.
     #[arg(long)]
     keep: bool,
-    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink,nats,pubsub,nginx,fleet.
+    /// Run only these phases: size,raw,ingest,drain,drain_many,requests,naive,uplink,nats,pubsub,nginx,fleet,client_ab.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// `fleet` (issue 27): agents against the one central (default 100; --quick/--fleet-quick 20).
@@ -234,6 +235,31 @@ struct Args {
     /// `fleet`: where the per-second CSVs go (default: the work directory).
     #[arg(long)]
     fleet_csv_dir: Option<PathBuf>,
+    /// `client_ab` (issue 25 item 8): the second agent binary, measured
+    /// alternately with the first (`--agent-bin`) in the same run.
+    #[arg(long)]
+    ab_bin: Option<PathBuf>,
+    /// `client_ab`: names of the two binaries in the figures.
+    #[arg(long, value_delimiter = ',', default_value = "a,b")]
+    ab_labels: Vec<String>,
+    /// `client_ab`: rounds (each binary once per round; A B, then B A).
+    #[arg(long, default_value_t = 2)]
+    ab_rounds: usize,
+    /// `client_ab`: events of the loopback drain with one event per request (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    ab_events: u64,
+    /// `client_ab`: events of the loopback drain in batches (0 skips it).
+    #[arg(long, default_value_t = 300_000)]
+    ab_batch_events: u64,
+    /// `client_ab`: a store's rate, events/s, paced into the socket.
+    #[arg(long, default_value_t = 50.0)]
+    ab_rate: f64,
+    /// `client_ab`: seconds at that rate (0 skips the store-rate run).
+    #[arg(long, default_value_t = 60)]
+    ab_rate_secs: u64,
+    /// `client_ab`: seconds idle after it, before VmRSS is read.
+    #[arg(long, default_value_t = 30)]
+    ab_idle_secs: u64,
 }
 
 /// Sizes and time limits of one run.
@@ -416,7 +442,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 
     type PhaseFn =
         for<'a> fn(&'a mut Run) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>;
-    let phases: [(&str, PhaseFn); 12] = [
+    let phases: [(&str, PhaseFn); 13] = [
         ("size", |r| Box::pin(phase_size(r))),
         ("raw", |r| Box::pin(phase_raw(r))),
         ("ingest", |r| Box::pin(phase_ingest(r))),
@@ -429,6 +455,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         ("pubsub", |r| Box::pin(pubsub::phase(r))),
         ("nginx", |r| Box::pin(nginx::phase(r))),
         ("fleet", |r| Box::pin(fleet::phase(r))),
+        ("client_ab", |r| Box::pin(client_ab::phase(r))),
     ];
     for (name, f) in phases {
         if !run.wants(name) {

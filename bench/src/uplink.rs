@@ -28,13 +28,13 @@ use crate::sys;
 use crate::wan::{Link, Wan};
 
 /// One setting of the subscription.
-struct Setting {
-    name: &'static str,
+pub(crate) struct Setting {
+    pub(crate) name: &'static str,
     /// Keys added to the subscription.
-    keys: &'static str,
+    pub(crate) keys: &'static str,
 }
 
-const SETTINGS: [Setting; 5] = [
+pub(crate) const SETTINGS: [Setting; 5] = [
     Setting {
         name: "one_event",
         keys: "",
@@ -109,10 +109,10 @@ pub fn sale(i: u64) -> String {
 
 /// What the receiver counted.
 #[derive(Default)]
-struct Counts {
-    requests: u64,
+pub(crate) struct Counts {
+    pub(crate) requests: u64,
     /// Distinct events.
-    events: u64,
+    pub(crate) events: u64,
     duplicates: u64,
     violations: u64,
     bad_signatures: u64,
@@ -132,12 +132,12 @@ struct Seen<'a> {
     entity_seq: i64,
 }
 
-struct Shared {
-    key: Vec<u8>,
-    counts: Mutex<Counts>,
+pub(crate) struct Shared {
+    pub(crate) key: Vec<u8>,
+    pub(crate) counts: Mutex<Counts>,
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+pub(crate) async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let now = Instant::now();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let plain = if header("content-encoding") == "gzip" {
@@ -264,7 +264,7 @@ pub struct Drain {
 
 /// Drains a backlog of `n` events over `entities` entities with one
 /// setting, through `link` (or on loopback), for at most `cap`.
-async fn drain(
+pub(crate) async fn drain(
     bin: &std::path::Path,
     work: &std::path::Path,
     setting: &Setting,
