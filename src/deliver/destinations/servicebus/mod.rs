@@ -42,7 +42,7 @@ use crate::config::SubscriptionConfig;
 use crate::deliver::access_token::AccessToken;
 use crate::deliver::destination::{Answer, AnswerKind, Destination};
 use crate::deliver::envelope::Source;
-use crate::deliver::http_client::{subscription_endpoint, Endpoint, Failure, Reply};
+use crate::deliver::http_client::{subscription_endpoint, Endpoint, Failure, Reply, USER_AGENT as HTTP_USER_AGENT};
 use crate::outbox::read::StoredEvent;
 
 /// Service Bus in the registry of kinds.
@@ -59,8 +59,6 @@ pub const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json"
 
 /// The largest batch request Service Bus takes over HTTP (Premium, 1 MB).
 pub const MAX_BATCH_BYTES: u64 = 1024 * 1024;
-
-const AGENT: &str = concat!("store-outbox/", env!("CARGO_PKG_VERSION"));
 
 /// How the destination authenticates, its secret read at build.
 enum Signer {
@@ -159,7 +157,7 @@ impl ServiceBus {
             Err(answer) => return answer,
         };
         headers.insert(AUTHORIZATION, authorization.clone());
-        headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+        headers.insert(USER_AGENT, HeaderValue::from_static(HTTP_USER_AGENT));
         let result = self.endpoint.post(headers, Bytes::from(body)).await;
         let mut answer = answer::answer(result, self.config.timeout, &self.target());
         if answer.status == Some(401) {
@@ -206,7 +204,7 @@ impl ServiceBus {
     /// the connection and TLS work.
     pub async fn unauthenticated_get(&self) -> Result<Reply, Failure> {
         let mut headers = HeaderMap::new();
-        headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+        headers.insert(USER_AGENT, HeaderValue::from_static(HTTP_USER_AGENT));
         self.endpoint.request(http::Method::GET, headers, Bytes::new()).await
     }
 
@@ -217,7 +215,7 @@ impl ServiceBus {
         let authorization = self.authorization().await?;
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, authorization);
-        headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+        headers.insert(USER_AGENT, HeaderValue::from_static(HTTP_USER_AGENT));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(BATCH_CONTENT_TYPE));
         Ok(self.endpoint.post(headers, Bytes::from_static(b"[]")).await)
     }
