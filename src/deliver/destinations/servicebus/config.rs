@@ -337,6 +337,19 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_over_what_one_request_takes_is_refused_with_its_line() {
+        let sas = "sas_key_name = \"s\"\nsas_key_file = \"k\"\n";
+        let e = error_of(&format!("{sas}batch = {{ max_bytes = \"2MiB\" }}\n"));
+        assert!(
+            e.contains("line 6: subscription[0].batch.max_bytes")
+                && e.contains("more than one Azure Service Bus request takes (1048576 bytes)"),
+            "{e}"
+        );
+        let ok = parse_sub(&format!("{sas}batch = {{ max_bytes = \"250KiB\" }}\n")).expect("valid");
+        assert_eq!(ok.batch.map(|b| b.max_bytes), Some(250 * 1024));
+    }
+
+    #[test]
     fn sas_and_entra_configs_are_read_with_their_defaults() {
         let sub = parse_sub("sas_key_name = \"store-sender\"\nsas_key_file = \"/etc/store-outbox/azure.key\"\n")
             .expect("valid");
