@@ -10,6 +10,15 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Unix seconds now: a signature's `webhook-timestamp` (0 if the clock is
+/// before 1970, which receivers then refuse as skew).
+pub fn timestamp_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Decodes a `whsec_<base64>` secret (the prefix is optional) into key bytes.
 pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     let b64 = secret.trim().strip_prefix("whsec_").unwrap_or(secret.trim());

@@ -248,10 +248,7 @@ async fn raw_publish(
                 }
                 let ev = events::event("natsraw", i, &events::order_entity(i, entities), size);
                 let body = ev.webhook_body((i / entities.max(1) + 1) as i64);
-                let timestamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
+                let timestamp = store_outbox::signing::timestamp_now();
                 let signature =
                     store_outbox::signing::signature_header(&keys, &ev.event_id, timestamp, body.as_bytes());
                 let mut headers = async_nats::HeaderMap::new();

@@ -209,10 +209,7 @@ impl Nats {
         headers.insert("Nats-Msg-Id", event.event_id.as_str());
         headers.insert("content-type", "application/json");
         if !self.config.secrets.is_empty() {
-            let timestamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
+            let timestamp = crate::signing::timestamp_now();
             let signature = crate::signing::signature_header(&self.config.secrets, &event.event_id, timestamp, body);
             headers.insert("webhook-id", event.event_id.as_str());
             headers.insert("webhook-timestamp", timestamp.to_string().as_str());

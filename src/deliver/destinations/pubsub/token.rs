@@ -136,11 +136,7 @@ impl ServiceAccount {
     /// Exchanges a fresh assertion for an access token. The error says what
     /// Google answered (its `error` and `error_description`).
     pub async fn fetch_token(&self, timeout: Duration) -> Result<Fetched, String> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let assertion = self.assertion(now)?;
+        let assertion = self.assertion(crate::signing::timestamp_now().max(0) as u64)?;
         let form: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
             .append_pair("assertion", &assertion)

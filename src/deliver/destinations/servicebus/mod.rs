@@ -237,15 +237,8 @@ impl ServiceBus {
 
     /// `event` as a message, signed now.
     fn message_of(&self, event: &StoredEvent) -> Result<Message, String> {
-        message(event, &self.config, &self.source, unix_now())
+        message(event, &self.config, &self.source, crate::signing::timestamp_now())
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// `text` as a header value (JSON text in ASCII: always valid).

@@ -77,10 +77,7 @@ impl Webhook {
         content_type: Option<&str>,
         extra: Vec<(&'static str, String)>,
     ) -> Answer {
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let timestamp = crate::signing::timestamp_now();
         let signature = crate::signing::signature_header(&self.config.secrets, id, timestamp, &body);
         let headers = match self.headers(id, timestamp, signature, content_type, extra) {
             Ok(headers) => headers,
