@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::proxy::{proxy_for, shown_url, Proxy};
-use super::tls::tls_config;
+use super::tls::tls_for;
 use super::{Failure, Reply, TlsFiles, BODY_LIMIT, HEADERS_LIMIT, HEAD_LIMIT, IDLE_TIMEOUT};
 use crate::error_text::innermost;
 
@@ -79,18 +79,7 @@ impl Endpoint {
             None => url.path().to_string(),
         };
         let path: Uri = path.parse().map_err(|e| format!("{shown}: path: {e}"))?;
-        let https = match url.scheme() {
-            "https" => true,
-            "http" => false,
-            other => return Err(format!("{shown}: scheme {other:?} is not http or https")),
-        };
-        // The TLS files are read even for an `http://` URL: a file that is
-        // missing or wrong is named now, not when the URL changes.
-        let config = if https || tls_files.ca_file.is_some() || tls_files.client_cert.is_some() {
-            Some(tls_config(tls_files)?)
-        } else {
-            None
-        };
+        let (https, config) = tls_for(url, &shown, tls_files)?;
         let tls = match config {
             Some(config) if https => {
                 let name = match &host {

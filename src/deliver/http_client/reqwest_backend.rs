@@ -28,7 +28,7 @@ use http::header::{HeaderMap, HeaderValue};
 use http::Method;
 
 use super::proxy::{proxy_for, shown_url, Proxy};
-use super::tls::tls_config;
+use super::tls::tls_for;
 use super::{Failure, Reply, TlsFiles, BODY_LIMIT, HEADERS_LIMIT, HEAD_LIMIT, IDLE_TIMEOUT};
 use crate::error_text::innermost;
 
@@ -60,18 +60,7 @@ impl Endpoint {
             return Err(format!("{shown}: no host"));
         }
         url.port_or_known_default().ok_or_else(|| format!("{shown}: no port"))?;
-        let https = match url.scheme() {
-            "https" => true,
-            "http" => false,
-            other => return Err(format!("{shown}: scheme {other:?} is not http or https")),
-        };
-        // Read even for an `http://` URL, as the hand-written client does: a
-        // wrong file is named now, not when the URL changes.
-        let config = if https || tls_files.ca_file.is_some() || tls_files.client_cert.is_some() {
-            Some(tls_config(tls_files)?)
-        } else {
-            None
-        };
+        let (_, config) = tls_for(url, &shown, tls_files)?;
         let proxy = proxy_for(url)?;
         // reqwest reads the proxy variables itself unless told not to; its
         // reading of `NO_PROXY` differs from ours, so ours decides.

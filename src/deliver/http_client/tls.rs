@@ -8,9 +8,31 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::TlsFiles;
 
+/// Whether `url` (named `shown` in messages) is `https://`, and the TLS
+/// config its connections need: read even for an `http://` URL with TLS
+/// files, so that a file that is missing or wrong is named now, not when
+/// the URL changes. Both backends check a URL with these words.
+pub(super) fn tls_for(
+    url: &url::Url,
+    shown: &str,
+    files: TlsFiles<'_>,
+) -> Result<(bool, Option<rustls::ClientConfig>), String> {
+    let https = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        other => return Err(format!("{shown}: scheme {other:?} is not http or https")),
+    };
+    let config = if https || files.ca_file.is_some() || files.client_cert.is_some() {
+        Some(tls_config(files)?)
+    } else {
+        None
+    };
+    Ok((https, config))
+}
+
 /// rustls with the usual web roots, the subscription's own CA added, and its
 /// client certificate if it has one; HTTP/1.1 by ALPN.
-pub(super) fn tls_config(files: TlsFiles<'_>) -> Result<rustls::ClientConfig, String> {
+fn tls_config(files: TlsFiles<'_>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = files.ca_file {
