@@ -99,10 +99,7 @@ fn message(i: u64, entities: u64, size: usize, key: &[Vec<u8>]) -> serde_json::V
     let ev = events::event("psraw", i, &events::order_entity(i, entities), size);
     let entity_seq = (i / entities.max(1) + 1) as i64;
     let body = ev.webhook_body(entity_seq);
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let timestamp = store_outbox::signing::timestamp_now();
     let signature = store_outbox::signing::signature_header(key, &ev.event_id, timestamp, body.as_bytes());
     serde_json::json!({
         "data": base64::engine::general_purpose::STANDARD.encode(body.as_bytes()),
@@ -338,47 +335,32 @@ pub async fn phase(run: &mut Run) -> anyhow::Result<()> {
     create_topic(&http, &base, RAW_TOPIC).await?;
     create_topic(&http, &base, AGENT_TOPIC).await?;
 
-    run.phase(&format!(
-        "9. pubsub: one message per call, {concurrency} calls in flight"
-    ));
-    let raw = raw_publish(&base, n, 1, concurrency, entities, size).await?;
-    eprintln!(
-        "raw publisher, one per call: {} published in {:.2} s = {:.0}/s ({} errors{})",
-        raw.published,
-        raw.elapsed_s,
-        raw.rate,
-        raw.errors,
-        raw.first_error
-            .as_deref()
-            .map(|e| format!(", first: {e}"))
-            .unwrap_or_default()
-    );
-    run.set("pubsub_one_raw", &raw);
-    drain(run, &one, "agent, one per call", "pubsub_one", &raw, &emu).await?;
-
-    run.phase(&format!("9. pubsub: batches of {BATCH}, {concurrency} calls in flight"));
-    let raw = raw_publish(&base, n, BATCH, concurrency, entities, size).await?;
-    eprintln!(
-        "raw publisher, one key and at most {BATCH} per call: {} published in {:.2} s = {:.0}/s ({} errors{})",
-        raw.published,
-        raw.elapsed_s,
-        raw.rate,
-        raw.errors,
-        raw.first_error
-            .as_deref()
-            .map(|e| format!(", first: {e}"))
-            .unwrap_or_default()
-    );
-    run.set("pubsub_batch_raw", &raw);
-    drain(
-        run,
-        &batched,
-        &format!("agent, batches of {BATCH}"),
-        "pubsub_batch",
-        &raw,
-        &emu,
-    )
-    .await?;
+    let cases = [
+        ("one message per call".to_string(), "pubsub_one", 1, &one),
+        (
+            format!("one key and at most {BATCH} messages per call"),
+            "pubsub_batch",
+            BATCH,
+            &batched,
+        ),
+    ];
+    for (label, key, per_call, dir) in cases {
+        run.phase(&format!("9. pubsub: {label}, {concurrency} calls in flight"));
+        let raw = raw_publish(&base, n, per_call, concurrency, entities, size).await?;
+        eprintln!(
+            "raw publisher, {label}: {} published in {:.2} s = {:.0}/s ({} errors{})",
+            raw.published,
+            raw.elapsed_s,
+            raw.rate,
+            raw.errors,
+            raw.first_error
+                .as_deref()
+                .map(|e| format!(", first: {e}"))
+                .unwrap_or_default()
+        );
+        run.set(&format!("{key}_raw"), &raw);
+        drain(run, dir, &format!("agent, {label}"), key, &raw, &emu).await?;
+    }
     drop(emu);
     if !run.args.keep {
         for dir in [&one.dir, &batched.dir] {

@@ -111,15 +111,11 @@ pub struct Started {
 }
 
 impl Built {
-    /// The destination `destination`, whatever its kind.
+    /// The destination `destination`, whatever its kind: every kind runs on
+    /// one scheduler type (see [`AnyDestination`]): this
+    /// is the only place a scheduler is made for the agent.
     pub fn of<D: Destination>(destination: Arc<D>) -> Built {
-        Self::erased(AnyDestination(destination))
-    }
-
-    /// One scheduler type for every kind (see [`AnyDestination`]): this is
-    /// the only place a scheduler is made for the agent.
-    fn erased(destination: AnyDestination) -> Built {
-        let destination = Arc::new(destination);
+        let destination = Arc::new(AnyDestination(destination));
         Built {
             start: Box::new(move |p: SchedulerParts| {
                 let scheduler = Scheduler::new(p.sub, destination, p.writer, p.reader, p.shutdown, p.grace, p.metrics);

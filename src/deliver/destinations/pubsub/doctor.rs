@@ -9,14 +9,17 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::Method;
 
+use super::api_url;
 use super::config::PubSubSettings;
 use super::token::ServiceAccount;
-use super::{api_url, PROBE_BUDGET};
 use crate::config::SubscriptionConfig;
 use crate::deliver::envelope::Source;
 use crate::deliver::http_answer::{describe_failure, printable};
 use crate::deliver::http_client::{subscription_endpoint, subscription_headers, Reply};
 use crate::deliver::probe::{dns_step, step, tcp_step, Step, Verdict};
+
+/// How long DNS and TCP to the endpoint may take.
+const PROBE_BUDGET: Duration = Duration::from_secs(10);
 
 /// The steps of a Pub/Sub subscription, in the order they run.
 pub const STEP_NAMES: [&str; 5] = ["dns", "tcp", "key", "token", "topic"];

@@ -21,7 +21,6 @@
 //!   fixes them in the console and delivery goes on in order.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -120,10 +119,7 @@ impl PubSub {
         put("agent_id", self.source.agent_id.clone());
         put("entity_seq", event.entity_seq.to_string());
         if !self.config.secrets.is_empty() {
-            let timestamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
+            let timestamp = crate::signing::timestamp_now();
             put("webhook-timestamp", timestamp.to_string());
             put(
                 "webhook-signature",
@@ -151,12 +147,12 @@ impl PubSub {
             }
         }
         let calls = keys.iter().map(|(_, group)| self.publish_call(group));
-        let answers = futures_util::future::join_all(calls).await;
-        let failed = answers.iter().position(|a| a.kind != AnswerKind::Delivered);
-        match failed {
-            Some(i) => answers.into_iter().nth(i).unwrap_or_else(|| Answer::delivered(None)),
-            None => answers.into_iter().next().unwrap_or_else(|| Answer::delivered(None)),
-        }
+        // The first failure is the batch's answer.
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .reduce(|kept, next| if kept.kind == AnswerKind::Delivered { next } else { kept })
+            .unwrap_or_else(|| Answer::delivered(None))
     }
 
     /// One publish call of events with the same ordering key.
@@ -281,6 +277,3 @@ impl Destination for PubSub {
         envelope.div_ceil(3) * 4 + event.entity.len() + event.event_type.len() + 300
     }
 }
-
-/// How long the emulator or Google may take to answer a doctor's request.
-pub const PROBE_BUDGET: Duration = Duration::from_secs(10);
