@@ -1,4 +1,4 @@
-//! The TLS settings of a webhook's connections: rustls with the usual web
+//! The TLS settings of a destination's HTTP connections: rustls with the usual web
 //! roots, the subscription's `ca_file` and its client certificate (mTLS).
 
 use std::sync::Arc;
